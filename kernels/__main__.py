@@ -1,0 +1,5 @@
+"""``python -m kernels`` is the ``kernelrace`` command."""
+
+from kernels.harness.cli import main
+
+raise SystemExit(main())
