@@ -1,0 +1,311 @@
+"""The ``kernelrace`` command: list, verify, run, machine, report, compare.
+
+Tables and progress go to stderr when ``--json`` sends rows to stdout, so the JSON
+can be piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from typing import Any
+
+from kernels import registry
+
+# Subcommands that live in their own harness module: name -> (module, help).
+# Each module provides add_arguments(parser) and run(args) -> exit code.
+_MODULE_COMMANDS = {
+    "machine": ("kernels.harness.machine", "measure this machine's limits; write results/machine.json"),
+    "report": ("kernels.harness.report", "write results/report.md and plots from asv results"),
+    "compare": ("kernels.harness.compare", "compare two commits' asv results; exit 1 on a slowdown"),
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _table(headers: list[str], rows: list[list[Any]], out=None) -> None:
+    out = out or sys.stdout
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for k, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _seconds(value: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g} s"
+
+
+# ---------------------------------------------------------------------------
+# list / verify
+# ---------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kernels = [args.kernel] if args.kernel else list(registry.KERNELS)
+    rows = []
+    for kernel in kernels:
+        for info in registry.strategies(kernel):
+            rows.append(
+                [
+                    kernel,
+                    info.name,
+                    ",".join(info.inners) or "-",
+                    "yes" if info.available else "no",
+                    info.reason or "",
+                ]
+            )
+    _table(["kernel", "strategy", "inner", "available", "why not"], rows)
+    for kernel in kernels:
+        extra = getattr(registry.kernel_module(kernel), "list_extra", None)
+        if extra is not None:
+            print()
+            print(extra())
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    kernels = [args.kernel] if args.kernel else list(registry.KERNELS)
+    rows = []
+    failed = 0
+    for kernel in kernels:
+        module = registry.kernel_module(kernel)
+        for strategy, inner in registry.variants(kernel):
+            for workers in (1, 2):
+                try:
+                    checks = module.verify(strategy, inner, workers)
+                except Exception as exc:  # a crash is a failure, reported like one
+                    checks = [registry.Check("crash", False, f"{type(exc).__name__}: {exc}")]
+                bad = [c for c in checks if not c.ok]
+                failed += bool(bad)
+                rows.append(
+                    [
+                        kernel,
+                        registry.label(strategy, inner),
+                        workers,
+                        len(checks),
+                        "ok" if not bad else "MISMATCH",
+                        "; ".join(f"{c.name}: {c.detail}" for c in bad)[:200],
+                    ]
+                )
+                print(f"  {kernel} {registry.label(strategy, inner)} w={workers}", file=sys.stderr)
+    _table(["kernel", "strategy", "workers", "checks", "result", "detail"], rows)
+    unavailable = [
+        f"{i.kernel}:{i.name} ({i.reason})"
+        for k in kernels
+        for i in registry.strategies(k)
+        if not i.available
+    ]
+    if unavailable:
+        print("not checked, unavailable here: " + "; ".join(unavailable))
+    print(f"{len(rows) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------
+
+
+class _Progress:
+    """A progress bar on stderr (rich when installed, plain lines otherwise)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._rich = None
+        try:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self._rich = Progress(
+                    TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    console=console, transient=True,
+                )
+        except ImportError:
+            pass
+
+    def __enter__(self) -> _Progress:
+        if self._rich is not None:
+            self._rich.start()
+            self._task = self._rich.add_task("running", total=self.total)
+        return self
+
+    def step(self, point: Any) -> None:
+        text = f"{registry.label(point.strategy, point.inner)} size={point.size} workers={point.workers}"
+        if self._rich is not None:
+            if self.done:
+                self._rich.advance(self._task)
+            self._rich.update(self._task, description=text)
+        else:
+            print(f"[{self.done + 1}/{self.total}] {text}", file=sys.stderr, flush=True)
+        self.done += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+
+def _case_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {}
+    for name in ("preset", "batch", "mla_impl", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    return options
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kernels.harness import runner
+
+    module = registry.kernel_module(args.kernel)
+    labels = args.strategy or [registry.label(s, i) for s, i in registry.variants(args.kernel)]
+    # Check every name before anything runs.
+    for text in labels:
+        strategy, inner = registry.parse_label(text)
+        strategy, inner = registry.check_strategy(module.STRATEGIES, strategy, inner)
+        registry.require_available(module, strategy)
+    sizes = args.size or list(module.DEFAULT_SIZES)
+    workers = args.workers or [1]
+    for w in workers:
+        registry_workers = w  # validated by the kernel too; refuse 0 here for a clean message
+        if registry_workers < 1:
+            raise ValueError(f"workers must be >= 1, got {w}")
+    points = runner.grid(labels, sizes, workers)
+    options = _case_options(args)
+    rows = []
+    with _Progress(len(points)) as progress:
+        for row in runner.run_grid(
+            args.kernel, points, repeat=args.repeat, warmup=args.warmup,
+            options=options, progress=progress.step,
+        ):
+            rows.append(row)
+    runner.add_speedups(rows)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    extra = [k for k in rows[0] if k not in _COMMON_FIELDS] if rows else []
+    headers = ["strategy", "size", "workers", "median", "min..max", "speedup"] + extra
+    table = []
+    for r in rows:
+        table.append(
+            [
+                registry.label(r["strategy"], r["inner"]),
+                r["size"],
+                r["workers"],
+                _seconds(r["median_s"]),
+                f"{_seconds(r['min_s'])}..{_seconds(r['max_s'])}",
+                f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
+            ]
+            + [r.get(k) for k in extra]
+        )
+    _table(headers, table)
+    print(f"median of {args.repeat} runs after {args.warmup} warm-up; speedup vs {labels[0]}")
+    return 0
+
+
+_COMMON_FIELDS = {
+    "kernel", "strategy", "inner", "size", "workers", "median_s", "min_s", "max_s",
+    "repeat", "speedup",
+}
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kernelrace",
+        description="Race implementations of hot kernels (sieve, Monte Carlo pi, attention decode).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="kernels, strategies and whether they run here")
+    p.add_argument("--kernel", choices=registry.KERNELS)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("verify", help="check every available strategy against the reference")
+    p.add_argument("--kernel", choices=registry.KERNELS)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("run", help="time a grid of strategy x size x workers in this process")
+    p.add_argument("--kernel", required=True, choices=registry.KERNELS)
+    p.add_argument(
+        "--strategy", action="append",
+        help="strategy, or strategy:inner for threaded/multiprocess (repeatable; "
+        "default: every available one). Speedups are against the first.",
+    )
+    p.add_argument("--size", action="append", type=_positive_int,
+                   help="problem size: n for sieve, samples for montecarlo, context length for "
+                   "attention (repeatable; 1e8 style accepted)")
+    p.add_argument("--workers", action="append", type=_positive_int, help="worker count (repeatable)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per point (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--json", action="store_true", help="write rows as JSON to stdout")
+    p.add_argument("--seed", type=int, help="montecarlo: random seed")
+    p.add_argument("--preset", help="attention: config preset (mha, gqa, mqa, mla, mla-v3)")
+    p.add_argument("--batch", type=int, help="attention: batch size")
+    p.add_argument("--mla-impl", dest="mla_impl", choices=("naive", "absorbed"),
+                   help="attention, MLA presets: naive or absorbed (default absorbed)")
+    p.set_defaults(func=cmd_run)
+
+    for name, (module_name, help_text) in _MODULE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(module=module_name)
+        try:
+            importlib.import_module(module_name).add_arguments(p)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            p.set_defaults(missing=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "module", None):
+            if getattr(args, "missing", False):
+                print(f"kernelrace {args.command}: not built yet", file=sys.stderr)
+                return 2
+            return int(importlib.import_module(args.module).run(args) or 0)
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        print(f"kernelrace {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,110 @@
+"""The quick runner: time a grid of (strategy, size, workers) in this process.
+
+This is what ``kernelrace run`` uses; asv is the tool for history. Each point is
+prepared by the kernel's ``make_case`` (untimed), run ``warmup`` times (JIT compile,
+pool start, first touch), then timed ``repeat`` times with ``perf_counter``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kernels import registry
+
+
+@dataclass(frozen=True)
+class Point:
+    strategy: str
+    inner: str | None
+    size: int
+    workers: int
+
+
+def grid(
+    labels: Iterable[str], sizes: Iterable[int], workers: Iterable[int]
+) -> list[Point]:
+    """Every (strategy, size, workers) point, in the order given."""
+    out = []
+    for text in labels:
+        strategy, inner = registry.parse_label(text)
+        for size in sizes:
+            for w in workers:
+                out.append(Point(strategy, inner, int(size), int(w)))
+    return out
+
+
+def time_call(fn: Callable[[], Any], repeat: int, warmup: int) -> tuple[Any, list[float]]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeat`` times timed; seconds per run."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return result, times
+
+
+def run_point(
+    kernel: str, point: Point, *, repeat: int, warmup: int, options: dict[str, Any]
+) -> dict[str, Any]:
+    """Time one point; returns a row with the common fields and the kernel's own."""
+    module = registry.kernel_module(kernel)
+    case = module.make_case(
+        point.size, strategy=point.strategy, inner=point.inner, workers=point.workers, **options
+    )
+    try:
+        result, times = time_call(case.run, repeat, warmup)
+    finally:
+        case.close()
+    median = statistics.median(times)
+    row: dict[str, Any] = {
+        "kernel": kernel,
+        "strategy": point.strategy,
+        "inner": point.inner,
+        "size": point.size,
+        "workers": point.workers,
+        "median_s": median,
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeat": repeat,
+    }
+    row.update(case.fields)
+    row.update(case.describe(result, median))
+    return row
+
+
+def run_grid(
+    kernel: str,
+    points: list[Point],
+    *,
+    repeat: int,
+    warmup: int,
+    options: dict[str, Any],
+    progress: Callable[[Point], Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Time every point in turn, yielding rows as they finish."""
+    for point in points:
+        if progress is not None:
+            progress(point)
+        yield run_point(kernel, point, repeat=repeat, warmup=warmup, options=options)
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Set ``speedup`` on each row: the first strategy's time at the same size/workers over its own."""
+    if not rows:
+        return
+    first = (rows[0]["strategy"], rows[0]["inner"])
+    base = {
+        (r["size"], r["workers"]): r["median_s"]
+        for r in rows
+        if (r["strategy"], r["inner"]) == first
+    }
+    for r in rows:
+        b = base.get((r["size"], r["workers"]))
+        r["speedup"] = (b / r["median_s"]) if b and r["median_s"] > 0 else None
