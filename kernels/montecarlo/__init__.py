@@ -1,0 +1,429 @@
+"""Monte Carlo pi: throw points into the unit square, count those in the quarter circle.
+
+Plan -> chunks -> chunk kernel -> combine, as every kernel here:
+
+- ``samples`` is cut into chunks of ``chunk_size`` samples (default
+  :data:`DEFAULT_CHUNK_SIZE`; the last chunk is shorter). The chunk size never depends
+  on ``workers`` or on the executor, and chunk ``i`` draws from its own stream keyed by
+  ``(seed, i)``, so for a given chunk kernel the hit count is the same at every worker
+  count and on every executor.
+- Chunk kernels: ``reference.chunk_hits`` (pure Python, MT19937),
+  ``vectorized.chunk_hits`` (NumPy, PCG64) and ``jit.chunk_hits`` (numba, SplitMix64
+  counter-based). The three generators differ, so their hit counts differ; each agrees
+  with itself everywhere.
+- Strategies: ``python`` and ``numpy`` run the chunks one after another; ``numba``
+  runs them over numba's own thread pool (``prange``); ``threaded`` and
+  ``multiprocess`` hand runs of whole chunks to :mod:`kernels.executors` with the
+  chunk kernel named by ``inner``.
+
+See docs/montecarlo.md for the generators, their periods and why streams do not overlap.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from kernels import executors, registry
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_SIZES",
+    "STRATEGIES",
+    "PiEstimate",
+    "estimate_pi",
+    "make_case",
+    "unavailable_reason",
+    "verify",
+    "verify_cases",
+]
+
+STRATEGIES = ("python", "numpy", "numba", "threaded", "multiprocess")
+DEFAULT_SIZES = (10**6, 10**7)
+
+# 2**20 samples: about 1 ms of numba work and 4 ms of NumPy work per chunk, so the
+# per-chunk set-up (a SeedSequence and a PCG64, a few microseconds) is lost in the
+# noise, while 10**9 samples still make 954 chunks to spread over the cores.
+DEFAULT_CHUNK_SIZE = 1 << 20
+# The numba generator gives chunk i the draws [i * 2**32, i * 2**32 + chunk_size):
+# these limits keep every chunk's draws disjoint (see jit.py).
+MAX_CHUNK_SIZE = 1 << 32
+MAX_CHUNKS = 1 << 32
+MAX_SAMPLES = 1 << 62
+MAX_SEED = (1 << 64) - 1
+# Tasks per worker for the thread and process pools: enough to even out a slow worker,
+# few enough that the per-task cost (a pickle round trip for processes) stays small.
+TASKS_PER_WORKER = 4
+
+_SERIAL_STRATEGIES = ("python", "numpy")
+_EXECUTOR_OF = {"threaded": "threads", "multiprocess": "processes"}
+
+
+@dataclass(frozen=True)
+class PiEstimate:
+    """An estimate of pi from ``samples`` points, ``hits`` of them in the quarter circle.
+
+    ``pi`` is ``4 * hits / samples``; ``stderr`` its standard error,
+    ``4 * sqrt(p * (1 - p) / samples)`` with ``p = hits / samples``; ``generator``
+    names the random generator that drew the points.
+    """
+
+    pi: float
+    hits: int
+    samples: int
+    stderr: float
+    generator: str
+
+    @classmethod
+    def from_hits(cls, hits: int, samples: int, generator: str) -> PiEstimate:
+        """Build the estimate and its standard error from a hit count."""
+        p = hits / samples
+        return cls(
+            pi=4.0 * p,
+            hits=int(hits),
+            samples=int(samples),
+            stderr=4.0 * math.sqrt(p * (1.0 - p) / samples),
+            generator=generator,
+        )
+
+    @property
+    def error_in_stderr(self) -> float:
+        """``(pi - math.pi) / stderr``: how many standard errors off; NaN when stderr is 0."""
+        if self.stderr == 0.0:
+            return math.nan
+        return (self.pi - math.pi) / self.stderr
+
+
+# ---------------------------------------------------------------------------
+# Argument checks (all run before any pool starts)
+# ---------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or isinstance(value, float):
+        raise TypeError(f"{name} must be an int in [{low}, {high}], got {type(value).__name__}")
+    try:
+        value = operator.index(value)  # int and numpy integers; not float, str, None
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an int in [{low}, {high}], got {type(value).__name__}"
+        ) from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def check_samples(samples: Any) -> int:
+    """``samples`` as an int in [1, 2**62]; TypeError/ValueError naming ``samples``."""
+    return _check_int("samples", samples, 1, MAX_SAMPLES)
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in [0, 2**64 - 1]; TypeError/ValueError naming ``seed``."""
+    return _check_int("seed", seed, 0, MAX_SEED)
+
+
+def check_chunk_size(chunk_size: Any, samples: int) -> int:
+    """``chunk_size`` in [1, 2**32], and few enough chunks that streams stay disjoint."""
+    chunk_size = _check_int("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE)
+    if _n_chunks(samples, chunk_size) > MAX_CHUNKS:
+        raise ValueError(
+            f"chunk_size={chunk_size} cuts samples={samples} into more than 2**32 chunks; "
+            f"use chunk_size >= {-(-samples // MAX_CHUNKS)}"
+        )
+    return chunk_size
+
+
+def _n_chunks(samples: int, chunk_size: int) -> int:
+    return -(-samples // chunk_size)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    strategy: str
+    inner: str | None
+    workers: int
+    seed: int
+    samples: int
+    chunk_size: int
+
+    @property
+    def kernel(self) -> str:
+        """The chunk kernel this plan runs: python, numpy or numba."""
+        return self.inner or self.strategy
+
+    @property
+    def n_chunks(self) -> int:
+        return _n_chunks(self.samples, self.chunk_size)
+
+
+def _plan(
+    samples: Any,
+    strategy: str,
+    workers: int | None,
+    seed: Any,
+    inner: str | None,
+    chunk_size: Any,
+) -> _Plan:
+    samples = check_samples(samples)
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    workers = executors.resolve_workers(workers)
+    seed = check_seed(seed)
+    chunk_size = check_chunk_size(chunk_size, samples)
+    registry.require_available(sys.modules[__name__], strategy)
+    return _Plan(strategy, inner, workers, seed, samples, chunk_size)
+
+
+def unavailable_reason(strategy: str) -> str | None:
+    """Why ``strategy`` cannot run here, or None. numba and multiprocess are hard
+    dependencies, so this only says something on a broken install."""
+    if strategy == "numba":
+        return registry.module_available("numba")
+    if strategy == "multiprocess":
+        return registry.module_available("multiprocess")
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Chunk tasks
+# ---------------------------------------------------------------------------
+
+# (kernel, seed, first chunk, number of chunks, chunk_size, samples)
+Task = tuple[str, int, int, int, int, int]
+
+
+def generator_name(kernel: str) -> str:
+    """The generator a chunk kernel (python, numpy, numba) draws from."""
+    if kernel == "python":
+        from kernels.montecarlo import reference
+
+        return reference.GENERATOR
+    if kernel == "numpy":
+        from kernels.montecarlo import vectorized
+
+        return vectorized.GENERATOR
+    from kernels.montecarlo import jit
+
+    return jit.GENERATOR
+
+
+def run_task(task: Task) -> int:
+    """Hits of a run of whole chunks with one chunk kernel (the unit the pools run).
+
+    Module-level so that process-pool workers find it by import. Chunk ``i`` is always
+    keyed by ``(seed, i)``, so grouping chunks into tasks does not change the sum.
+    """
+    kernel, seed, first, count, chunk_size, samples = task
+    if kernel == "numba":
+        import numpy as np
+
+        from kernels.montecarlo import jit
+
+        key = jit.seed_key(np.uint64(seed))
+        return int(jit.range_hits(np.uint64(key), first, count, chunk_size, samples))
+    if kernel == "numpy":
+        from kernels.montecarlo.vectorized import chunk_hits
+    else:
+        from kernels.montecarlo.reference import chunk_hits
+    hits = 0
+    for i in range(first, first + count):
+        start = i * chunk_size
+        hits += chunk_hits(seed, i, min(chunk_size, samples - start))
+    return hits
+
+
+def make_tasks(plan: _Plan, n_tasks: int) -> list[Task]:
+    """Cut the plan's chunks into ``n_tasks`` (at most one per chunk) contiguous runs."""
+    n_chunks = plan.n_chunks
+    n_tasks = max(1, min(n_tasks, n_chunks))
+    tasks = []
+    for t in range(n_tasks):
+        first = t * n_chunks // n_tasks
+        last = (t + 1) * n_chunks // n_tasks
+        tasks.append((plan.kernel, plan.seed, first, last - first, plan.chunk_size, plan.samples))
+    return tasks
+
+
+def _run(plan: _Plan) -> int:
+    if plan.strategy == "numba":
+        import numpy as np
+
+        from kernels.montecarlo import jit
+
+        key = jit.seed_key(np.uint64(plan.seed))
+        with executors.limit_threads(plan.workers):
+            return int(jit.parallel_hits(np.uint64(key), plan.chunk_size, plan.samples))
+    if plan.strategy in _SERIAL_STRATEGIES:
+        return sum(executors.run_chunks("serial", run_task, make_tasks(plan, 1), plan.workers))
+    tasks = make_tasks(plan, TASKS_PER_WORKER * plan.workers)
+    return sum(executors.run_chunks(_EXECUTOR_OF[plan.strategy], run_task, tasks, plan.workers))
+
+
+# ---------------------------------------------------------------------------
+# Public entry
+# ---------------------------------------------------------------------------
+
+
+def estimate_pi(
+    samples: int,
+    *,
+    strategy: str = "numba",
+    workers: int | None = None,
+    seed: int = 0,
+    inner: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> PiEstimate:
+    """Estimate pi from ``samples`` uniform points in the unit square.
+
+    ``strategy`` is one of :data:`STRATEGIES`; ``inner`` (python, numpy or numba,
+    default numba) picks the chunk kernel of ``threaded`` and ``multiprocess``.
+    ``workers`` is the number of cores (None: all). ``seed`` (0 <= seed < 2**64)
+    and ``chunk_size`` (samples per chunk) fix the result: for a given chunk kernel
+    the same (samples, seed, chunk_size) give the same hits with any ``workers`` and
+    any executor. Every argument is checked before any work or pool starts.
+    """
+    plan = _plan(samples, strategy, workers, seed, inner, chunk_size)
+    hits = _run(plan)
+    return PiEstimate.from_hits(hits, plan.samples, generator_name(plan.kernel))
+
+
+# ---------------------------------------------------------------------------
+# Harness hooks: make_case, verify
+# ---------------------------------------------------------------------------
+
+_CASE_OPTIONS = ("chunk_size",)
+
+
+def cores_used(strategy: str, workers: int) -> int:
+    """Cores a strategy is given: ``workers`` for the parallel ones, 1 for python/numpy."""
+    return 1 if strategy in _SERIAL_STRATEGIES else workers
+
+
+def make_case(
+    size: int,
+    *,
+    strategy: str,
+    inner: str | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    **options: Any,
+) -> registry.Case:
+    """A prepared ``estimate_pi(size, ...)`` for the harness; nothing runs until ``run()``.
+
+    ``options`` may hold ``chunk_size``; anything else is refused (ValueError).
+    ``describe`` adds the estimate, its standard error, the error in standard errors,
+    the hits, and the time per sample in nanoseconds (total, and per core used).
+    """
+    unknown = sorted(set(options) - set(_CASE_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"montecarlo takes no option {', '.join(unknown)}; options: {', '.join(_CASE_OPTIONS)}"
+        )
+    chunk_size = options.get("chunk_size", DEFAULT_CHUNK_SIZE)
+    plan = _plan(size, strategy, workers, seed, inner, chunk_size)
+
+    def run() -> PiEstimate:
+        return estimate_pi(
+            plan.samples, strategy=plan.strategy, workers=plan.workers, seed=plan.seed,
+            inner=plan.inner, chunk_size=plan.chunk_size,
+        )
+
+    def describe(result: PiEstimate, seconds: float) -> dict[str, Any]:
+        ns_per_sample = seconds / plan.samples * 1e9
+        return {
+            "pi": result.pi,
+            "stderr": result.stderr,
+            "error_in_stderr": result.error_in_stderr,
+            "hits": result.hits,
+            "ns_per_sample": ns_per_sample,
+            "ns_per_sample_per_core": ns_per_sample * cores_used(plan.strategy, plan.workers),
+        }
+
+    return registry.Case(run=run, describe=describe, fields={"seed": plan.seed})
+
+
+# Small enough for the pure-Python kernel (~0.1 s), with many short chunks and a
+# ragged last one.
+_VERIFY_SAMPLES = 100_003
+_VERIFY_CHUNK = 8192
+_VERIFY_SEEDS = (0, 1, 2**63 + 12345)
+
+
+def verify_cases() -> list[tuple[str, dict[str, Any]]]:
+    """The small inputs :func:`verify` checks every strategy on."""
+    return [
+        (
+            f"samples={_VERIFY_SAMPLES} seed={seed} chunk={_VERIFY_CHUNK}",
+            {"samples": _VERIFY_SAMPLES, "seed": seed, "chunk_size": _VERIFY_CHUNK},
+        )
+        for seed in _VERIFY_SEEDS
+    ]
+
+
+def serial_hits(kernel: str, samples: int, seed: int, chunk_size: int) -> int:
+    """Hits of ``samples`` with one chunk kernel, chunk by chunk in this thread."""
+    samples = check_samples(samples)
+    seed = check_seed(seed)
+    chunk_size = check_chunk_size(chunk_size, samples)
+    return sum(
+        run_task((kernel, seed, i, 1, chunk_size, samples))
+        for i in range(_n_chunks(samples, chunk_size))
+    )
+
+
+def _generator_check(kernel: str) -> registry.Check | None:
+    """The chunk kernel against its slow Python recomputation, bit for bit."""
+    from kernels.montecarlo import reference
+
+    seed, chunk, length = 7, 3, 2_001
+    if kernel == "numba":
+        import numpy as np
+
+        from kernels.montecarlo import jit
+
+        got = int(jit.chunk_hits(np.uint64(jit.seed_key(np.uint64(seed))), chunk, length))
+        want = reference.splitmix_chunk_hits(seed, chunk, length)
+    elif kernel == "numpy":
+        from kernels.montecarlo import vectorized
+
+        got = vectorized.chunk_hits(seed, chunk, length)
+        want = reference.pcg64_chunk_hits(seed, chunk, length)
+    else:
+        return None
+    return registry.Check(
+        f"{kernel} chunk kernel vs Python recomputation", got == want, f"{got} vs {want}"
+    )
+
+
+def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Check]:
+    """Check a strategy on small inputs.
+
+    For each case: the hits equal those of the same chunk kernel run serially chunk by
+    chunk (exact), and the estimate lies within 5 standard errors of pi. Plus the chunk
+    kernel's generator against a slow Python recomputation.
+    """
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    kernel = inner or strategy
+    checks = []
+    generator = _generator_check(kernel)
+    if generator is not None:
+        checks.append(generator)
+    for name, case in verify_cases():
+        result = estimate_pi(
+            case["samples"], strategy=strategy, inner=inner, workers=workers,
+            seed=case["seed"], chunk_size=case["chunk_size"],
+        )
+        want = serial_hits(kernel, case["samples"], case["seed"], case["chunk_size"])
+        checks.append(
+            registry.Check(f"{name}: hits vs serial {kernel}", result.hits == want,
+                           f"{result.hits} vs {want}")
+        )
+        z = result.error_in_stderr
+        checks.append(
+            registry.Check(f"{name}: within 5 stderr", abs(z) <= 5.0,
+                           f"pi={result.pi:.6f} stderr={result.stderr:.2e} z={z:+.2f}")
+        )
+    return checks
