@@ -449,6 +449,9 @@ def plot_speedup(table: Table, derived: dict[int, Derived], path: Path) -> bool:
     fig, axes = _facet_grid(len(facets), width=max(5.0, 0.5 * len(table.strategies) + 2))
     workers = table.workers
     width = 0.8 / max(1, len(workers))
+    values = [derived[id(r)].speedup for r in rows]
+    # Log scale only when the bars span decades (pure Python next to numba); else linear.
+    log = max(values) / min(values) > 20
     for ax, facet in zip(axes, facets, strict=True):
         strategies = table.strategies
         for j, w in enumerate(workers):
@@ -456,12 +459,18 @@ def plot_speedup(table: Table, derived: dict[int, Derived], path: Path) -> bool:
             for s in strategies:
                 r = next((x for x in rows if x.strategy == s and x.workers == w
                           and x.facet == facet), None)
-                ys.append(derived[id(r)].speedup if r is not None else 0.0)
+                ys.append(derived[id(r)].speedup if r is not None else float("nan"))
             xs = [i + (j - (len(workers) - 1) / 2) * width for i in range(len(strategies))]
             label = f"{w} worker{'s' if w != 1 else ''}" if w is not None else None
-            ax.bar(xs, ys, width=width, label=label, color=f"C{j}")
+            bars = ax.bar(xs, ys, width=width,
+                          label=label, color=f"C{j}", bottom=None)
+            for bar, y in zip(bars, ys, strict=True):
+                if not math.isnan(y):
+                    ax.annotate(f"{y:.2g}", (bar.get_x() + bar.get_width() / 2, y),
+                                ha="center", va="bottom", fontsize=6)
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_yscale("log")
+        if log:
+            ax.set_yscale("log")
         ax.set_xticks(range(len(strategies)))
         ax.set_xticklabels(strategies, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(f"speedup vs {BASELINE} on 1 worker")

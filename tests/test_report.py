@@ -1,0 +1,310 @@
+"""kernelrace report: on real asv results made by a tiny project, and on hand-made result
+files in asv 0.6's format (checked against asv's own loader) for the sieve's anchor and
+the attention kernel's bandwidth and KV-bytes figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_compare import MACHINE, tiny_asv_results
+
+from kernels.harness import asvresults, report
+from kernels.harness.cli import main as cli_main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    return tiny_asv_results(tmp_path_factory)
+
+
+def _machine_json(path: Path, read_gbps: dict[str, float] | None = None) -> Path:
+    read = read_gbps or {"1": 10.0, "2": 18.0}
+    doc = {
+        "schema": 1, "created": "2026-01-01T00:00:00+00:00", "command": "kernelrace machine",
+        "cpu": {"model": "Test CPU", "affinity_cpus": 2, "llc_bytes": 1 << 28},
+        "numpy": {"version": "2.x", "blas": [{"user_api": "blas", "internal_api": "openblas",
+                                              "version": "0.3", "num_threads": 2}]},
+        "numba": {"version": "0.68", "threading_layer": "omp", "num_threads": 2},
+        "anchors": {"primesieve_python": None, "primesieve_cli": None, "torch": None},
+        "bandwidth": {"array_bytes": 1 << 30, "repeats": 5},
+        "bandwidth_gbps": {"read": read, "copy": read, "triad": read},
+        "matmul": {"n": 2048, "gflops": {"1": 100.0, "2": 190.0}},
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------
+# On real asv results
+# ---------------------------------------------------------------------------
+
+
+def test_report_from_real_asv_results(project, tmp_path, capsys):
+    results = Path(project["results"])
+    before = _digest(results)
+    machine = _machine_json(tmp_path / "machine.json")
+    out = tmp_path / "out"
+    code = cli_main(["report", "--results", str(results), "--machine", str(machine),
+                     "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    text = (out / "report.md").read_text()
+    # The latest run (the slower head commit) is the one reported.
+    assert f"commit `{project['head'][:12]}`" in text
+    assert "## tiny" in text and "bench_tiny.TimeTiny.time_work" in text
+    assert "speedup vs numpy@1" in text and "parallel eff." in text
+    assert "kernelrace report --results" in text  # the command that reproduces it
+    assert "Test CPU" in text
+    # The track with params (size,) is joined to the time benchmark by name:
+    # 4e6 bytes in numba's 4-unit time -> a GB/s column and a share of read bandwidth.
+    assert "GB/s" in text and "of read bw" in text
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert plots == ["tiny_scaling.png", "tiny_speedup.png", "tiny_time_vs_size.png"]
+    for p in (out / "plots").glob("*.png"):
+        assert p.read_bytes()[:8] == PNG_MAGIC
+        assert f"(plots/{p.name})" in text
+    assert not list(out.rglob("*.tmp"))
+    assert _digest(results) == before  # the report never rewrites asv results
+
+
+def test_report_rows_match_the_result_file(project):
+    results = Path(project["results"])
+    files = asvresults.find_results(results, commit=project["base"])
+    (bench,) = [b for b in asvresults.merge(files).values() if b.name.endswith("time_work")]
+    table = report.build_table("tiny", bench, [])
+    assert table.size_name == "size" and table.has_workers
+    assert sorted(table.strategies) == ["numba", "numpy"]
+    look = table.lookup()
+    d = report.derive(table, None)
+    slow, fast = look[("numpy", 4, 1, ())], look[("numba", 4, 1, ())]
+    # numba sleeps half as long as numpy by construction.
+    assert 1.6 < d[id(fast)].speedup < 2.4
+    assert d[id(slow)].speedup == pytest.approx(1.0)
+    two = look[("numba", 4, 2, ())]
+    assert 0.8 < d[id(two)].efficiency < 1.1
+
+
+def test_commit_option_and_missing_machine_is_noted(project, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli_main(["report", "--results", str(project["results"]), "--out", str(out),
+                     "--commit", project["base"][:10]])
+    assert code == 0, capsys.readouterr().err
+    text = (out / "report.md").read_text()
+    assert f"commit `{project['base'][:12]}`" in text
+    assert "not calibrated" in text and MACHINE in text
+
+
+# ---------------------------------------------------------------------------
+# Errors name the file
+# ---------------------------------------------------------------------------
+
+
+def test_missing_results_folder(tmp_path, capsys):
+    missing = tmp_path / "nothing"
+    assert cli_main(["report", "--results", str(missing), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "not found" in err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_corrupt_result_file_is_named_and_left_alone(project, tmp_path, capsys):
+    results = tmp_path / "asv"
+    shutil.copytree(project["results"], results)
+    victim = next((results / MACHINE).glob(f"{project['base'][:8]}-*.json"))
+    victim.write_text('{"commit_hash": "abc", "results": {')
+    before = victim.read_bytes()
+    out = tmp_path / "out"
+    assert cli_main(["report", "--results", str(results), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(victim) in err and "corrupt JSON" in err
+    assert victim.read_bytes() == before
+    assert not (out / "report.md").exists()
+
+
+def test_corrupt_benchmarks_json_and_machine_json(project, tmp_path, capsys):
+    results = tmp_path / "asv"
+    shutil.copytree(project["results"], results)
+    machine = tmp_path / "machine.json"
+    machine.write_text("{not json")
+    assert cli_main(["report", "--results", str(results), "--machine", str(machine),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert str(machine) in capsys.readouterr().err
+    assert cli_main(["report", "--results", str(results), "--machine",
+                     str(tmp_path / "absent.json"), "--out", str(tmp_path / "o")]) == 2
+    assert "absent.json" in capsys.readouterr().err
+    (results / "benchmarks.json").write_text("[1, 2")
+    assert cli_main(["report", "--results", str(results), "--out", str(tmp_path / "o")]) == 2
+    assert str(results / "benchmarks.json") in capsys.readouterr().err
+
+
+def test_result_file_not_from_asv(tmp_path, capsys):
+    results = tmp_path / "asv"
+    (results / "m").mkdir(parents=True)
+    bad = results / "m" / "abcdef12-env.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    assert cli_main(["report", "--results", str(results), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not an asv result file" in err
+
+
+def test_out_inside_asv_results_is_refused(project, capsys):
+    results = Path(project["results"])
+    assert cli_main(["report", "--results", str(results), "--out", str(results / "x")]) == 2
+    assert "never writes there" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Hand-made results in asv's format: the kernel-specific figures
+# ---------------------------------------------------------------------------
+
+
+def write_asv_results(results: Path, benches: dict[str, dict[str, Any]], *,
+                      machine: str = "m1", commit: str = "c0ffee00" * 5) -> Path:
+    """Write benchmarks.json and one result file in asv 0.6's layout.
+
+    ``benches``: name -> {"param_names", "params" (python values), "values" (a function of
+    the params dict), "type", "unit"}.
+    """
+    columns = ["result", "params", "version", "started_at", "duration", "stats_ci_99_a",
+               "stats_ci_99_b", "stats_q_25", "stats_q_75", "stats_number", "stats_repeat",
+               "samples", "profile"]
+    described, rows = {}, {}
+    for name, b in benches.items():
+        reprs = [[repr(v) for v in p] for p in b["params"]]
+        values = [b["values"](dict(zip(b["param_names"], combo, strict=True)))
+                  for combo in itertools.product(*b["params"])]
+        described[name] = {"name": name, "param_names": b["param_names"], "params": reprs,
+                           "type": b["type"], "unit": b["unit"], "version": "v1"}
+        if b["type"] == "time":
+            stats = [[v * 0.9 if v else None for v in values],
+                     [v * 1.1 if v else None for v in values],
+                     [v * 0.95 if v else None for v in values],
+                     [v * 1.05 if v else None for v in values],
+                     [1] * len(values), [5] * len(values)]
+            rows[name] = [values, reprs, "v1", 1_700_000_000_000, 1.0, *stats]
+        else:
+            rows[name] = [values, reprs, "v1", 1_700_000_000_000, 1.0]
+    described["version"] = 2
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "benchmarks.json").write_text(json.dumps(described))
+    (results / machine).mkdir(exist_ok=True)
+    (results / machine / "machine.json").write_text(json.dumps(
+        {"machine": machine, "cpu": "x", "num_cpu": "2", "os": "Linux", "ram": "1", "version": 1}))
+    path = results / machine / f"{commit[:8]}-existing-py.json"
+    path.write_text(json.dumps({
+        "commit_hash": commit, "env_name": "existing-py", "date": 1_700_000_000_000,
+        "params": {"machine": machine, "python": "3.11"}, "python": "3.11",
+        "requirements": {}, "env_vars": {}, "result_columns": columns, "results": rows,
+        "durations": {}, "version": 2,
+    }))
+    return path
+
+
+def test_handmade_format_is_what_asv_reads(tmp_path):
+    asv_results = pytest.importorskip("asv.results")
+    path = write_asv_results(tmp_path / "asv", {
+        "bench_x.T.time_f": {"param_names": ["strategy", "n"], "params": [["numpy"], [10, 20]],
+                             "values": lambda p: p["n"] * 1e-3, "type": "time",
+                             "unit": "seconds"}})
+    loaded = asv_results.Results.load(str(path))
+    assert loaded.get_result_value("bench_x.T.time_f", [["'numpy'"], ["10", "20"]]) == [
+        0.01, 0.02]
+    ours = asvresults.load_result_file(path)
+    assert ours.benchmarks["bench_x.T.time_f"].values == (0.01, 0.02)
+
+
+def _sieve_benches() -> dict[str, dict[str, Any]]:
+    speed = {"python": 200.0, "numpy": 4.0, "numba": 2.0, "threaded:numba": 2.0,
+             "primesieve": 0.5}
+    return {"bench_sieve.TimeSieve.time_count": {
+        "param_names": ["strategy", "n", "workers"],
+        "params": [list(speed), [10**6, 10**8], [1, 2]],
+        # python is skipped (NaN) at the large size, fails (None) at 2 workers
+        "values": lambda p: (float("nan") if p["strategy"] == "python" and p["n"] > 10**6
+                             else None if p["strategy"] == "python" and p["workers"] == 2
+                             else speed[p["strategy"]] * p["n"] * 1e-9
+                             / (p["workers"] if p["strategy"] != "numpy" else 1)),
+        "type": "time", "unit": "seconds"}}
+
+
+def test_sieve_anchor_column_and_skips(tmp_path):
+    results = tmp_path / "asv"
+    write_asv_results(results, _sieve_benches())
+    text, plots = report.build_report(results, tmp_path / "none.json", tmp_path / "out")
+    assert "speed vs primesieve" in text
+    row = next(x for x in text.splitlines()
+               if x.startswith("| numba |") and "| 1e8 | 1 |" in x)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # numba 2 ns/n against primesieve 0.5 ns/n: a quarter of primesieve's speed;
+    # numpy 4 ns/n: numba is 2x numpy.
+    assert "0.25x" in cells and "2x" in cells
+    assert "2 combination(s) skipped" in text
+    assert "Failed: bench_sieve.TimeSieve.time_count('python', 1000000, 2)" in text
+    assert "## Headline" in text and "| sieve | time_count | 1e8 | 2 | primesieve |" in text
+    names = {p.name for p in plots}
+    assert {"sieve_time_vs_size.png", "sieve_speedup.png", "sieve_scaling.png"} <= names
+
+
+def _attention_benches() -> dict[str, dict[str, Any]]:
+    per_token = {"mha": 16384, "gqa": 4096, "mla": 1152}
+    presets = list(per_token)
+    bw = {1: 10e9, 2: 16e9}  # what the fake kernel reaches, bytes/s
+
+    def kv_bytes(p: dict[str, Any]) -> float:
+        return per_token[p["preset"]] * p["context"]
+
+    return {
+        "bench_attention.Decode.time_decode": {
+            "param_names": ["strategy", "preset", "context", "workers"],
+            "params": [["numpy", "numba"], presets, [1024, 8192], [1, 2]],
+            "values": lambda p: kv_bytes(p) / bw[p["workers"]] * (
+                2.0 if p["strategy"] == "numpy" else 1.0),
+            "type": "time", "unit": "seconds"},
+        "bench_attention.Decode.track_kv_bytes": {
+            "param_names": ["preset", "context"], "params": [presets, [1024, 8192]],
+            "values": kv_bytes, "type": "track", "unit": "bytes"},
+        "bench_attention.Decode.track_kv_bytes_per_token": {
+            "param_names": ["preset"], "params": [presets],
+            "values": lambda p: per_token[p["preset"]], "type": "track", "unit": "bytes"},
+    }
+
+
+def test_attention_bandwidth_fraction_and_plots(tmp_path):
+    results = tmp_path / "asv"
+    write_asv_results(results, _attention_benches())
+    machine = _machine_json(tmp_path / "machine.json", {"1": 20.0, "2": 32.0})
+    text, plots = report.build_report(results, machine, tmp_path / "out")
+    row = next(x for x in text.splitlines()
+               if x.startswith("| numba | gqa |") and "| 8,192 | 2 |" in x)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # numba reaches 16 GB/s on 2 workers; the machine's 2-thread read is 32 GB/s.
+    assert "16" in cells and "50%" in cells
+    names = {p.name for p in plots}
+    assert {"attention_bandwidth.png", "attention_kv_bytes_per_token.png",
+            "attention_time_vs_size.png"} <= names
+    for p in plots:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+    assert "track_kv_bytes_per_token" in text  # listed under other measurements
+
+
+def test_param_roles_are_found_by_name():
+    roles = report.param_roles(["strategy", "samples", "workers", "seed"])
+    assert roles == {"strategy": "strategy", "samples": "size", "workers": "workers",
+                     "seed": "seed"}
+    assert report.param_roles(["label", "context", "preset"])["context"] == "size"
+    assert asvresults.kernel_of("bench_montecarlo.TimeEstimatePi.time_estimate_pi") == (
+        "montecarlo")
+    assert report.fmt_size(10**8) == "1e8" and report.fmt_size(4096) == "4,096"
