@@ -1,0 +1,91 @@
+"""kernelrace machine: the measuring functions, bad input, and the JSON it writes.
+
+Sizes are small (a few MiB): these check that the figures are real numbers measured
+the stated way, not what the machine reaches; `kernelrace machine` does that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from kernels.executors import cpu_count
+from kernels.harness import machine
+from kernels.harness.cli import main as cli_main
+
+MiB = 1 << 20
+
+
+def test_bandwidth_functions_return_gbps():
+    for fn in (machine.measure_read_bandwidth, machine.measure_copy_bandwidth,
+               machine.measure_triad_bandwidth):
+        gbps = fn(4 * MiB, 1, repeats=2)
+        assert math.isfinite(gbps) and 0.1 < gbps < 10_000, (fn.__name__, gbps)
+
+
+def test_bandwidth_samples_per_kind_and_workers():
+    samples = machine.measure_bandwidth(2 * MiB, [1, cpu_count()], repeats=2)
+    assert set(samples) == {"read", "copy", "triad"}
+    for per in samples.values():
+        assert set(per) == {1, cpu_count()}
+        assert all(len(v) == 2 and min(v) > 0 for v in per.values())
+
+
+def test_matmul_gflops():
+    (g,) = machine.measure_matmul_gflops(128, 1, repeats=1)
+    assert 0.01 < g < 100_000
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: machine.measure_read_bandwidth(0, 1), "nbytes must be"),
+    (lambda: machine.measure_read_bandwidth(1024, 0), "workers must be >= 1"),
+    (lambda: machine.measure_matmul_gflops(0, 1), "n must be"),
+])
+def test_bad_input_is_refused_before_work(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_cache_info_and_sizes():
+    caches = machine.cache_info()
+    assert caches, "no cache information from /sys or lscpu"
+    assert all(c["size_bytes"] and c["size_bytes"] > 0 for c in caches)
+    assert machine.last_level_cache_bytes(caches) == max(
+        c["size_bytes"] for c in caches if c["type"] != "Instruction")
+    assert machine._parse_size("48K") == 48 * 1024
+    assert machine._parse_size("260 MiB") == 260 * MiB
+
+
+def test_command_writes_json_atomically(tmp_path, capsys):
+    out = tmp_path / "sub" / "machine.json"
+    code = cli_main(["machine", "--out", str(out), "--array-bytes", "4M", "--repeats", "1",
+                     "--quick"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "read" in printed and "GB/s" in printed and f"wrote {out}" in printed
+    doc = machine.load_machine(out)
+    cores = str(cpu_count())
+    assert set(doc["bandwidth_gbps"]) == {"read", "copy", "triad"}
+    assert set(doc["bandwidth_gbps"]["read"]) == {"1", cores}
+    assert doc["bandwidth"]["array_bytes"] == 4 * MiB
+    assert doc["cpu"]["affinity_cpus"] == cpu_count()
+    assert doc["numba"]["threading_layer"]
+    assert "primesieve_python" in doc["anchors"] and "torch" in doc["anchors"]
+    assert doc["matmul"]["gflops"]["1"] > 0
+    assert doc["quick"] is True and doc["command"].startswith("kernelrace machine")
+    assert [p.name for p in out.parent.iterdir()] == ["machine.json"]  # no temp left over
+    # The report reads figures back per worker count, falling back to the nearest below.
+    assert machine.bandwidth_gbps(doc, "read", 1) == doc["bandwidth_gbps"]["read"]["1"]
+    assert machine.bandwidth_gbps(doc, "read", 64) == doc["bandwidth_gbps"]["read"][cores]
+
+
+def test_load_machine_names_a_corrupt_file(tmp_path):
+    bad = tmp_path / "machine.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match=str(bad)):
+        machine.load_machine(bad)
+    bad.write_text(json.dumps({"x": 1}))
+    with pytest.raises(ValueError, match="not a kernelrace machine file"):
+        machine.load_machine(bad)
