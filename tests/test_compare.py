@@ -36,7 +36,7 @@ class TimeTiny:
     params = (["numpy", "numba"], [1, 4], [1, 2])
     param_names = ["strategy", "size", "workers"]
     number = 1
-    repeat = 6
+    repeat = 10
     rounds = 1
     warmup_time = 0.0
 
@@ -130,7 +130,7 @@ def test_slowdown_is_flagged_with_exit_1(project, capsys):
     assert code == 1, out
     assert "REGRESSED" in out
     assert "bench_tiny.TimeTiny.time_work('numba', 4, 1)" in out
-    # Six samples each side, all three times slower: asv's Mann-Whitney test says yes.
+    # Ten samples each side, three times slower: asv's Mann-Whitney test says yes.
     line = next(x for x in out.splitlines() if "time_work('numba', 4, 1)" in x)
     ratio = float(line.split()[0].rstrip("x"))
     assert 2.0 < ratio < 4.0, line
@@ -232,3 +232,31 @@ def test_peak_memory_growth_counts_as_regression():
                                       {"b": _bench([150e6], kind="memory")})
     assert c.status == "regressed"
     assert compare.format_value(150e6, "bytes") == "150M"
+
+
+def test_run_calls_asv_continuous_then_judges_the_files(project, monkeypatch, capsys):
+    calls = []
+
+    def fake_asv(args, config):
+        calls.append(args)
+        return 1  # asv continuous's own "found a regression" code is not an error
+
+    monkeypatch.setattr(compare, "_asv", fake_asv)
+    monkeypatch.setenv("HOME", str(project["root"] / "home"))  # asv machine already set up
+    code = _compare(project, project["base"], project["head"], "--run", "--factor", "1.2",
+                    "--bench", "time_")
+    assert code == 1
+    assert calls == [["continuous", "--factor", "1.2", "--bench", "time_",
+                      project["base"], project["head"]]]
+    monkeypatch.setattr(compare, "_asv", lambda args, config: 2)
+    assert _compare(project, project["base"], project["head"], "--run") == 2
+    assert "asv continuous` failed with exit code 2" in capsys.readouterr().err
+
+
+def test_changed_benchmark_code_is_marked():
+    base = _bench([1.0])
+    head = BenchmarkResult(**{**base.__dict__, "values": (2.0,), "version": "other"})
+    (c,) = compare.compare_benchmarks({"b": base}, {"b": head})
+    assert c.code_changed and c.status == "regressed"
+    assert "[benchmark code changed]" in compare.render([c], factor=1.1, split=False,
+                                                        use_stats=True)

@@ -46,6 +46,7 @@ class Change:
     ratio: float | None  # after / before; > 1 is slower for time and memory
     significant: bool | None  # None: too few samples to test (e.g. asv --quick)
     status: str  # regressed | improved | unchanged | noise | failed | fixed | tracked | skipped
+    code_changed: bool = False  # the benchmark's own code differs (asv's version hash)
 
     def label(self) -> str:
         """``name(p1, p2)`` as asv prints it."""
@@ -114,7 +115,8 @@ def compare_benchmarks(base: dict[str, BenchmarkResult], head: dict[str, Benchma
             bp = b_points.get(hp.key)
             if bp is None:
                 continue
-            change = Change(name, hp.key, h.type, h.unit, bp.value, hp.value, None, None, "")
+            change = Change(name, hp.key, h.type, h.unit, bp.value, hp.value, None, None, "",
+                            code_changed=bool(b.version and h.version and b.version != h.version))
             if h.type not in JUDGED_TYPES:
                 change.status = "tracked"
                 if _is_number(bp.value) and _is_number(hp.value) and bp.value:
@@ -233,8 +235,9 @@ def _table(changes: list[Change]) -> list[str]:
     rows = [["ratio", "before", "after", "significant", "benchmark"]]
     for c in changes:
         ratio = f"{c.ratio:.2f}x" if c.ratio is not None else "-"
+        note = "  [benchmark code changed]" if c.code_changed else ""
         rows.append([ratio, format_value(c.before, c.unit), format_value(c.after, c.unit),
-                     _sig_text(c.significant), c.label()])
+                     _sig_text(c.significant), c.label() + note])
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for k, r in enumerate(rows):
