@@ -79,6 +79,7 @@ class Row:
     seconds: float
     q25: float | None
     q75: float | None
+    repeat: int | None = None  # samples behind the median (1 with asv --quick)
     extra: dict[str, float | None] = field(default_factory=dict)
 
     @property
@@ -185,6 +186,7 @@ def build_table(kernel: str, bench: BenchmarkResult,
             seconds=float(p.value),
             q25=stats.get("q_25"),
             q75=stats.get("q_75"),
+            repeat=int(stats["repeat"]) if "repeat" in stats else None,
             extra=extra,
         ))
     return Table(kernel, bench, roles, rows, failed, skipped, by_role.get("size"), chosen)
@@ -330,7 +332,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _spread(r: Row) -> str:
-    if r.q25 is None or r.q75 is None or r.seconds <= 0:
+    if r.q25 is None or r.q75 is None or r.seconds <= 0 or (r.repeat or 2) < 2:
         return "-"
     return f"±{50 * (r.q75 - r.q25) / r.seconds:.1f}%"
 
@@ -402,6 +404,14 @@ def _facet_grid(n: int, width: float = 5.0, height: float = 3.8):
     return fig, flat[:n]
 
 
+def _legend_outside(fig: Any, ax: Any) -> None:
+    """One legend for all panels, right of them, so it never hides a line."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+
+
 def _facet_title(facet: tuple[tuple[str, Any], ...]) -> str:
     return ", ".join(f"{k}={v}" for k, v in facet)
 
@@ -432,7 +442,7 @@ def plot_time_vs_size(table: Table, path: Path) -> bool:
         ax.set_ylabel("median time (s)")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(_facet_title(facet) or asvresults.function_of(table.benchmark.name))
-    axes[0].legend(fontsize=7, loc="upper left")
+    _legend_outside(fig, axes[0])
     if table.has_workers and wmax != wmin:
         fig.suptitle(f"{table.kernel}: solid {wmin} worker, dashed {wmax} workers", fontsize=10)
     _save(fig, path)
@@ -441,7 +451,7 @@ def plot_time_vs_size(table: Table, path: Path) -> bool:
 
 def plot_speedup(table: Table, derived: dict[int, Derived], path: Path) -> bool:
     """Bars of speedup against numpy@1 at the largest size, one bar per worker count."""
-    size = table.sizes[-1] if table.sizes else None
+    size = baseline_size(table, derived)
     rows = [r for r in table.rows if r.size == size and derived[id(r)].speedup is not None]
     if not rows:
         return False
@@ -484,35 +494,39 @@ def plot_speedup(table: Table, derived: dict[int, Derived], path: Path) -> bool:
 
 
 def plot_scaling(table: Table, path: Path) -> bool:
-    """Speedup over the same strategy on 1 worker against workers, with the ideal line."""
+    """Speedup over the same strategy on 1 worker against workers, with the ideal line.
+
+    Each strategy is drawn at the largest size where it ran on 1 and more workers (the
+    size is in its label): small sizes measure pool overhead, not scaling.
+    """
     workers = [w for w in table.workers if w]
     if len(workers) < 2:
         return False
-    size = table.sizes[-1] if table.sizes else None
     look = table.lookup()
     facets = table.facets
     fig, axes = _facet_grid(len(facets))
     drew = False
     for ax, facet in zip(axes, facets, strict=True):
         for i, s in enumerate(table.strategies):
-            one = look.get((s, size, 1, facet))
-            if one is None:
+            sizes = [z for z in table.sizes or [None] if (s, z, 1, facet) in look
+                     and any((s, z, w, facet) in look for w in workers[1:])]
+            if not sizes:
                 continue
+            size = sizes[-1]
+            one = look[(s, size, 1, facet)]
             pts = [(w, one.seconds / look[(s, size, w, facet)].seconds) for w in workers
                    if (s, size, w, facet) in look]
-            if len(pts) < 2:
-                continue
             xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=s)
+            label = f"{s} ({fmt_size(size)})" if size is not None else s
+            ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=label)
             drew = True
         ax.plot(workers, workers, "k:", label="ideal")
         ax.set_xlabel("workers")
         ax.set_ylabel("speedup over 1 worker")
         ax.set_xticks(workers)
-        ax.set_title(" ".join(x for x in (_facet_title(facet),
-                                          f"{table.size_name}={fmt_size(size)}") if x))
+        ax.set_title(_facet_title(facet) or f"each strategy at its largest {table.size_name}")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+    _legend_outside(fig, axes[0])
     if not drew:
         _pyplot().close(fig)
         return False
@@ -773,7 +787,9 @@ def build_report(results_dir: Path, machine_path: Path, out_dir: Path, *,
             body += ["### Other measurements", ""]
             body += [_other_table(others), ""]
     if headline:
-        md += ["## Headline: fastest strategy per kernel at its largest size", "",
+        md += ["## Headline: fastest strategy per kernel", "",
+               f"At the largest size where `{BASELINE}` on 1 worker ran (else the largest).",
+               "",
                markdown_table(["kernel", "benchmark", "size", "workers", "fastest",
                                "median", f"speedup vs {BASELINE}@1"], headline), ""]
     md += _machine_section(machine, asv_info, machine_path, notes)
@@ -784,10 +800,17 @@ def build_report(results_dir: Path, machine_path: Path, out_dir: Path, *,
     return "\n".join(md), plots
 
 
+def baseline_size(table: Table, derived: dict[int, Derived]) -> Any:
+    """The largest size with a speedup baseline (numpy@1), else the largest size."""
+    with_base = [r.size for r in table.rows if derived[id(r)].speedup is not None]
+    sizes = sorted(set(with_base), key=_sort_key) or table.sizes
+    return sizes[-1] if sizes else None
+
+
 def _headline(t: Table, derived: dict[int, Derived]) -> list[list[str]]:
     if not t.sizes:
         return []
-    size = t.sizes[-1]
+    size = baseline_size(t, derived)
     out = []
     for facet in t.facets:
         rows = [r for r in t.rows if r.size == size and r.facet == facet]
