@@ -1,0 +1,207 @@
+"""Attention decode with a KV cache: MHA, GQA, MQA and MLA, in every strategy.
+
+One decode step of one attention layer: the new token's query attends over every
+cached token. At long context the step streams the whole cache once, so memory
+bandwidth is its limit and the cache's bytes per token decide both memory and speed.
+
+Public pieces: configs and :data:`PRESETS`, :func:`kv_bytes_per_token`, the caches
+(:class:`KVCache`, :class:`MLACache`), :func:`decode` (the entry, same shape as the
+other kernels'), and the registry contract (:data:`STRATEGIES`,
+:func:`unavailable_reason`, :func:`make_case`, :func:`verify`, :func:`list_extra`).
+See docs/attention.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels import executors, registry
+from kernels.attention.cache import Cache, KVCache, MLACache, fill_random, make_cache
+from kernels.attention.config import (
+    PRESETS,
+    AttentionConfig,
+    KVConfig,
+    MLAConfig,
+    get_preset,
+    kv_bytes_per_token,
+)
+from kernels.attention.decode import (
+    MLA_IMPLS,
+    STRATEGIES,
+    check_mla_impl,
+    decode,
+    unavailable_reason,
+)
+
+__all__ = [
+    "AttentionConfig", "Cache", "DEFAULT_SIZES", "KVCache", "KVConfig", "MLACache", "MLAConfig",
+    "MLA_IMPLS", "PRESETS", "STRATEGIES", "decode", "fill_random", "kv_bytes_per_token",
+    "list_extra", "make_cache", "make_case", "random_query", "unavailable_reason", "verify",
+    "verify_cases",
+]
+
+#: Context lengths (tokens) that ``kernelrace run --kernel attention`` uses by default.
+DEFAULT_SIZES = (1024, 8192)
+
+_CASE_OPTIONS = {"seed", "dtype"}
+
+
+def random_query(cache: Cache, *, seed: int = 1) -> np.ndarray:
+    """A seeded standard-normal query [batch, n_heads, query_dim] in the cache dtype."""
+    c = cache.config
+    rng = np.random.default_rng(seed)
+    shape = (cache.batch, c.n_heads, c.query_dim)
+    return rng.standard_normal(shape).astype(cache.dtype)
+
+
+def make_case(
+    size: int,
+    *,
+    strategy: str,
+    inner: str | None = None,
+    workers: int | None = 1,
+    preset: str = "gqa",
+    batch: int = 1,
+    mla_impl: str | None = None,
+    **options: Any,
+) -> registry.Case:
+    """A decode step over a cache of ``size`` tokens (random, seeded), ready to time.
+
+    ``case.run()`` is one decode step (the newest token is already in the cache).
+    ``case.fields`` has preset, batch, mla_impl (MLA only), dtype and ``cache_bytes``
+    (bytes of cache arrays the step reads, from the arrays held); ``describe`` adds
+    ``gbps`` = cache_bytes / seconds / 1e9. Options: ``seed`` (int), ``dtype``.
+    """
+    unknown = set(options) - _CASE_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"unknown attention option(s): {', '.join(sorted(unknown))}; "
+            f"accepted: preset, batch, mla_impl, {', '.join(sorted(_CASE_OPTIONS))}"
+        )
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    workers = executors.resolve_workers(workers)
+    registry.require_available(__import__(__name__, fromlist=["_"]), strategy)
+    config = get_preset(preset)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size (context length) must be an int >= 1, got {size!r}")
+    if isinstance(config, MLAConfig):
+        impl = "absorbed" if mla_impl is None else mla_impl
+        if impl not in MLA_IMPLS:
+            raise ValueError(f"mla_impl must be one of {', '.join(MLA_IMPLS)}; got {mla_impl!r}")
+    elif mla_impl is not None:
+        raise ValueError(f"mla_impl applies only to MLA presets; preset {preset!r} is "
+                         f"{config.kind}")
+    else:
+        impl = None
+    seed = int(options.get("seed", 0))
+    cache = make_cache(config, capacity=int(size), batch=batch,
+                       dtype=options.get("dtype", np.float32), shared=strategy == "multiprocess")
+    try:
+        fill_random(cache, int(size), seed=seed)
+        query = random_query(cache, seed=seed + 1)
+    except BaseException:
+        cache.close()
+        raise
+    check_mla_impl(cache, impl)
+    cache_bytes = cache.used_nbytes
+    fields: dict[str, Any] = {"preset": preset, "batch": cache.batch, "dtype": str(cache.dtype)}
+    if impl is not None:
+        fields["mla_impl"] = impl
+    fields["cache_bytes"] = cache_bytes
+
+    def run() -> np.ndarray:
+        return decode(cache, query, strategy=strategy, workers=workers, inner=inner,
+                      mla_impl=impl)
+
+    def describe(result: Any, seconds: float) -> dict[str, Any]:
+        return {"gbps": cache_bytes / seconds / 1e9 if seconds > 0 else float("nan")}
+
+    return registry.Case(run=run, describe=describe, close=cache.close, fields=fields)
+
+
+def list_extra() -> str:
+    """A text table: each preset's KV-cache bytes per token per layer, and ratio to MHA."""
+    mha = kv_bytes_per_token(PRESETS["mha"], np.float32)
+    headers = ["preset", "kind", "heads", "cached per token", "B/token f32",
+               "B/token bf16", "vs mha", "MiB @32k f32"]
+    rows = []
+    for name, c in PRESETS.items():
+        if isinstance(c, KVConfig):
+            what = f"K,V x {c.n_kv_heads} heads x {c.head_dim}"
+        else:
+            what = f"c_kv {c.kv_lora_rank} + k_pe {c.qk_rope_head_dim}"
+        f32 = kv_bytes_per_token(c, np.float32)
+        rows.append([name, c.kind, str(c.n_heads), what, str(f32),
+                     str(kv_bytes_per_token(c, "bfloat16")), f"{f32 / mha:.4f}",
+                     f"{f32 * 32768 / 2**20:.0f}"])
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["attention: KV cache per token per layer (batch 1)"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# verification
+# ---------------------------------------------------------------------------
+
+#: Small configs of every kind, so every strategy can be checked quickly.
+SMALL_CONFIGS: dict[str, AttentionConfig] = {
+    "mha-small": KVConfig(n_heads=4, n_kv_heads=4, head_dim=16),
+    "gqa-small": KVConfig(n_heads=8, n_kv_heads=2, head_dim=16),
+    "mqa-small": KVConfig(n_heads=4, n_kv_heads=1, head_dim=16),
+    "mla-small": MLAConfig(n_heads=4, kv_lora_rank=32, qk_nope_head_dim=16,
+                           qk_rope_head_dim=8, v_head_dim=12),
+}
+
+
+def verify_cases() -> list[tuple[str, dict]]:
+    """The inputs :func:`verify` checks: (name, dict of config, length, batch, mla_impl)."""
+    cases = []
+    for name, c in SMALL_CONFIGS.items():
+        impls = MLA_IMPLS if isinstance(c, MLAConfig) else (None,)
+        for impl in impls:
+            for length, batch in ((1, 1), (7, 1), (33, 2), (300, 1)):
+                tag = f"{name}{'/' + impl if impl else ''} T={length} B={batch}"
+                cases.append((tag, {"config": c, "length": length, "batch": batch,
+                                    "mla_impl": impl}))
+    for name, c in PRESETS.items():
+        impls = MLA_IMPLS if isinstance(c, MLAConfig) else (None,)
+        for impl in impls:
+            tag = f"{name}{'/' + impl if impl else ''} T=5 B=1"
+            cases.append((tag, {"config": c, "length": 5, "batch": 1, "mla_impl": impl}))
+    return cases
+
+
+def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Check]:
+    """Check ``strategy`` against the float64 reference (MLA: its naive definition) on
+    :func:`verify_cases`; float32 caches, tolerance rtol 2e-4 / atol 2e-5 relative to the
+    output scale.
+    """
+    from kernels.attention.reference import reference_decode
+
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    workers = executors.resolve_workers(workers)
+    checks = []
+    for tag, spec in verify_cases():
+        cache = make_cache(spec["config"], capacity=spec["length"], batch=spec["batch"],
+                           shared=strategy == "multiprocess")
+        try:
+            fill_random(cache, spec["length"], seed=len(tag))
+            query = random_query(cache, seed=spec["length"])
+            want = reference_decode(cache, query, "naive")
+            got = decode(cache, query, strategy=strategy, inner=inner, workers=workers,
+                         mla_impl=spec["mla_impl"])
+        finally:
+            cache.close()
+        err = float(np.max(np.abs(got - want)))
+        limit = 2e-5 * max(1.0, float(np.max(np.abs(want)))) + 2e-4 * float(
+            np.max(np.abs(want))
+        )
+        ok = got.shape == want.shape and bool(np.isfinite(got).all()) and err <= limit
+        checks.append(registry.Check(tag, ok, f"max abs err {err:.2e} (limit {limit:.2e})"))
+    return checks

@@ -1,0 +1,278 @@
+"""KV caches: preallocated to a capacity, one token (for a batch of sequences) per append.
+
+Layouts (C order, capacity along the token axis so each head's rows are contiguous):
+
+- :class:`KVCache` (MHA/GQA/MQA): ``k`` and ``v`` of shape [batch, n_kv_heads, capacity,
+  head_dim]. Keys are rotated (rotate-half RoPE) at their position when they enter.
+- :class:`MLACache`: ``c_kv`` [batch, capacity, kv_lora_rank] and ``k_pe`` [batch,
+  capacity, qk_rope_head_dim] (interleaved RoPE, shared by all heads), plus the layer's
+  up-projection weights ``w_uk`` [n_heads, qk_nope_head_dim, kv_lora_rank] and ``w_uv``
+  [n_heads, v_head_dim, kv_lora_rank] (``wkv_b`` of DeepSeek's code, split), which the
+  decode step needs but which are not per-token cache.
+
+``shared=True`` allocates the arrays in shared memory (for the ``multiprocess``
+strategy); ``close()`` unlinks them, and so does garbage collection or interpreter
+exit if ``close()`` was never called.
+
+Every append validates everything and computes the rotated keys before writing, so a
+refused append leaves the cache exactly as it was.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+
+from kernels.attention.config import (
+    KVConfig,
+    MLAConfig,
+    apply_rope,
+    check_cache_dtype,
+)
+from kernels.attention.shared import SegmentSpec, SharedArray
+
+
+def _unlink_all(segments: list[SharedArray]) -> None:
+    for seg in segments:
+        seg.unlink()
+
+
+class _CacheBase:
+    """Capacity, length, allocation and the shared-memory life cycle."""
+
+    config: Any
+    _names: tuple[str, ...] = ()
+
+    def __init__(
+        self, config: Any, *, capacity: int, batch: int = 1, dtype: Any = np.float32,
+        shared: bool = False,
+    ) -> None:
+        from kernels.attention.config import _positive_int
+
+        self.capacity = _positive_int("capacity", capacity)
+        self.batch = _positive_int("batch", batch)
+        self.dtype = check_cache_dtype(dtype)
+        self.length = 0
+        self.shared = bool(shared)
+        self._segments: list[SharedArray] = []
+        self._finalizer = weakref.finalize(self, _unlink_all, self._segments)
+
+    def _alloc(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        if not self.shared:
+            return np.zeros(shape, dtype=dtype)
+        try:
+            seg = SharedArray(shape, dtype)
+        except BaseException:
+            self.close()
+            raise
+        self._segments.append(seg)
+        assert seg.array is not None
+        seg.array[...] = 0
+        return seg.array
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays the decode step reads, by name (whole capacity)."""
+        return {name: getattr(self, name) for name in self._names}
+
+    def segment_specs(self) -> dict[str, SegmentSpec]:
+        """Shared-memory specs of :meth:`arrays` (only for ``shared=True`` caches)."""
+        if not self.shared:
+            raise RuntimeError("segment_specs needs a cache made with shared=True")
+        if not self._segments:
+            raise RuntimeError("this cache is closed")
+        return {name: seg.spec for name, seg in zip(self._names, self._segments, strict=True)}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the per-token cache arrays at full capacity."""
+        return sum(getattr(self, n).nbytes for n in self._cache_names)
+
+    @property
+    def used_nbytes(self) -> int:
+        """Bytes of the cache arrays holding the ``length`` filled tokens (what a step reads)."""
+        return sum(self._filled(getattr(self, n)).nbytes for n in self._cache_names)
+
+    def _filled(self, a: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    _cache_names: tuple[str, ...] = ()
+
+    def _check_room(self, n: int) -> None:
+        if self.length + n > self.capacity:
+            raise ValueError(
+                f"cache is full: length {self.length} + {n} new token(s) exceeds "
+                f"capacity {self.capacity}"
+            )
+
+    def _check_array(self, name: str, x: Any, shape: tuple[int, ...]) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype} (the cache's), got {x.dtype}")
+        if x.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{name} contains NaN or infinity")
+        return x
+
+    def close(self) -> None:
+        """Unlink the shared-memory segments (idempotent; no-op for a private cache)."""
+        self._finalizer()
+
+    def __enter__(self) -> _CacheBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class KVCache(_CacheBase):
+    """K/V cache for MHA, GQA and MQA: ``k``, ``v`` of shape [batch, n_kv_heads, capacity, d]."""
+
+    _names = ("k", "v")
+    _cache_names = ("k", "v")
+
+    def __init__(
+        self, config: KVConfig, *, capacity: int, batch: int = 1, dtype: Any = np.float32,
+        shared: bool = False,
+    ) -> None:
+        if not isinstance(config, KVConfig):
+            raise TypeError(f"KVCache needs a KVConfig, got {type(config).__name__}")
+        super().__init__(config, capacity=capacity, batch=batch, dtype=dtype, shared=shared)
+        self.config = config
+        shape = (self.batch, config.n_kv_heads, self.capacity, config.head_dim)
+        self.k = self._alloc(shape, self.dtype)
+        self.v = self._alloc(shape, self.dtype)
+
+    def _filled(self, a: np.ndarray) -> np.ndarray:
+        return a[:, :, : self.length]
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Append one token per sequence: ``k``, ``v`` of shape [batch, n_kv_heads, head_dim].
+
+        ``k`` is given before RoPE; it is rotated at position ``length``.
+        """
+        shape = (self.batch, self.config.n_kv_heads, self.config.head_dim)
+        self._check_array("k", k, shape)
+        self._check_array("v", v, shape)
+        self.extend(k[:, :, None, :], v[:, :, None, :])
+
+    def extend(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Append ``n`` tokens: ``k``, ``v`` of shape [batch, n_kv_heads, n, head_dim]."""
+        c = self.config
+        n = k.shape[2] if isinstance(k, np.ndarray) and k.ndim == 4 else -1
+        if n < 1:
+            raise ValueError(
+                f"k must have shape ({self.batch}, {c.n_kv_heads}, n, {c.head_dim}) with n >= 1"
+            )
+        shape = (self.batch, c.n_kv_heads, n, c.head_dim)
+        self._check_array("k", k, shape)
+        self._check_array("v", v, shape)
+        self._check_room(n)
+        positions = np.arange(self.length, self.length + n)
+        rotated = apply_rope(k, positions, c.rope_theta, interleaved=False).astype(self.dtype)
+        t0 = self.length
+        self.k[:, :, t0 : t0 + n] = rotated
+        self.v[:, :, t0 : t0 + n] = v
+        self.length += n
+
+
+class MLACache(_CacheBase):
+    """MLA cache: latent ``c_kv`` [batch, capacity, r] and shared rotary key ``k_pe``.
+
+    Also holds the layer's up-projections ``w_uk`` and ``w_uv`` (random, seeded, unless
+    given) because decode needs them; they are not counted as per-token cache.
+    """
+
+    _names = ("c_kv", "k_pe", "w_uk", "w_uv")
+    _cache_names = ("c_kv", "k_pe")
+
+    def __init__(
+        self, config: MLAConfig, *, capacity: int, batch: int = 1, dtype: Any = np.float32,
+        shared: bool = False, wkv_b: np.ndarray | None = None, seed: int = 0,
+    ) -> None:
+        if not isinstance(config, MLAConfig):
+            raise TypeError(f"MLACache needs an MLAConfig, got {type(config).__name__}")
+        super().__init__(config, capacity=capacity, batch=batch, dtype=dtype, shared=shared)
+        self.config = c = config
+        wshape = (c.n_heads, c.qk_nope_head_dim + c.v_head_dim, c.kv_lora_rank)
+        if wkv_b is None:
+            rng = np.random.default_rng(seed)
+            wkv_b = rng.standard_normal(wshape) * c.kv_lora_rank**-0.5
+        elif not isinstance(wkv_b, np.ndarray) or wkv_b.shape != wshape:
+            raise ValueError(f"wkv_b must be an array of shape {wshape}")
+        self.c_kv = self._alloc((self.batch, self.capacity, c.kv_lora_rank), self.dtype)
+        self.k_pe = self._alloc((self.batch, self.capacity, c.qk_rope_head_dim), self.dtype)
+        # Split and made contiguous once, so each strategy reads plain [H, out, r] blocks.
+        self.w_uk = self._alloc((c.n_heads, c.qk_nope_head_dim, c.kv_lora_rank), self.dtype)
+        self.w_uv = self._alloc((c.n_heads, c.v_head_dim, c.kv_lora_rank), self.dtype)
+        self.w_uk[...] = wkv_b[:, : c.qk_nope_head_dim]
+        self.w_uv[...] = wkv_b[:, c.qk_nope_head_dim :]
+
+    def _filled(self, a: np.ndarray) -> np.ndarray:
+        return a[:, : self.length]
+
+    def append(self, c_kv: np.ndarray, k_pe: np.ndarray) -> None:
+        """Append one token per sequence: ``c_kv`` [batch, r], ``k_pe`` [batch, rope dim].
+
+        ``k_pe`` is given before RoPE; it is rotated at position ``length``.
+        """
+        c = self.config
+        self._check_array("c_kv", c_kv, (self.batch, c.kv_lora_rank))
+        self._check_array("k_pe", k_pe, (self.batch, c.qk_rope_head_dim))
+        self.extend(c_kv[:, None, :], k_pe[:, None, :])
+
+    def extend(self, c_kv: np.ndarray, k_pe: np.ndarray) -> None:
+        """Append ``n`` tokens: ``c_kv`` [batch, n, r], ``k_pe`` [batch, n, rope dim]."""
+        c = self.config
+        n = c_kv.shape[1] if isinstance(c_kv, np.ndarray) and c_kv.ndim == 3 else -1
+        if n < 1:
+            raise ValueError(f"c_kv must have shape ({self.batch}, n, {c.kv_lora_rank}), n >= 1")
+        self._check_array("c_kv", c_kv, (self.batch, n, c.kv_lora_rank))
+        self._check_array("k_pe", k_pe, (self.batch, n, c.qk_rope_head_dim))
+        self._check_room(n)
+        positions = np.arange(self.length, self.length + n)
+        rotated = apply_rope(k_pe, positions, c.rope_theta, interleaved=True).astype(self.dtype)
+        t0 = self.length
+        self.c_kv[:, t0 : t0 + n] = c_kv
+        self.k_pe[:, t0 : t0 + n] = rotated
+        self.length += n
+
+
+Cache = KVCache | MLACache
+
+
+def make_cache(config: Any, **kwargs: Any) -> Cache:
+    """A :class:`KVCache` or :class:`MLACache` for ``config``."""
+    if isinstance(config, MLAConfig):
+        return MLACache(config, **kwargs)
+    if isinstance(config, KVConfig):
+        return KVCache(config, **kwargs)
+    raise TypeError(f"config must be a KVConfig or MLAConfig, got {type(config).__name__}")
+
+
+def fill_random(cache: Cache, n: int, *, seed: int = 0, block: int = 4096) -> None:
+    """Append ``n`` random tokens (standard normal, seeded), in blocks to bound memory."""
+    rng = np.random.default_rng(seed)
+    c = cache.config
+    done = 0
+    while done < n:
+        m = min(block, n - done)
+        if isinstance(cache, KVCache):
+            shape = (cache.batch, c.n_kv_heads, m, c.head_dim)
+            cache.extend(
+                rng.standard_normal(shape, dtype=np.float32).astype(cache.dtype),
+                rng.standard_normal(shape, dtype=np.float32).astype(cache.dtype),
+            )
+        else:
+            cache.extend(
+                rng.standard_normal((cache.batch, m, c.kv_lora_rank), np.float32).astype(
+                    cache.dtype
+                ),
+                rng.standard_normal((cache.batch, m, c.qk_rope_head_dim), np.float32).astype(
+                    cache.dtype
+                ),
+            )
+        done += m

@@ -1,0 +1,261 @@
+"""Attention layer configurations (MHA, GQA, MQA, MLA), presets and KV bytes per token.
+
+A config says what one attention layer caches per token; the cache classes
+(:mod:`kernels.attention.cache`) hold arrays shaped by it and the strategies read
+them. Rotary position embedding lives here too, because the cache applies it to
+keys on entry and the decode entry applies it to the query.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Cache dtypes the kernels run on (the analytic table also knows 2-byte types).
+CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# numpy has no bfloat16; the bytes-per-token table still wants it.
+_TWO_BYTE_NAMES = {"bfloat16": 2, "bf16": 2, "fp16": 2, "half": 2}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _even_positive_int(name: str, value: Any) -> int:
+    value = _positive_int(name, value)
+    if value % 2:
+        raise ValueError(f"{name} must be even (rotary embedding rotates pairs), got {value}")
+    return value
+
+
+def _positive_float(name: str, value: Any) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number > 0, got {value!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class KVConfig:
+    """Multi-head attention with a K/V cache: MHA (n_kv_heads == n_heads), GQA, MQA (1).
+
+    Query head ``h`` reads KV head ``h // (n_heads // n_kv_heads)`` (Llama /
+    ``repeat_interleave`` grouping). Keys get rotate-half RoPE (the Llama layout).
+    """
+
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_heads", _positive_int("n_heads", self.n_heads))
+        object.__setattr__(self, "n_kv_heads", _positive_int("n_kv_heads", self.n_kv_heads))
+        object.__setattr__(self, "head_dim", _even_positive_int("head_dim", self.head_dim))
+        object.__setattr__(self, "rope_theta", _positive_float("rope_theta", self.rope_theta))
+        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
+            )
+
+    @property
+    def kind(self) -> str:
+        """"mha", "mqa" or "gqa"."""
+        if self.n_kv_heads == self.n_heads:
+            return "mha"
+        return "mqa" if self.n_kv_heads == 1 else "gqa"
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def query_dim(self) -> int:
+        """Width of one query head (elements)."""
+        return self.head_dim
+
+    @property
+    def out_dim(self) -> int:
+        """Width of one output head (elements)."""
+        return self.head_dim
+
+    @property
+    def scale(self) -> float:
+        """Softmax scale: head_dim ** -0.5."""
+        return self.head_dim**-0.5
+
+    def elements_per_token(self) -> int:
+        """Cached elements per token per layer: K and V for every KV head."""
+        return 2 * self.n_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3): the cache holds a latent and a rotary key.
+
+    Per token the cache keeps ``c_kv`` (kv_lora_rank) and ``k_pe`` (qk_rope_head_dim,
+    shared by all heads, interleaved-pair RoPE as in DeepSeek's reference code). The
+    layer's up-projection ``wkv_b`` gives per-head keys (qk_nope_head_dim) and values
+    (v_head_dim). Softmax scale is ``(qk_nope_head_dim + qk_rope_head_dim) ** -0.5``.
+    """
+
+    n_heads: int
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_heads", _positive_int("n_heads", self.n_heads))
+        object.__setattr__(self, "kv_lora_rank", _positive_int("kv_lora_rank", self.kv_lora_rank))
+        object.__setattr__(
+            self, "qk_nope_head_dim", _positive_int("qk_nope_head_dim", self.qk_nope_head_dim)
+        )
+        object.__setattr__(
+            self, "qk_rope_head_dim", _even_positive_int("qk_rope_head_dim", self.qk_rope_head_dim)
+        )
+        object.__setattr__(self, "v_head_dim", _positive_int("v_head_dim", self.v_head_dim))
+        object.__setattr__(self, "rope_theta", _positive_float("rope_theta", self.rope_theta))
+
+    kind = "mla"
+
+    @property
+    def query_dim(self) -> int:
+        """Width of one query head: nope part then rope part (elements)."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def out_dim(self) -> int:
+        """Width of one output head (elements)."""
+        return self.v_head_dim
+
+    @property
+    def scale(self) -> float:
+        """Softmax scale: (qk_nope_head_dim + qk_rope_head_dim) ** -0.5."""
+        return (self.qk_nope_head_dim + self.qk_rope_head_dim) ** -0.5
+
+    def elements_per_token(self) -> int:
+        """Cached elements per token per layer: the latent plus the shared rotary key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+AttentionConfig = KVConfig | MLAConfig
+
+#: The issue's presets. gqa is Llama-3-8B; mla is DeepSeek-V2-Lite; mla-v3 is DeepSeek-V3.
+PRESETS: dict[str, AttentionConfig] = {
+    "mha": KVConfig(n_heads=32, n_kv_heads=32, head_dim=128),
+    "gqa": KVConfig(n_heads=32, n_kv_heads=8, head_dim=128, rope_theta=500000.0),
+    "mqa": KVConfig(n_heads=32, n_kv_heads=1, head_dim=128),
+    "mla": MLAConfig(n_heads=16),
+    "mla-v3": MLAConfig(n_heads=128),
+}
+
+
+def get_preset(name: str) -> AttentionConfig:
+    """The preset called ``name``; ValueError lists the names otherwise."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return PRESETS[name]
+
+
+def dtype_itemsize(dtype: Any) -> int:
+    """Bytes per element of ``dtype`` (a numpy dtype, or 'bfloat16'/'bf16'/'fp16')."""
+    if isinstance(dtype, str) and dtype.lower() in _TWO_BYTE_NAMES:
+        return _TWO_BYTE_NAMES[dtype.lower()]
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        raise TypeError(f"dtype must be a numpy dtype or 'bfloat16', got {dtype!r}") from None
+
+
+def kv_bytes_per_token(config: AttentionConfig, dtype: Any = np.float32) -> int:
+    """Analytic cache size per token per layer, in bytes.
+
+    MHA/GQA/MQA: ``2 * n_kv_heads * head_dim`` elements; MLA: ``kv_lora_rank +
+    qk_rope_head_dim`` elements. ``dtype`` is a numpy dtype or 'bfloat16'.
+    """
+    if not isinstance(config, (KVConfig, MLAConfig)):
+        raise TypeError(f"config must be a KVConfig or MLAConfig, got {type(config).__name__}")
+    return config.elements_per_token() * dtype_itemsize(dtype)
+
+
+def check_cache_dtype(dtype: Any) -> np.dtype:
+    """The cache dtype as a numpy dtype; ValueError unless float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in CACHE_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+# ---------------------------------------------------------------------------
+# Rotary position embedding
+# ---------------------------------------------------------------------------
+
+
+def rope_tables(positions: np.ndarray, dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of ``position * theta ** (-2i / dim)``, float64, shape [n, dim // 2]."""
+    inv_freq = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    angles = np.outer(np.asarray(positions, dtype=np.float64), inv_freq)
+    return np.cos(angles), np.sin(angles)
+
+
+def apply_rope(
+    x: np.ndarray, positions: np.ndarray, theta: float, *, interleaved: bool
+) -> np.ndarray:
+    """Rotate ``x`` (shape [..., n, dim]) at token ``positions`` (shape [n]); float64 result.
+
+    ``interleaved=False``: rotate-half pairs (i, i + dim/2), the Llama/HF layout.
+    ``interleaved=True``: adjacent pairs (2i, 2i+1), DeepSeek's complex-number layout.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    dim = x.shape[-1]
+    cos, sin = rope_tables(positions, dim, theta)
+    out = np.empty_like(x)
+    if interleaved:
+        a, b = x[..., 0::2], x[..., 1::2]
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = b * cos + a * sin
+    else:
+        half = dim // 2
+        a, b = x[..., :half], x[..., half:]
+        out[..., :half] = a * cos - b * sin
+        out[..., half:] = b * cos + a * sin
+    return out
+
+
+def rotate_query(config: AttentionConfig, query: np.ndarray, position: int) -> np.ndarray:
+    """The query [batch, n_heads, query_dim] with RoPE applied at ``position``; float64.
+
+    MHA/GQA/MQA rotate the whole head (rotate-half); MLA rotates only the trailing
+    ``qk_rope_head_dim`` part (interleaved), leaving the ``qk_nope_head_dim`` part as is.
+    """
+    pos = np.array([position])
+    q = np.asarray(query, dtype=np.float64)
+    if isinstance(config, KVConfig):
+        return apply_rope(q[..., None, :], pos, config.rope_theta, interleaved=False)[..., 0, :]
+    out = q.copy()
+    nope = config.qk_nope_head_dim
+    out[..., nope:] = apply_rope(
+        q[..., None, nope:], pos, config.rope_theta, interleaved=True
+    )[..., 0, :]
+    return out

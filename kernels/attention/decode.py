@@ -1,0 +1,275 @@
+"""The public decode step and the strategies that compute it.
+
+``decode(cache, query, strategy=...)`` checks every argument, rotates and scales the
+query once, then hands the cache to a strategy:
+
+- ``python``: :func:`kernels.attention.reference.reference_decode` (float64);
+- ``numpy``: one batched-matmul pass over the cache (BLAS capped to ``workers``);
+- ``numba``: :func:`kernels.attention.jit.fused_decode`, one fused online-softmax pass,
+  the sequence split ``workers`` ways by prange and merged;
+- ``threaded`` / ``multiprocess``: the sequence split ``workers`` ways, each range run
+  by the ``inner`` chunk kernel on a thread / process pool, the partial states merged
+  by :func:`kernels.attention.jit.merge_partials`;
+- ``torch``: :mod:`kernels.attention.torch_anchor`.
+
+MLA ``absorbed`` runs the generic split-key kernel on the latent cache (keys
+``[c_kv | k_pe]``, values ``c_kv``) with ``q_latent = q_nope @ W_UK`` and applies
+``W_UV`` after the merge; ``naive`` up-projects the latents per head in the chunk
+kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from kernels import executors, registry
+from kernels.attention import jit, reference, shared, vectorized
+from kernels.attention.cache import Cache, KVCache, MLACache
+from kernels.attention.config import rotate_query
+
+STRATEGIES = ("python", "numpy", "numba", "threaded", "multiprocess", "torch")
+MLA_IMPLS = ("naive", "absorbed")
+
+
+def unavailable_reason(strategy: str) -> str | None:
+    """Why ``strategy`` cannot run here (torch not installed), else None."""
+    if strategy == "torch":
+        return registry.module_available("torch")
+    return None
+
+
+def _module() -> Any:
+    import kernels.attention as module
+
+    return module
+
+
+def check_mla_impl(cache: Any, mla_impl: str | None) -> str | None:
+    """The MLA path for ``cache``: 'absorbed' by default for MLA; None for K/V caches."""
+    if isinstance(cache, MLACache):
+        impl = "absorbed" if mla_impl is None else mla_impl
+        if impl not in MLA_IMPLS:
+            raise ValueError(f"mla_impl must be one of {', '.join(MLA_IMPLS)}; got {mla_impl!r}")
+        return impl
+    if mla_impl not in (None, "absorbed"):
+        raise ValueError(f"mla_impl applies only to MLA caches; got mla_impl={mla_impl!r}")
+    return None
+
+
+def check_query(cache: Any, query: Any) -> np.ndarray:
+    """Validate ``query`` [batch, n_heads, query_dim] against ``cache``; returns it."""
+    if not isinstance(cache, (KVCache, MLACache)):
+        raise TypeError(f"cache must be a KVCache or MLACache, got {type(cache).__name__}")
+    if cache.length < 1:
+        raise ValueError("cache is empty: append the new token's key/value before decode")
+    c = cache.config
+    shape = (cache.batch, c.n_heads, c.query_dim)
+    if not isinstance(query, np.ndarray):
+        raise TypeError(f"query must be a numpy array, got {type(query).__name__}")
+    if query.shape != shape:
+        raise ValueError(f"query must have shape {shape} (batch, n_heads, query_dim), "
+                         f"got {query.shape}")
+    if query.dtype.kind != "f":
+        raise TypeError(f"query must be a floating array, got dtype {query.dtype}")
+    if not np.all(np.isfinite(query)):
+        raise ValueError("query contains NaN or infinity")
+    return query
+
+
+def decode(
+    cache: Cache,
+    query: np.ndarray,
+    *,
+    strategy: str = "numba",
+    workers: int | None = None,
+    inner: str | None = None,
+    mla_impl: str | None = None,
+) -> np.ndarray:
+    """One decode step: attention of ``query`` over the ``cache.length`` cached tokens.
+
+    ``query`` [batch, n_heads, query_dim] is the new token's query before RoPE (rotated
+    here at position ``cache.length - 1``; append the token's K/V or latent first).
+    Returns [batch, n_heads, out_dim] in the cache dtype (float64 for ``python``).
+    ``workers=None`` means all cores; ``mla_impl`` (MLA only) is 'absorbed' (default)
+    or 'naive'. All arguments are checked before any pool starts.
+    """
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    workers = executors.resolve_workers(workers)
+    registry.require_available(_module(), strategy)
+    impl = check_mla_impl(cache, mla_impl)
+    check_query(cache, query)
+
+    if strategy == "python":
+        return reference.reference_decode(cache, query, impl or "naive")
+    q_rot = rotate_query(cache.config, query, cache.length - 1)
+    if strategy == "torch":
+        from kernels.attention import torch_anchor
+
+        with torch_anchor.torch_threads(workers):
+            return torch_anchor.decode_torch(cache, q_rot, impl or "absorbed")
+    problem = Problem(cache, q_rot, impl)
+    if strategy == "numpy":
+        with executors.limit_threads(workers):
+            return problem.finish(problem.partial("numpy", 0, cache.length, cache.arrays()))
+    if strategy == "numba":
+        with executors.limit_threads(workers):
+            return problem.fused(min(workers, cache.length), cache.arrays())
+    splits = jit.split_bounds(cache.length, min(workers, cache.length))
+    if strategy == "threaded":
+        arrays = cache.arrays()
+        states = executors.run_chunks(
+            "threads", lambda b: problem.partial(inner, b[0], b[1], arrays), splits, workers
+        )
+    else:
+        states = _run_processes(cache, problem, inner, splits, workers)
+    return problem.finish_states(states)
+
+
+class Problem:
+    """The query side of one step, prepared once: rotated, scaled, and (MLA absorbed)
+    multiplied by W_UK. Small; pickled whole to process workers.
+    """
+
+    def __init__(self, cache: Cache, q_rot: np.ndarray, impl: str | None) -> None:
+        c = cache.config
+        dt = cache.dtype
+        self.kind = "kv" if impl is None else impl
+        self.length = cache.length
+        self.dtype = dt
+        q = q_rot * c.scale
+        if self.kind == "kv":
+            self.q1 = q.astype(dt)
+            self.q2 = np.zeros(q.shape[:2] + (0,), dt)
+        else:
+            nope = c.qk_nope_head_dim
+            q_nope, self.q2 = q[..., :nope], q[..., nope:].astype(dt)
+            if self.kind == "absorbed":
+                # W_UK folded into the query: [B, H, nope] x [H, nope, r] -> [B, H, r].
+                self.q1 = np.einsum("bhn,hnr->bhr", q_nope, cache.w_uk.astype(np.float64))
+                self.q1 = self.q1.astype(dt)
+            else:
+                self.q1 = q_nope.astype(dt)
+        # W_UV is applied after the merge on the absorbed path (parent only).
+        self.w_uv = cache.w_uv if self.kind == "absorbed" else None
+
+    def operands(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """(k1, k2, v) views for the generic kernel, built from the cache arrays."""
+        if self.kind == "kv":
+            k = arrays["k"]
+            return k, np.zeros(k.shape[:3] + (0,), k.dtype), arrays["v"]
+        latent = arrays["c_kv"][:, None]  # one shared "KV head": [B, 1, cap, r]
+        return latent, arrays["k_pe"][:, None], latent
+
+    def partial(
+        self, inner: str, t0: int, t1: int, arrays: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Partial state (m, l, o) over tokens [t0, t1) with the ``inner`` chunk kernel."""
+        if self.kind == "naive":
+            args = (self.q1, self.q2, arrays["c_kv"], arrays["k_pe"], arrays["w_uk"],
+                    arrays["w_uv"])
+            if inner == "python":
+                return reference.naive_partial_python(*args, t0, t1)
+            if inner == "numpy":
+                return vectorized.naive_partial_numpy(*args, t0, t1)
+            m, l, o = self._empty_state(arrays["w_uv"].shape[1])
+            jit.naive_partial_jit(*args, t0, t1, m, l, o)
+            return m, l, o
+        k1, k2, v = self.operands(arrays)
+        if inner == "python":
+            return reference.partial_python(self.q1, k1, self.q2, k2, v, t0, t1)
+        if inner == "numpy":
+            return vectorized.partial_numpy(self.q1, k1, self.q2, k2, v, t0, t1)
+        m, l, o = self._empty_state(v.shape[3])
+        jit.partial_jit(self.q1, k1, self.q2, k2, v, t0, t1, m, l, o)
+        return m, l, o
+
+    def _empty_state(self, dv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        B, H = self.q1.shape[:2]
+        return (np.empty((B, H), self.dtype), np.empty((B, H), self.dtype),
+                np.empty((B, H, dv), self.dtype))
+
+    def fused(self, splits: int, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """The ``numba`` strategy: fused pass with ``splits`` parallel ranges, merged."""
+        if self.kind == "naive":
+            B, H = self.q1.shape[:2]
+            out = np.empty((B, H, arrays["w_uv"].shape[1]), self.dtype)
+            jit.fused_naive(self.q1, self.q2, arrays["c_kv"], arrays["k_pe"], arrays["w_uk"],
+                            arrays["w_uv"], self.length, splits, out)
+            return out
+        k1, k2, v = self.operands(arrays)
+        out = np.empty(self.q1.shape[:2] + (v.shape[3],), self.dtype)
+        jit.fused_decode(self.q1, k1, self.q2, k2, v, self.length, splits, out)
+        return self._project(out)
+
+    def finish(self, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """Output of a single state covering every token: o / l, projected for absorbed."""
+        m, l, o = state
+        return self._project((o / l[..., None]).astype(self.dtype, copy=False))
+
+    def finish_states(self, states: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+        """Merge the ranges' states with :func:`jit.merge_partials`, then project."""
+        m = np.stack([s[0] for s in states])
+        l = np.stack([s[1] for s in states])
+        o = np.stack([s[2] for s in states])
+        out = np.empty(o.shape[1:], self.dtype)
+        jit.merge_partials(m, l, o, out)
+        return self._project(out)
+
+    def _project(self, out: np.ndarray) -> np.ndarray:
+        if self.kind != "absorbed":
+            return out
+        # W_UV after attention in the latent space: [B, H, r] x [H, v, r] -> [B, H, v].
+        return np.einsum("bhr,hvr->bhv", out, self.w_uv).astype(self.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------
+# multiprocess
+# ---------------------------------------------------------------------------
+
+
+def _process_task(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs in a pool worker: attach the cache's segments (once per name), run one range."""
+    problem, inner, specs, t0, t1 = task
+    shared.keep_only({spec.name for spec in specs.values()})
+    arrays = {name: shared.attach(spec) for name, spec in specs.items()}
+    return problem.partial(inner, t0, t1, arrays)
+
+
+@contextlib.contextmanager
+def _shared_specs(cache: Cache) -> Iterator[dict[str, shared.SegmentSpec]]:
+    """The cache's segment specs; a private cache is copied to temporary segments that are
+    unlinked when the block exits, on success, error or Ctrl-C alike.
+    """
+    if cache.shared:
+        yield cache.segment_specs()
+        return
+    temps: list[shared.SharedArray] = []
+    try:
+        specs = {}
+        for name, array in cache.arrays().items():
+            seg = shared.SharedArray(array.shape, array.dtype)
+            temps.append(seg)
+            assert seg.array is not None
+            seg.array[...] = array
+            specs[name] = seg.spec
+        yield specs
+    finally:
+        for seg in temps:
+            seg.unlink()
+
+
+def _run_processes(
+    cache: Cache, problem: Problem, inner: str, splits: list[tuple[int, int]], workers: int
+) -> list[tuple[np.ndarray, ...]]:
+    problem.w_uv = None  # not needed in workers; keeps the pickle small
+    w_uv = cache.w_uv if problem.kind == "absorbed" else None
+    try:
+        with _shared_specs(cache) as specs:
+            tasks = [(problem, inner, specs, t0, t1) for t0, t1 in splits]
+            return executors.run_chunks("processes", _process_task, tasks, workers)
+    finally:
+        problem.w_uv = w_uv

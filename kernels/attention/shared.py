@@ -1,0 +1,136 @@
+"""Shared-memory arrays for the ``multiprocess`` strategy.
+
+The parent creates named segments (``multiprocessing.shared_memory``) and holds the
+cache in them; pool workers attach by name once and keep the attachment for later
+steps (:func:`attach`), dropping attachments that the current task no longer names
+so a warm pool does not pin memory of caches already freed.
+
+Only the creator unlinks. A worker's attach is unregistered from the resource
+tracker, because on Python < 3.13 the tracker would otherwise unlink the parent's
+segment when the worker exits.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any, NamedTuple
+
+import numpy as np
+
+#: Every segment this package creates starts with this (tests look for leftovers).
+SEGMENT_PREFIX = "kr_attn_"
+
+
+class SegmentSpec(NamedTuple):
+    """What a worker needs to attach an array: segment name, shape, dtype string."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class SharedArray:
+    """A numpy array backed by a shared-memory segment this process created."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        dt = np.dtype(dtype)
+        nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+        name = SEGMENT_PREFIX + f"{os.getpid()}_" + secrets.token_hex(6)
+        self._shm: shared_memory.SharedMemory | None = shared_memory.SharedMemory(
+            name=name, create=True, size=nbytes
+        )
+        _live_add(name)
+        self.spec = SegmentSpec(name, tuple(int(s) for s in shape), dt.str)
+        self.array: np.ndarray | None = np.ndarray(shape, dtype=dt, buffer=self._shm.buf)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def unlink(self) -> None:
+        """Remove the segment from /dev/shm (idempotent); the mapping goes with the last view."""
+        shm, self._shm = self._shm, None
+        self.array = None
+        if shm is None:
+            return
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            _live_discard(shm.name)
+        try:
+            shm.close()
+        except BufferError:
+            # A caller still holds a view; the memory is freed when that view dies.
+            pass
+
+
+_live_lock = threading.Lock()
+_live: set[str] = set()
+
+
+def _live_add(name: str) -> None:
+    with _live_lock:
+        _live.add(name)
+
+
+def _live_discard(name: str) -> None:
+    with _live_lock:
+        _live.discard(name)
+
+
+def live_segments() -> set[str]:
+    """Names of segments this process created and has not unlinked yet."""
+    with _live_lock:
+        return set(_live)
+
+
+def leftover_segments() -> list[str]:
+    """Segments with this package's prefix still in /dev/shm (any process); for tests."""
+    try:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX))
+    except FileNotFoundError:  # pragma: no cover - not Linux
+        return []
+
+
+# ---------------------------------------------------------------------------
+# Worker side
+# ---------------------------------------------------------------------------
+
+# name -> (SharedMemory, array). Per worker process; a worker runs one task at a time.
+_attached: dict[str, tuple[shared_memory.SharedMemory, np.ndarray]] = {}
+
+
+def attach(spec: SegmentSpec) -> np.ndarray:
+    """The array of ``spec`` in this process, attaching once per segment name."""
+    hit = _attached.get(spec.name)
+    if hit is not None:
+        return hit[1]
+    shm = shared_memory.SharedMemory(name=spec.name, create=False)
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - tracker internals differ by version
+        pass
+    array = np.ndarray(spec.shape, dtype=np.dtype(spec.dtype), buffer=shm.buf)
+    _attached[spec.name] = (shm, array)
+    return array
+
+
+def keep_only(names: set[str]) -> None:
+    """Close this process's attachments other than ``names`` (caches no longer in use)."""
+    for name in [n for n in _attached if n not in names]:
+        shm, array = _attached.pop(name)
+        del array
+        try:
+            shm.close()
+        except BufferError:  # pragma: no cover - a view escaped; leave the mapping
+            pass
+
+
+def attached_names() -> list[str]:
+    """Segment names this process is attached to (for tests)."""
+    return sorted(_attached)

@@ -1,0 +1,427 @@
+"""Attention decode: every strategy against the float64 reference, the cache's contracts,
+no K/V repetition for grouped heads, and no shared memory left behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernels.attention as A
+from kernels import registry
+from kernels.attention import shared
+from kernels.attention.reference import reference_decode
+
+VARIANTS = registry.variants("attention", available_only=False)
+TORCH_MISSING = A.unavailable_reason("torch")
+
+
+def _skip_unavailable(strategy: str) -> None:
+    if A.unavailable_reason(strategy):
+        pytest.skip(A.unavailable_reason(strategy))
+
+
+def _filled(config, length, *, batch=1, capacity=None, shared_mem=False, seed=0):
+    cache = A.make_cache(config, capacity=capacity or length, batch=batch, shared=shared_mem)
+    A.fill_random(cache, length, seed=seed)
+    return cache
+
+
+def _close_enough(got: np.ndarray, want: np.ndarray) -> None:
+    scale = float(np.max(np.abs(want)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1.0, scale) + 2e-4 * scale)
+
+
+def _label(v):
+    return registry.label(*v)
+
+
+# ---------------------------------------------------------------------------
+# correctness
+# ---------------------------------------------------------------------------
+
+SMALL = [
+    (name, impl)
+    for name, c in A.SMALL_CONFIGS.items()
+    for impl in (A.MLA_IMPLS if isinstance(c, A.MLAConfig) else (None,))
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_label)
+@pytest.mark.parametrize("small", SMALL, ids=lambda s: f"{s[0]}-{s[1] or 'kv'}")
+@pytest.mark.parametrize("length,batch,capacity", [(1, 1, 1), (37, 2, 40), (129, 1, 129)])
+def test_small_configs_match_reference(variant, small, length, batch, capacity):
+    """T=1, odd T that 2 workers split unevenly, B>1, T below and at capacity."""
+    strategy, inner = variant
+    _skip_unavailable(strategy)
+    name, impl = small
+    cache = _filled(A.SMALL_CONFIGS[name], length, batch=batch, capacity=capacity,
+                    shared_mem=strategy == "multiprocess")
+    with cache:
+        q = A.random_query(cache)
+        want = reference_decode(cache, q)  # MLA: its definition (naive), float64
+        for workers in (1, 2):
+            got = A.decode(cache, q, strategy=strategy, inner=inner, workers=workers,
+                           mla_impl=impl)
+            assert got.shape == (batch, cache.config.n_heads, cache.config.out_dim)
+            _close_enough(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_label)
+@pytest.mark.parametrize("preset", list(A.PRESETS))
+def test_real_presets_tiny_context(variant, preset):
+    strategy, inner = variant
+    _skip_unavailable(strategy)
+    config = A.PRESETS[preset]
+    impls = A.MLA_IMPLS if isinstance(config, A.MLAConfig) else (None,)
+    with _filled(config, 5, capacity=6) as cache:
+        q = A.random_query(cache)
+        want = reference_decode(cache, q)
+        for impl in impls:
+            got = A.decode(cache, q, strategy=strategy, inner=inner, workers=2, mla_impl=impl)
+            _close_enough(got, want)
+
+
+def test_mla_absorbed_reference_equals_naive_definition():
+    with _filled(A.SMALL_CONFIGS["mla-small"], 20, batch=2) as cache:
+        q = A.random_query(cache)
+        np.testing.assert_allclose(
+            reference_decode(cache, q, "absorbed"), reference_decode(cache, q, "naive"),
+            rtol=1e-10, atol=1e-12,
+        )
+
+
+def test_gqa_head_mapping_is_grouped_not_tiled():
+    """Query head h reads KV head h // group: make each KV head's values a constant."""
+    c = A.KVConfig(n_heads=8, n_kv_heads=2, head_dim=4)
+    cache = A.make_cache(c, capacity=3)
+    for _ in range(3):
+        k = np.zeros((1, 2, 4), np.float32)
+        v = np.stack([np.full(4, 10.0), np.full(4, 20.0)])[None].astype(np.float32)
+        cache.append(k, v)
+    q = A.random_query(cache)
+    for strategy in ("python", "numpy", "numba"):
+        out = A.decode(cache, q, strategy=strategy, workers=1)
+        np.testing.assert_allclose(out[0, :4], 10.0, rtol=1e-6)
+        np.testing.assert_allclose(out[0, 4:], 20.0, rtol=1e-6)
+
+
+def test_rope_rotates_keys_on_entry():
+    c = A.KVConfig(n_heads=1, n_kv_heads=1, head_dim=4)
+    cache = A.make_cache(c, capacity=2)
+    k = np.array([[[1.0, 0.0, 0.0, 0.0]]], np.float32)
+    cache.append(k, k)
+    cache.append(k, k)
+    np.testing.assert_allclose(cache.k[0, 0, 0], [1, 0, 0, 0], atol=1e-7)  # position 0
+    np.testing.assert_allclose(cache.k[0, 0, 1], [np.cos(1), 0, np.sin(1), 0], atol=1e-6)
+    np.testing.assert_array_equal(cache.v[0, 0, 1], k[0, 0])  # values are not rotated
+
+
+def test_decode_is_deterministic_across_workers():
+    with _filled(A.PRESETS["gqa"], 300) as cache:
+        q = A.random_query(cache)
+        a = A.decode(cache, q, strategy="numba", workers=1)
+        b = A.decode(cache, q, strategy="numba", workers=1)
+        np.testing.assert_array_equal(a, b)
+        _close_enough(A.decode(cache, q, strategy="numba", workers=2), a)
+
+
+# ---------------------------------------------------------------------------
+# configs, bytes per token, appends
+# ---------------------------------------------------------------------------
+
+
+def test_presets():
+    assert set(A.PRESETS) == {"mha", "gqa", "mqa", "mla", "mla-v3"}
+    assert (A.PRESETS["gqa"].n_heads, A.PRESETS["gqa"].n_kv_heads) == (32, 8)
+    assert A.PRESETS["mqa"].kind == "mqa" and A.PRESETS["mha"].kind == "mha"
+    assert A.PRESETS["mla"].n_heads == 16 and A.PRESETS["mla-v3"].n_heads == 128
+    assert A.PRESETS["mla"].scale == pytest.approx((128 + 64) ** -0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"n_heads": 32, "n_kv_heads": 5, "head_dim": 128}, "multiple of n_kv_heads"),
+        ({"n_heads": 4, "n_kv_heads": 8, "head_dim": 128}, "multiple of n_kv_heads"),
+        ({"n_heads": 0, "n_kv_heads": 1, "head_dim": 128}, "n_heads must be >= 1"),
+        ({"n_heads": 4, "n_kv_heads": 1, "head_dim": -2}, "head_dim must be >= 1"),
+        ({"n_heads": 4, "n_kv_heads": 1, "head_dim": 7}, "head_dim must be even"),
+        ({"n_heads": 4, "n_kv_heads": 1, "head_dim": 8, "rope_theta": 0}, "rope_theta"),
+    ],
+)
+def test_invalid_kv_configs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        A.KVConfig(**kwargs)
+
+
+def test_invalid_mla_configs():
+    with pytest.raises(ValueError, match="kv_lora_rank must be >= 1"):
+        A.MLAConfig(n_heads=4, kv_lora_rank=0)
+    with pytest.raises(ValueError, match="qk_rope_head_dim must be even"):
+        A.MLAConfig(n_heads=4, qk_rope_head_dim=3)
+    with pytest.raises(TypeError, match="n_heads"):
+        A.MLAConfig(n_heads=2.5)
+
+
+def test_kv_bytes_per_token_analytic():
+    assert A.kv_bytes_per_token(A.PRESETS["mha"], np.float32) == 2 * 32 * 128 * 4
+    assert A.kv_bytes_per_token(A.PRESETS["gqa"], np.float32) == 2 * 8 * 128 * 4
+    assert A.kv_bytes_per_token(A.PRESETS["mqa"], "bfloat16") == 2 * 1 * 128 * 2
+    assert A.kv_bytes_per_token(A.PRESETS["mla"], np.float16) == (512 + 64) * 2
+    assert A.kv_bytes_per_token(A.PRESETS["mla-v3"], np.float32) == (512 + 64) * 4
+
+
+@pytest.mark.parametrize("preset", list(A.PRESETS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kv_bytes_per_token_is_real_cache_growth(preset, dtype):
+    config = A.PRESETS[preset]
+    cache = A.make_cache(config, capacity=4, batch=1, dtype=dtype)
+    per_token = A.kv_bytes_per_token(config, dtype)
+    assert cache.nbytes == 4 * per_token  # preallocated capacity
+    before = cache.used_nbytes
+    A.fill_random(cache, 3)
+    assert cache.used_nbytes - before == 3 * per_token
+
+
+def _snapshot(cache):
+    return {name: a.copy() for name, a in cache.arrays().items()}, cache.length
+
+
+def _assert_unchanged(cache, snap):
+    arrays, length = snap
+    assert cache.length == length
+    for name, a in cache.arrays().items():
+        np.testing.assert_array_equal(a, arrays[name])
+
+
+def test_bad_kv_appends_leave_cache_unchanged():
+    c = A.SMALL_CONFIGS["gqa-small"]
+    cache = _filled(c, 3, batch=2, capacity=4)
+    snap = _snapshot(cache)
+    good = np.ones((2, 2, 16), np.float32)
+    bad = [
+        ((np.ones((2, 2, 15), np.float32), good), ValueError, "k must have shape"),
+        ((good, np.ones((1, 2, 16), np.float32)), ValueError, "v must have shape"),
+        ((good.astype(np.float64), good), TypeError, "dtype float32"),
+        ((good, good.tolist()), TypeError, "numpy array"),
+        ((good, np.full((2, 2, 16), np.nan, np.float32)), ValueError, "NaN"),
+    ]
+    for args, exc, match in bad:
+        with pytest.raises(exc, match=match):
+            cache.append(*args)
+        _assert_unchanged(cache, snap)
+    cache.append(good, good)  # fills to capacity
+    snap = _snapshot(cache)
+    with pytest.raises(ValueError, match="exceeds capacity 4"):
+        cache.append(good, good)
+    _assert_unchanged(cache, snap)
+
+
+def test_bad_mla_appends_leave_cache_unchanged():
+    c = A.SMALL_CONFIGS["mla-small"]
+    cache = _filled(c, 2, capacity=2)
+    snap = _snapshot(cache)
+    with pytest.raises(ValueError, match="cache is full"):
+        cache.append(np.ones((1, 32), np.float32), np.ones((1, 8), np.float32))
+    _assert_unchanged(cache, snap)
+    cache = _filled(c, 1, capacity=2)
+    snap = _snapshot(cache)
+    with pytest.raises(ValueError, match="k_pe must have shape"):
+        cache.append(np.ones((1, 32), np.float32), np.ones((1, 9), np.float32))
+    with pytest.raises(TypeError, match="c_kv must have dtype"):
+        cache.append(np.ones((1, 32), np.float64), np.ones((1, 8), np.float32))
+    _assert_unchanged(cache, snap)
+
+
+def test_bad_cache_and_decode_arguments():
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        A.make_cache(A.PRESETS["gqa"], capacity=0)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        A.make_cache(A.PRESETS["gqa"], capacity=2, dtype=np.int32)
+    with pytest.raises(ValueError, match="cache is empty"):
+        A.decode(A.make_cache(A.SMALL_CONFIGS["gqa-small"], capacity=2),
+                 np.zeros((1, 8, 16), np.float32))
+    with _filled(A.SMALL_CONFIGS["gqa-small"], 3) as cache:
+        q = A.random_query(cache)
+        with pytest.raises(ValueError, match="query must have shape"):
+            A.decode(cache, q[:, :4])
+        with pytest.raises(ValueError, match="strategy must be one of"):
+            A.decode(cache, q, strategy="cuda")
+        with pytest.raises(ValueError, match="inner must be one of"):
+            A.decode(cache, q, strategy="threaded", inner="fortran")
+        with pytest.raises(ValueError, match="workers must be >= 1"):
+            A.decode(cache, q, strategy="multiprocess", workers=0)
+        with pytest.raises(ValueError, match="mla_impl applies only to MLA"):
+            A.decode(cache, q, mla_impl="naive")
+    with _filled(A.SMALL_CONFIGS["mla-small"], 3) as cache:
+        with pytest.raises(ValueError, match="mla_impl must be one of"):
+            A.decode(cache, A.random_query(cache), mla_impl="fast")
+
+
+# ---------------------------------------------------------------------------
+# GQA/MQA never repeat K/V
+# ---------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+@pytest.mark.parametrize("strategy", ["numpy", "numba", "threaded", "torch"])
+def test_mqa_decode_never_repeats_kv(strategy):
+    """Repeating K/V per query head would need 32x the cache (MQA, 32 heads). The peak
+    resident memory of a step (Linux VmHWM, reset through /proc/self/clear_refs, so it sees
+    numba's and torch's allocators too) must grow by well under one copy of the cache.
+    (The float64 reference copies one head at a time, by design, so it is not checked.)"""
+    _skip_unavailable(strategy)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("needs Linux /proc/self/clear_refs to reset peak RSS")
+    with _filled(A.PRESETS["mqa"], 32768) as cache:
+        q = A.random_query(cache)
+        A.decode(cache, q, strategy=strategy, workers=2)  # compile / warm up
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS")
+        A.decode(cache, q, strategy=strategy, workers=2)
+        grew = (_status_kib("VmHWM") - base) * 1024
+        assert grew < cache.used_nbytes // 2, (grew, cache.used_nbytes)
+
+
+# ---------------------------------------------------------------------------
+# shared memory
+# ---------------------------------------------------------------------------
+
+
+def test_multiprocess_leaves_no_shared_memory():
+    before = set(shared.leftover_segments())
+    with _filled(A.SMALL_CONFIGS["gqa-small"], 50, shared_mem=True) as cache:
+        assert len(set(shared.leftover_segments()) - before) == 2
+        A.decode(cache, A.random_query(cache), strategy="multiprocess", workers=2)
+    # A private cache is copied to temporary segments for the step and they go too.
+    with _filled(A.SMALL_CONFIGS["mla-small"], 50) as cache:
+        A.decode(cache, A.random_query(cache), strategy="multiprocess", workers=2)
+    assert set(shared.leftover_segments()) - before == set()
+    assert not shared.live_segments()
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_multiprocess_error_or_ctrl_c_leaves_no_shared_memory(monkeypatch, exc):
+    from kernels import executors
+
+    before = set(shared.leftover_segments())
+
+    def explode(*args, **kwargs):
+        assert len(set(shared.leftover_segments()) - before) == 2  # temporaries exist
+        raise exc
+
+    monkeypatch.setattr(executors, "run_chunks", explode)
+    with _filled(A.SMALL_CONFIGS["gqa-small"], 10) as cache:
+        with pytest.raises(type(exc)):
+            A.decode(cache, A.random_query(cache), strategy="multiprocess", workers=2)
+    assert set(shared.leftover_segments()) - before == set()
+
+
+def test_make_case_close_unlinks_and_gc_unlinks():
+    before = set(shared.leftover_segments())
+    case = A.make_case(64, strategy="multiprocess", inner="numpy", workers=2, preset="mla")
+    assert len(set(shared.leftover_segments()) - before) == 4
+    case.run()
+    case.close()
+    cache = _filled(A.SMALL_CONFIGS["mqa-small"], 4, shared_mem=True)
+    del cache  # never closed: the finalizer unlinks
+    import gc
+
+    gc.collect()
+    assert set(shared.leftover_segments()) - before == set()
+
+
+# ---------------------------------------------------------------------------
+# registry contract
+# ---------------------------------------------------------------------------
+
+
+def test_strategies_and_availability():
+    assert A.STRATEGIES == ("python", "numpy", "numba", "threaded", "multiprocess", "torch")
+    for s in A.STRATEGIES[:-1]:
+        assert A.unavailable_reason(s) is None
+
+
+def test_make_case_fields_and_gbps():
+    case = A.make_case(100, strategy="numba", workers=1, preset="gqa", batch=2)
+    try:
+        assert case.fields["preset"] == "gqa" and case.fields["batch"] == 2
+        assert case.fields["cache_bytes"] == 2 * 100 * A.kv_bytes_per_token(A.PRESETS["gqa"])
+        assert "mla_impl" not in case.fields
+        out = case.run()
+        assert out.shape == (2, 32, 128)
+        assert case.describe(out, 0.5)["gbps"] == pytest.approx(
+            case.fields["cache_bytes"] / 0.5 / 1e9
+        )
+    finally:
+        case.close()
+    case = A.make_case(10, strategy="numpy", preset="mla", mla_impl="naive")
+    assert case.fields["mla_impl"] == "naive"
+    case.close()
+
+
+def test_make_case_rejects_bad_options():
+    with pytest.raises(ValueError, match="unknown attention option"):
+        A.make_case(10, strategy="numba", colour="red")
+    with pytest.raises(ValueError, match="preset must be one of"):
+        A.make_case(10, strategy="numba", preset="gpt")
+    with pytest.raises(ValueError, match="mla_impl applies only"):
+        A.make_case(10, strategy="numba", preset="gqa", mla_impl="naive")
+    with pytest.raises(ValueError, match="size"):
+        A.make_case(0, strategy="numba")
+
+
+def test_list_extra_table():
+    text = A.list_extra()
+    for name in A.PRESETS:
+        assert name in text
+    assert "0.2500" in text  # gqa vs mha
+    assert "0.0703" in text  # mla: 576 / 8192
+
+
+def test_verify_passes_for_numba():
+    checks = A.verify("numba", None, 2)
+    assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+
+def test_cli_run_json(capsys):
+    import json
+
+    from kernels.harness import cli
+
+    rc = cli.main(["run", "--kernel", "attention", "--preset", "gqa", "--size", "512",
+                   "--strategy", "numba", "--workers", "2", "--repeat", "1", "--json"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["preset"] == "gqa" and rows[0]["gbps"] > 0
+    assert rows[0]["cache_bytes"] == 512 * 8192
+
+
+@pytest.mark.skipif(TORCH_MISSING is not None, reason=str(TORCH_MISSING))
+def test_torch_matches_on_gqa():
+    with _filled(A.PRESETS["gqa"], 257, batch=2) as cache:
+        q = A.random_query(cache)
+        _close_enough(A.decode(cache, q, strategy="torch", workers=1),
+                      reference_decode(cache, q))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [("numba", None), ("numpy", None), ("threaded", "numba"),
+                                     ("multiprocess", "numba")], ids=_label)
+def test_long_context_gqa(variant):
+    with _filled(A.PRESETS["gqa"], 32768, shared_mem=variant[0] == "multiprocess") as cache:
+        q = A.random_query(cache)
+        want = reference_decode(cache, q)
+        got = A.decode(cache, q, strategy=variant[0], inner=variant[1], workers=2)
+        _close_enough(got, want)
