@@ -747,6 +747,8 @@ def build_report(results_dir: Path, machine_path: Path, out_dir: Path, *,
         tracks = [b for b in benches if b.type == "track"]
         tables = [build_table(kernel, b, tracks) for b in benches if b.type == "time"]
         tables = [t for t in tables if t.rows or t.failed]
+        # Steady state first, cold starts (timeraw_) after.
+        tables.sort(key=lambda t: asvresults.function_of(t.benchmark.name).startswith("timeraw_"))
         body += [f"## {kernel}", ""]
         main = _main_table([t for t in tables if t.rows])
         for t in tables:
