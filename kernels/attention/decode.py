@@ -121,9 +121,13 @@ def decode(
     splits = jit.split_bounds(cache.length, min(workers, cache.length))
     if strategy == "threaded":
         arrays = cache.arrays()
-        states = executors.run_chunks(
-            "threads", lambda b: problem.partial(inner, b[0], b[1], arrays), splits, workers
-        )
+        # Each thread runs its own range, so BLAS inside a numpy chunk gets one thread:
+        # workers threads x 1 BLAS thread = workers cores (run_chunks would allow
+        # workers x workers, which thrashes a loaded 2-core machine).
+        with executors.limit_threads(1):
+            states = executors.get_executor("threads", workers).map(
+                lambda b: problem.partial(inner, b[0], b[1], arrays), splits
+            )
     else:
         states = _run_processes(cache, problem, inner, splits, workers)
     return problem.finish_states(states)

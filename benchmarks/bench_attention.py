@@ -1,0 +1,175 @@
+"""asv benchmarks for attention decode: preset x context length x strategy x workers.
+
+- ``TimeDecode.time_decode``: warm time of one decode step, batch 1 (MLA presets use the
+  absorbed path). ``setup`` builds the cache (random, seeded) and runs one step, so
+  numba compilation (or its cache load), pool start and first touch are not timed.
+- ``TimeDecodeBatch8``: the same at batch 8, context 8192.
+- ``TimeMLA``: MLA naive (latent cache up-projected every step) vs absorbed.
+- ``Sizes.track_kv_bytes_per_token``: bytes per token per layer from the cache arrays.
+- ``Bandwidth.track_gbps``: cache bytes read per second (GB/s, median of 5 steps), to
+  set against the machine's measured read bandwidth (``kernelrace machine``).
+- ``PeakMemory.peakmem_decode``: resident set of a process holding the cache and
+  running a step; repeating K/V per query head would show up here.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from kernels import attention, registry
+
+from .common import WORKERS, skip
+
+LABELS = [registry.label(s, i) for s, i in registry.variants("attention", available_only=False)]
+PRESETS = list(attention.PRESETS)
+CONTEXTS = [1024, 8192, 32768]
+# Longest context timed per chunk kernel (python is the float64 reference, per head).
+MAX_CONTEXT = {"python": 1024}
+# MLA naive up-projects the whole cache every step: ~34 GFLOP per step for mla at 8k.
+MAX_NAIVE_CONTEXT = {"mla": 8192, "mla-v3": 1024}
+SERIAL = ("python",)
+FAST_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba", "torch"]
+
+
+def _case(label: str, context: int, workers: int, preset: str, batch: int = 1,
+          mla_impl: str | None = None) -> registry.Case:
+    strategy, inner = registry.parse_label(label)
+    reason = attention.unavailable_reason(strategy)
+    if reason:
+        skip(reason)
+    if context > MAX_CONTEXT.get(inner or strategy, context):
+        skip(f"{label} is too slow at context {context}")
+    if (inner or strategy) in SERIAL and workers > 1:
+        skip(f"{label} runs on one core whatever workers is")
+    if mla_impl == "naive" and context > MAX_NAIVE_CONTEXT[preset]:
+        skip(f"MLA naive on {preset} is too slow at context {context}")
+    case = attention.make_case(context, strategy=strategy, inner=inner, workers=workers,
+                               preset=preset, batch=batch, mla_impl=mla_impl)
+    try:
+        case.run()  # JIT / pool start / first touch, untimed
+    except BaseException:
+        case.close()
+        raise
+    return case
+
+
+class TimeDecode:
+    """Warm time of one decode step at batch 1 (seconds)."""
+
+    params = (PRESETS, CONTEXTS, LABELS, WORKERS)
+    param_names = ["preset", "context", "strategy", "workers"]
+    number = 1
+    repeat = (1, 5, 10.0)
+    warmup_time = 0.0
+    timeout = 300
+
+    def setup(self, preset: str, context: int, label: str, workers: int) -> None:
+        self.case = _case(label, context, workers, preset)
+
+    def teardown(self, *args: object) -> None:
+        self.case.close()
+
+    def time_decode(self, preset: str, context: int, label: str, workers: int) -> None:
+        self.case.run()
+
+
+class TimeDecodeBatch8:
+    """Warm time of one decode step for 8 sequences at context 8192 (seconds)."""
+
+    params = (PRESETS, FAST_LABELS, WORKERS)
+    param_names = ["preset", "strategy", "workers"]
+    number = 1
+    repeat = (1, 5, 10.0)
+    warmup_time = 0.0
+    timeout = 300
+
+    def setup(self, preset: str, label: str, workers: int) -> None:
+        self.case = _case(label, 8192, workers, preset, batch=8)
+
+    def teardown(self, *args: object) -> None:
+        self.case.close()
+
+    def time_decode_batch8(self, preset: str, label: str, workers: int) -> None:
+        self.case.run()
+
+
+class TimeMLA:
+    """MLA naive vs absorbed, one decode step (seconds)."""
+
+    params = (["mla", "mla-v3"], ["naive", "absorbed"], [1024, 8192],
+              ["numpy", "numba", "torch"], WORKERS)
+    param_names = ["preset", "mla_impl", "context", "strategy", "workers"]
+    number = 1
+    repeat = (1, 3, 20.0)
+    warmup_time = 0.0
+    timeout = 300
+
+    def setup(self, preset: str, impl: str, context: int, label: str, workers: int) -> None:
+        self.case = _case(label, context, workers, preset, mla_impl=impl)
+
+    def teardown(self, *args: object) -> None:
+        self.case.close()
+
+    def time_mla(self, preset: str, impl: str, context: int, label: str, workers: int) -> None:
+        self.case.run()
+
+
+class Sizes:
+    """KV-cache bytes per token per layer, measured on a real cache's arrays."""
+
+    params = (PRESETS, ["float32", "float64"])
+    param_names = ["preset", "dtype"]
+    unit = "bytes"
+
+    def track_kv_bytes_per_token(self, preset: str, dtype: str) -> int:
+        cache = attention.make_cache(attention.PRESETS[preset], capacity=8, dtype=dtype)
+        before = cache.used_nbytes
+        attention.fill_random(cache, 8)
+        return (cache.used_nbytes - before) // 8
+
+    def track_kv_bytes_ratio_to_mha(self, preset: str, dtype: str) -> float:
+        mha = attention.kv_bytes_per_token(attention.PRESETS["mha"], np.dtype(dtype))
+        return attention.kv_bytes_per_token(attention.PRESETS[preset], np.dtype(dtype)) / mha
+
+
+class Bandwidth:
+    """Cache bytes read per second by one decode step (GB/s, median of 5 warm steps)."""
+
+    params = (PRESETS, [8192, 32768], FAST_LABELS, WORKERS)
+    param_names = ["preset", "context", "strategy", "workers"]
+    unit = "GB/s"
+    timeout = 300
+
+    def setup(self, preset: str, context: int, label: str, workers: int) -> None:
+        self.case = _case(label, context, workers, preset)
+
+    def teardown(self, *args: object) -> None:
+        self.case.close()
+
+    def track_gbps(self, preset: str, context: int, label: str, workers: int) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            self.case.run()
+            times.append(time.perf_counter() - t0)
+        return self.case.fields["cache_bytes"] / statistics.median(times) / 1e9
+
+
+class PeakMemory:
+    """Peak resident memory of a process holding the cache and running steps (bytes)."""
+
+    params = (["mha", "gqa", "mqa", "mla"], [8192, 32768], ["numpy", "numba", "torch"])
+    param_names = ["preset", "context", "strategy"]
+    timeout = 300
+
+    def setup(self, preset: str, context: int, label: str) -> None:
+        self.case = _case(label, context, 1, preset)
+
+    def teardown(self, *args: object) -> None:
+        self.case.close()
+
+    def peakmem_decode(self, preset: str, context: int, label: str) -> None:
+        self.case.run()
