@@ -260,3 +260,12 @@ def test_changed_benchmark_code_is_marked():
     assert c.code_changed and c.status == "regressed"
     assert "[benchmark code changed]" in compare.render([c], factor=1.1, split=False,
                                                         use_stats=True)
+
+
+def test_asv_publish_writes_html_from_these_results(project):
+    root = Path(project["root"])
+    _asv(root, "publish")
+    html = root / "results" / "html"
+    assert (html / "index.html").exists() and (html / "index.json").exists()
+    graphs = list((html / "graphs").rglob("bench_tiny.TimeTiny.time_work.json"))
+    assert graphs, "asv publish wrote no graph for the tiny benchmark"
