@@ -98,8 +98,14 @@ def limit_threads(workers: int) -> Iterator[None]:
 def _worker_init() -> None:
     """Runs in each pool process: one thread per process, and Ctrl-C is the parent's job."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    # Only before numba is imported: once numba (preloaded by the forkserver) has read
+    # NUMBA_NUM_THREADS, changing it makes every later compile in this worker fail with
+    # "Cannot set NUMBA_NUM_THREADS ... once the threads have been launched";
+    # set_num_threads(1) below caps the pool instead.
+    if "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = "1"
     try:
         from threadpoolctl import threadpool_limits
 

@@ -349,3 +349,21 @@ def test_large_run_within_five_standard_errors(strategy, inner) -> None:
 def test_large_numpy_run_within_five_standard_errors() -> None:
     r = mc.estimate_pi(10**8, strategy="numpy", workers=1, seed=7)
     assert abs(r.error_in_stderr) <= 5.0, r
+
+
+def test_process_pool_workers_can_compile_numba_from_scratch(tmp_path) -> None:
+    """Pool workers with an empty JIT cache must compile (a fresh install, an asv env)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from kernels.montecarlo import estimate_pi\n"
+        "print(estimate_pi(100_003, strategy='multiprocess', inner='numba', workers=2,"
+        " chunk_size=4096).hits)\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip()) == mc.serial_hits("numba", 100_003, 0, 4096)
