@@ -1,0 +1,140 @@
+"""asv benchmarks for Monte Carlo pi: strategy x samples x workers, warm and cold apart.
+
+- ``TimeEstimatePi.time_estimate_pi``: warm steady state. ``setup`` runs a small
+  estimate first, so numba compilation (or its cache load) and the process pool's
+  start are out of the timing.
+- ``ColdStart.timeraw_*``: a fresh interpreter imports kernels and runs a small
+  estimate: import + JIT (from numba's on-disk cache, or compiled from scratch) +
+  pool start + the run.
+- ``PeakMemory.peakmem_*``: resident set of the benchmark process; for NumPy it must
+  not grow with the sample count (chunks and sub-blocks bound the temporaries).
+- ``Statistics.track_error_in_stderr``: the estimate's error in standard errors at a
+  fixed seed, so that a broken generator shows up in the history.
+"""
+
+from __future__ import annotations
+
+from kernels import montecarlo, registry
+
+from .common import WORKERS, skip
+
+LABELS = [registry.label(s, i) for s, i in registry.variants("montecarlo")]
+SAMPLES = [10**6, 10**7, 10**8, 10**9]
+# Largest sample count timed per chunk kernel: about a second per call at most
+# (python ~140 ns, numpy ~4 ns, numba ~1 ns per sample on one core).
+MAX_SAMPLES = {"python": 10**6, "numpy": 10**8, "numba": 10**9}
+SERIAL = ("python", "numpy")
+
+
+def _kwargs(label: str, workers: int) -> dict:
+    strategy, inner = registry.parse_label(label)
+    return {"strategy": strategy, "inner": inner, "workers": workers, "seed": 0}
+
+
+def _skip_serial_at_many_workers(label: str, workers: int) -> None:
+    if label in SERIAL and workers > 1:
+        skip(f"{label} runs on one core whatever workers is")
+
+
+def _warm_up(kwargs: dict) -> None:
+    """JIT compile (or load), start and fill the pool, on a few chunks per worker."""
+    samples = montecarlo.DEFAULT_CHUNK_SIZE * kwargs["workers"] * montecarlo.TASKS_PER_WORKER
+    if (kwargs["inner"] or kwargs["strategy"]) == "python":
+        samples = 10_000
+    montecarlo.estimate_pi(samples, **kwargs)
+
+
+class TimeEstimatePi:
+    """Warm time of one ``estimate_pi`` call (seconds)."""
+
+    params = (LABELS, SAMPLES, WORKERS)
+    param_names = ["strategy", "samples", "workers"]
+    number = 1
+    repeat = (1, 5, 10.0)
+    warmup_time = 0.0
+    timeout = 180
+
+    def setup(self, label: str, samples: int, workers: int) -> None:
+        strategy, inner = registry.parse_label(label)
+        if samples > MAX_SAMPLES[inner or strategy]:
+            skip(f"{label} is too slow for {samples} samples")
+        _skip_serial_at_many_workers(label, workers)
+        self.kwargs = _kwargs(label, workers)
+        _warm_up(self.kwargs)
+
+    def time_estimate_pi(self, label: str, samples: int, workers: int) -> None:
+        montecarlo.estimate_pi(samples, **self.kwargs)
+
+
+class ColdStart:
+    """A fresh interpreter: import, JIT, pool start and a 2**22-sample estimate (seconds)."""
+
+    params = (LABELS, WORKERS)
+    param_names = ["strategy", "workers"]
+    number = 1
+    repeat = 3
+    timeout = 180
+
+    def setup(self, label: str, workers: int) -> None:
+        _skip_serial_at_many_workers(label, workers)
+
+    def _code(self, label: str, workers: int, *, fresh_jit_cache: bool) -> str:
+        kwargs = _kwargs(label, workers)
+        samples = 10_000 if (kwargs["inner"] or kwargs["strategy"]) == "python" else 1 << 22
+        prelude = ""
+        if fresh_jit_cache:
+            # An empty cache directory, set before numba is imported (pool workers
+            # inherit it): numba compiles everything from scratch.
+            prelude = (
+                "import os, tempfile\n"
+                "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(prefix='kernelrace-jit-')\n"
+            )
+        return (
+            prelude
+            + "from kernels.montecarlo import estimate_pi\n"
+            + f"estimate_pi({samples}, **{kwargs!r})\n"
+        )
+
+    def timeraw_cold_start(self, label: str, workers: int) -> str:
+        """Cold start with numba's on-disk cache as a previous run left it."""
+        return self._code(label, workers, fresh_jit_cache=False)
+
+class ColdStartCompiling(ColdStart):
+    """As :class:`ColdStart`, but numba compiles the kernels from scratch (seconds)."""
+
+    params = ([label for label in LABELS if label.endswith("numba")], WORKERS)
+
+    def setup(self, label: str, workers: int) -> None:
+        pass
+
+    def timeraw_cold_start(self, label: str, workers: int) -> str:
+        return self._code(label, workers, fresh_jit_cache=True)
+
+
+class PeakMemory:
+    """Peak resident memory of the process running one estimate (bytes)."""
+
+    params = (["numpy", "numba"], [10**6, 10**8])
+    param_names = ["strategy", "samples"]
+    timeout = 120
+
+    def setup(self, label: str, samples: int) -> None:
+        self.kwargs = _kwargs(label, 1)
+        _warm_up(self.kwargs)
+
+    def peakmem_estimate_pi(self, label: str, samples: int) -> None:
+        montecarlo.estimate_pi(samples, **self.kwargs)
+
+
+class Statistics:
+    """The estimate's error in standard errors, seed 0 (about N(0, 1) when all is well)."""
+
+    params = (["python", "numpy", "numba"],)
+    param_names = ["strategy"]
+    samples = {"python": 10**5, "numpy": 10**6, "numba": 10**7}
+
+    def track_error_in_stderr(self, label: str) -> float:
+        result = montecarlo.estimate_pi(self.samples[label], strategy=label, workers=1, seed=0)
+        return result.error_in_stderr
+
+    track_error_in_stderr.unit = "stderr"
