@@ -308,3 +308,44 @@ def test_param_roles_are_found_by_name():
     assert asvresults.kernel_of("bench_montecarlo.TimeEstimatePi.time_estimate_pi") == (
         "montecarlo")
     assert report.fmt_size(10**8) == "1e8" and report.fmt_size(4096) == "4,096"
+
+
+def test_attention_suite_layout_per_token_track_with_dtype(tmp_path):
+    """The layout of benchmarks/bench_attention.py: bytes per token in its own class with a
+    dtype parameter, a ratio track that is not bytes, a GB/s track on fewer contexts."""
+    per_token = {"mha": 16384, "gqa": 4096, "mla": 2304}
+    presets = list(per_token)
+    dtypes = {"float32": 1, "float64": 2}
+
+    def seconds(p: dict[str, Any]) -> float:
+        return per_token[p["preset"]] * p["context"] / (8e9 * p["workers"])
+
+    benches = {
+        "bench_attention.TimeDecode.time_decode": {
+            "param_names": ["preset", "context", "strategy", "workers"],
+            "params": [presets, [1024, 8192], ["numpy", "numba"], [1, 2]],
+            "values": seconds, "type": "time", "unit": "seconds"},
+        "bench_attention.Sizes.track_kv_bytes_per_token": {
+            "param_names": ["preset", "dtype"], "params": [presets, list(dtypes)],
+            "values": lambda p: per_token[p["preset"]] * dtypes[p["dtype"]],
+            "type": "track", "unit": "bytes"},
+        "bench_attention.Sizes.track_kv_bytes_ratio_to_mha": {
+            "param_names": ["preset", "dtype"], "params": [presets, list(dtypes)],
+            "values": lambda p: per_token[p["preset"]] / per_token["mha"],
+            "type": "track", "unit": "bytes"},
+        "bench_attention.Bandwidth.track_gbps": {
+            "param_names": ["preset", "context", "strategy", "workers"],
+            "params": [presets, [8192], ["numba"], [1, 2]],
+            "values": lambda p: 123.0, "type": "track", "unit": "GB/s"},
+    }
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    machine = _machine_json(tmp_path / "machine.json", {"1": 10.0, "2": 20.0})
+    text, plots = report.build_report(results, machine, tmp_path / "out")
+    row = next(x for x in text.splitlines()
+               if x.startswith("| numba | mla |") and "| 1,024 | 2 |" in x)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # float32 bytes per token x context / time = 16 GB/s on 2 workers: 80% of 20 GB/s.
+    assert "16" in cells and "80%" in cells
+    names = {p.name for p in plots}
+    assert {"attention_bandwidth.png", "attention_kv_bytes_per_token.png"} <= names

@@ -132,6 +132,8 @@ def classify_track(track: BenchmarkResult) -> str | None:
     """What a ``track_`` benchmark measures, from its name and unit; None if unknown."""
     fname = asvresults.function_of(track.name).lower()
     unit = (track.unit or "").lower()
+    if "ratio" in fname:
+        return None
     if "per_token" in fname or "/token" in unit:
         return "per_token"
     if "flop" in fname or "flop" in unit:
@@ -153,11 +155,16 @@ def build_table(kernel: str, bench: BenchmarkResult,
     skipped = 0
     chosen: dict[str, BenchmarkResult] = {}
     group = asvresults.group_of(bench.name)
-    for t in sorted(tracks, key=lambda t: asvresults.group_of(t.name) != group):
+    # Tracks of the same class first; then those sharing most parameters.
+    def rank(t: BenchmarkResult) -> tuple[bool, int]:
+        return (asvresults.group_of(t.name) != group,
+                -len(set(t.param_names) & set(bench.param_names)))
+
+    for t in sorted(tracks, key=rank):
         kind = classify_track(t)
-        if kind and kind not in chosen and set(t.param_names) <= set(bench.param_names):
+        if kind and kind not in chosen and _joinable(kind, t, bench):
             chosen[kind] = t
-    track_values = {kind: _index(t) for kind, t in chosen.items()}
+    track_values = {kind: _index(t, bench.param_names) for kind, t in chosen.items()}
     for p in bench.points():
         if p.value is None:
             failed.append(p.label())
@@ -175,7 +182,7 @@ def build_table(kernel: str, bench: BenchmarkResult,
             if roles[name] not in ("strategy", "inner", "size", "workers")
         )
         stats = p.stats or {}
-        extra = {kind: idx.get(_subkey(p.params, chosen[kind].param_names))
+        extra = {kind: idx.get(_subkey(p.params, _shared(chosen[kind], bench.param_names)))
                  for kind, idx in track_values.items()}
         rows.append(Row(
             strategy=strategy,
@@ -196,10 +203,41 @@ def _subkey(params: dict[str, Any], names: Iterable[str]) -> tuple[Any, ...]:
     return tuple(params.get(n) for n in names)
 
 
-def _index(track: BenchmarkResult) -> dict[tuple[Any, ...], float]:
-    return {
-        _subkey(p.params, track.param_names): float(p.value) for p in track.points() if p.ok
-    }
+def _joinable(kind: str, track: BenchmarkResult, bench: BenchmarkResult) -> bool:
+    """Whether a track's values belong to the time benchmark's rows.
+
+    Rates (GB/s, GFLOP/s) are of one configuration: same parameters exactly. Cache bytes
+    do not depend on strategy or workers: a subset will do. Bytes per token is a property
+    of the preset: any shared parameter, the others read at their first value.
+    """
+    mine, theirs = set(bench.param_names), set(track.param_names)
+    if kind in ("gbps", "gflops"):
+        return theirs == mine
+    if kind == "bytes":
+        return theirs <= mine
+    return bool(theirs & mine)
+
+
+def _shared(track: BenchmarkResult, names: Iterable[str]) -> list[str]:
+    return [n for n in track.param_names if n in set(names)]
+
+
+def _index(track: BenchmarkResult, names: Iterable[str]) -> dict[tuple[Any, ...], float]:
+    """Track values keyed by the parameters it shares with a time benchmark.
+
+    A parameter the time benchmark lacks (e.g. the track's ``dtype``) is read at its
+    first listed value, which is where suites put the default.
+    """
+    shared = _shared(track, names)
+    first = {n: asvresults.decode_param(v[0]) for n, v in zip(track.param_names, track.params,
+                                                             strict=False) if v}
+    out = {}
+    for p in track.points():
+        if not p.ok or any(p.params[n] != first[n] for n in track.param_names
+                           if n not in shared):
+            continue
+        out[_subkey(p.params, shared)] = float(p.value)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -219,6 +257,17 @@ class Derived:
     bw_fraction: float | None = None
     gflops: float | None = None
     flops_fraction: float | None = None
+
+
+def cache_bytes(r: Row, table: Table) -> float | None:
+    """Bytes one step reads: a bytes track, else KV bytes per token x context x batch."""
+    if r.extra.get("bytes"):
+        return r.extra["bytes"]
+    per = r.extra.get("per_token")
+    if per and isinstance(r.size, int | float) and r.size > 0:
+        batch = next((v for n, v in r.params.items() if n.lower() == "batch"), 1)
+        return per * r.size * (batch if isinstance(batch, int) else 1)
+    return None
 
 
 def derive(table: Table, machine: dict[str, Any] | None) -> dict[int, Derived]:
@@ -248,7 +297,7 @@ def derive(table: Table, machine: dict[str, Any] | None) -> dict[int, Derived]:
                 d.anchor = a.seconds / r.seconds
         if per_item and isinstance(r.size, int | float) and r.size > 0:
             d.ns_per_item = r.seconds / r.size * 1e9
-        nbytes = r.extra.get("bytes")
+        nbytes = cache_bytes(r, table)
         if nbytes:
             d.gbps = nbytes / r.seconds / 1e9
         elif r.extra.get("gbps") is not None:
@@ -567,7 +616,7 @@ def plot_bandwidth(table: Table, machine: dict[str, Any] | None, path: Path) -> 
         sizes = sorted(best, key=_sort_key)
         ax.plot(sizes, [best[z].seconds for z in sizes], marker="o", color=color,
                 label=f"{preset} (fastest strategy)")
-        nbytes = [best[z].extra.get("bytes") for z in sizes]
+        nbytes = [cache_bytes(best[z], table) for z in sizes]
         if bw and all(b for b in nbytes):
             ax.plot(sizes, [b / (bw * 1e9) for b in nbytes], "--", color=color, alpha=0.7)
     ax.set_xscale("log")
@@ -584,29 +633,51 @@ def plot_bandwidth(table: Table, machine: dict[str, Any] | None, path: Path) -> 
     return True
 
 
-def plot_kv_bytes(table: Table, path: Path) -> bool:
-    """KV-cache bytes per token per preset, from a per-token track or bytes / context."""
-    if "preset" not in table.roles.values():
+def plot_kv_bytes(kernel: str, tracks: list[BenchmarkResult], table: Table | None,
+                  path: Path) -> bool:
+    """KV-cache bytes per token per preset: a per-token track, one bar per other parameter
+    value (e.g. dtype); else cache bytes / context from the main table's bytes track."""
+    track = next((t for t in tracks if classify_track(t) == "per_token"
+                  and "preset" in param_roles(t.param_names).values()), None)
+    series: dict[str, dict[str, float]] = {}
+    source = ""
+    if track is not None:
+        preset_name = next((n for n in track.param_names
+                            if param_roles([n])[n] == "preset"), None)
+        if preset_name is None:
+            return False
+        for p in track.points():
+            if p.ok:
+                other = ", ".join(f"{k}={v}" for k, v in p.params.items() if k != preset_name)
+                series.setdefault(other, {})[str(p.params[preset_name])] = float(p.value)
+        source = asvresults.function_of(track.name)
+    elif table is not None and "preset" in table.roles.values() and "bytes" in table.tracks:
+        for r in table.rows:
+            if r.extra.get("bytes") and isinstance(r.size, int | float) and r.size:
+                series.setdefault("", {}).setdefault(str(_preset_of(r, table)),
+                                                     r.extra["bytes"] / r.size)
+        source = "cache bytes / context length"
+    if not series:
         return False
-    per: dict[Any, float] = {}
-    for r in table.rows:
-        value = r.extra.get("per_token")
-        if value is None and r.extra.get("bytes") and isinstance(r.size, int | float) and r.size:
-            value = r.extra["bytes"] / r.size
-        if value is not None:
-            per.setdefault(_preset_of(r, table), value)
-    if not per:
-        return False
+    presets = list(dict.fromkeys(k for s in series.values() for k in s))
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = [str(p) for p in per]
-    ax.bar(names, list(per.values()), color=[f"C{i % 10}" for i in range(len(per))])
-    for i, v in enumerate(per.values()):
-        ax.text(i, v, fmt_bytes(v), ha="center", va="bottom", fontsize=8)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(presets) + 2), 4))
+    width = 0.8 / len(series)
+    for j, (other, values) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(presets))]
+        ys = [values.get(p, float("nan")) for p in presets]
+        bars = ax.bar(xs, ys, width=width, label=other or None, color=f"C{j}")
+        for bar, y in zip(bars, ys, strict=True):
+            if not math.isnan(y):
+                ax.annotate(fmt_bytes(y), (bar.get_x() + bar.get_width() / 2, y),
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(presets)))
+    ax.set_xticklabels(presets)
     ax.set_ylabel("KV-cache bytes per token")
-    source = "per-token track" if "per_token" in table.tracks else "cache bytes / context length"
-    ax.set_title(f"{table.kernel}: KV-cache bytes per token ({source})", fontsize=9)
+    ax.set_title(f"{kernel}: KV-cache bytes per token ({source})", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
+    if any(series):
+        ax.legend(fontsize=8)
     _save(fig, path)
     return True
 
@@ -777,13 +848,15 @@ def build_report(results_dir: Path, machine_path: Path, out_dir: Path, *,
                     and plots_dir / f"{kernel}_scaling.png",
                     plot_bandwidth(t, machine, plots_dir / f"{kernel}_bandwidth.png")
                     and plots_dir / f"{kernel}_bandwidth.png",
-                    plot_kv_bytes(t, plots_dir / f"{kernel}_kv_bytes_per_token.png")
-                    and plots_dir / f"{kernel}_kv_bytes_per_token.png",
                 ]
                 for p in made:
                     if p:
                         plots.append(p)
                         body += [f"![{p.stem}](plots/{p.name})", ""]
+        kv_plot = plots_dir / f"{kernel}_kv_bytes_per_token.png"
+        if plot_kv_bytes(kernel, tracks, main, kv_plot):
+            plots.append(kv_plot)
+            body += [f"![{kv_plot.stem}](plots/{kv_plot.name})", ""]
         others = [b for b in benches if b.type != "time"]
         if others:
             body += ["### Other measurements", ""]
@@ -834,7 +907,10 @@ def _other_table(benches: list[BenchmarkResult]) -> str:
             if not p.ok:
                 continue
             params = ", ".join(f"{k}={v}" for k, v in p.params.items())
-            value = fmt_bytes(p.value) if b.unit == "bytes" else f"{p.value:.4g} {b.unit}"
+            # A class-wide ``unit = "bytes"`` also lands on its ratio tracks.
+            ratio = "ratio" in asvresults.function_of(b.name)
+            value = (fmt_bytes(p.value) if b.unit == "bytes" and not ratio
+                     else f"{p.value:.4g}" + ("" if ratio else f" {b.unit}"))
             rows.append([f"`{asvresults.function_of(b.name)}`", params, value])
     return markdown_table(["benchmark", "parameters", "value"], rows)
 
