@@ -71,8 +71,9 @@ def check_query(cache: Any, query: Any) -> np.ndarray:
     if not isinstance(query, np.ndarray):
         raise TypeError(f"query must be a numpy array, got {type(query).__name__}")
     if query.shape != shape:
-        raise ValueError(f"query must have shape {shape} (batch, n_heads, query_dim), "
-                         f"got {query.shape}")
+        raise ValueError(
+            f"query must have shape {shape} (batch, n_heads, query_dim), got {query.shape}"
+        )
     if query.dtype.kind != "f":
         raise TypeError(f"query must be a floating array, got dtype {query.dtype}")
     if not np.all(np.isfinite(query)):
@@ -152,9 +153,9 @@ class Problem:
             nope = c.qk_nope_head_dim
             q_nope, self.q2 = q[..., :nope], q[..., nope:].astype(dt)
             if self.kind == "absorbed":
-                # W_UK folded into the query: [B, H, nope] x [H, nope, r] -> [B, H, r].
-                self.q1 = np.einsum("bhn,hnr->bhr", q_nope, cache.w_uk.astype(np.float64))
-                self.q1 = self.q1.astype(dt)
+                # W_UK folded into the query: [B, H, 1, nope] @ [H, nope, r] -> [B, H, r]
+                # (a batched BLAS matmul in the cache dtype; the weights are not copied).
+                self.q1 = (q_nope.astype(dt)[:, :, None, :] @ cache.w_uk)[:, :, 0, :]
             else:
                 self.q1 = q_nope.astype(dt)
         # W_UV is applied after the merge on the absorbed path (parent only).
@@ -173,8 +174,14 @@ class Problem:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Partial state (m, l, o) over tokens [t0, t1) with the ``inner`` chunk kernel."""
         if self.kind == "naive":
-            args = (self.q1, self.q2, arrays["c_kv"], arrays["k_pe"], arrays["w_uk"],
-                    arrays["w_uv"])
+            args = (
+                self.q1,
+                self.q2,
+                arrays["c_kv"],
+                arrays["k_pe"],
+                arrays["w_uk"],
+                arrays["w_uv"],
+            )
             if inner == "python":
                 return reference.naive_partial_python(*args, t0, t1)
             if inner == "numpy":
@@ -193,16 +200,28 @@ class Problem:
 
     def _empty_state(self, dv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         B, H = self.q1.shape[:2]
-        return (np.empty((B, H), self.dtype), np.empty((B, H), self.dtype),
-                np.empty((B, H, dv), self.dtype))
+        return (
+            np.empty((B, H), self.dtype),
+            np.empty((B, H), self.dtype),
+            np.empty((B, H, dv), self.dtype),
+        )
 
     def fused(self, splits: int, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """The ``numba`` strategy: fused pass with ``splits`` parallel ranges, merged."""
         if self.kind == "naive":
             B, H = self.q1.shape[:2]
             out = np.empty((B, H, arrays["w_uv"].shape[1]), self.dtype)
-            jit.fused_naive(self.q1, self.q2, arrays["c_kv"], arrays["k_pe"], arrays["w_uk"],
-                            arrays["w_uv"], self.length, splits, out)
+            jit.fused_naive(
+                self.q1,
+                self.q2,
+                arrays["c_kv"],
+                arrays["k_pe"],
+                arrays["w_uk"],
+                arrays["w_uv"],
+                self.length,
+                splits,
+                out,
+            )
             return out
         k1, k2, v = self.operands(arrays)
         out = np.empty(self.q1.shape[:2] + (v.shape[3],), self.dtype)
@@ -227,7 +246,8 @@ class Problem:
         if self.kind != "absorbed":
             return out
         # W_UV after attention in the latent space: [B, H, r] x [H, v, r] -> [B, H, v].
-        return np.einsum("bhr,hvr->bhv", out, self.w_uv).astype(self.dtype, copy=False)
+        projected = out.astype(self.dtype, copy=False)[:, :, None, :] @ self.w_uv.transpose(0, 2, 1)
+        return projected[:, :, 0, :]
 
 
 # ---------------------------------------------------------------------------
