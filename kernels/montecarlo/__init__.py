@@ -56,7 +56,7 @@ MAX_SAMPLES = 1 << 62
 MAX_SEED = (1 << 64) - 1
 # Tasks per worker for the thread and process pools: enough to even out a slow worker,
 # few enough that the per-task cost (a pickle round trip for processes) stays small.
-TASKS_PER_WORKER = 4
+TASKS_PER_WORKER = 8
 
 _SERIAL_STRATEGIES = ("python", "numpy")
 _EXECUTOR_OF = {"threaded": "threads", "multiprocess": "processes"}
