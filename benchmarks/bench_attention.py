@@ -5,6 +5,9 @@
   numba compilation (or its cache load), pool start and first touch are not timed.
 - ``TimeDecodeBatch8``: the same at batch 8, context 8192.
 - ``TimeMLA``: MLA naive (latent cache up-projected every step) vs absorbed.
+- ``ColdStart.timeraw_first_step``: a fresh interpreter imports kernels, builds a 1k
+  GQA cache and runs one step: import + JIT (numba's on-disk cache as a previous run
+  left it) + pool start + the step, apart from the warm figures.
 - ``Sizes.track_kv_bytes_per_token``: bytes per token per layer from the cache arrays.
 - ``Bandwidth.track_gbps``: cache bytes read per second (GB/s, median of 5 steps), to
   set against the machine's measured read bandwidth (``kernelrace machine``).
@@ -115,6 +118,26 @@ class TimeMLA:
 
     def time_mla(self, preset: str, impl: str, context: int, label: str, workers: int) -> None:
         self.case.run()
+
+
+class ColdStart:
+    """A fresh interpreter: import, cache build (1k GQA), JIT load, pool start, one step (s)."""
+
+    params = (["numpy", "numba", "threaded:numba", "multiprocess:numba"], WORKERS)
+    param_names = ["strategy", "workers"]
+    number = 1
+    repeat = 3
+    timeout = 180
+
+    def timeraw_first_step(self, label: str, workers: int) -> str:
+        strategy, inner = registry.parse_label(label)
+        return (
+            "from kernels import attention\n"
+            f"case = attention.make_case(1024, strategy={strategy!r}, inner={inner!r}, "
+            f"workers={workers}, preset='gqa')\n"
+            "case.run()\n"
+            "case.close()\n"
+        )
 
 
 class Sizes:
