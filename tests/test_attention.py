@@ -328,6 +328,46 @@ def test_multiprocess_error_or_ctrl_c_leaves_no_shared_memory(monkeypatch, exc):
     assert set(shared.leftover_segments()) - before == set()
 
 
+_CTRL_C_SCRIPT = """
+import sys
+from kernels import attention
+case = attention.make_case(4096, strategy="multiprocess", inner="numba", workers=2, preset="gqa")
+case.run()
+print("ready", flush=True)
+try:
+    while True:
+        case.run()
+finally:
+    case.close()
+"""
+
+
+def test_ctrl_c_during_multiprocess_steps_leaves_no_shared_memory():
+    """A real SIGINT while pool workers are attached: the interpreter unwinds, the case is
+    closed, and no segment named after that process is left in /dev/shm."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm")
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        prefix = f"{shared.SEGMENT_PREFIX}{proc.pid}_"
+        assert [n for n in shared.leftover_segments() if n.startswith(prefix)]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert [n for n in shared.leftover_segments() if n.startswith(prefix)] == []
+
+
 def test_make_case_close_unlinks_and_gc_unlinks():
     before = set(shared.leftover_segments())
     case = A.make_case(64, strategy="multiprocess", inner="numpy", workers=2, preset="mla")
