@@ -75,6 +75,7 @@ def test_command_writes_json_atomically(tmp_path, capsys):
     assert "primesieve_python" in doc["anchors"] and "torch" in doc["anchors"]
     assert doc["matmul"]["gflops"]["1"] > 0
     assert doc["quick"] is True and doc["command"].startswith("kernelrace machine")
+    assert len(doc["load_average"]["before"]) == 3
     assert [p.name for p in out.parent.iterdir()] == ["machine.json"]  # no temp left over
     # The report reads figures back per worker count, falling back to the nearest below.
     assert machine.bandwidth_gbps(doc, "read", 1) == doc["bandwidth_gbps"]["read"]["1"]
@@ -89,3 +90,12 @@ def test_load_machine_names_a_corrupt_file(tmp_path):
     bad.write_text(json.dumps({"x": 1}))
     with pytest.raises(ValueError, match="not a kernelrace machine file"):
         machine.load_machine(bad)
+
+
+def test_busy_machine_is_flagged():
+    doc = {"cpu": {"affinity_cpus": 2}, "load_average": {"before": [0.1, 0, 0],
+                                                         "after": [0.2, 0, 0]}}
+    assert machine.busy_note(doc) is None
+    doc["load_average"]["after"] = [5.0, 4.0, 3.0]
+    assert "load average up to 5.0 on 2 cores" in machine.busy_note(doc)
+    assert machine.busy_note({"cpu": {}}) is None  # older files without the field

@@ -396,6 +396,7 @@ def calibrate(*, array_bytes: int, matmul_n: int, repeats: int,
     workers_list = workers_list or sorted({1, cores})
     caches = cache_info()
     llc = last_level_cache_bytes(caches)
+    load_before = _loadavg()
     t0 = time.perf_counter()
     bw = measure_bandwidth(array_bytes, workers_list, repeats)
     mm = {w: measure_matmul_gflops(matmul_n, w, repeats) for w in workers_list}
@@ -435,7 +436,28 @@ def calibrate(*, array_bytes: int, matmul_n: int, repeats: int,
         },
     }
     doc["measure_seconds"] = round(time.perf_counter() - t0, 2)
+    # Other work on the machine lowers every figure; say how busy it was.
+    doc["load_average"] = {"before": load_before, "after": _loadavg()}
     return doc
+
+
+def _loadavg() -> list[float] | None:
+    """1, 5 and 15 minute load averages (runnable processes), or None."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def busy_note(doc: dict[str, Any]) -> str | None:
+    """A warning when the 1-minute load exceeded a quarter of the cores while measuring."""
+    load = doc.get("load_average") or {}
+    peak = max((v[0] for v in (load.get("before"), load.get("after")) if v), default=None)
+    cores = doc.get("cpu", {}).get("affinity_cpus") or 1
+    if peak is None or peak <= 0.25 * cores:
+        return None
+    return (f"load average up to {peak:.1f} on {cores} cores while measuring: other work "
+            "shared the machine, so these limits are low; calibrate on a quiet machine")
 
 
 def summary(doc: dict[str, Any]) -> str:
@@ -471,6 +493,9 @@ def summary(doc: dict[str, Any]) -> str:
         + ", primesieve CLI " + (a["primesieve_cli"] or "absent")
         + ", torch " + (a["torch"] or "absent")
     )
+    note = busy_note(doc)
+    if note:
+        lines.append(f"note     {note}")
     over = doc["bandwidth"].get("arrays_over_llc")
     # STREAM asks for 4x the LLC; below 2x a good share of each pass hits the cache.
     if over is not None and over < 2:

@@ -752,6 +752,12 @@ def _machine_section(machine: dict[str, Any] | None, asv_machine: dict[str, Any]
                     + [_num(mm["gflops"].get(w)) for w in counts])
     out.append(markdown_table(["limit (GB/s)"] + [f"{w} thread(s)" for w in counts],
                               rows))
+    from kernels.harness.machine import busy_note
+
+    note = busy_note(machine)
+    if note:
+        out += ["", f"Note: {note}."]
+        notes.append(note)
     if machine.get("quick"):
         out += ["", "Calibrated with `--quick`: arrays near the cache size, so bandwidth "
                 "figures are optimistic."]
