@@ -99,6 +99,7 @@ class ColdStart:
         """Cold start with numba's on-disk cache as a previous run left it."""
         return self._code(label, workers, fresh_jit_cache=False)
 
+
 class ColdStartCompiling(ColdStart):
     """As :class:`ColdStart`, but numba compiles the kernels from scratch (seconds)."""
 

@@ -119,8 +119,13 @@ STAT_SEEDS = (0, 1, 2, 3, 12345)
 @pytest.mark.parametrize("seed", STAT_SEEDS)
 @pytest.mark.parametrize(
     ("strategy", "inner", "samples"),
-    [("python", None, 50_000), ("numpy", None, 10**6), ("numba", None, 10**6),
-     ("threaded", "numba", 10**6), ("multiprocess", "numpy", 10**6)],
+    [
+        ("python", None, 50_000),
+        ("numpy", None, 10**6),
+        ("numba", None, 10**6),
+        ("threaded", "numba", 10**6),
+        ("multiprocess", "numpy", 10**6),
+    ],
 )
 def test_estimate_within_five_standard_errors(strategy, inner, samples, seed) -> None:
     r = mc.estimate_pi(samples, strategy=strategy, inner=inner, workers=2, seed=seed)
@@ -308,8 +313,12 @@ def test_registry_lists_every_strategy() -> None:
 
 @pytest.mark.parametrize(
     ("strategy", "inner", "workers"),
-    [("python", None, 1), ("numba", None, 2), ("threaded", "numpy", 2),
-     ("multiprocess", "numba", 2)],
+    [
+        ("python", None, 1),
+        ("numba", None, 2),
+        ("threaded", "numpy", 2),
+        ("multiprocess", "numba", 2),
+    ],
 )
 def test_verify_passes(strategy, inner, workers) -> None:
     checks = mc.verify(strategy, inner, workers)
@@ -319,11 +328,11 @@ def test_verify_passes(strategy, inner, workers) -> None:
 def test_cli_run_shows_estimate_and_error(capsys) -> None:
     from kernels.harness.cli import main
 
-    code = main([
-        "run", "--kernel", "montecarlo", "--strategy", "numpy", "--strategy", "numba",
-        "--size", "100003", "--workers", "1", "--repeat", "1", "--warmup", "0", "--seed", "3",
-        "--json",
-    ])
+    argv = (
+        "run --kernel montecarlo --strategy numpy --strategy numba --size 100003"
+        " --workers 1 --repeat 1 --warmup 0 --seed 3 --json"
+    )
+    code = main(argv.split())
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["strategy"] for r in rows] == ["numpy", "numba"]

@@ -327,8 +327,12 @@ def make_case(
 
     def run() -> PiEstimate:
         return estimate_pi(
-            plan.samples, strategy=plan.strategy, workers=plan.workers, seed=plan.seed,
-            inner=plan.inner, chunk_size=plan.chunk_size,
+            plan.samples,
+            strategy=plan.strategy,
+            workers=plan.workers,
+            seed=plan.seed,
+            inner=plan.inner,
+            chunk_size=plan.chunk_size,
         )
 
     def describe(result: PiEstimate, seconds: float) -> dict[str, Any]:
@@ -413,17 +417,25 @@ def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Chec
         checks.append(generator)
     for name, case in verify_cases():
         result = estimate_pi(
-            case["samples"], strategy=strategy, inner=inner, workers=workers,
-            seed=case["seed"], chunk_size=case["chunk_size"],
+            case["samples"],
+            strategy=strategy,
+            inner=inner,
+            workers=workers,
+            seed=case["seed"],
+            chunk_size=case["chunk_size"],
         )
         want = serial_hits(kernel, case["samples"], case["seed"], case["chunk_size"])
         checks.append(
-            registry.Check(f"{name}: hits vs serial {kernel}", result.hits == want,
-                           f"{result.hits} vs {want}")
+            registry.Check(
+                f"{name}: hits vs serial {kernel}", result.hits == want, f"{result.hits} vs {want}"
+            )
         )
         z = result.error_in_stderr
         checks.append(
-            registry.Check(f"{name}: within 5 stderr", abs(z) <= 5.0,
-                           f"pi={result.pi:.6f} stderr={result.stderr:.2e} z={z:+.2f}")
+            registry.Check(
+                f"{name}: within 5 stderr",
+                abs(z) <= 5.0,
+                f"pi={result.pi:.6f} stderr={result.stderr:.2e} z={z:+.2f}",
+            )
         )
     return checks

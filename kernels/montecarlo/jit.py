@@ -87,8 +87,9 @@ def chunk_hits(key: np.uint64, chunk: np.int64, length: np.int64) -> np.int64:
 
 
 @numba.njit(**_JIT)
-def range_hits(key: np.uint64, first: np.int64, count: np.int64, chunk_size: np.int64,
-               samples: np.int64) -> np.int64:
+def range_hits(
+    key: np.uint64, first: np.int64, count: np.int64, chunk_size: np.int64, samples: np.int64
+) -> np.int64:
     """Hits of chunks ``first .. first+count-1`` of ``samples`` cut into ``chunk_size`` pieces.
 
     One task for the thread and process pools: a run of whole chunks, each chunk keyed by
