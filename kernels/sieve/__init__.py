@@ -1,0 +1,209 @@
+"""The prime sieve: count the primes <= n, in every strategy.
+
+Plan -> chunks -> chunk kernel -> combine: [0, n] is cut into ranges, each range is
+counted by a chunk kernel (``reference.count_range`` in pure Python,
+``vectorized.count_range`` in NumPy, ``jit.count_range`` in numba) and the counts are
+summed. Every chunk kernel needs only the primes <= sqrt(n), so memory is
+O(sqrt(n) + segment) for every strategy except ``pipeline``.
+
+Strategies:
+
+- ``python``: pure-Python odd-only segmented sieve (the reference), one core;
+- ``numpy``: odd-only segmented NumPy sieve with a pre-sieved pattern, one core;
+- ``numba``: wheel-30 segmented sieve; with workers > 1 the ranges run in numba's
+  thread pool (prange);
+- ``threaded`` / ``multiprocess``: ranges spread over a thread pool / process pool,
+  each counted by the ``inner`` chunk kernel (python, numpy or numba). Threads only
+  run in parallel with ``inner="numba"`` (compiled ``nogil=True``); the NumPy kernel
+  holds the GIL between its many small slice assignments and the Python one always
+  holds it, so their threads take turns;
+- ``pipeline``: the Go-style chain of filter threads (n <= PIPELINE_MAX_N);
+- ``primesieve``: the anchor, the primesieve C++ library (optional extra).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import sys
+from typing import Any
+
+import numpy as np
+
+from kernels import executors, registry
+from kernels.sieve import jit, reference, vectorized
+from kernels.sieve.pipeline import PIPELINE_MAX_N, count_primes_pipeline
+
+STRATEGIES = ("python", "numpy", "numba", "threaded", "multiprocess", "pipeline", "primesieve")
+SERIAL_STRATEGIES = ("python", "numpy", "pipeline")
+DEFAULT_SIZES = (10**6, 10**7)
+
+CHUNK_KERNELS = {
+    "python": reference.count_range,
+    "numpy": vectorized.count_range,
+    "numba": jit.count_range,
+}
+
+# Known values of pi(10**k), k = 0..12.
+KNOWN_PI = {
+    1: 0, 10: 4, 10**2: 25, 10**3: 168, 10**4: 1229, 10**5: 9592, 10**6: 78498,
+    10**7: 664579, 10**8: 5761455, 10**9: 50847534, 10**10: 455052511,
+    10**11: 4118054813, 10**12: 37607912018,
+}
+
+# A range handed to a pool is at least this long, so that per-chunk set-up stays small.
+MIN_CHUNK_SPAN = 1 << 16
+CHUNKS_PER_WORKER = 4
+
+
+def unavailable_reason(strategy: str) -> str | None:
+    """Why ``strategy`` cannot run here, or None."""
+    if strategy == "primesieve":
+        return registry.module_available("primesieve")
+    return None
+
+
+def _check_n(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int >= 0, got {type(n).__name__} {n!r}")
+    n = operator.index(n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return n
+
+
+def _check_workers(strategy: str, workers: int | None) -> int:
+    if strategy in SERIAL_STRATEGIES:
+        w = executors.resolve_workers(1 if workers is None else workers)
+        if w != 1:
+            raise ValueError(
+                f"strategy {strategy!r} runs on one core, so workers must be 1 or None, got {w}; "
+                "threaded or multiprocess with inner='python'/'numpy' spread it over cores"
+            )
+        return 1
+    return executors.resolve_workers(workers)
+
+
+def plan_ranges(n: int, workers: int) -> list[tuple[int, int]]:
+    """Cut [0, n] into [lo, hi) ranges: CHUNKS_PER_WORKER per worker, none below MIN_CHUNK_SPAN.
+
+    Bounds are multiples of 30 (the wheel), so no chunk kernel splits a wheel row.
+    """
+    total = n + 1
+    chunks = max(1, min(workers * CHUNKS_PER_WORKER, total // MIN_CHUNK_SPAN))
+    span = -(-total // chunks)
+    span = -(-span // 30) * 30
+    bounds = list(range(0, total, span)) + [total]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _count_chunk(task: tuple[str, int, int, np.ndarray]) -> int:
+    """Pool task: count primes in one range with the named chunk kernel (module level: picklable)."""
+    inner, lo, hi, primes = task
+    return CHUNK_KERNELS[inner](lo, hi, primes)
+
+
+def count_primes(
+    n: int,
+    *,
+    strategy: str = "numba",
+    workers: int | None = None,
+    inner: str | None = None,
+    reuse_pool: bool = True,
+) -> int:
+    """The number of primes <= n.
+
+    ``workers=None`` means all cores (one for the single-core strategies). ``inner``
+    picks the chunk kernel of ``threaded``/``multiprocess`` (default numba).
+    ``reuse_pool=False`` starts and stops a fresh pool for this call (cold start).
+    Every argument is checked before any work or pool starts.
+    """
+    n = _check_n(n)
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    w = _check_workers(strategy, workers)
+    registry.require_available(sys.modules[__name__], strategy)
+
+    if strategy == "pipeline":
+        return count_primes_pipeline(n)
+    if strategy == "primesieve":
+        import primesieve
+
+        with executors.limit_threads(w):
+            primesieve.set_num_threads(w)
+            return int(primesieve.count_primes(n))
+    primes = reference.sieving_primes(n + 1)
+    if strategy == "python":
+        return reference.count_range(0, n + 1, primes)
+    if strategy == "numpy":
+        with executors.limit_threads(1):
+            return vectorized.count_range(0, n + 1, primes)
+    if strategy == "numba":
+        if w == 1:
+            return jit.count_range(0, n + 1, primes)
+        bounds = np.array([lo for lo, _ in plan_ranges(n, w)] + [n + 1], dtype=np.int64)
+        with executors.limit_threads(w):
+            return jit.count_ranges_parallel(bounds, primes)
+    kind = "threads" if strategy == "threaded" else "processes"
+    tasks = [(inner, lo, hi, primes) for lo, hi in plan_ranges(n, w)]
+    return sum(executors.run_chunks(kind, _count_chunk, tasks, w, reuse=reuse_pool))
+
+
+def pi_by_trial_division(n: int) -> int:
+    """Primes <= n by trial division: an independent check for small n."""
+    return sum(
+        1 for m in range(2, n + 1) if all(m % d for d in range(2, math.isqrt(m) + 1))
+    )
+
+
+# ---------------------------------------------------------------------------
+# Harness hooks (no timing here)
+# ---------------------------------------------------------------------------
+
+
+def max_size(strategy: str, inner: str | None = None) -> int:
+    """Largest n a strategy is raced at by default (slower ones would take minutes)."""
+    if strategy == "pipeline":
+        return PIPELINE_MAX_N
+    if strategy == "python" or inner == "python":
+        return 10**8
+    return 10**12
+
+
+def make_case(
+    size: int, *, strategy: str, inner: str | None = None, workers: int = 1, **options: Any
+) -> registry.Case:
+    """A prepared ``count_primes(size, ...)`` call for the harness to time."""
+    if options:
+        raise ValueError(f"the sieve takes no options {sorted(options)}")
+    n = _check_n(size)
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    _check_workers(strategy, workers)
+    registry.require_available(sys.modules[__name__], strategy)
+
+    def run() -> int:
+        return count_primes(n, strategy=strategy, workers=workers, inner=inner)
+
+    def describe(count: int, seconds: float) -> dict[str, Any]:
+        known = KNOWN_PI.get(n)
+        return {"count": count, "correct": None if known is None else count == known}
+
+    return registry.Case(run=run, describe=describe)
+
+
+VERIFY_SIZES = (0, 1, 2, 3, 29, 30, 31, 100, 1000, 9973, 10**4, 65_537, 10**6)
+
+
+def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Check]:
+    """Check ``count_primes`` against the reference on small n."""
+    if strategy in SERIAL_STRATEGIES and workers != 1:
+        workers = 1
+    checks = []
+    for n in VERIFY_SIZES:
+        if n > max_size(strategy, inner):
+            continue
+        expected = KNOWN_PI.get(n)
+        if expected is None:
+            expected = reference.count_range(0, n + 1, reference.sieving_primes(n + 1))
+        got = count_primes(n, strategy=strategy, workers=workers, inner=inner)
+        checks.append(registry.Check(f"pi({n})", got == expected, f"got {got}, expected {expected}"))
+    return checks
