@@ -1,0 +1,118 @@
+# kernelrace: `make bench` runs the benchmark comparison, `make test` runs the tests.
+# Each creates .venv if absent and installs what it needs; nothing else is assumed
+# but Python >= 3.11, pip and gcc.
+#
+# Variables (make VAR=value):
+#   PYTHON=python3     interpreter the venv is made from
+#   ANCHORS=auto       auto: install primesieve/torch when they install without a download
+#                      of their own (libprimesieve-dev present / torch wheel on disk);
+#                      1: install them, with apt-get for libprimesieve-dev if missing;
+#                      0: no anchors
+#   BENCH=regex        only asv benchmarks matching regex (default: the whole suite)
+#   QUICK=1            one sample per benchmark (asv --quick): a first look, no statistics
+#   ASV_MACHINE=name   asv machine name for the results (default: this host's name)
+#   BASE=HEAD~1 HEAD=HEAD FACTOR=1.10   for `make regress`
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+ANCHORS ?= auto
+BENCH ?=
+QUICK ?=
+ASV_MACHINE ?= $(shell hostname 2>/dev/null || echo local)
+BASE ?= HEAD~1
+HEAD ?= HEAD
+FACTOR ?= 1.10
+
+ASV := $(VENV)/bin/asv
+KR := $(VENV)/bin/kernelrace
+ASV_SELECT := $(if $(BENCH),--bench '$(BENCH)') $(if $(QUICK),--quick)
+
+.PHONY: all bench test test-slow benchmark-pytest regress lint verify anchors clean help
+
+all: help
+
+help:
+	@sed -n '1,16p' Makefile
+
+# --- environment ------------------------------------------------------------
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kernelrace needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Stamps: reinstall only when pyproject.toml changes.
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[test,bench]'
+	@touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[test,bench]'
+	@$(MAKE) --no-print-directory anchors
+	@touch $@
+
+anchors: | $(PY)
+	@case "$(ANCHORS)" in \
+	  0) echo "anchors: skipped (ANCHORS=0)";; \
+	  1) if [ ! -e /usr/include/primesieve.h ]; then \
+	       echo "anchors: installing libprimesieve-dev and primesieve-bin with apt-get"; \
+	       SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	       $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libprimesieve-dev primesieve-bin; \
+	     fi; \
+	     $(PIP) install --quiet -e '.[anchors]';; \
+	  *) if [ -e /usr/include/primesieve.h ]; then \
+	       $(PIP) install --quiet 'primesieve>=2.3' || echo "anchors: primesieve did not build; the sieve runs without its anchor"; \
+	     else \
+	       echo "anchors: no libprimesieve-dev here, so no primesieve anchor (make bench ANCHORS=1 installs it)"; \
+	     fi; \
+	     $(PIP) install --quiet --no-index 'torch==2.13.0' 2>/dev/null \
+	       || echo "anchors: no torch wheel on disk, so no torch anchor (make bench ANCHORS=1 downloads it)";; \
+	esac
+
+# --- the two commands ---------------------------------------------------------
+
+# The main job: check every strategy, calibrate the machine, run the asv suite in this
+# environment, and write results/report.md and results/plots/.
+bench: $(VENV)/.installed-bench
+	$(KR) list
+	$(KR) verify
+	@# asv reports an import error in the suite as one terse line; import it here first.
+	$(PY) -c 'import importlib, pathlib; [importlib.import_module("benchmarks." + p.stem) for p in sorted(pathlib.Path("benchmarks").glob("bench_*.py"))]'
+	$(ASV) machine --yes --machine '$(ASV_MACHINE)'
+	$(KR) machine
+	$(ASV) run --python=same --machine '$(ASV_MACHINE)' --set-commit-hash $$(git rev-parse HEAD) \
+	  --show-stderr $(ASV_SELECT)
+	$(KR) report --asv-machine '$(ASV_MACHINE)'
+	@echo "report: results/report.md, plots: results/plots/, asv results: results/asv/$(ASV_MACHINE)/"
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest
+
+# --- more ------------------------------------------------------------------
+
+test-slow: $(VENV)/.installed-test
+	$(PY) -m pytest -m slow
+
+verify: $(VENV)/.installed-test
+	$(KR) verify
+
+# pytest-benchmark timings of the tests' benchmark fixtures, saved under .benchmarks/;
+# COMPARE=0001 (or a saved run's name) compares against that run.
+benchmark-pytest: $(VENV)/.installed-test
+	$(PY) -m pytest --benchmark-enable --benchmark-only --benchmark-autosave \
+	  $(if $(COMPARE),--benchmark-compare=$(COMPARE) --benchmark-compare-fail=median:10%)
+
+# Benchmark BASE and HEAD in asv's own virtualenvs and fail (exit 1) on a significant
+# slowdown beyond FACTOR. Without RUN=0 it runs asv continuous first.
+regress: $(VENV)/.installed-bench
+	$(ASV) machine --yes --machine '$(ASV_MACHINE)'
+	$(KR) compare '$(BASE)' '$(HEAD)' --factor $(FACTOR) --machine '$(ASV_MACHINE)' \
+	  $(if $(filter 0,$(RUN)),,--run) $(if $(BENCH),--bench '$(BENCH)')
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check kernels benchmarks tests
+
+clean:
+	rm -rf .asv build *.egg-info .pytest_cache .benchmarks .hypothesis results/html

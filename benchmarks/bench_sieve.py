@@ -1,0 +1,136 @@
+"""asv benchmarks for the prime sieve: strategy x n x workers, warm and cold apart.
+
+- ``TimeCountPrimes.time_count_primes``: warm steady state of ``count_primes(n)``.
+  ``setup`` runs a small count first, so numba compilation (or its cache load) and the
+  pool's start are out of the timing. ``primesieve`` (when installed) is the anchor.
+- ``TimePipeline.time_count_primes``: the Go-style thread chain at the small n it
+  accepts, to show what that pattern costs next to the segmented sieves.
+- ``ColdStart.timeraw_cold_start``: a fresh interpreter imports kernels and counts the
+  primes below 10**7: import + JIT (numba's on-disk cache as a previous run left it) +
+  pool start + the run. ``ColdStartCompiling`` does the same with an empty JIT cache.
+- ``PeakMemory.peakmem_count_primes``: resident set of the process; it must stay
+  O(sqrt(n) + segment), so 10**9 may not need more than 10**7 does.
+"""
+
+from __future__ import annotations
+
+from kernels import registry, sieve
+
+from .common import WORKERS, skip
+
+LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
+LABELS = [label for label in LABELS if label != "pipeline"]
+SIZES = [10**6, 10**7, 10**8, 10**9]
+# Largest n timed per chunk kernel: a few seconds per call at most
+# (python ~0.5 s at 10**7 on one core; numpy ~1.5 s and numba ~0.2 s at 10**9).
+MAX_SIZE = {"python": 10**7}
+
+
+def _kwargs(label: str, workers: int) -> dict:
+    strategy, inner = registry.parse_label(label)
+    return {"strategy": strategy, "inner": inner, "workers": workers}
+
+
+def _check_runs(label: str, n: int, workers: int) -> dict:
+    """The call's keyword arguments, or skip (NotImplementedError) if it is not raced."""
+    strategy, inner = registry.parse_label(label)
+    reason = sieve.unavailable_reason(strategy)
+    if reason:
+        skip(reason)
+    if n > MAX_SIZE.get(inner or strategy, n):
+        skip(f"{label} is too slow at n = {n}")
+    if strategy in sieve.SERIAL_STRATEGIES and workers > 1:
+        skip(f"{label} runs on one core whatever workers is")
+    return _kwargs(label, workers)
+
+
+class TimeCountPrimes:
+    """Warm time of one ``count_primes(n)`` call (seconds)."""
+
+    params = (LABELS, SIZES, WORKERS)
+    param_names = ["strategy", "n", "workers"]
+    number = 1
+    repeat = (1, 5, 10.0)
+    warmup_time = 0.0
+    timeout = 300
+
+    def setup(self, label: str, n: int, workers: int) -> None:
+        self.kwargs = _check_runs(label, n, workers)
+        # Untimed: JIT compile or load, start the pool and fill every worker once, and
+        # check the count, so that a wrong result never passes as a fast one.
+        check = min(n, 10**7)
+        got = sieve.count_primes(check, **self.kwargs)
+        if got != sieve.KNOWN_PI[check]:
+            raise AssertionError(f"{label} counted {got} primes <= {check}")
+
+    def time_count_primes(self, label: str, n: int, workers: int) -> None:
+        sieve.count_primes(n, **self.kwargs)
+
+
+class TimePipeline:
+    """Warm time of the Go-style pipeline of filter threads (seconds)."""
+
+    params = ([1000, sieve.PIPELINE_MAX_N],)
+    param_names = ["n"]
+    number = 1
+    repeat = (1, 5, 10.0)
+    timeout = 120
+
+    def time_count_primes(self, n: int) -> None:
+        sieve.count_primes(n, strategy="pipeline", workers=1)
+
+
+class ColdStart:
+    """A fresh interpreter: import, JIT, pool start and pi(10**7) (seconds)."""
+
+    params = (["numpy", "numba", "threaded:numba", "multiprocess:numba"], WORKERS)
+    param_names = ["strategy", "workers"]
+    number = 1
+    repeat = 3
+    timeout = 180
+
+    def setup(self, label: str, workers: int) -> None:
+        _check_runs(label, 10**7, workers)
+
+    def _code(self, label: str, workers: int, *, fresh_jit_cache: bool) -> str:
+        prelude = ""
+        if fresh_jit_cache:
+            # An empty cache directory, set before numba is imported (pool workers
+            # inherit it): numba compiles everything from scratch.
+            prelude = (
+                "import os, tempfile\n"
+                "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(prefix='kernelrace-jit-')\n"
+            )
+        return (
+            prelude
+            + "from kernels.sieve import count_primes\n"
+            + f"assert count_primes(10**7, **{_kwargs(label, workers)!r}) == 664579\n"
+        )
+
+    def timeraw_cold_start(self, label: str, workers: int) -> str:
+        """Cold start with numba's on-disk cache as a previous run left it."""
+        return self._code(label, workers, fresh_jit_cache=False)
+
+
+class ColdStartCompiling(ColdStart):
+    """As :class:`ColdStart`, but numba compiles the kernels from scratch (seconds)."""
+
+    params = (["numba", "multiprocess:numba"], WORKERS)
+
+    def timeraw_cold_start(self, label: str, workers: int) -> str:
+        return self._code(label, workers, fresh_jit_cache=True)
+
+
+class PeakMemory:
+    """Peak resident memory of the process running one count (bytes)."""
+
+    params = (["numpy", "numba"], [10**7, 10**9])
+    param_names = ["strategy", "n"]
+    timeout = 120
+
+    def setup(self, label: str, n: int) -> None:
+        self.kwargs = _check_runs(label, n, 1)
+        sieve.count_primes(10**6, **self.kwargs)
+
+    def peakmem_count_primes(self, label: str, n: int) -> None:
+        sieve.count_primes(n, **self.kwargs)
