@@ -82,9 +82,8 @@ def limit_threads(workers: int) -> Iterator[None]:
     Restores both on exit. numba's cap cannot exceed NUMBA_NUM_THREADS (fixed when
     numba's pool starts), so the cap is ``min(workers, NUMBA_NUM_THREADS)``.
     """
-    from threadpoolctl import threadpool_limits
-
     import numba
+    from threadpoolctl import threadpool_limits
 
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(workers, _numba_threads_limit())))

@@ -18,9 +18,13 @@ from kernels import registry
 # Subcommands that live in their own harness module: name -> (module, help).
 # Each module provides add_arguments(parser) and run(args) -> exit code.
 _MODULE_COMMANDS = {
-    "machine": ("kernels.harness.machine", "measure this machine's limits; write results/machine.json"),
+    "machine": (
+        "kernels.harness.machine", "measure this machine's limits; write results/machine.json"
+    ),
     "report": ("kernels.harness.report", "write results/report.md and plots from asv results"),
-    "compare": ("kernels.harness.compare", "compare two commits' asv results; exit 1 on a slowdown"),
+    "compare": (
+        "kernels.harness.compare", "compare two commits' asv results; exit 1 on a slowdown"
+    ),
 }
 
 
@@ -161,7 +165,8 @@ class _Progress:
         return self
 
     def step(self, point: Any) -> None:
-        text = f"{registry.label(point.strategy, point.inner)} size={point.size} workers={point.workers}"
+        label = registry.label(point.strategy, point.inner)
+        text = f"{label} size={point.size} workers={point.workers}"
         if self._rich is not None:
             if self.done:
                 self._rich.advance(self._task)
@@ -248,7 +253,8 @@ _COMMON_FIELDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernelrace",
-        description="Race implementations of hot kernels (sieve, Monte Carlo pi, attention decode).",
+        description="Race implementations of hot kernels "
+        "(sieve, Monte Carlo pi, attention decode).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -270,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", action="append", type=_positive_int,
                    help="problem size: n for sieve, samples for montecarlo, context length for "
                    "attention (repeatable; 1e8 style accepted)")
-    p.add_argument("--workers", action="append", type=_positive_int, help="worker count (repeatable)")
+    p.add_argument(
+        "--workers", action="append", type=_positive_int, help="worker count (repeatable)"
+    )
     p.add_argument("--repeat", type=int, default=5, help="timed runs per point (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--json", action="store_true", help="write rows as JSON to stdout")

@@ -96,7 +96,8 @@ def run_grid(
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """Set ``speedup`` on each row: the first strategy's time at the same size/workers over its own."""
+    """Set ``speedup`` on each row: the first strategy's time at the same size and workers,
+    over the row's own."""
     if not rows:
         return
     first = (rows[0]["strategy"], rows[0]["inner"])

@@ -98,7 +98,8 @@ def plan_ranges(n: int, workers: int) -> list[tuple[int, int]]:
 
 
 def _count_chunk(task: tuple[str, int, int, np.ndarray]) -> int:
-    """Pool task: count primes in one range with the named chunk kernel (module level: picklable)."""
+    """Pool task: count primes in one range with the named chunk kernel (module level, so it
+    pickles)."""
     inner, lo, hi, primes = task
     return CHUNK_KERNELS[inner](lo, hi, primes)
 
@@ -205,5 +206,6 @@ def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Chec
         if expected is None:
             expected = reference.count_range(0, n + 1, reference.sieving_primes(n + 1))
         got = count_primes(n, strategy=strategy, workers=workers, inner=inner)
-        checks.append(registry.Check(f"pi({n})", got == expected, f"got {got}, expected {expected}"))
+        detail = f"got {got}, expected {expected}"
+        checks.append(registry.Check(f"pi({n})", got == expected, detail))
     return checks
