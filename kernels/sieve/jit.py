@@ -188,8 +188,12 @@ def count_ranges_parallel(bounds: np.ndarray, primes: np.ndarray) -> int:
     """Primes in [bounds[0], bounds[-1]), the ranges between bounds run in parallel (prange)."""
     hi = int(bounds[-1])
     segment = segment_bytes_for(hi)
-    return int(
-        _count_ranges_parallel(
-            bounds.astype(np.int64), primes, pattern_for(segment), segment, RESIDUES, _INVERSE
+    pattern = pattern_for(segment)
+    # Ranges higher up cost more (more sieving primes), so hand them out one at a time
+    # (dynamic scheduling) instead of numba's default of equal blocks per thread.
+    with numba.parallel_chunksize(1):
+        return int(
+            _count_ranges_parallel(
+                bounds.astype(np.int64), primes, pattern, segment, RESIDUES, _INVERSE
+            )
         )
-    )
