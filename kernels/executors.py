@@ -52,7 +52,10 @@ def resolve_workers(workers: int | None) -> int:
     """Check ``workers`` and turn ``None`` into all cores. Raises before any work starts."""
     if workers is None:
         return cpu_count()
-    if isinstance(workers, bool) or not isinstance(workers, int):
+    if isinstance(workers, bool):
+        # bool is an int subclass: without this, workers=True would quietly mean 1.
+        raise TypeError(f"workers must be an int >= 1 or None, got bool {workers!r}")
+    if not isinstance(workers, int):
         try:
             workers = operator.index(workers)  # numpy integers are fine
         except TypeError:
@@ -320,6 +323,9 @@ def run_chunks(
     reuse: bool = True,
 ) -> list[Any]:
     """Run ``fn`` over ``tasks`` on an executor of ``kind``, with threads capped to ``workers``."""
+    # Checked here, not only by the executor: limit_threads runs first and would
+    # otherwise fail on a bad value with a message that does not name workers.
+    workers = resolve_workers(workers)
     with limit_threads(workers), executor_for(kind, workers, reuse=reuse) as executor:
         return executor.map(fn, tasks)
 
