@@ -10,6 +10,7 @@
 #                      0: no anchors
 #   BENCH=regex        only asv benchmarks matching regex (default: the whole suite)
 #   QUICK=1            one sample per benchmark (asv --quick): a first look, no statistics
+#   ROUNDS=1           asv rounds (processes per benchmark); 2 is asv's default: steadier, 2x longer
 #   ASV_MACHINE=name   asv machine name for the results (default: this host's name)
 #   BASE=HEAD~1 HEAD=HEAD FACTOR=1.10   for `make regress`
 
@@ -20,6 +21,7 @@ PIP := $(PY) -m pip
 ANCHORS ?= auto
 BENCH ?=
 QUICK ?=
+ROUNDS ?= 1
 ASV_MACHINE ?= $(shell hostname 2>/dev/null || echo local)
 BASE ?= HEAD~1
 HEAD ?= HEAD
@@ -27,7 +29,7 @@ FACTOR ?= 1.10
 
 ASV := $(VENV)/bin/asv
 KR := $(VENV)/bin/kernelrace
-ASV_SELECT := $(if $(BENCH),--bench '$(BENCH)') $(if $(QUICK),--quick)
+ASV_SELECT := $(if $(BENCH),--bench '$(BENCH)') $(if $(QUICK),--quick,-a rounds=$(ROUNDS))
 
 .PHONY: all bench test test-slow benchmark-pytest regress lint verify anchors clean help
 
