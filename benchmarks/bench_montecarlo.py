@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from kernels import montecarlo, registry
 
-from .common import WORKERS, skip
+from .common import WORKERS, cold_start_code, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("montecarlo")]
 SAMPLES = [10**6, 10**7, 10**8, 10**9]
@@ -81,19 +81,8 @@ class ColdStart:
     def _code(self, label: str, workers: int, *, fresh_jit_cache: bool) -> str:
         kwargs = _kwargs(label, workers)
         samples = 10_000 if (kwargs["inner"] or kwargs["strategy"]) == "python" else 1 << 22
-        prelude = ""
-        if fresh_jit_cache:
-            # An empty cache directory, set before numba is imported (pool workers
-            # inherit it): numba compiles everything from scratch.
-            prelude = (
-                "import os, tempfile\n"
-                "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(prefix='kernelrace-jit-')\n"
-            )
-        return (
-            prelude
-            + "from kernels.montecarlo import estimate_pi\n"
-            + f"estimate_pi({samples}, **{kwargs!r})\n"
-        )
+        body = f"from kernels.montecarlo import estimate_pi\nestimate_pi({samples}, **{kwargs!r})\n"
+        return cold_start_code(body, fresh_jit_cache=fresh_jit_cache)
 
     def timeraw_cold_start(self, label: str, workers: int) -> str:
         """Cold start with numba's on-disk cache as a previous run left it."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from kernels import registry, sieve
 
-from .common import WORKERS, skip
+from .common import WORKERS, cold_start_code, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
 LABELS = [label for label in LABELS if label != "pipeline"]
@@ -93,19 +93,11 @@ class ColdStart:
         _check_runs(label, 10**7, workers)
 
     def _code(self, label: str, workers: int, *, fresh_jit_cache: bool) -> str:
-        prelude = ""
-        if fresh_jit_cache:
-            # An empty cache directory, set before numba is imported (pool workers
-            # inherit it): numba compiles everything from scratch.
-            prelude = (
-                "import os, tempfile\n"
-                "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(prefix='kernelrace-jit-')\n"
-            )
-        return (
-            prelude
-            + "from kernels.sieve import count_primes\n"
-            + f"assert count_primes(10**7, **{_kwargs(label, workers)!r}) == 664579\n"
+        body = (
+            "from kernels.sieve import count_primes\n"
+            f"assert count_primes(10**7, **{_kwargs(label, workers)!r}) == 664579\n"
         )
+        return cold_start_code(body, fresh_jit_cache=fresh_jit_cache)
 
     def timeraw_cold_start(self, label: str, workers: int) -> str:
         """Cold start with numba's on-disk cache as a previous run left it."""
