@@ -84,10 +84,14 @@ bench: $(VENV)/.installed-bench
 	$(PY) -c 'import importlib, pathlib; [importlib.import_module("benchmarks." + p.stem) for p in sorted(pathlib.Path("benchmarks").glob("bench_*.py"))]'
 	$(ASV) machine --yes --machine '$(ASV_MACHINE)'
 	$(KR) machine
+	@# asv exits non-zero when any benchmark failed; the report still shows the rest
+	@# and names the failures, then make fails with asv's status.
 	$(ASV) run --python=same --machine '$(ASV_MACHINE)' --set-commit-hash $$(git rev-parse HEAD) \
-	  --show-stderr $(ASV_SELECT)
-	$(KR) report --asv-machine '$(ASV_MACHINE)'
-	@echo "report: results/report.md, plots: results/plots/, asv results: results/asv/$(ASV_MACHINE)/"
+	  --show-stderr $(ASV_SELECT); status=$$?; \
+	$(KR) report --asv-machine '$(ASV_MACHINE)' || exit $$?; \
+	echo "report: results/report.md, plots: results/plots/, asv results: results/asv/$(ASV_MACHINE)/"; \
+	if [ $$status -ne 0 ]; then echo "asv: some benchmarks failed (exit $$status); see above and the report's notes"; fi; \
+	exit $$status
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest

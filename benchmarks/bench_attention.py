@@ -69,6 +69,13 @@ def _case(label: str, context: int, workers: int, preset: str, batch: int = 1,
     return case
 
 
+def _close(benchmark: object) -> None:
+    """Teardown: close the case if setup made one (asv tears down skipped points too)."""
+    case = getattr(benchmark, "case", None)
+    if case is not None:
+        case.close()
+
+
 class TimeDecode:
     """Warm time of one decode step at batch 1 (seconds)."""
 
@@ -83,7 +90,7 @@ class TimeDecode:
         self.case = _case(label, context, workers, preset)
 
     def teardown(self, *args: object) -> None:
-        self.case.close()
+        _close(self)
 
     def time_decode(self, preset: str, context: int, label: str, workers: int) -> None:
         self.case.run()
@@ -103,7 +110,7 @@ class TimeDecodeBatch8:
         self.case = _case(label, 8192, workers, preset, batch=8)
 
     def teardown(self, *args: object) -> None:
-        self.case.close()
+        _close(self)
 
     def time_decode_batch8(self, preset: str, label: str, workers: int) -> None:
         self.case.run()
@@ -124,7 +131,7 @@ class TimeMLA:
         self.case = _case(label, context, workers, preset, mla_impl=impl)
 
     def teardown(self, *args: object) -> None:
-        self.case.close()
+        _close(self)
 
     def time_mla(self, preset: str, impl: str, context: int, label: str, workers: int) -> None:
         self.case.run()
@@ -180,7 +187,7 @@ class Bandwidth:
         self.case = _case(label, context, workers, preset)
 
     def teardown(self, *args: object) -> None:
-        self.case.close()
+        _close(self)
 
     def track_gbps(self, preset: str, context: int, label: str, workers: int) -> float:
         times = []
@@ -202,7 +209,7 @@ class PeakMemory:
         self.case = _case(label, context, 1, preset)
 
     def teardown(self, *args: object) -> None:
-        self.case.close()
+        _close(self)
 
     def peakmem_decode(self, preset: str, context: int, label: str) -> None:
         self.case.run()
