@@ -97,7 +97,10 @@ def test_report_rows_match_the_result_file(project):
     assert 0.8 < d[id(two)].efficiency < 1.1
 
 
-def test_commit_option_and_missing_machine_is_noted(project, tmp_path, capsys):
+def test_commit_option_and_missing_machine_is_noted(project, tmp_path, capsys, monkeypatch):
+    # The default --machine is results/machine.json under the working directory; the
+    # repository has one (the reference run), so run where there is none.
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     code = cli_main(["report", "--results", str(project["results"]), "--out", str(out),
                      "--commit", project["base"][:10]])
