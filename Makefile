@@ -69,7 +69,8 @@ anchors: | $(PY)
 	     else \
 	       echo "anchors: no libprimesieve-dev here, so no primesieve anchor (make bench ANCHORS=1 installs it)"; \
 	     fi; \
-	     $(PIP) install --quiet --no-index 'torch==2.13.0' 2>/dev/null \
+	     { $(PIP) install --quiet --no-index --no-deps 'torch==2.13.0' 2>/dev/null \
+	       && $(PIP) install --quiet 'torch==2.13.0'; } \
 	       || echo "anchors: no torch wheel on disk, so no torch anchor (make bench ANCHORS=1 downloads it)";; \
 	esac
 
