@@ -24,7 +24,7 @@ import numpy as np
 
 from kernels import attention, registry
 
-from .common import WORKERS, skip
+from .common import COLD_START_LABELS, WORKERS, skip
 
 # The grid is sized so that `make bench` stays near 15 minutes on 2 cores: building a
 # cache costs seconds at 32k (1 GiB for MHA) in every benchmark process, so the inner
@@ -140,7 +140,7 @@ class TimeMLA:
 class ColdStart:
     """A fresh interpreter: import, cache build (1k GQA), JIT load, pool start, one step (s)."""
 
-    params = (["numpy", "numba", "threaded:numba", "multiprocess:numba"], WORKERS)
+    params = (COLD_START_LABELS, WORKERS)
     param_names = ["strategy", "workers"]
     number = 1
     repeat = 3

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from kernels import registry, sieve
 
-from .common import WORKERS, cold_start_code, skip
+from .common import COLD_START_LABELS, WORKERS, cold_start_code, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
 LABELS = [label for label in LABELS if label != "pipeline"]
@@ -83,7 +83,7 @@ class TimePipeline:
 class ColdStart:
     """A fresh interpreter: import, JIT, pool start and pi(10**7) (seconds)."""
 
-    params = (["numpy", "numba", "threaded:numba", "multiprocess:numba"], WORKERS)
+    params = (COLD_START_LABELS, WORKERS)
     param_names = ["strategy", "workers"]
     number = 1
     repeat = 3

@@ -5,6 +5,8 @@ asv imports this suite from the installed ``kernels`` package (under
 """
 
 WORKERS = [1, 2]
+# Strategies whose cold start (import, JIT load, pool start) the suites time.
+COLD_START_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba"]
 
 
 def skip(reason: str) -> None:
