@@ -84,6 +84,17 @@ def _check_workers(strategy: str, workers: int | None) -> int:
     return executors.resolve_workers(workers)
 
 
+def _check_args(
+    n: Any, strategy: str, inner: str | None, workers: int | None
+) -> tuple[int, str, str | None, int]:
+    """Every argument checked, in one place, before any work or pool starts."""
+    n = _check_n(n)
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    w = _check_workers(strategy, workers)
+    registry.require_available(sys.modules[__name__], strategy)
+    return n, strategy, inner, w
+
+
 def plan_ranges(n: int, workers: int) -> list[tuple[int, int]]:
     """Cut [0, n] into [lo, hi) ranges: CHUNKS_PER_WORKER per worker, none below MIN_CHUNK_SPAN.
 
@@ -119,10 +130,7 @@ def count_primes(
     ``reuse_pool=False`` starts and stops a fresh pool for this call (cold start).
     Every argument is checked before any work or pool starts.
     """
-    n = _check_n(n)
-    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
-    w = _check_workers(strategy, workers)
-    registry.require_available(sys.modules[__name__], strategy)
+    n, strategy, inner, w = _check_args(n, strategy, inner, workers)
 
     if strategy == "pipeline":
         return count_primes_pipeline(n)
@@ -176,10 +184,7 @@ def make_case(
     """A prepared ``count_primes(size, ...)`` call for the harness to time."""
     if options:
         raise ValueError(f"the sieve takes no options {sorted(options)}")
-    n = _check_n(size)
-    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
-    _check_workers(strategy, workers)
-    registry.require_available(sys.modules[__name__], strategy)
+    n, strategy, inner, _ = _check_args(size, strategy, inner, workers)
 
     def run() -> int:
         return count_primes(n, strategy=strategy, workers=workers, inner=inner)
