@@ -19,10 +19,15 @@ MLA absorbed: one "KV head" whose keys are ``[c_kv | k_pe]`` and whose values ar
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 #: Tokens per online-softmax block (scores for a block stay in L1).
 BLOCK = 128
+
+#: How many tokens ahead of the block being computed its K and V rows are prefetched.
+PREFETCH = 32
 
 # reassoc lets LLVM vectorise the dot-product reductions; no nnan/ninf, because the
 # empty-state sentinel and exp underflow must behave.
@@ -69,14 +74,177 @@ def _exp_neg(x, n, ibuf):
         x[t] = p * fb[t]
 
 
+@intrinsic
+def _prefetch(typingctx, addr):  # noqa: ARG001 (numba passes the typing context)
+    """Hint the CPU to pull the cache line at integer address ``addr`` into L1
+    (``llvm.prefetch``, read, highest locality: ``prefetcht0`` on x86). A hint only:
+    it never faults, whatever the address."""
+    sig = types.void(types.uintp)
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        ptr_t = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr_t, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr_t], fnty)
+        builder.call(fn, [builder.inttoptr(args[0], ptr_t), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True, inline="always")
+def _prefetch_rows(a, r0, r1, hi):
+    """Prefetch rows [r0, min(r1, hi)) of the C-contiguous 2-D array ``a``."""
+    r1 = min(r1, hi)
+    if r1 > r0:
+        base = a.ctypes.data
+        row = a.shape[1] * a.itemsize
+        for off in range(r0 * row, r1 * row, 64):
+            _prefetch(base + off)
+
+
+@njit(nogil=True, fastmath=FASTMATH, inline="always")
+def _scores(qa, K, tb, n, s, add):  # noqa: PLR0915 (one unrolled register tile)
+    """s[g, t] (+)= qa[g] . K[tb + t] for the G query heads of qa and t < n.
+
+    Four heads by four tokens at a time: each of the 16 dot products keeps its own
+    vector accumulator, so every query load and every key load serves four products.
+    """
+    G, d = qa.shape
+    zero = s.dtype.type(0)
+    t = 0
+    while t + 4 <= n:
+        k0 = K[tb + t]
+        k1 = K[tb + t + 1]
+        k2 = K[tb + t + 2]
+        k3 = K[tb + t + 3]
+        g = 0
+        while g + 4 <= G:
+            q0 = qa[g]
+            q1 = qa[g + 1]
+            q2 = qa[g + 2]
+            q3 = qa[g + 3]
+            a00 = a01 = a02 = a03 = zero
+            a10 = a11 = a12 = a13 = zero
+            a20 = a21 = a22 = a23 = zero
+            a30 = a31 = a32 = a33 = zero
+            for i in range(d):
+                x0 = k0[i]
+                x1 = k1[i]
+                x2 = k2[i]
+                x3 = k3[i]
+                y = q0[i]
+                a00 += y * x0
+                a01 += y * x1
+                a02 += y * x2
+                a03 += y * x3
+                y = q1[i]
+                a10 += y * x0
+                a11 += y * x1
+                a12 += y * x2
+                a13 += y * x3
+                y = q2[i]
+                a20 += y * x0
+                a21 += y * x1
+                a22 += y * x2
+                a23 += y * x3
+                y = q3[i]
+                a30 += y * x0
+                a31 += y * x1
+                a32 += y * x2
+                a33 += y * x3
+            tile = ((a00, a01, a02, a03), (a10, a11, a12, a13),
+                    (a20, a21, a22, a23), (a30, a31, a32, a33))
+            for r in range(4):
+                row = tile[r]
+                for c in range(4):
+                    s[g + r, t + c] = row[c] + s[g + r, t + c] if add else row[c]
+            g += 4
+        while g < G:
+            qg = qa[g]
+            a0 = a1 = a2 = a3 = zero
+            for i in range(d):
+                y = qg[i]
+                a0 += y * k0[i]
+                a1 += y * k1[i]
+                a2 += y * k2[i]
+                a3 += y * k3[i]
+            row = (a0, a1, a2, a3)
+            for c in range(4):
+                s[g, t + c] = row[c] + s[g, t + c] if add else row[c]
+            g += 1
+        t += 4
+    while t < n:
+        kr = K[tb + t]
+        for g in range(G):
+            a = _dot(qa[g], kr)
+            s[g, t] = a + s[g, t] if add else a
+        t += 1
+
+
+@njit(nogil=True, fastmath=FASTMATH, inline="always")
+def _accumulate(s, V, tb, n, acc):
+    """acc[g] += sum over t < n of s[g, t] * V[tb + t]: eight V rows per pass, so each
+    accumulator load and store serves eight rows."""
+    G, dv = acc.shape
+    t = 0
+    while t + 8 <= n:
+        v0 = V[tb + t]
+        v1 = V[tb + t + 1]
+        v2 = V[tb + t + 2]
+        v3 = V[tb + t + 3]
+        v4 = V[tb + t + 4]
+        v5 = V[tb + t + 5]
+        v6 = V[tb + t + 6]
+        v7 = V[tb + t + 7]
+        for g in range(G):
+            sg = s[g]
+            p0, p1, p2, p3 = sg[t], sg[t + 1], sg[t + 2], sg[t + 3]
+            p4, p5, p6, p7 = sg[t + 4], sg[t + 5], sg[t + 6], sg[t + 7]
+            ag = acc[g]
+            for i in range(dv):
+                ag[i] += (p0 * v0[i] + p1 * v1[i] + p2 * v2[i] + p3 * v3[i]) + (
+                    p4 * v4[i] + p5 * v5[i] + p6 * v6[i] + p7 * v7[i]
+                )
+        t += 8
+    while t < n:
+        vr = V[tb + t]
+        for g in range(G):
+            _axpy(s[g, t], vr, acc[g])
+        t += 1
+
+
+@njit(nogil=True, fastmath=FASTMATH, inline="always")
+def _max(x, n, init):
+    """max(init, x[:n]) with eight independent running maxima (no latency chain)."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = init
+    t = 0
+    while t + 8 <= n:
+        m0 = max(m0, x[t])
+        m1 = max(m1, x[t + 1])
+        m2 = max(m2, x[t + 2])
+        m3 = max(m3, x[t + 3])
+        m4 = max(m4, x[t + 4])
+        m5 = max(m5, x[t + 5])
+        m6 = max(m6, x[t + 6])
+        m7 = max(m7, x[t + 7])
+        t += 8
+    while t < n:
+        m0 = max(m0, x[t])
+        t += 1
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
 def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
     """Write the partial state over tokens [t0, t1) into m, l [B, H] and o [B, H, dv].
 
     q1 [B, H, d1], k1 [B, Hkv, cap, d1], q2 [B, H, d2], k2 [B, Hkv, cap, d2],
     v [B, Hkv, cap, dv]; queries pre-scaled; query head h reads KV head h // (H // Hkv).
-    Tokens are taken four at a time so each query load serves four K rows and each
-    accumulator load/store serves four V rows.
+    Before each block is scored, the K rows ``PREFETCH`` tokens ahead are prefetched,
+    and before its values are summed, the V rows as far ahead: the hardware
+    prefetchers stop at 4 KiB page edges, and without the hint a core waits on memory
+    and computes in turn instead of at once.
     """
     B, H, d1 = q1.shape
     d2 = q2.shape[2]
@@ -102,45 +270,17 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
             acc[:] = zero
             for tb in range(t0, t1, BLOCK):
                 n = min(BLOCK, t1 - tb)
-                t = 0
-                while t + 4 <= n:
-                    k0 = K1[tb + t]
-                    k1_ = K1[tb + t + 1]
-                    k2_ = K1[tb + t + 2]
-                    k3 = K1[tb + t + 3]
-                    for g in range(G):
-                        qg = qa[g]
-                        a0 = zero
-                        a1 = zero
-                        a2 = zero
-                        a3 = zero
-                        for i in range(d1):
-                            x = qg[i]
-                            a0 += x * k0[i]
-                            a1 += x * k1_[i]
-                            a2 += x * k2_[i]
-                            a3 += x * k3[i]
-                        s[g, t] = a0
-                        s[g, t + 1] = a1
-                        s[g, t + 2] = a2
-                        s[g, t + 3] = a3
-                    t += 4
-                while t < n:
-                    kr = K1[tb + t]
-                    for g in range(G):
-                        s[g, t] = _dot(qa[g], kr)
-                    t += 1
+                ahead = max(tb + PREFETCH, t0)
+                _prefetch_rows(K1, ahead, ahead + n, t1)
+                _scores(qa, K1, tb, n, s, False)
                 if d2:
-                    for t in range(n):
-                        for g in range(G):
-                            s[g, t] += _dot(qb[g], K2[tb + t])
+                    _prefetch_rows(K2, ahead, ahead + n, t1)
+                    _scores(qb, K2, tb, n, s, True)
                 for g in range(G):
-                    mx = mloc[g]
-                    for t in range(n):
-                        mx = max(mx, s[g, t])
+                    sg = s[g]
+                    mx = _max(sg, n, mloc[g])
                     corr = np.exp(mloc[g] - mx)
                     total = zero
-                    sg = s[g]
                     for t in range(n):
                         sg[t] = sg[t] - mx
                     if sg.itemsize == 4:
@@ -155,26 +295,8 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
                     if corr != 1:
                         for i in range(dv):
                             acc[g, i] *= corr
-                t = 0
-                while t + 4 <= n:
-                    v0 = V[tb + t]
-                    v1 = V[tb + t + 1]
-                    v2 = V[tb + t + 2]
-                    v3 = V[tb + t + 3]
-                    for g in range(G):
-                        p0 = s[g, t]
-                        p1 = s[g, t + 1]
-                        p2 = s[g, t + 2]
-                        p3 = s[g, t + 3]
-                        ag = acc[g]
-                        for i in range(dv):
-                            ag[i] += p0 * v0[i] + p1 * v1[i] + p2 * v2[i] + p3 * v3[i]
-                    t += 4
-                while t < n:
-                    vr = V[tb + t]
-                    for g in range(G):
-                        _axpy(s[g, t], vr, acc[g])
-                    t += 1
+                _prefetch_rows(V, ahead, ahead + n, t1)
+                _accumulate(s, V, tb, n, acc)
             for g in range(G):
                 m[b, h0 + g] = mloc[g]
                 l[b, h0 + g] = lloc[g]
