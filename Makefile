@@ -12,6 +12,7 @@
 #   QUICK=1            one sample per benchmark (asv --quick): a first look, no statistics
 #   ROUNDS=1           asv rounds (processes per benchmark); 2 is asv's default: steadier, 2x longer
 #   ASV_MACHINE=name   asv machine name for the results (default: this host's name)
+#   BENCH_DATA=dir     scratch folder where a run's asv processes share attention caches (emptied after)
 #   BASE=HEAD~1 HEAD=HEAD FACTOR=1.10   for `make regress`
 
 PYTHON ?= python3
@@ -26,6 +27,7 @@ ASV_MACHINE ?= $(shell hostname 2>/dev/null || echo local)
 BASE ?= HEAD~1
 HEAD ?= HEAD
 FACTOR ?= 1.10
+BENCH_DATA ?= $(CURDIR)/.asv/bench-data
 
 ASV := $(VENV)/bin/asv
 KR := $(VENV)/bin/kernelrace
@@ -87,8 +89,11 @@ bench: $(VENV)/.installed-bench
 	$(KR) machine
 	@# asv exits non-zero when any benchmark failed; the report still shows the rest
 	@# and names the failures, then make fails with asv's status.
+	@# Attention caches are built once per run and loaded by every point that needs them.
+	rm -rf '$(BENCH_DATA)'
+	KERNELRACE_BENCH_DATA='$(BENCH_DATA)' \
 	$(ASV) run --python=same --machine '$(ASV_MACHINE)' --set-commit-hash $$(git rev-parse HEAD) \
-	  --show-stderr $(ASV_SELECT); status=$$?; \
+	  --show-stderr $(ASV_SELECT); status=$$?; rm -rf '$(BENCH_DATA)'; \
 	$(KR) report --asv-machine '$(ASV_MACHINE)' || exit $$?; \
 	echo "report: results/report.md, plots: results/plots/, asv results: results/asv/$(ASV_MACHINE)/"; \
 	if [ $$status -ne 0 ]; then echo "asv: some benchmarks failed (exit $$status); see above and the report's notes"; fi; \

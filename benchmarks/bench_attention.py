@@ -17,7 +17,11 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import shutil
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -47,6 +51,45 @@ SERIAL = ("python",)
 FAST_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba", "torch"]
 
 
+# The filled cache of this process's benchmark point: asv re-runs setup (and teardown)
+# before every sample, and filling a 32k MHA cache (1 GiB) takes seconds. When
+# DATA_DIR_VAR names a folder (`make bench` sets it, and empties it after the run), the
+# first process that needs a cache also saves its arrays there and later processes
+# (every strategy x workers point of the same preset and context) load them instead.
+DATA_DIR_VAR = "KERNELRACE_BENCH_DATA"
+_SOURCES: dict[tuple[str, int, int], attention.Cache] = {}
+
+
+def _source(preset: str, context: int, batch: int) -> attention.Cache:
+    key = (preset, context, batch)
+    if key not in _SOURCES:
+        _SOURCES.clear()  # one at a time: a process times one point
+        _SOURCES[key] = _load_or_build(preset, context, batch)
+    return _SOURCES[key]
+
+
+def _load_or_build(preset: str, context: int, batch: int) -> attention.Cache:
+    cache = attention.make_cache(attention.PRESETS[preset], capacity=context, batch=batch)
+    root = os.environ.get(DATA_DIR_VAR)
+    folder = pathlib.Path(root, f"{preset}-T{context}-B{batch}-float32-seed0") if root else None
+    if folder is not None and folder.is_dir():
+        for name, array in cache.arrays().items():
+            array[...] = np.load(folder / f"{name}.npy", mmap_mode="r")
+        cache.length = context
+        return cache
+    attention.fill_random(cache, context, seed=0)
+    if folder is not None:  # write aside, then rename: a folder that exists is complete
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        part = pathlib.Path(tempfile.mkdtemp(prefix=folder.name, dir=folder.parent))
+        for name, array in cache.arrays().items():
+            np.save(part / f"{name}.npy", array)
+        try:
+            part.rename(folder)
+        except OSError:  # another process saved it first
+            shutil.rmtree(part, ignore_errors=True)
+    return cache
+
+
 def _case(label: str, context: int, workers: int, preset: str, batch: int = 1,
           mla_impl: str | None = None) -> registry.Case:
     strategy, inner = registry.parse_label(label)
@@ -60,7 +103,8 @@ def _case(label: str, context: int, workers: int, preset: str, batch: int = 1,
     if mla_impl == "naive" and context > MAX_NAIVE_CONTEXT[preset]:
         skip(f"MLA naive on {preset} is too slow at context {context}")
     case = attention.make_case(context, strategy=strategy, inner=inner, workers=workers,
-                               preset=preset, batch=batch, mla_impl=mla_impl)
+                               preset=preset, batch=batch, mla_impl=mla_impl,
+                               source=_source(preset, context, batch))
     try:
         case.run()  # JIT / pool start / first touch, untimed
     except BaseException:

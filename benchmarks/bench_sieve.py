@@ -3,6 +3,9 @@
 - ``TimeCountPrimes.time_count_primes``: warm steady state of ``count_primes(n)``.
   ``setup`` runs a small count first, so numba compilation (or its cache load) and the
   pool's start are out of the timing. ``primesieve`` (when installed) is the anchor.
+- ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers at 10**9, timed call by
+  call in alternation in one process (the parallel-efficiency figure the machine's
+  drift cannot fake).
 - ``TimePipeline.time_count_primes``: the Go-style thread chain at the small n it
   accepts, to show what that pattern costs next to the segmented sieves.
 - ``ColdStart.timeraw_cold_start``: a fresh interpreter imports kernels and counts the
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from kernels import registry, sieve
 
-from .common import COLD_START_LABELS, WORKERS, cold_start_code, skip
+from .common import COLD_START_LABELS, WORKERS, alternating_speedup, cold_start_code, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
 LABELS = [label for label in LABELS if label != "pipeline"]
@@ -65,6 +68,34 @@ class TimeCountPrimes:
 
     def time_count_primes(self, label: str, n: int, workers: int) -> None:
         sieve.count_primes(n, **self.kwargs)
+
+
+class Scaling:
+    """Speed-up of 2 workers over 1 at n = 10**9 (x), the two timed in alternation.
+
+    ``TimeCountPrimes`` times 1 and 2 workers in separate processes, minutes apart; this
+    pairs them call by call (:func:`benchmarks.common.alternating_speedup`, median of
+    7 rounds), so that the machine's drift does not pass for parallel efficiency.
+    """
+
+    params = (["numba", "threaded:numba", "multiprocess:numba"],)
+    param_names = ["strategy"]
+    unit = "x"
+    timeout = 300
+    N = 10**9
+    ROUNDS = 7
+
+    def setup(self, label: str) -> None:
+        self.one, self.two = (_check_runs(label, self.N, w) for w in (1, 2))
+        for kwargs in (self.one, self.two):  # untimed: JIT, pool start, and the answer
+            got = sieve.count_primes(self.N, **kwargs)
+            if got != sieve.KNOWN_PI[self.N]:
+                raise AssertionError(f"{label} counted {got} primes <= {self.N}")
+
+    def track_speedup_2_workers(self, label: str) -> float:
+        return alternating_speedup(lambda: sieve.count_primes(self.N, **self.one),
+                                   lambda: sieve.count_primes(self.N, **self.two),
+                                   self.ROUNDS)
 
 
 class TimePipeline:

@@ -4,6 +4,11 @@ asv imports this suite from the installed ``kernels`` package (under
 ``--python=same`` PYTHONPATH is dropped), so everything here imports ``kernels``.
 """
 
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
 WORKERS = [1, 2]
 # Strategies whose cold start (import, JIT load, pool start) the suites time.
 COLD_START_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba"]
@@ -28,3 +33,24 @@ def cold_start_code(body: str, *, fresh_jit_cache: bool) -> str:
             "os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(prefix='kernelrace-jit-')\n"
         )
     return prelude + body
+
+
+def alternating_speedup(baseline: Callable[[], Any], other: Callable[[], Any],
+                        rounds: int) -> float:
+    """How many times faster ``other`` runs than ``baseline``, timed in alternation.
+
+    Each round times one call of each, back to back; the result is the median over the
+    rounds of baseline time / other time. On a shared machine whose speed drifts by tens
+    of percent within minutes, two benchmarks timed minutes apart (asv runs every point
+    in its own process) give a ratio of the drift as much as of the code; pairing the
+    calls cancels what drifts slower than a round.
+    """
+    ratios = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        baseline()
+        t1 = time.perf_counter()
+        other()
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / (t2 - t1))
+    return statistics.median(ratios)

@@ -111,14 +111,17 @@ def strategies(kernel: str) -> list[StrategyInfo]:
 
 def variants(kernel: str, *, available_only: bool = True) -> list[tuple[str, str | None]]:
     """Every (strategy, inner) pair of ``kernel``: one per inner for threaded/multiprocess."""
+    # Availability is asked only when it matters: asking may import an anchor (torch
+    # takes about a second), and the asv suites list every variant in each process.
+    module = kernel_module(kernel)
     out: list[tuple[str, str | None]] = []
-    for info in strategies(kernel):
-        if available_only and not info.available:
+    for name in module.STRATEGIES:
+        if available_only and module.unavailable_reason(name):
             continue
-        if info.inners:
-            out.extend((info.name, inner) for inner in info.inners)
+        if name in INNER_STRATEGIES:
+            out.extend((name, inner) for inner in INNERS)
         else:
-            out.append((info.name, None))
+            out.append((name, None))
     return out
 
 

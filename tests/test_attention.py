@@ -411,6 +411,57 @@ def test_make_case_fields_and_gbps():
     case.close()
 
 
+@pytest.mark.parametrize("preset", ["gqa", "mla"])
+def test_make_case_from_source_matches_a_fresh_case_and_leaves_source_open(preset):
+    """``source=``: the same step as a case that fills its own cache (same seed); closing
+    the case unlinks its shared copy but never touches the source."""
+    source = A.make_cache(A.PRESETS[preset], capacity=40, batch=2)
+    A.fill_random(source, 40, seed=0)
+    before = set(shared.leftover_segments())
+    for strategy, inner in [("numba", None), ("multiprocess", "numpy")]:
+        fresh = A.make_case(40, strategy=strategy, inner=inner, workers=2, preset=preset,
+                            batch=2)
+        reused = A.make_case(40, strategy=strategy, inner=inner, workers=2, preset=preset,
+                             batch=2, source=source)
+        try:
+            np.testing.assert_allclose(reused.run(), fresh.run(), rtol=1e-5, atol=1e-6)
+            assert reused.fields["cache_bytes"] == fresh.fields["cache_bytes"]
+        finally:
+            fresh.close()
+            reused.close()
+        assert set(shared.leftover_segments()) - before == set()
+    assert not source.shared and source.length == 40
+    for name in source._names:
+        assert np.all(np.isfinite(getattr(source, name)))  # still readable
+
+
+def test_make_case_refuses_a_source_that_does_not_match():
+    source = A.make_cache(A.PRESETS["gqa"], capacity=16)
+    A.fill_random(source, 16)
+    with pytest.raises(ValueError, match="length"):
+        A.make_case(8, strategy="numba", preset="gqa", source=source)
+    with pytest.raises(ValueError, match="config"):
+        A.make_case(16, strategy="numba", preset="mqa", source=source)
+    with pytest.raises(ValueError, match="batch"):
+        A.make_case(16, strategy="numba", preset="gqa", batch=2, source=source)
+    with pytest.raises(ValueError, match="dtype"):
+        A.make_case(16, strategy="numba", preset="gqa", dtype=np.float64, source=source)
+    with pytest.raises(TypeError, match="source must be"):
+        A.make_case(16, strategy="numba", preset="gqa", source=np.zeros(3))
+
+
+def test_cache_copy_is_independent_and_can_move_to_shared_memory():
+    cache = _filled(A.SMALL_CONFIGS["mqa-small"], 5)
+    before = set(shared.leftover_segments())
+    twin = cache.copy(shared=True)
+    assert twin.shared and twin.length == cache.length == 5
+    np.testing.assert_array_equal(twin.k, cache.k)
+    twin.v[0, 0, 0, 0] += 1.0
+    assert twin.v[0, 0, 0, 0] != cache.v[0, 0, 0, 0]
+    twin.close()
+    assert set(shared.leftover_segments()) - before == set()
+
+
 def test_make_case_rejects_bad_options():
     with pytest.raises(ValueError, match="unknown attention option"):
         A.make_case(10, strategy="numba", colour="red")

@@ -117,6 +117,20 @@ class _CacheBase:
             raise ValueError(f"{name} contains NaN or infinity")
         return x
 
+    def copy(self, *, shared: bool | None = None) -> Cache:
+        """A copy with this config, capacity, batch, dtype, length and contents; in shared
+        memory when ``shared`` (default: where this one is)."""
+        new = make_cache(self.config, capacity=self.capacity, batch=self.batch,
+                         dtype=self.dtype, shared=self.shared if shared is None else shared)
+        try:
+            for name in self._names:
+                getattr(new, name)[...] = getattr(self, name)
+        except BaseException:
+            new.close()
+            raise
+        new.length = self.length
+        return new
+
     def close(self) -> None:
         """Unlink the shared-memory segments (idempotent; no-op for a private cache)."""
         self._finalizer()

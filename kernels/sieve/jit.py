@@ -171,7 +171,8 @@ def _count_ranges_parallel(bounds, primes, pattern, segment, residues, inverse):
     """Sum of _count_range over [bounds[i], bounds[i+1]), the ranges spread over numba's threads."""
     n = bounds.size - 1
     counts = np.zeros(n, dtype=np.int64)
-    for i in numba.prange(n):
+    for r in numba.prange(n):
+        i = n - 1 - r  # the costliest (highest) ranges first, the cheapest last
         counts[i] = _count_range(
             bounds[i], bounds[i + 1], primes, pattern, segment, residues, inverse
         )
