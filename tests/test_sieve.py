@@ -164,6 +164,28 @@ def test_windows_near_1e11_match_the_reference(offset: int, width: int) -> None:
     assert vectorized.count_range(lo, hi, primes) == want
 
 
+def test_offset_dtype_is_32_bit_up_to_1e11_and_64_bit_beyond() -> None:
+    for n, want in [(10**6, np.uint32), (10**11, np.uint32), (2 * 10**11, np.int64),
+                    (10**13, np.int64)]:
+        primes = reference.sieving_primes(n + 1)
+        assert jit.offset_dtype(0, n + 1, primes) == want
+        # A narrow window high up still has offsets out to the largest prime's square.
+        assert jit.offset_dtype(n - 1000, n + 1, primes) == want
+
+
+@settings(max_examples=5, deadline=None)
+@given(offset=st.integers(0, 10**6), width=st.integers(0, 20_000))
+def test_windows_near_1e13_match_the_reference(offset: int, width: int) -> None:
+    # Beyond ~1.2e11 the crossing offsets need 64 bits: the kernel's other dtype.
+    lo = 10**13 + offset
+    hi = lo + width
+    primes = reference.sieving_primes(hi)
+    assert jit.offset_dtype(lo, hi, primes) == np.int64
+    want = reference.count_range(lo, hi, primes)
+    assert jit.count_range(lo, hi, primes) == want
+    assert vectorized.count_range(lo, hi, primes) == want
+
+
 def test_window_near_1e11_known_count() -> None:
     # Trial division is independent of every sieve and still quick for 100 numbers.
     lo, hi = 10**11, 10**11 + 100

@@ -13,13 +13,15 @@ Per segment and plane:
    multiples of 7, 11, 13 and 17 crossed (the pattern repeats every 7*11*13*17 = 17017
    values of ``k``), so the four densest primes cost one memcpy;
 2. every other prime ``p <= sqrt(hi)`` crosses its progression; where it stopped
-   is kept in ``nxt[prime, plane]`` for the next segment, so no division happens in
+   is kept in ``nxt[plane, prime]`` (an offset from the next segment's start; 32-bit
+   up to about 1.2e11, see :func:`offset_dtype`, and the primes passed as 32-bit: the
+   hot loop streams half the bytes) for the next segment, so no division happens in
    the hot loop;
 3. the plane's bytes are summed.
 
 A plane segment is ``segment_bytes`` long (32 KiB, inside L1, by default; larger when
 sqrt(n) is larger, so that each sieving prime still hits a segment at least once).
-Memory is O(sqrt(n) + segment): the base primes, ``nxt`` (8 int64 per prime) and one
+Memory is O(sqrt(n) + segment): the base primes, ``nxt`` (8 offsets per prime) and one
 plane segment, plus the 8 x 17017-byte pattern.
 """
 
@@ -103,8 +105,12 @@ def _copy_bytes(dst, src, length):
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_range(lo, hi, primes, pattern, segment, residues, inverse):
-    """Count primes p with lo <= p < hi. ``primes``: every prime <= sqrt(hi - 1), ascending."""
+def _count_range(lo, hi, primes, pattern, segment, residues, inverse, offset_kind):  # noqa: PLR0913
+    """Count primes p with lo <= p < hi. ``primes``: every prime <= sqrt(hi - 1), ascending.
+
+    ``offset_kind`` (an empty array) gives the dtype of ``nxt``: uint32 when every
+    offset fits (see :func:`offset_dtype`), which halves what the hot loop streams.
+    """
     if hi <= lo:
         return 0
     count = 0
@@ -120,15 +126,17 @@ def _count_range(lo, hi, primes, pattern, segment, residues, inverse):
     while first < primes.size and primes[first] <= 17:
         first += 1
     nprimes = primes.size - first
-    nxt = np.empty((8, nprimes), dtype=np.int64)  # plane-major: the hot loop reads it in order
+    # nxt[j, i]: where prime i next crosses plane j, as an offset from the start of the
+    # segment being sieved. Plane-major: the hot loop reads it in order.
+    nxt = np.empty((8, nprimes), dtype=offset_kind.dtype)
     for i in range(nprimes):
-        p = primes[first + i]
+        p = np.int64(primes[first + i])
         inv = inverse[p % 30]
         qmin = max(p, (lo + p - 1) // p)
         for j in range(8):
             c = (residues[j] * inv) % 30  # p*q = R[j] (mod 30)  <=>  q = c (mod 30)
             q = qmin + (c - qmin) % 30
-            nxt[j, i] = (p * q) // 30
+            nxt[j, i] = (p * q) // 30 - k0
 
     seg = np.empty(segment, dtype=np.uint8)
     period = pattern.shape[1] - segment
@@ -142,7 +150,7 @@ def _count_range(lo, hi, primes, pattern, segment, residues, inverse):
                 p = primes[first + i]
                 # Local offsets as unsigned ints: numba then drops its negative-index
                 # wraparound check from the hot loop. Unrolled by four.
-                kk = np.uint64(nxt[j, i] - s0)
+                kk = np.uint64(nxt[j, i])
                 up = np.uint64(p)
                 end = np.uint64(length)
                 while kk + up * np.uint64(3) < end:
@@ -154,7 +162,7 @@ def _count_range(lo, hi, primes, pattern, segment, residues, inverse):
                 while kk < end:
                     seg[kk] = 0
                     kk += up
-                nxt[j, i] = np.int64(kk) + s0
+                nxt[j, i] = kk - end  # from the next segment's start (same plane)
             # Rows at the two ends may hold numbers outside [lo, hi).
             if s0 == k0 and 30 * k0 + residues[j] < lo:
                 seg[0] = 0
@@ -167,34 +175,49 @@ def _count_range(lo, hi, primes, pattern, segment, residues, inverse):
 
 
 @numba.njit(cache=True, parallel=True)
-def _count_ranges_parallel(bounds, primes, pattern, segment, residues, inverse):
+def _count_ranges_parallel(bounds, primes, pattern, segment, residues, inverse, offset_kind):  # noqa: PLR0913
     """Sum of _count_range over [bounds[i], bounds[i+1]), the ranges spread over numba's threads."""
     n = bounds.size - 1
     counts = np.zeros(n, dtype=np.int64)
     for r in numba.prange(n):
         i = n - 1 - r  # the costliest (highest) ranges first, the cheapest last
         counts[i] = _count_range(
-            bounds[i], bounds[i + 1], primes, pattern, segment, residues, inverse
+            bounds[i], bounds[i + 1], primes, pattern, segment, residues, inverse, offset_kind
         )
     return counts.sum()
 
 
+def offset_dtype(lo: int, hi: int, primes: np.ndarray) -> np.dtype:
+    """uint32 when every ``nxt`` offset of a sieve of [lo, hi) fits in it, else int64.
+
+    A prime's first multiple p*q in a plane (q >= max(p, lo/p), 30 values of q apart at
+    most) is below max(p**2 + 30p, hi + 31p), and later offsets are below p: so every
+    offset, in rows of 30, is below max(p_max**2 + 30 p_max, hi + 31 p_max) / 30 + 1.
+    Up to about 1.2e11 that fits in 32 bits.
+    """
+    p_max = int(primes[-1]) if primes.size else 0
+    bound = max(p_max * p_max + 30 * p_max, hi + 31 * p_max) // 30 + 64
+    return np.dtype(np.uint32) if bound < 2**32 else np.dtype(np.int64)
+
+
+def _kernel_args(lo: int, hi: int, primes: np.ndarray) -> tuple:
+    """(primes, pattern, segment, residues, inverse, offset_kind) for the numba kernels;
+    primes as uint32 (they are <= sqrt(hi) < 2**32): half the bytes the hot loop reads."""
+    segment = segment_bytes_for(hi)
+    kind = np.empty(0, dtype=offset_dtype(lo, hi, primes))
+    small = primes.astype(np.uint32) if primes.size and primes[-1] < 2**32 else primes
+    return small, pattern_for(segment), segment, RESIDUES, _INVERSE, kind
+
+
 def count_range(lo: int, hi: int, primes: np.ndarray) -> int:
     """Primes in [lo, hi) with the wheel-30 sieve; ``primes`` holds every prime <= sqrt(hi-1)."""
-    segment = segment_bytes_for(hi)
-    return int(_count_range(lo, hi, primes, pattern_for(segment), segment, RESIDUES, _INVERSE))
+    return int(_count_range(lo, hi, *_kernel_args(lo, hi, primes)))
 
 
 def count_ranges_parallel(bounds: np.ndarray, primes: np.ndarray) -> int:
     """Primes in [bounds[0], bounds[-1]), the ranges between bounds run in parallel (prange)."""
-    hi = int(bounds[-1])
-    segment = segment_bytes_for(hi)
-    pattern = pattern_for(segment)
+    args = _kernel_args(int(bounds[0]), int(bounds[-1]), primes)
     # Ranges higher up cost more (more sieving primes), so hand them out one at a time
     # (dynamic scheduling) instead of numba's default of equal blocks per thread.
     with numba.parallel_chunksize(1):
-        return int(
-            _count_ranges_parallel(
-                bounds.astype(np.int64), primes, pattern, segment, RESIDUES, _INVERSE
-            )
-        )
+        return int(_count_ranges_parallel(bounds.astype(np.int64), *args))
