@@ -33,6 +33,13 @@ def test_bandwidth_samples_per_kind_and_workers():
         assert all(len(v) == 2 and min(v) > 0 for v in per.values())
 
 
+def test_read_stream_times_one_pass_of_its_array():
+    stream = machine.ReadStream(4 * MiB, workers=cpu_count())
+    assert stream.nbytes == 4 * MiB and stream.array.nbytes == stream.nbytes
+    gbps = stream.gbps()
+    assert math.isfinite(gbps) and 0.1 < gbps < 10_000
+
+
 def test_matmul_gflops():
     (g,) = machine.measure_matmul_gflops(128, 1, repeats=1)
     assert 0.01 < g < 100_000
@@ -42,6 +49,8 @@ def test_matmul_gflops():
     (lambda: machine.measure_read_bandwidth(0, 1), "nbytes must be"),
     (lambda: machine.measure_read_bandwidth(1024, 0), "workers must be >= 1"),
     (lambda: machine.measure_matmul_gflops(0, 1), "n must be"),
+    (lambda: machine.ReadStream(0), "nbytes must be"),
+    (lambda: machine.ReadStream(1024, workers=0), "workers must be >= 1"),
 ])
 def test_bad_input_is_refused_before_work(call, message):
     with pytest.raises(ValueError, match=message):

@@ -276,6 +276,31 @@ def _check_nbytes(nbytes: int) -> int:
     return int(nbytes)
 
 
+class ReadStream:
+    """One float64 array of ``nbytes`` and a timed read pass over it on ``workers``
+    threads: the read that :func:`measure_read_bandwidth` measures, for a benchmark to
+    time call by call beside its own work, so that the machine's drift cancels in the
+    ratio of the two.
+    """
+
+    def __init__(self, nbytes: int = DEFAULT_ARRAY_BYTES, workers: int = 1) -> None:
+        nbytes, self.workers = _check_nbytes(nbytes), _check_workers(workers)
+        self.array = _np().full(max(1, nbytes // 8), 1.0)
+        self.nbytes = self.array.nbytes
+        self._read = _kernels()["read"]
+        self.gbps()  # compile (or load) the loop, start numba's threads
+
+    def gbps(self) -> float:
+        """GB/s (1e9 B/s) of one read pass."""
+        from kernels.executors import limit_threads
+
+        with limit_threads(self.workers):
+            t0 = time.perf_counter()
+            self._read(self.array)
+            seconds = time.perf_counter() - t0
+        return self.nbytes / seconds / 1e9
+
+
 def measure_read_bandwidth(nbytes: int = DEFAULT_ARRAY_BYTES, workers: int = 1,
                            repeats: int = 5) -> float:
     """Median memory read bandwidth in GB/s (1e9 B/s): sum of one ``nbytes`` float64 array.
