@@ -3,6 +3,8 @@
 - ``TimeEstimatePi.time_estimate_pi``: warm steady state. ``setup`` runs a small
   estimate first, so numba compilation (or its cache load) and the process pool's
   start are out of the timing.
+- ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers at 10**9 samples, the
+  calls paired in alternation in one process (drift cancels).
 - ``ColdStart.timeraw_*``: a fresh interpreter imports kernels and runs a small
   estimate: import + JIT (from numba's on-disk cache, or compiled from scratch) +
   pool start + the run.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from kernels import montecarlo, registry
 
-from .common import WORKERS, cold_start_code, skip
+from .common import WORKERS, alternating_speedup, cold_start_code, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("montecarlo")]
 SAMPLES = [10**6, 10**7, 10**8, 10**9]
@@ -64,6 +66,34 @@ class TimeEstimatePi:
 
     def time_estimate_pi(self, label: str, samples: int, workers: int) -> None:
         montecarlo.estimate_pi(samples, **self.kwargs)
+
+
+class Scaling:
+    """Speed-up of 2 workers over 1 at 10**9 samples (x), timed in alternation.
+
+    As the sieve's ``Scaling``: ``TimeEstimatePi`` times 1 and 2 workers minutes apart,
+    and on a drifting machine their ratio is partly the drift; this pairs the calls
+    round by round (median of 5 rounds). Parallel efficiency = this / 2.
+    """
+
+    params = (["numba", "threaded:numba", "multiprocess:numba"],)
+    param_names = ["strategy"]
+    unit = "x"
+    timeout = 300
+    SAMPLES = 10**9
+    ROUNDS = 5
+
+    def setup(self, label: str) -> None:
+        self.one, self.two = (_kwargs(label, w) for w in (1, 2))
+        for kwargs in (self.one, self.two):
+            _warm_up(kwargs)
+
+    def track_speedup_2_workers(self, label: str) -> float:
+        return alternating_speedup(
+            lambda: montecarlo.estimate_pi(self.SAMPLES, **self.one),
+            lambda: montecarlo.estimate_pi(self.SAMPLES, **self.two),
+            self.ROUNDS,
+        )
 
 
 class ColdStart:

@@ -6,6 +6,8 @@
 - ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers at 10**9, timed call by
   call in alternation in one process (the parallel-efficiency figure the machine's
   drift cannot fake).
+- ``Anchor.track_time_over_primesieve``: numba's time at 1 worker in primesieve's on
+  1 thread, the two paired in alternation.
 - ``TimePipeline.time_count_primes``: the Go-style thread chain at the small n it
   accepts, to show what that pattern costs next to the segmented sieves.
 - ``ColdStart.timeraw_cold_start``: a fresh interpreter imports kernels and counts the
@@ -95,6 +97,32 @@ class Scaling:
     def track_speedup_2_workers(self, label: str) -> float:
         return alternating_speedup(lambda: sieve.count_primes(self.N, **self.one),
                                    lambda: sieve.count_primes(self.N, **self.two),
+                                   self.ROUNDS)
+
+
+class Anchor:
+    """``numba`` on 1 worker against ``primesieve`` on 1 thread at n = 10**9: how many
+    times primesieve's time numba takes (x), the two timed in alternation (median of
+    7 paired ratios), so that the machine's drift between two asv points cannot move it.
+    """
+
+    params = (["numba"],)
+    param_names = ["strategy"]
+    unit = "x"
+    timeout = 300
+    N = 10**9
+    ROUNDS = 7
+
+    def setup(self, label: str) -> None:
+        self.mine = _check_runs(label, self.N, 1)
+        self.anchor = _check_runs("primesieve", self.N, 1)
+        for kwargs in (self.mine, self.anchor):
+            if sieve.count_primes(self.N, **kwargs) != sieve.KNOWN_PI[self.N]:
+                raise AssertionError(f"{kwargs['strategy']} miscounted pi({self.N})")
+
+    def track_time_over_primesieve(self, label: str) -> float:
+        return alternating_speedup(lambda: sieve.count_primes(self.N, **self.mine),
+                                   lambda: sieve.count_primes(self.N, **self.anchor),
                                    self.ROUNDS)
 
 
