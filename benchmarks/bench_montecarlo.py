@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from kernels import montecarlo, registry
 
-from .common import WORKERS, alternating_speedup, cold_start_code, skip
+from .common import WORKERS, Paired, cold_start_code, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("montecarlo")]
 SAMPLES = [10**6, 10**7, 10**8, 10**9]
@@ -68,7 +68,7 @@ class TimeEstimatePi:
         montecarlo.estimate_pi(samples, **self.kwargs)
 
 
-class Scaling:
+class Scaling(Paired):
     """Speed-up of 2 workers over 1 at 10**9 samples (x), timed in alternation.
 
     As the sieve's ``Scaling``: ``TimeEstimatePi`` times 1 and 2 workers minutes apart,
@@ -78,22 +78,18 @@ class Scaling:
 
     params = (["numba", "threaded:numba", "multiprocess:numba"],)
     param_names = ["strategy"]
-    unit = "x"
-    timeout = 300
     SAMPLES = 10**9
     ROUNDS = 5
 
     def setup(self, label: str) -> None:
-        self.one, self.two = (_kwargs(label, w) for w in (1, 2))
-        for kwargs in (self.one, self.two):
+        self.pair = []
+        for workers in (1, 2):
+            kwargs = _kwargs(label, workers)
             _warm_up(kwargs)
+            self.pair.append(lambda kw=kwargs: montecarlo.estimate_pi(self.SAMPLES, **kw))
 
     def track_speedup_2_workers(self, label: str) -> float:
-        return alternating_speedup(
-            lambda: montecarlo.estimate_pi(self.SAMPLES, **self.one),
-            lambda: montecarlo.estimate_pi(self.SAMPLES, **self.two),
-            self.ROUNDS,
-        )
+        return self.ratio()
 
 
 class ColdStart:

@@ -19,9 +19,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kernels import registry, sieve
 
-from .common import COLD_START_LABELS, WORKERS, alternating_speedup, cold_start_code, skip
+from .common import COLD_START_LABELS, WORKERS, Paired, cold_start_code, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
 LABELS = [label for label in LABELS if label != "pipeline"]
@@ -29,6 +31,7 @@ SIZES = [10**6, 10**7, 10**8, 10**9]
 # Largest n timed per chunk kernel: a few seconds per call at most
 # (python ~0.5 s at 10**7 on one core; numpy ~1.5 s and numba ~0.2 s at 10**9).
 MAX_SIZE = {"python": 10**7}
+N_PAIRED = 10**9  # n of the ratios timed in alternation (Scaling, Anchor)
 
 
 def _kwargs(label: str, workers: int) -> dict:
@@ -49,6 +52,16 @@ def _check_runs(label: str, n: int, workers: int) -> dict:
     return _kwargs(label, workers)
 
 
+def _checked_call(kwargs: dict, n: int) -> Callable[[], int]:
+    """``count_primes(n, **kwargs)`` as a call, run once first, untimed (JIT compile or
+    load, pool start with every worker filled) and checked against the known count, so
+    that a wrong result never passes as a fast one."""
+    got = sieve.count_primes(n, **kwargs)
+    if got != sieve.KNOWN_PI[n]:
+        raise AssertionError(f"count_primes({n}, **{kwargs}) gave {got}")
+    return lambda: sieve.count_primes(n, **kwargs)
+
+
 class TimeCountPrimes:
     """Warm time of one ``count_primes(n)`` call (seconds)."""
 
@@ -61,18 +74,13 @@ class TimeCountPrimes:
 
     def setup(self, label: str, n: int, workers: int) -> None:
         self.kwargs = _check_runs(label, n, workers)
-        # Untimed: JIT compile or load, start the pool and fill every worker once, and
-        # check the count, so that a wrong result never passes as a fast one.
-        check = min(n, 10**7)
-        got = sieve.count_primes(check, **self.kwargs)
-        if got != sieve.KNOWN_PI[check]:
-            raise AssertionError(f"{label} counted {got} primes <= {check}")
+        _checked_call(self.kwargs, min(n, 10**7))
 
     def time_count_primes(self, label: str, n: int, workers: int) -> None:
         sieve.count_primes(n, **self.kwargs)
 
 
-class Scaling:
+class Scaling(Paired):
     """Speed-up of 2 workers over 1 at n = 10**9 (x), the two timed in alternation.
 
     ``TimeCountPrimes`` times 1 and 2 workers in separate processes, minutes apart; this
@@ -82,25 +90,15 @@ class Scaling:
 
     params = (["numba", "threaded:numba", "multiprocess:numba"],)
     param_names = ["strategy"]
-    unit = "x"
-    timeout = 300
-    N = 10**9
-    ROUNDS = 7
 
     def setup(self, label: str) -> None:
-        self.one, self.two = (_check_runs(label, self.N, w) for w in (1, 2))
-        for kwargs in (self.one, self.two):  # untimed: JIT, pool start, and the answer
-            got = sieve.count_primes(self.N, **kwargs)
-            if got != sieve.KNOWN_PI[self.N]:
-                raise AssertionError(f"{label} counted {got} primes <= {self.N}")
+        self.pair = [_checked_call(_check_runs(label, N_PAIRED, w), N_PAIRED) for w in (1, 2)]
 
     def track_speedup_2_workers(self, label: str) -> float:
-        return alternating_speedup(lambda: sieve.count_primes(self.N, **self.one),
-                                   lambda: sieve.count_primes(self.N, **self.two),
-                                   self.ROUNDS)
+        return self.ratio()
 
 
-class Anchor:
+class Anchor(Paired):
     """``numba`` on 1 worker against ``primesieve`` on 1 thread at n = 10**9: how many
     times primesieve's time numba takes (x), the two timed in alternation (median of
     7 paired ratios), so that the machine's drift between two asv points cannot move it.
@@ -108,22 +106,13 @@ class Anchor:
 
     params = (["numba"],)
     param_names = ["strategy"]
-    unit = "x"
-    timeout = 300
-    N = 10**9
-    ROUNDS = 7
 
     def setup(self, label: str) -> None:
-        self.mine = _check_runs(label, self.N, 1)
-        self.anchor = _check_runs("primesieve", self.N, 1)
-        for kwargs in (self.mine, self.anchor):
-            if sieve.count_primes(self.N, **kwargs) != sieve.KNOWN_PI[self.N]:
-                raise AssertionError(f"{kwargs['strategy']} miscounted pi({self.N})")
+        self.pair = [_checked_call(_check_runs(name, N_PAIRED, 1), N_PAIRED)
+                     for name in (label, "primesieve")]
 
     def track_time_over_primesieve(self, label: str) -> float:
-        return alternating_speedup(lambda: sieve.count_primes(self.N, **self.mine),
-                                   lambda: sieve.count_primes(self.N, **self.anchor),
-                                   self.ROUNDS)
+        return self.ratio()
 
 
 class TimePipeline:

@@ -54,3 +54,18 @@ def alternating_speedup(baseline: Callable[[], Any], other: Callable[[], Any],
         t2 = time.perf_counter()
         ratios.append((t1 - t0) / (t2 - t1))
     return statistics.median(ratios)
+
+
+class Paired:
+    """Base of the ratio benchmarks: ``setup`` sets ``pair`` to two calls (baseline,
+    other), each already run once untimed; ``ratio()`` is
+    :func:`alternating_speedup` over ``ROUNDS`` rounds. Not a benchmark itself."""
+
+    unit = "x"
+    timeout = 300
+    ROUNDS = 7
+    pair: list[Callable[[], Any]]
+
+    def ratio(self) -> float:
+        baseline, other = self.pair
+        return alternating_speedup(baseline, other, self.ROUNDS)
