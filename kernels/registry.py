@@ -98,14 +98,18 @@ def require_available(module: ModuleType, strategy: str) -> None:
         raise RuntimeError(f"strategy {strategy!r} is unavailable here: {reason}")
 
 
+def _inners(strategy: str) -> tuple[str, ...]:
+    """The chunk kernels ``strategy`` takes as ``inner`` (none for most strategies)."""
+    return INNERS if strategy in INNER_STRATEGIES else ()
+
+
 def strategies(kernel: str) -> list[StrategyInfo]:
     """Every strategy of ``kernel`` with its availability on this machine."""
     module = kernel_module(kernel)
     out = []
     for name in module.STRATEGIES:
         reason = module.unavailable_reason(name)
-        inners = INNERS if name in INNER_STRATEGIES else ()
-        out.append(StrategyInfo(kernel, name, inners, reason is None, reason))
+        out.append(StrategyInfo(kernel, name, _inners(name), reason is None, reason))
     return out
 
 
@@ -118,10 +122,7 @@ def variants(kernel: str, *, available_only: bool = True) -> list[tuple[str, str
     for name in module.STRATEGIES:
         if available_only and module.unavailable_reason(name):
             continue
-        if name in INNER_STRATEGIES:
-            out.extend((name, inner) for inner in INNERS)
-        else:
-            out.append((name, None))
+        out.extend([(name, inner) for inner in _inners(name)] or [(name, None)])
     return out
 
 
