@@ -57,8 +57,8 @@ def alternating_speedup(baseline: Callable[[], Any], other: Callable[[], Any],
 
 
 class Paired:
-    """Base of the ratio benchmarks: ``setup`` sets ``pair`` to two calls (baseline,
-    other), each already run once untimed; ``ratio()`` is
+    """Base of the ratio benchmarks: ``setup`` warms both sides (JIT, pool start) and
+    sets ``pair`` to the two calls (baseline, other); ``ratio()`` is
     :func:`alternating_speedup` over ``ROUNDS`` rounds. Not a benchmark itself."""
 
     unit = "x"
