@@ -125,6 +125,35 @@ def test_decode_is_deterministic_across_workers():
         _close_enough(A.decode(cache, q, strategy="numba", workers=2), a)
 
 
+def test_exp_neg_flushes_only_negligible_weights():
+    """The vectorised exp is float32-accurate down to 2**-64 and exactly 0 below."""
+    from kernels.attention import jit
+
+    x = np.array([0.0, -0.3, -1.0, -10.0, -44.0, -44.4, -60.0, -1e30, -3.0e38], np.float32)
+    got = x.copy()
+    jit._exp_neg(got, got.size, np.empty(got.size, np.int32))
+    want = np.exp(x.astype(np.float64))
+    kept = want >= 2.0**-64
+    # float32 argument reduction: the relative error grows like |x| * eps(float32)
+    tol = 2e-7 + np.abs(x[kept]) * 6e-8
+    assert np.all(np.abs(got[kept] - want[kept]) <= tol * want[kept])
+    assert kept[:5].all() and not kept[5:].any()
+    assert np.all(got[~kept] == 0)
+
+
+@pytest.mark.parametrize("variant", [("numba", None), ("threaded", "numba")], ids=_label)
+@pytest.mark.parametrize("preset", ["gqa", "mqa", "mla"])
+def test_peaked_softmax_matches_reference(variant, preset):
+    """A query 40x too large: almost every weight underflows (the kernel flushes those
+    to 0), the block maxima jump, and the answer must still be the reference's."""
+    with _filled(A.PRESETS[preset], 301) as cache:
+        q = 40 * A.random_query(cache)
+        want = reference_decode(cache, q)
+        for workers in (1, 2):
+            got = A.decode(cache, q, strategy=variant[0], inner=variant[1], workers=workers)
+            _close_enough(got, want)
+
+
 # ---------------------------------------------------------------------------
 # configs, bytes per token, appends
 # ---------------------------------------------------------------------------

@@ -26,8 +26,10 @@ from numba.extending import intrinsic
 #: Tokens per online-softmax block (scores for a block stay in L1).
 BLOCK = 128
 
-#: How many tokens ahead of the block being computed its K and V rows are prefetched.
-PREFETCH = 32
+#: How many tokens ahead of the rows being computed their K and V rows are prefetched
+#: (into L2, a few lines per register tile, so that the fetches run beside the
+#: arithmetic instead of in bursts between blocks).
+PREFETCH = 64
 
 # reassoc lets LLVM vectorise the dot-product reductions; no nnan/ninf, because the
 # empty-state sentinel and exp underflow must behave.
@@ -56,10 +58,17 @@ def _exp_neg(x, n, ibuf):
     """x[:n] = exp(x[:n]) for float32 x <= 0, in a loop LLVM vectorises (numba's np.exp
     is a scalar libm call): 2**round(y) built in the exponent bits, times a degree-7
     Taylor polynomial of e**z on |z| <= ln2/2 (relative error ~1e-8, below float32 eps).
+
+    Weights below 2**-64 come out as exactly 0 (y = -127 gives zero exponent bits):
+    every x here is a score minus a running maximum whose own weight, 1, is in the sum,
+    so such a weight is 2**40 below what float32 can add to it; and it keeps the
+    products p * v out of the denormal range, where each multiply takes a microcode
+    assist (MQA steps ran 2.6x slower on this before it was flushed).
     """
     fb = ibuf.view(np.float32)
     for t in range(n):
-        y = max(x[t] * np.float32(1.4426950408889634), np.float32(-126.0))
+        y = x[t] * np.float32(1.4426950408889634)
+        y = y if y >= np.float32(-64.0) else np.float32(-127.0)
         r = np.floor(y + np.float32(0.5))
         z = (y - r) * np.float32(0.6931471805599453)
         p = np.float32(1.0 / 5040)
@@ -76,9 +85,11 @@ def _exp_neg(x, n, ibuf):
 
 @intrinsic
 def _prefetch(typingctx, addr):  # noqa: ARG001 (numba passes the typing context)
-    """Hint the CPU to pull the cache line at integer address ``addr`` into L1
-    (``llvm.prefetch``, read, highest locality: ``prefetcht0`` on x86). A hint only:
-    it never faults, whatever the address."""
+    """Hint the CPU to pull the cache line at integer address ``addr`` into L2
+    (``llvm.prefetch``, read, locality 1: ``prefetcht2`` on x86). A hint only: it never
+    faults, whatever the address. L2 rather than L1: an L1 prefetch holds one of the
+    core's few line-fill buffers until the line arrives (and on this machine the two
+    vCPUs share them), which stalled the loads of the computation it ran beside."""
     sig = types.void(types.uintp)
 
     def codegen(context, builder, signature, args):  # noqa: ARG001
@@ -86,7 +97,7 @@ def _prefetch(typingctx, addr):  # noqa: ARG001 (numba passes the typing context
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [ptr_t, i32, i32, i32])
         fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr_t], fnty)
-        builder.call(fn, [builder.inttoptr(args[0], ptr_t), i32(0), i32(3), i32(1)])
+        builder.call(fn, [builder.inttoptr(args[0], ptr_t), i32(0), i32(1), i32(1)])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -104,11 +115,12 @@ def _prefetch_rows(a, r0, r1, hi):
 
 
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
-def _scores(qa, K, tb, n, s, add):  # noqa: PLR0915 (one unrolled register tile)
+def _scores(qa, K, tb, n, s, add, hi):  # noqa: PLR0915 (one unrolled register tile)
     """s[g, t] (+)= qa[g] . K[tb + t] for the G query heads of qa and t < n.
 
     Four heads by four tokens at a time: each of the 16 dot products keeps its own
     vector accumulator, so every query load and every key load serves four products.
+    Each tile prefetches the K rows ``PREFETCH`` tokens ahead (below row ``hi``).
     """
     G, d = qa.shape
     zero = s.dtype.type(0)
@@ -118,6 +130,7 @@ def _scores(qa, K, tb, n, s, add):  # noqa: PLR0915 (one unrolled register tile)
         k1 = K[tb + t + 1]
         k2 = K[tb + t + 2]
         k3 = K[tb + t + 3]
+        _prefetch_rows(K, tb + t + PREFETCH, tb + t + PREFETCH + 4, hi)
         g = 0
         while g + 4 <= G:
             q0 = qa[g]
@@ -183,30 +196,43 @@ def _scores(qa, K, tb, n, s, add):  # noqa: PLR0915 (one unrolled register tile)
 
 
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
-def _accumulate(s, V, tb, n, acc):
-    """acc[g] += sum over t < n of s[g, t] * V[tb + t]: eight V rows per pass, so each
-    accumulator load and store serves eight rows."""
+def _accumulate(s, V, tb, n, acc, hi):  # noqa: PLR0915 (one unrolled register tile)
+    """acc[g] += sum over t < n of s[g, t] * V[tb + t], four heads by four V rows at a
+    time: each V load serves four heads and each accumulator load and store four rows,
+    and every accumulator takes its rows as one chain of fused multiply-adds (no
+    separate products). Each tile prefetches the V rows ``PREFETCH`` tokens ahead.
+    """
     G, dv = acc.shape
     t = 0
-    while t + 8 <= n:
+    while t + 4 <= n:
         v0 = V[tb + t]
         v1 = V[tb + t + 1]
         v2 = V[tb + t + 2]
         v3 = V[tb + t + 3]
-        v4 = V[tb + t + 4]
-        v5 = V[tb + t + 5]
-        v6 = V[tb + t + 6]
-        v7 = V[tb + t + 7]
-        for g in range(G):
+        _prefetch_rows(V, tb + t + PREFETCH, tb + t + PREFETCH + 4, hi)
+        g = 0
+        while g + 4 <= G:
+            a0, a1, a2, a3 = acc[g], acc[g + 1], acc[g + 2], acc[g + 3]
+            s0, s1, s2, s3 = s[g], s[g + 1], s[g + 2], s[g + 3]
+            p00, p01, p02, p03 = s0[t], s0[t + 1], s0[t + 2], s0[t + 3]
+            p10, p11, p12, p13 = s1[t], s1[t + 1], s1[t + 2], s1[t + 3]
+            p20, p21, p22, p23 = s2[t], s2[t + 1], s2[t + 2], s2[t + 3]
+            p30, p31, p32, p33 = s3[t], s3[t + 1], s3[t + 2], s3[t + 3]
+            for i in range(dv):
+                x0, x1, x2, x3 = v0[i], v1[i], v2[i], v3[i]
+                a0[i] = (((a0[i] + p00 * x0) + p01 * x1) + p02 * x2) + p03 * x3
+                a1[i] = (((a1[i] + p10 * x0) + p11 * x1) + p12 * x2) + p13 * x3
+                a2[i] = (((a2[i] + p20 * x0) + p21 * x1) + p22 * x2) + p23 * x3
+                a3[i] = (((a3[i] + p30 * x0) + p31 * x1) + p32 * x2) + p33 * x3
+            g += 4
+        while g < G:
             sg = s[g]
             p0, p1, p2, p3 = sg[t], sg[t + 1], sg[t + 2], sg[t + 3]
-            p4, p5, p6, p7 = sg[t + 4], sg[t + 5], sg[t + 6], sg[t + 7]
             ag = acc[g]
             for i in range(dv):
-                ag[i] += (p0 * v0[i] + p1 * v1[i] + p2 * v2[i] + p3 * v3[i]) + (
-                    p4 * v4[i] + p5 * v5[i] + p6 * v6[i] + p7 * v7[i]
-                )
-        t += 8
+                ag[i] = (((ag[i] + p0 * v0[i]) + p1 * v1[i]) + p2 * v2[i]) + p3 * v3[i]
+            g += 1
+        t += 4
     while t < n:
         vr = V[tb + t]
         for g in range(G):
@@ -235,16 +261,32 @@ def _max(x, n, init):
     return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
 
+@njit(nogil=True, inline="always")
+def _scratch(G, dv, block, like):
+    """The accumulators acc [G, dv] at the start of a page and the scores s [G, block]
+    on the next page boundary after them, carved from one buffer of ``like``'s dtype. Fixed offsets make
+    the kernel's speed reproducible: with each array wherever malloc put it, MQA and
+    MLA steps ran up to 2.5x slower from one placement to another (the accumulate
+    tile's stores and the loads after them); measured, not modelled.
+    """
+    page = 4096 // like.itemsize
+    na = (G * dv + page - 1) // page * page
+    buf = np.empty(na + G * block + page, like.dtype)
+    a0 = (4096 - buf.ctypes.data % 4096) % 4096 // buf.itemsize
+    acc = buf[a0 : a0 + G * dv].reshape((G, dv))
+    s = buf[a0 + na : a0 + na + G * block].reshape((G, block))
+    return acc, s
+
+
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
 def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
     """Write the partial state over tokens [t0, t1) into m, l [B, H] and o [B, H, dv].
 
     q1 [B, H, d1], k1 [B, Hkv, cap, d1], q2 [B, H, d2], k2 [B, Hkv, cap, d2],
     v [B, Hkv, cap, dv]; queries pre-scaled; query head h reads KV head h // (H // Hkv).
-    Before each block is scored, the K rows ``PREFETCH`` tokens ahead are prefetched,
-    and before its values are summed, the V rows as far ahead: the hardware
-    prefetchers stop at 4 KiB page edges, and without the hint a core waits on memory
-    and computes in turn instead of at once.
+    While it scores (and sums values) it prefetches the K (V) rows ``PREFETCH`` tokens
+    ahead, a few per register tile: the hardware prefetchers stop at 4 KiB page edges,
+    and without the hints a core waits on memory and computes in turn instead of at once.
     """
     B, H, d1 = q1.shape
     d2 = q2.shape[2]
@@ -252,8 +294,7 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
     G = H // Hkv
     dv = v.shape[3]
     zero = o.dtype.type(0)
-    s = np.empty((G, BLOCK), o.dtype)
-    acc = np.empty((G, dv), o.dtype)
+    acc, s = _scratch(G, dv, BLOCK, o)
     mloc = np.empty(G, o.dtype)
     lloc = np.empty(G, o.dtype)
     ibuf = np.empty(BLOCK, np.int32)
@@ -270,12 +311,9 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
             acc[:] = zero
             for tb in range(t0, t1, BLOCK):
                 n = min(BLOCK, t1 - tb)
-                ahead = max(tb + PREFETCH, t0)
-                _prefetch_rows(K1, ahead, ahead + n, t1)
-                _scores(qa, K1, tb, n, s, False)
+                _scores(qa, K1, tb, n, s, False, t1)
                 if d2:
-                    _prefetch_rows(K2, ahead, ahead + n, t1)
-                    _scores(qb, K2, tb, n, s, True)
+                    _scores(qb, K2, tb, n, s, True, t1)
                 for g in range(G):
                     sg = s[g]
                     mx = _max(sg, n, mloc[g])
@@ -295,8 +333,7 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
                     if corr != 1:
                         for i in range(dv):
                             acc[g, i] *= corr
-                _prefetch_rows(V, ahead, ahead + n, t1)
-                _accumulate(s, V, tb, n, acc)
+                _accumulate(s, V, tb, n, acc, t1)
             for g in range(G):
                 m[b, h0 + g] = mloc[g]
                 l[b, h0 + g] = lloc[g]
