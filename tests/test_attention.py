@@ -141,6 +141,27 @@ def test_exp_neg_flushes_only_negligible_weights():
     assert np.all(got[~kept] == 0)
 
 
+@pytest.mark.parametrize("G,dv,dtype", [(4, 128, np.float32), (32, 128, np.float32),
+                                         (16, 512, np.float32), (3, 100, np.float64)])
+def test_scratch_is_page_aligned_and_disjoint(G, dv, dtype):
+    from numba import njit
+
+    from kernels.attention import jit
+
+    @njit
+    def carve(like):
+        acc, s = jit._scratch(G, dv, jit.BLOCK, like)
+        acc[:] = 1
+        s[:] = 2
+        return acc.ctypes.data, s.ctypes.data, acc.shape, s.shape, acc.sum(), s.sum()
+
+    a, b, acc_shape, s_shape, acc_sum, s_sum = carve(np.empty(1, dtype))
+    assert a % 4096 == 0 and b % 4096 == 0
+    assert acc_shape == (G, dv) and s_shape == (G, jit.BLOCK)
+    assert b >= a + G * dv * np.dtype(dtype).itemsize  # s starts after acc ends
+    assert acc_sum == G * dv and s_sum == 2 * G * jit.BLOCK
+
+
 @pytest.mark.parametrize("variant", [("numba", None), ("threaded", "numba")], ids=_label)
 @pytest.mark.parametrize("preset", ["gqa", "mqa", "mla"])
 def test_peaked_softmax_matches_reference(variant, preset):

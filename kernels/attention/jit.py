@@ -62,8 +62,8 @@ def _exp_neg(x, n, ibuf):
     Weights below 2**-64 come out as exactly 0 (y = -127 gives zero exponent bits):
     every x here is a score minus a running maximum whose own weight, 1, is in the sum,
     so such a weight is 2**40 below what float32 can add to it; and it keeps the
-    products p * v out of the denormal range, where each multiply takes a microcode
-    assist (MQA steps ran 2.6x slower on this before it was flushed).
+    products p * v out of the denormal range, where a multiply can take a microcode
+    assist (on the benchmarks' random caches the flush changes the time by 0-4%).
     """
     fb = ibuf.view(np.float32)
     for t in range(n):
@@ -87,9 +87,10 @@ def _exp_neg(x, n, ibuf):
 def _prefetch(typingctx, addr):  # noqa: ARG001 (numba passes the typing context)
     """Hint the CPU to pull the cache line at integer address ``addr`` into L2
     (``llvm.prefetch``, read, locality 1: ``prefetcht2`` on x86). A hint only: it never
-    faults, whatever the address. L2 rather than L1: an L1 prefetch holds one of the
-    core's few line-fill buffers until the line arrives (and on this machine the two
-    vCPUs share them), which stalled the loads of the computation it ran beside."""
+    faults, whatever the address. L2 rather than L1: issued inside the register tiles,
+    L1 prefetches made a GQA step 8% slower and L2 prefetches 6% faster (an L1
+    prefetch holds one of the core's few line-fill buffers until its line arrives,
+    and here the two vCPUs share them)."""
     sig = types.void(types.uintp)
 
     def codegen(context, builder, signature, args):  # noqa: ARG001
@@ -264,10 +265,11 @@ def _max(x, n, init):
 @njit(nogil=True, inline="always")
 def _scratch(G, dv, block, like):
     """The accumulators acc [G, dv] at the start of a page and the scores s [G, block]
-    on the next page boundary after them, carved from one buffer of ``like``'s dtype. Fixed offsets make
-    the kernel's speed reproducible: with each array wherever malloc put it, MQA and
-    MLA steps ran up to 2.5x slower from one placement to another (the accumulate
-    tile's stores and the loads after them); measured, not modelled.
+    on the next page boundary after them, carved from one buffer of ``like``'s dtype.
+    Fixed offsets make the kernel's speed reproducible: with each array wherever
+    malloc put it, MQA and MLA steps ran up to 2.5x slower in some placements than in
+    others (measured; the cause, presumably the accumulate tile's stores against the
+    loads after them, was not pinned down).
     """
     page = 4096 // like.itemsize
     na = (G * dv + page - 1) // page * page
