@@ -10,7 +10,8 @@
   left it) + pool start + the step, apart from the warm figures.
 - ``Sizes.track_kv_bytes_per_token``: bytes per token per layer from the cache arrays.
 - ``Bandwidth.track_share_of_read_bw``: the step's cache-read GB/s as a share of the
-  machine's read bandwidth, the two timed in alternation in one process.
+  machine's read bandwidth, the two timed in alternation in one process;
+  ``Bandwidth.track_gbps``: the step's cache-read GB/s alone.
 - ``PeakMemory.peakmem_decode``: resident set of a process holding the cache and
   running a step; repeating K/V per query head would show up here.
 """
@@ -221,7 +222,7 @@ class Sizes:
 
 
 class Bandwidth:
-    """Share of the machine's read bandwidth one decode step reaches (%).
+    """Share of the machine's read bandwidth one decode step reaches (%), and its GB/s.
 
     Each of 7 rounds times one step, then one read pass over a 1 GiB array on the same
     number of threads (:class:`kernels.harness.machine.ReadStream`, what ``kernelrace
@@ -243,15 +244,22 @@ class Bandwidth:
     def teardown(self, *args: object) -> None:
         _close(self)
 
+    def _step_gbps(self) -> float:
+        t0 = time.perf_counter()
+        self.case.run()
+        return self.case.fields["cache_bytes"] / (time.perf_counter() - t0) / 1e9
+
     def track_share_of_read_bw(self, preset: str, context: int, label: str,
                                workers: int) -> float:
-        shares = []
-        for _ in range(self.ROUNDS):
-            t0 = time.perf_counter()
-            self.case.run()
-            step_gbps = self.case.fields["cache_bytes"] / (time.perf_counter() - t0) / 1e9
-            shares.append(100 * step_gbps / self.stream.gbps())
-        return statistics.median(shares)
+        return statistics.median(
+            100 * self._step_gbps() / self.stream.gbps() for _ in range(self.ROUNDS)
+        )
+
+    def track_gbps(self, preset: str, context: int, label: str, workers: int) -> float:
+        """The step's achieved cache-read bandwidth alone: median GB/s of ROUNDS steps."""
+        return statistics.median(self._step_gbps() for _ in range(self.ROUNDS))
+
+    track_gbps.unit = "GB/s"
 
 
 class PeakMemory:
