@@ -152,6 +152,32 @@ def test_small_windows_every_chunk_kernel(lo: int, width: int) -> None:
         assert kernel(lo, hi, primes) == want, (kernel.__module__, lo, hi)
 
 
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lo=st.integers(0, 3 * 10**6),
+    width=st.integers(0, 100_000),
+    segment=st.sampled_from([8, 64, 200, 1024, 4096]),
+)
+def test_numba_kernel_with_small_segments_matches_the_reference(lo, width, segment) -> None:
+    # With the default 32 KiB segment only n above ~1.7e7 has primes past segment/8, the
+    # branchless classes (8, 4 and 2 steps); small segments put every class, and primes
+    # longer than a whole segment, into windows the reference counts quickly.
+    hi = lo + width
+    primes = reference.sieving_primes(hi)
+    want = reference.count_range(lo, hi, primes)
+    assert jit.count_range(lo, hi, primes, segment=segment) == want
+
+
+@pytest.mark.parametrize(("k", "segment"), [(6, 64), (7, 256), (7, 1024), (8, 4096)])
+def test_numba_kernel_with_small_segments_known_values(k: int, segment: int) -> None:
+    # Every class well filled, over thousands of segments: a prime that crosses one
+    # time too few or too many in any segment changes the count.
+    n = 10**k
+    primes = reference.sieving_primes(n + 1)
+    assert jit.count_range(0, n + 1, primes, segment=segment) == KNOWN_PI[n]
+
+
 @settings(max_examples=15, deadline=None)
 @given(offset=st.integers(0, 10**7), width=st.integers(0, 200_000))
 def test_windows_near_1e11_match_the_reference(offset: int, width: int) -> None:
