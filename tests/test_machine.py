@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -85,6 +89,7 @@ def test_command_writes_json_atomically(tmp_path, capsys):
     assert doc["matmul"]["gflops"]["1"] > 0
     assert doc["quick"] is True and doc["command"].startswith("kernelrace machine")
     assert len(doc["load_average"]["before"]) == 3
+    assert 0 <= doc["other_cpu_share"] <= 1
     assert [p.name for p in out.parent.iterdir()] == ["machine.json"]  # no temp left over
     # The report reads figures back per worker count, falling back to the nearest below.
     assert machine.bandwidth_gbps(doc, "read", 1) == doc["bandwidth_gbps"]["read"]["1"]
@@ -108,3 +113,25 @@ def test_busy_machine_is_flagged():
     doc["load_average"]["after"] = [5.0, 4.0, 3.0]
     assert "load average up to 5.0 on 2 cores" in machine.busy_note(doc)
     assert machine.busy_note({"cpu": {}}) is None  # older files without the field
+    # Where the file says how much CPU other processes took, that decides, not the load.
+    doc["other_cpu_share"] = 0.02
+    assert machine.busy_note(doc) is None
+    doc["other_cpu_share"] = 0.35
+    assert "other processes used 35% of the CPU time" in machine.busy_note(doc)
+
+
+def test_other_cpu_share_sees_a_busy_child_and_not_this_process():
+    quiet = machine._OtherCpu()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:  # this process busy: not counted
+        pass
+    own = quiet.share()
+    busy = machine._OtherCpu()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.monotonic() + 0.5\n"
+                    "while time.monotonic() < t: pass"], check=True)
+    other = busy.share()
+    if own is None:
+        pytest.skip("no /proc/stat here")
+    # The child kept one CPU busy for most of its life (start-up included).
+    assert own < 0.3 / (os.cpu_count() or 1) + 0.1
+    assert other > 0.5 / (os.cpu_count() or 1)

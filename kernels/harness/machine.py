@@ -422,6 +422,7 @@ def calibrate(*, array_bytes: int, matmul_n: int, repeats: int,
     caches = cache_info()
     llc = last_level_cache_bytes(caches)
     load_before = _loadavg()
+    others = _OtherCpu()
     t0 = time.perf_counter()
     bw = measure_bandwidth(array_bytes, workers_list, repeats)
     mm = {w: measure_matmul_gflops(matmul_n, w, repeats) for w in workers_list}
@@ -462,8 +463,46 @@ def calibrate(*, array_bytes: int, matmul_n: int, repeats: int,
     }
     doc["measure_seconds"] = round(time.perf_counter() - t0, 2)
     # Other work on the machine lowers every figure; say how busy it was.
+    doc["other_cpu_share"] = others.share()
     doc["load_average"] = {"before": load_before, "after": _loadavg()}
     return doc
+
+
+class _OtherCpu:
+    """The share of all CPUs' time that processes other than this one used since it
+    was made: /proc/stat's busy time less this process's own CPU time (every thread).
+
+    Unlike the load average, which trails the last minute and counts this process's own
+    measuring threads, it sees only the work that competed with the measurement.
+    """
+
+    def __init__(self) -> None:
+        self.busy = _busy_cpu_seconds()
+        self.own = time.process_time()
+        self.wall = time.monotonic()
+
+    def share(self) -> float | None:
+        busy = _busy_cpu_seconds()
+        if busy is None or self.busy is None:
+            return None
+        elapsed = (time.monotonic() - self.wall) * (os.cpu_count() or 1)
+        other = (busy - self.busy) - (time.process_time() - self.own)
+        return round(min(max(other / elapsed, 0.0), 1.0), 3) if elapsed > 0 else None
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: user, nice, system, irq,
+    softirq, steal), or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _loadavg() -> list[float] | None:
@@ -475,7 +514,18 @@ def _loadavg() -> list[float] | None:
 
 
 def busy_note(doc: dict[str, Any]) -> str | None:
-    """A warning when the 1-minute load exceeded a quarter of the cores while measuring."""
+    """A warning when other processes used over a tenth of the CPU time while measuring.
+
+    Files written before ``other_cpu_share`` existed fall back to the 1-minute load
+    average (over a quarter of the cores), which also counts the measurement's own
+    threads and the minute before it.
+    """
+    share = doc.get("other_cpu_share")
+    if share is not None:
+        if share <= 0.1:
+            return None
+        return (f"other processes used {share:.0%} of the CPU time while measuring, so "
+                "these limits are low; calibrate on a quiet machine")
     load = doc.get("load_average") or {}
     peak = max((v[0] for v in (load.get("before"), load.get("after")) if v), default=None)
     cores = doc.get("cpu", {}).get("affinity_cpus") or 1

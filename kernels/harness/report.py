@@ -935,6 +935,12 @@ def _how_to_read() -> list[str]:
         "workers divided by this time; 1x is as fast as the anchor.",
         "- *GB/s* and *of read bw*: cache bytes the step reads / time, against the measured "
         "read bandwidth at the same thread count (see Machine).",
+        "- Each point ran in its own process, minutes from the others and from the "
+        "calibration, and a shared machine's speed drifts in between: a *parallel eff.* or "
+        "*of read bw* above 100% is that drift. The paired benchmarks under *Other "
+        "measurements* (`track_speedup_2_workers`, `track_time_over_primesieve`, "
+        "`track_share_of_read_bw`) time the two sides in alternation, call by call, and "
+        "are the figures to trust for those ratios.",
         "",
     ]
 
