@@ -178,16 +178,22 @@ def test_numba_kernel_with_small_segments_known_values(k: int, segment: int) -> 
     assert jit.count_range(0, n + 1, primes, segment=segment) == KNOWN_PI[n]
 
 
+def _assert_chunk_kernels_match_the_reference(lo: int, hi: int, *, offsets) -> None:
+    """numba and NumPy chunk kernels on [lo, hi) against the reference; ``offsets``: the
+    dtype the numba kernel must pick for its crossing offsets there."""
+    primes = reference.sieving_primes(hi)
+    assert jit.offset_dtype(lo, hi, primes) == offsets
+    want = reference.count_range(lo, hi, primes)
+    assert jit.count_range(lo, hi, primes) == want
+    assert vectorized.count_range(lo, hi, primes) == want
+
+
 @settings(max_examples=15, deadline=None)
 @given(offset=st.integers(0, 10**7), width=st.integers(0, 200_000))
 def test_windows_near_1e11_match_the_reference(offset: int, width: int) -> None:
     # The chunk kernels take any [lo, hi), not only wheel-aligned bounds.
     lo = 10**11 + offset
-    hi = lo + width
-    primes = reference.sieving_primes(hi)
-    want = reference.count_range(lo, hi, primes)
-    assert jit.count_range(lo, hi, primes) == want
-    assert vectorized.count_range(lo, hi, primes) == want
+    _assert_chunk_kernels_match_the_reference(lo, lo + width, offsets=np.uint32)
 
 
 def test_offset_dtype_is_32_bit_up_to_1e11_and_64_bit_beyond() -> None:
@@ -204,12 +210,7 @@ def test_offset_dtype_is_32_bit_up_to_1e11_and_64_bit_beyond() -> None:
 def test_windows_near_1e13_match_the_reference(offset: int, width: int) -> None:
     # Beyond ~1.2e11 the crossing offsets need 64 bits: the kernel's other dtype.
     lo = 10**13 + offset
-    hi = lo + width
-    primes = reference.sieving_primes(hi)
-    assert jit.offset_dtype(lo, hi, primes) == np.int64
-    want = reference.count_range(lo, hi, primes)
-    assert jit.count_range(lo, hi, primes) == want
-    assert vectorized.count_range(lo, hi, primes) == want
+    _assert_chunk_kernels_match_the_reference(lo, lo + width, offsets=np.int64)
 
 
 def test_window_near_1e11_known_count() -> None:
