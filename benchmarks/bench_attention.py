@@ -30,7 +30,7 @@ import numpy as np
 from kernels import attention, registry
 from kernels.harness.machine import ReadStream
 
-from .common import COLD_START_LABELS, WORKERS, skip
+from .common import COLD_START_LABELS, WORKERS, ColdStartBase, skip
 
 # The grid is sized so that `make bench` stays near 15 minutes on 2 cores: building a
 # cache costs seconds at 32k (1 GiB for MHA) in every benchmark process, so the inner
@@ -183,16 +183,12 @@ class TimeMLA:
         self.case.run()
 
 
-class ColdStart:
+class ColdStart(ColdStartBase):
     """A fresh interpreter: import, cache build (1k GQA), JIT load, pool start, one step (s)."""
 
     params = (COLD_START_LABELS, WORKERS)
-    param_names = ["strategy", "workers"]
-    number = 1
-    repeat = 3
-    timeout = 180
 
-    def timeraw_first_step(self, label: str, workers: int) -> str:
+    def body(self, label: str, workers: int) -> str:
         strategy, inner = registry.parse_label(label)
         return (
             "from kernels import attention\n"
@@ -201,6 +197,9 @@ class ColdStart:
             "case.run()\n"
             "case.close()\n"
         )
+
+    def timeraw_first_step(self, label: str, workers: int) -> str:
+        return self.code(label, workers)
 
 
 class Sizes:

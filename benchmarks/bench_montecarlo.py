@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from kernels import montecarlo, registry
 
-from .common import WORKERS, Paired, cold_start_code, skip
+from .common import WORKERS, ColdStartBase, Paired, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("montecarlo")]
 SAMPLES = [10**6, 10**7, 10**8, 10**9]
@@ -92,39 +92,32 @@ class Scaling(Paired):
         return self.ratio()
 
 
-class ColdStart:
+class ColdStart(ColdStartBase):
     """A fresh interpreter: import, JIT, pool start and a 2**22-sample estimate (seconds)."""
 
     params = (LABELS, WORKERS)
-    param_names = ["strategy", "workers"]
-    number = 1
-    repeat = 3
-    timeout = 180
 
     def setup(self, label: str, workers: int) -> None:
         _skip_serial_at_many_workers(label, workers)
 
-    def _code(self, label: str, workers: int, *, fresh_jit_cache: bool) -> str:
+    def body(self, label: str, workers: int) -> str:
         kwargs = _kwargs(label, workers)
         samples = 10_000 if (kwargs["inner"] or kwargs["strategy"]) == "python" else 1 << 22
-        body = f"from kernels.montecarlo import estimate_pi\nestimate_pi({samples}, **{kwargs!r})\n"
-        return cold_start_code(body, fresh_jit_cache=fresh_jit_cache)
+        return f"from kernels.montecarlo import estimate_pi\nestimate_pi({samples}, **{kwargs!r})\n"
 
     def timeraw_cold_start(self, label: str, workers: int) -> str:
         """Cold start with numba's on-disk cache as a previous run left it."""
-        return self._code(label, workers, fresh_jit_cache=False)
+        return self.code(label, workers)
 
 
 class ColdStartCompiling(ColdStart):
     """As :class:`ColdStart`, but numba compiles the kernels from scratch (seconds)."""
 
     params = ([label for label in LABELS if label.endswith("numba")], WORKERS)
+    fresh_jit_cache = True
 
     def setup(self, label: str, workers: int) -> None:
         pass
-
-    def timeraw_cold_start(self, label: str, workers: int) -> str:
-        return self._code(label, workers, fresh_jit_cache=True)
 
 
 class PeakMemory:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from kernels import registry, sieve
 
-from .common import COLD_START_LABELS, WORKERS, Paired, cold_start_code, skip
+from .common import COLD_START_LABELS, WORKERS, ColdStartBase, Paired, skip
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
 LABELS = [label for label in LABELS if label != "pipeline"]
@@ -128,37 +128,30 @@ class TimePipeline:
         sieve.count_primes(n, strategy="pipeline", workers=1)
 
 
-class ColdStart:
+class ColdStart(ColdStartBase):
     """A fresh interpreter: import, JIT, pool start and pi(10**7) (seconds)."""
 
     params = (COLD_START_LABELS, WORKERS)
-    param_names = ["strategy", "workers"]
-    number = 1
-    repeat = 3
-    timeout = 180
 
     def setup(self, label: str, workers: int) -> None:
         _check_runs(label, 10**7, workers)
 
-    def _code(self, label: str, workers: int, *, fresh_jit_cache: bool) -> str:
-        body = (
+    def body(self, label: str, workers: int) -> str:
+        return (
             "from kernels.sieve import count_primes\n"
             f"assert count_primes(10**7, **{_kwargs(label, workers)!r}) == 664579\n"
         )
-        return cold_start_code(body, fresh_jit_cache=fresh_jit_cache)
 
     def timeraw_cold_start(self, label: str, workers: int) -> str:
         """Cold start with numba's on-disk cache as a previous run left it."""
-        return self._code(label, workers, fresh_jit_cache=False)
+        return self.code(label, workers)
 
 
 class ColdStartCompiling(ColdStart):
     """As :class:`ColdStart`, but numba compiles the kernels from scratch (seconds)."""
 
     params = (["numba", "multiprocess:numba"], WORKERS)
-
-    def timeraw_cold_start(self, label: str, workers: int) -> str:
-        return self._code(label, workers, fresh_jit_cache=True)
+    fresh_jit_cache = True
 
 
 class PeakMemory:

@@ -35,6 +35,28 @@ def cold_start_code(body: str, *, fresh_jit_cache: bool) -> str:
     return prelude + body
 
 
+class ColdStartBase:
+    """Base of the cold-start benchmarks: a fresh interpreter runs :meth:`body` for each
+    (strategy, workers), and asv times it (``timeraw_``), apart from the warm figures.
+
+    Subclasses set ``params`` and ``body`` and name their ``timeraw_`` method; ``code``
+    gives its source, with numba's on-disk cache as a previous run left it, or an empty
+    one where ``fresh_jit_cache`` is set. Not a benchmark itself.
+    """
+
+    param_names = ["strategy", "workers"]
+    number = 1
+    repeat = 3
+    timeout = 180
+    fresh_jit_cache = False
+
+    def body(self, label: str, workers: int) -> str:
+        raise NotImplementedError
+
+    def code(self, label: str, workers: int) -> str:
+        return cold_start_code(self.body(label, workers), fresh_jit_cache=self.fresh_jit_cache)
+
+
 def alternating_speedup(baseline: Callable[[], Any], other: Callable[[], Any],
                         rounds: int) -> float:
     """How many times faster ``other`` runs than ``baseline``, timed in alternation.

@@ -1,0 +1,45 @@
+"""The asv suite's cold-start benchmarks: the code they hand to a fresh interpreter runs."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _suite(name: str):
+    """benchmarks.<name>, imported from this checkout (asv imports it by path too)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def _timeraw(bench) -> str:
+    """The name of a cold-start class's one ``timeraw_`` benchmark."""
+    (name,) = [n for n in dir(bench) if n.startswith("timeraw_")]
+    return name
+
+
+@pytest.mark.parametrize("suite", ["bench_sieve", "bench_montecarlo", "bench_attention"])
+def test_cold_start_code_runs_in_a_fresh_interpreter(suite: str) -> None:
+    bench = _suite(suite).ColdStart()
+    code = getattr(bench, _timeraw(bench))("numpy", 1)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("suite", ["bench_sieve", "bench_montecarlo"])
+def test_compiling_variant_alone_gives_numba_an_empty_cache(suite: str) -> None:
+    module = _suite(suite)
+    warm, compiling = module.ColdStart(), module.ColdStartCompiling()
+    # The same benchmark name in both, so asv reports them side by side.
+    assert _timeraw(warm) == _timeraw(compiling) == "timeraw_cold_start"
+    assert "NUMBA_CACHE_DIR" not in warm.timeraw_cold_start("numba", 1)
+    fresh = compiling.timeraw_cold_start("numba", 1)
+    assert fresh.index("NUMBA_CACHE_DIR") < fresh.index("from kernels")
