@@ -106,7 +106,8 @@ class ColdStart(ColdStartBase):
         return f"from kernels.montecarlo import estimate_pi\nestimate_pi({samples}, **{kwargs!r})\n"
 
     def timeraw_cold_start(self, label: str, workers: int) -> str:
-        """Cold start with numba's on-disk cache as a previous run left it."""
+        """Cold start: numba's on-disk cache as a previous run left it, or empty where
+        the class sets ``fresh_jit_cache`` (the compiling variant inherits this)."""
         return self.code(label, workers)
 
 

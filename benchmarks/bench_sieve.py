@@ -143,7 +143,8 @@ class ColdStart(ColdStartBase):
         )
 
     def timeraw_cold_start(self, label: str, workers: int) -> str:
-        """Cold start with numba's on-disk cache as a previous run left it."""
+        """Cold start: numba's on-disk cache as a previous run left it, or empty where
+        the class sets ``fresh_jit_cache`` (the compiling variant inherits this)."""
         return self.code(label, workers)
 
 
