@@ -145,10 +145,8 @@ def _count_range(lo, hi, primes, pattern, segment, residues, inverse, offset_kin
     k0 = lo // 30
     k1 = (hi - 1) // 30 + 1  # rows k0 .. k1-1 cover [lo, hi)
 
-    # Sieving primes: those above the presieve set.
-    first = 0
-    while first < primes.size and primes[first] <= 17:
-        first += 1
+    # Sieving primes: those above the presieve set (primes is sorted).
+    first = np.searchsorted(primes, 17, side="right")
     nprimes = primes.size - first
     # nxt[j, i]: where prime i next crosses plane j, as an offset from the start of the
     # segment being sieved. Plane-major: the hot loop reads it in order.
