@@ -48,8 +48,21 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# The most workers a call may ask for: a few per core is enough to measure
+# oversubscription, while thousands would start thousands of threads or processes.
+# Never below 8, so that a 1-core machine can still run the 2- to 8-worker cases.
+MAX_WORKERS_PER_CORE = 4
+MIN_MAX_WORKERS = 8
+
+
+def max_workers() -> int:
+    """The largest ``workers`` accepted here: 4 x the usable cores, and at least 8."""
+    return max(MIN_MAX_WORKERS, MAX_WORKERS_PER_CORE * cpu_count())
+
+
 def resolve_workers(workers: int | None) -> int:
-    """Check ``workers`` and turn ``None`` into all cores. Raises before any work starts."""
+    """Check ``workers`` (an int in [1, :func:`max_workers`]) and turn ``None`` into all
+    cores. Raises before any work starts."""
     if workers is None:
         return cpu_count()
     if isinstance(workers, bool):
@@ -64,6 +77,11 @@ def resolve_workers(workers: int | None) -> int:
             ) from None
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (or None for all cores), got {workers}")
+    if workers > max_workers():
+        raise ValueError(
+            f"workers must be <= {max_workers()} ({MAX_WORKERS_PER_CORE} x the {cpu_count()} "
+            f"usable cores, at least {MIN_MAX_WORKERS}), got {workers}"
+        )
     return int(workers)
 
 
@@ -272,9 +290,12 @@ _CLASSES: dict[str, type] = {
     "processes": ProcessExecutor,
 }
 
-# Warm pools, by (kind, workers).
+# Warm pools, by (kind, workers), oldest use first.
 _pools: dict[tuple[str, int], Any] = {}
 _pools_lock = threading.Lock()
+# Warm thread pools kept at once: a sweep over worker counts would otherwise keep
+# every count's threads alive for the life of the process.
+MAX_WARM_THREAD_POOLS = 3
 
 
 def _forget(executor: Any) -> None:
@@ -296,11 +317,15 @@ def get_executor(kind: str, workers: int | None = None, *, reuse: bool = True) -
     if not reuse:
         return _CLASSES[kind](workers)
     with _pools_lock:
-        executor = _pools.get((kind, workers))
+        executor = _pools.pop((kind, workers), None)
         if executor is None:
             executor = _CLASSES[kind](workers)
-            _pools[(kind, workers)] = executor
-        return executor
+        _pools[(kind, workers)] = executor  # most recently used last
+        stale = [key for key in _pools if key[0] == "threads"][:-MAX_WARM_THREAD_POOLS]
+        evicted = [_pools.pop(key) for key in stale]
+    for old in evicted:  # outside the lock: closing waits for running tasks
+        old.close()
+    return executor
 
 
 @contextlib.contextmanager
