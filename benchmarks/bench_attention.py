@@ -127,6 +127,10 @@ class TimeDecode:
 
     params = (PRESETS, CONTEXTS, LABELS, WORKERS)
     param_names = ["preset", "context", "strategy", "workers"]
+    # The regression gate's points (kernelrace compare --run): a bandwidth-bound and a
+    # compute-bound preset, each strategy that can win, at 1 and 2 workers.
+    gate_params = [(["gqa", "mla"], [8192],
+                    ["numpy", "numba", "threaded:numba", "multiprocess:numba"], WORKERS)]
     number = 1
     repeat = (1, 5, 10.0)
     warmup_time = 0.0

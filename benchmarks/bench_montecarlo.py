@@ -51,6 +51,9 @@ class TimeEstimatePi:
 
     params = (LABELS, SAMPLES, WORKERS)
     param_names = ["strategy", "samples", "workers"]
+    # The regression gate's points (kernelrace compare --run): calls of 10-150 ms.
+    gate_params = [(["python"], [10**6], [1]), (["numpy"], [10**7], [1]),
+                   (["numba", "threaded:numba", "multiprocess:numba"], [10**8], WORKERS)]
     number = 1
     repeat = (1, 5, 10.0)
     warmup_time = 0.0

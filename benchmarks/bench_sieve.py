@@ -67,6 +67,9 @@ class TimeCountPrimes:
 
     params = (LABELS, SIZES, WORKERS)
     param_names = ["strategy", "n", "workers"]
+    # The regression gate's points (kernelrace compare --run): calls of 10-150 ms.
+    gate_params = [(["python"], [10**6], [1]), (["numpy"], [10**8], [1]),
+                   (["numba", "threaded:numba", "multiprocess:numba"], [10**8], WORKERS)]
     number = 1
     repeat = (1, 5, 10.0)
     warmup_time = 0.0

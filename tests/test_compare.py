@@ -198,9 +198,11 @@ def test_corrupt_results_file_is_named(project, tmp_path, capsys):
     assert str(victim) in err and "corrupt JSON" in err
 
 
-def test_bad_factor_is_refused(project, capsys):
-    assert _compare(project, project["base"], project["head"], "--factor", "0.5") == 2
-    assert "--factor must be >= 1.0" in capsys.readouterr().err
+@pytest.mark.parametrize("factor", ["0.5", "1.0", "nan", "inf"])
+def test_bad_factor_is_refused(project, capsys, factor):
+    # nan would compare false with every ratio and switch the gate off.
+    assert _compare(project, project["base"], project["head"], "--factor", factor) == 2
+    assert "--factor must be a finite number > 1.0" in capsys.readouterr().err
 
 
 def _bench(values, stats=None, samples=None, kind="time") -> BenchmarkResult:
@@ -248,13 +250,13 @@ def test_run_calls_asv_continuous_then_judges_the_files(project, monkeypatch, ca
 
     monkeypatch.setattr(compare, "_asv", fake_asv)
     monkeypatch.setenv("HOME", str(project["root"] / "home"))  # asv machine already set up
-    code = _compare(project, project["base"], project["head"], "--run", "--factor", "1.2",
+    code = _compare(project, project["base"], project["head"], "--run-asv", "--factor", "1.2",
                     "--bench", "time_")
     assert code == 1
     assert calls == [["continuous", "--factor", "1.2", "--bench", "time_",
                       project["base"], project["head"]]]
     monkeypatch.setattr(compare, "_asv", lambda args, config: 2)
-    assert _compare(project, project["base"], project["head"], "--run") == 2
+    assert _compare(project, project["base"], project["head"], "--run-asv") == 2
     assert "asv continuous` failed with exit code 2" in capsys.readouterr().err
 
 

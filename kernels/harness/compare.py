@@ -1,10 +1,13 @@
-"""Regression tracking: compare two commits' asv results and exit non-zero on a slowdown.
+"""Regression tracking: compare two commits and exit non-zero on a slowdown.
 
-``kernelrace compare BASE HEAD`` reads the result files asv already wrote for the two
-commits; with ``--run`` it first has asv benchmark both (``asv continuous``, in asv's
-own environments). ``asv compare`` always exits 0, so the verdict is computed here
-from the result files, with asv's own significance test (Mann-Whitney U on the stored
-samples, else 99% confidence intervals) when the runs kept enough data.
+``kernelrace compare BASE HEAD --run`` is the regression gate
+(:mod:`kernels.harness.gate`): both commits timed in alternation within the same
+minutes, one verdict per point from paired rounds, false alarms controlled over all
+the points. Without ``--run`` it judges the result files asv already wrote for the two
+commits (``--run-asv`` has ``asv continuous`` write them first): those were measured
+at different times, so the verdict uses asv's own unpaired test (Mann-Whitney U on
+the stored samples, else 99% confidence intervals) and cannot tell a small change
+from the machine's drift; the output says so.
 
 Exit codes: 0 no slowdown beyond the factor; 1 at least one (or a benchmark that
 ran at BASE now fails); 2 an error (no results for a commit, corrupt file, asv failed).
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernels.harness import asvresults
+from kernels.harness import asvresults, gate, pairedstats
 from kernels.harness.asvresults import BenchmarkResult, ResultsError
 
 DEFAULT_FACTOR = 1.10
@@ -102,8 +105,8 @@ def compare_benchmarks(base: dict[str, BenchmarkResult], head: dict[str, Benchma
     significance is ignored). Slower beyond the factor but not significant is
     *noise*. A point that had a value at BASE and fails at HEAD is *failed*.
     """
-    if not factor or factor < 1.0:
-        raise ValueError(f"factor must be >= 1.0, got {factor}")
+    if not (math.isfinite(factor) and factor >= 1.0):
+        raise ValueError(f"factor must be a finite number >= 1.0, got {factor}")
     regex = re.compile(pattern) if pattern else None
     changes = []
     for name in sorted(set(base) & set(head)):
@@ -332,7 +335,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="slower than BASE x FACTOR is a regression "
                         f"(default {DEFAULT_FACTOR})")
     parser.add_argument("--run", action="store_true",
-                        help="benchmark both commits first with `asv continuous` (builds envs)")
+                        help="the paired gate: time both commits now, in alternation, each in "
+                        "its own checkout and environment (see docs/regressions.md)")
+    parser.add_argument("--run-asv", action="store_true",
+                        help="benchmark both commits first with `asv continuous`, then judge "
+                        "its result files (unpaired)")
+    parser.add_argument("--rounds", type=int, default=gate.DEFAULT_ROUNDS,
+                        help=f"--run: clean rounds per point (default {gate.DEFAULT_ROUNDS})")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                        help="--run: false-discovery level over all points (default 0.05)")
+    parser.add_argument("--busy-threshold", type=float, default=gate.DEFAULT_BUSY,
+                        help="--run: discard a round when other processes took more than this "
+                        f"share of all cores' time (default {gate.DEFAULT_BUSY}; 1 keeps all)")
     parser.add_argument("--results", default=None,
                         help="asv results folder (default: results_dir of the asv config, "
                         "else results/asv)")
@@ -341,9 +355,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--machine", default=None, help="asv machine name (default: the only one "
                         "with results for both commits)")
     parser.add_argument("--bench", "-b", default=None,
-                        help="only benchmarks whose name matches this regex")
+                        help="only benchmarks whose name matches this regex (with --run: "
+                        "points whose label name(params) matches, from the full params grid; "
+                        "default: the suites' regression set, gate_params)")
     parser.add_argument("--split", action="store_true",
-                        help="also list unchanged and tracked values, each in its own section")
+                        help="also list unchanged and tracked values (with --run: every point)")
     parser.add_argument("--no-stats", dest="use_stats", action="store_false",
                         help="count every slowdown beyond the factor, significant or not")
     parser.add_argument("--json", dest="json_out", default=None, metavar="PATH",
@@ -363,8 +379,64 @@ def _pick_machine(base_m: dict[str, Any], head_m: dict[str, Any], base: str, hea
     return both[0]
 
 
+UNPAIRED_WARNING = (
+    "note: these are stored results measured at different times; on a machine whose speed "
+    "drifts, an unpaired comparison cannot separate a small change from the drift. For a "
+    "verdict, time both commits in alternation: kernelrace compare BASE HEAD --run "
+    "(make regress)."
+)
+
+
+def check_factor(factor: float) -> None:
+    """``--factor`` must be a finite number above 1 (nan would switch every check off)."""
+    if not (math.isfinite(factor) and factor > 1.0):
+        raise ValueError(f"--factor must be a finite number > 1.0, got {factor}")
+
+
+def run_paired(args: argparse.Namespace) -> int:
+    """The regression gate: time BASE and HEAD in alternation and judge the pairs."""
+    try:
+        check_factor(args.factor)
+        if args.rounds < pairedstats.MIN_ROUNDS or args.rounds > 1000:
+            raise ValueError(f"--rounds must be an integer in [{pairedstats.MIN_ROUNDS}, 1000],"
+                             f" got {args.rounds}")
+        if not (0.0 < args.alpha < 1.0):
+            raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
+        if not (0.0 <= args.busy_threshold <= 1.0):
+            raise ValueError(f"--busy-threshold must be in [0, 1], got {args.busy_threshold}")
+        if args.bench:
+            re.compile(args.bench)
+        conf_dir = Path(args.config).resolve().parent
+        conf = _asv_conf(args.config)
+        repo = Path(subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=conf_dir / conf.get("repo", "."),
+            capture_output=True, text=True, check=True).stdout.strip())
+        base = resolve_commit(args.base, repo)
+        head = resolve_commit(args.head, repo)
+        opts = gate.GateOptions(factor=args.factor, rounds=args.rounds, alpha=args.alpha,
+                                busy=args.busy_threshold, bench=args.bench)
+        points = gate.run_gate(repo, base, head, opts)
+    except KeyboardInterrupt:
+        print("kernelrace compare: interrupted; workers stopped", file=sys.stderr)
+        return 130
+    except (ResultsError, gate.GateError, ValueError, re.error, OSError,
+            subprocess.SubprocessError) as exc:
+        print(f"kernelrace compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"compare {args.base} ({base[:8]}) -> {args.head} ({head[:8]}), paired in "
+          f"alternation, factor {args.factor:.2f}, {args.rounds} rounds per point, "
+          f"false-discovery level {args.alpha}")
+    print()
+    print(gate.render(points, factor=args.factor, verbose=args.split))
+    if args.json_out:
+        gate.write_json(args.json_out, points, base=base, head=head, opts=opts)
+    return gate.exit_code(points)
+
+
 def run(args: argparse.Namespace) -> int:
     """Compare BASE and HEAD; print the verdict; 0 ok, 1 slowdown, 2 error."""
+    if args.run:
+        return run_paired(args)
     try:
         conf = _asv_conf(args.config)
         conf_dir = Path(args.config).resolve().parent
@@ -375,11 +447,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             results_dir = "results/asv"
         repo_dir = conf_dir / conf.get("repo", ".") if conf else Path(".")
-        if args.factor < 1.0:
-            raise ValueError(f"--factor must be >= 1.0, got {args.factor}")
+        check_factor(args.factor)
         base = resolve_commit(args.base, repo_dir)
         head = resolve_commit(args.head, repo_dir)
-        if args.run:
+        if args.run_asv:
             run_continuous(args.base, args.head, factor=args.factor, config=args.config,
                            machine=args.machine, bench=args.bench)
         benchmarks = asvresults.load_benchmarks(results_dir)
@@ -400,6 +471,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"compare {args.base} ({base[:8]}) -> {args.head} ({head[:8]}) on machine {machine}, "
           f"factor {args.factor:.2f}; files: "
           + ", ".join(str(f.path) for f in base_m[machine] + head_m[machine]))
+    print(UNPAIRED_WARNING)
     print()
     print(render(changes, factor=args.factor, split=args.split, use_stats=args.use_stats))
     if args.json_out:

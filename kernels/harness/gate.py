@@ -1,0 +1,578 @@
+"""The regression gate: BASE and HEAD timed in alternation, judged by paired statistics.
+
+``kernelrace compare BASE HEAD --run`` (and ``make regress``) lands here. Each commit
+gets a checkout of its own (a git worktree under ``.asv/gate/``, reused between runs
+so numba's on-disk cache survives) and a Python environment: the one running the gate
+when it already satisfies the commit's ``[project].dependencies``, else a virtualenv
+built once per distinct dependency list. One long-lived worker process per side
+(:mod:`kernels.harness.gate_worker`) imports that commit's asv suite; for every
+benchmark point both sides run ``setup``, then short rounds A, B, B, A, A, B... so a
+drift of the machine hits both sides of a round alike. Each round gives one log ratio
+HEAD / BASE; :mod:`kernels.harness.pairedstats` turns a point's rounds into a ratio,
+an interval and a p-value, and controls the false alarms over all the points.
+
+A round during which other processes used the CPU (``/proc/stat`` busy and steal time
+less the gate's own processes' CPU time) is discarded and taken again, up to a limit;
+a point left with too few clean rounds is *inconclusive*, not passed.
+
+Exit codes: 0 no regression; 1 a regression, or a point that ran at BASE fails at
+HEAD; 2 an error, or points that could not be judged (machine too busy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kernels.harness import pairedstats
+from kernels.harness.pairedstats import PointStats, Verdict
+
+WORKER_SCRIPT = Path(__file__).with_name("gate_worker.py")
+DEFAULT_ROUNDS = 12
+DEFAULT_BUSY = 0.10  # share of all cores' time other processes may take during a round
+ROUND_SECONDS = 0.15  # each side's share of a round, at least
+SAMPLE_SECONDS = 0.01  # one sample (``number`` calls), at least
+SETUP_TIMEOUT = 300.0
+
+
+class GateError(RuntimeError):
+    """The gate could not run (no checkout, no environment, a worker that died)."""
+
+
+# ---------------------------------------------------------------------------
+# Checkouts and environments
+# ---------------------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str, timeout: float = 120) -> str:
+    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                         timeout=timeout)
+    if out.returncode != 0:
+        raise GateError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def checkout(repo: Path, slot: Path, commit: str) -> Path:
+    """A detached worktree of ``commit`` at ``slot``, made once and moved between commits.
+
+    Moving the same worktree (rather than one per commit) rewrites only the files that
+    differ, so the unchanged ones keep their times and numba's cache stays valid.
+    """
+    if (slot / ".git").exists():
+        _git(slot, "checkout", "--quiet", "--detach", "--force", commit)
+        _git(slot, "clean", "-fdq")
+    else:
+        _git(repo, "worktree", "prune")
+        slot.parent.mkdir(parents=True, exist_ok=True)
+        if slot.exists():
+            shutil.rmtree(slot)
+        _git(repo, "worktree", "add", "--quiet", "--detach", str(slot), commit)
+    return slot
+
+
+def requirements(root: Path) -> list[str]:
+    """The commit's runtime requirements (``[project].dependencies`` of its pyproject)."""
+    path = root / "pyproject.toml"
+    if not path.exists():
+        return []
+    try:
+        project = tomllib.loads(path.read_text()).get("project", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise GateError(f"{path}: {exc}") from None
+    return sorted(project.get("dependencies", []))
+
+
+def satisfied_here(reqs: list[str]) -> bool:
+    """Whether this interpreter already has every requirement, at an accepted version."""
+    try:
+        from importlib import metadata
+
+        from packaging.requirements import Requirement
+    except ImportError:
+        return not reqs
+    for text in reqs:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            version = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            return False
+        if not req.specifier.contains(version, prereleases=True):
+            return False
+    return True
+
+
+def environment(reqs: list[str], envs_dir: Path, log: Callable[[str], None]) -> str:
+    """The Python to run a commit with: this one if it fits, else a venv per requirement set."""
+    if satisfied_here(reqs):
+        return sys.executable
+    key = hashlib.sha256("\n".join([sys.version, *reqs]).encode()).hexdigest()[:12]
+    env = envs_dir / f"env-{key}"
+    python = env / "bin" / "python"
+    if (env / ".complete").exists():
+        return str(python)
+    log(f"gate: building an environment for {', '.join(reqs)} in {env} (once per "
+        "requirement set)")
+    shutil.rmtree(env, ignore_errors=True)
+    started = time.monotonic()
+    for cmd in ([sys.executable, "-m", "venv", str(env)],
+                [str(python), "-m", "pip", "install", "--quiet", *reqs]):
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            shutil.rmtree(env, ignore_errors=True)
+            raise GateError(f"{' '.join(cmd[:4])} ... failed:\n{out.stderr[-2000:]}")
+    (env / ".complete").write_text("\n".join(reqs) + "\n")
+    log(f"gate: environment built in {time.monotonic() - started:.0f} s")
+    return str(python)
+
+
+# ---------------------------------------------------------------------------
+# CPU time of others
+# ---------------------------------------------------------------------------
+
+
+def _proc_stat_jiffies() -> tuple[int, int]:
+    """(all cores' busy + steal jiffies, all cores' total jiffies) since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def _tree_jiffies(root_pid: int) -> int:
+    """utime + stime of ``root_pid`` and every process descended from it."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        rest = text[text.rfind(")") + 2:].split()
+        pid = int(entry)
+        children.setdefault(int(rest[1]), []).append(pid)
+        times[pid] = int(rest[11]) + int(rest[12])
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+class CpuMeter:
+    """The share of all cores' time that processes other than the gate's used."""
+
+    def __init__(self) -> None:
+        self.available = os.path.exists("/proc/stat")
+        self._start: tuple[int, int, int] | None = None
+
+    def start(self) -> None:
+        if self.available:
+            busy, total = _proc_stat_jiffies()
+            self._start = (busy, total, _tree_jiffies(os.getpid()))
+
+    def other_share(self) -> float:
+        """Since :meth:`start`; 0.0 where /proc is absent."""
+        if not self.available or self._start is None:
+            return 0.0
+        busy, total = _proc_stat_jiffies()
+        own = _tree_jiffies(os.getpid())
+        b0, t0, o0 = self._start
+        if total <= t0:
+            return 0.0
+        return max(0, (busy - b0) - (own - o0)) / (total - t0)
+
+
+# ---------------------------------------------------------------------------
+# One side
+# ---------------------------------------------------------------------------
+
+
+class Side:
+    """A worker process timing one commit's suite."""
+
+    def __init__(self, label: str, commit: str, root: Path, python: str, state: Path):
+        self.label, self.commit, self.root, self.python = label, commit, root, python
+        self.state = state
+        self.log_path = state / "logs" / f"{label}.log"
+        self.data_dir = state / "bench-data" / label
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        env = dict(os.environ, PYTHONPATH=str(self.root), KERNELRACE_BENCH_DATA=str(
+            self.data_dir), PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "w")  # noqa: SIM115 - the worker's stderr, closed in stop()
+        self._log = log
+        # A session of its own: stop() can end the worker's pools with it.
+        self.proc = subprocess.Popen(
+            [self.python, str(WORKER_SCRIPT), "--root", str(self.root)], cwd=self.root,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+            env=env, start_new_session=True)
+        hello = self._read(120.0)
+        if "error" in hello:
+            raise GateError(f"{self.label} ({self.commit[:8]}): {hello['error']}")
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            alive = self.proc.poll() is None
+            self.stop()
+            why = f"no answer within {timeout:.0f} s" if alive else (
+                f"worker exited with code {self.proc.returncode}")
+            raise GateError(f"{self.label} ({self.commit[:8]}): {why}; "
+                            f"its log: {self.log_path}\n{self.log_tail()}")
+        return json.loads(line)
+
+    def request(self, timeout: float, **msg: Any) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        return self._read(timeout)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """End the worker and everything it started (its process group)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write('{"cmd": "quit"}\n')  # type: ignore[union-attr]
+                self.proc.stdin.flush()  # type: ignore[union-attr]
+                self.proc.wait(timeout=10)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.2)
+        self.proc.wait()
+        self._log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Points
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Point:
+    """One benchmark at one parameter combination, and what the gate measured of it."""
+
+    name: str
+    key: list[str]
+    timeout: float = 60.0
+    base_s: list[float] = dataclasses.field(default_factory=list)  # per clean round
+    head_s: list[float] = dataclasses.field(default_factory=list)
+    busy_rounds: int = 0
+    number: int = 1
+    samples_per_round: int = 1
+    error: str | None = None  # a side failed: "base: ..." / "head: ..."
+    skip: str | None = None
+    verdict: Verdict | None = None
+
+    def label(self) -> str:
+        return f"{self.name}({', '.join(self.key)})" if self.key else self.name
+
+    def log_ratios(self) -> list[float]:
+        return [math.log(h / a) for a, h in zip(self.base_s, self.head_s, strict=True)]
+
+    def row(self) -> dict[str, Any]:
+        s = self.verdict.stats if self.verdict else None
+        return {
+            "benchmark": self.name, "params": self.key, "label": self.label(),
+            "status": self.verdict.status if self.verdict else None,
+            "ratio": s.ratio if s else None, "ci_low": s.lo if s else None,
+            "ci_high": s.hi if s else None, "p_slower": s.p_slower if s else None,
+            "q_slower": s.q_slower if s else None, "q_faster": s.q_faster if s else None,
+            "rounds": len(self.base_s), "busy_rounds_discarded": self.busy_rounds,
+            "number": self.number, "samples_per_round": self.samples_per_round,
+            "base_median_s": statistics.median(self.base_s) if self.base_s else None,
+            "head_median_s": statistics.median(self.head_s) if self.head_s else None,
+            "base_round_s": self.base_s, "head_round_s": self.head_s,
+            "error": self.error, "skip": self.skip,
+        }
+
+
+def _setup_both(point: Point, sides: tuple[Side, Side]) -> tuple[float, float] | None:
+    """Run ``setup`` on both sides; the warm call's seconds, or None (point skipped/failed)."""
+    answers = []
+    for side in sides:
+        ans = side.request(SETUP_TIMEOUT + point.timeout, cmd="setup", name=point.name,
+                           key=point.key)
+        answers.append(ans)
+    base, head = answers
+    if "skip" in base or "skip" in head:
+        point.skip = base.get("skip") or head.get("skip")
+        return None
+    if "error" in base:
+        point.error = "base: " + base["error"].strip().splitlines()[-1]
+        point.verdict = Verdict("skipped", notes=["fails at BASE"])
+        return None
+    if "error" in head:
+        point.error = "head: " + head["error"]
+        point.verdict = Verdict("failed")
+        return None
+    return base["seconds"], head["seconds"]
+
+
+def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
+            meter: CpuMeter) -> None:
+    """Clean rounds of ``point`` in alternation, into ``point.base_s`` / ``point.head_s``."""
+    warm = _setup_both(point, sides)
+    if warm is None:
+        return
+    call = max(min(warm), 1e-7)
+    point.number = max(1, math.ceil(SAMPLE_SECONDS / call))
+    point.samples_per_round = max(3, math.ceil(ROUND_SECONDS / (call * point.number)))
+    attempts = 0
+    while len(point.base_s) < rounds and attempts < 2 * rounds + 4:
+        # ABBA: the side that goes first alternates, so a trend within a round cancels too.
+        order = (0, 1) if attempts % 2 == 0 else (1, 0)
+        attempts += 1
+        meter.start()
+        medians = [0.0, 0.0]
+        for i in order:
+            ans = sides[i].request(point.timeout * point.samples_per_round * point.number
+                                   + 30, cmd="sample", count=point.samples_per_round,
+                                   number=point.number)
+            if "error" in ans:
+                point.error = f"{sides[i].label}: {ans['error']}"
+                point.verdict = Verdict("failed" if i == 1 else "skipped")
+                return
+            medians[i] = statistics.median(ans["times"])
+        if meter.other_share() > busy:
+            point.busy_rounds += 1
+            continue
+        point.base_s.append(medians[0])
+        point.head_s.append(medians[1])
+    for side in sides:
+        side.request(60.0 + point.timeout, cmd="teardown")
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI cancel, ``timeout``) ends the gate as Ctrl-C does: workers stopped."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def select_points(base_list: list[dict[str, Any]], head_list: list[dict[str, Any]]
+                  ) -> tuple[list[Point], list[str]]:
+    """HEAD's points that BASE has too, and the labels of those only HEAD has."""
+    at_base = {(p["name"], tuple(p["key"])) for p in base_list}
+    points, new = [], []
+    for p in head_list:
+        point = Point(p["name"], p["key"], float(p.get("timeout") or 60))
+        if (p["name"], tuple(p["key"])) in at_base:
+            points.append(point)
+        else:
+            new.append(point.label())
+    return points, new
+
+
+def judge_points(points: list[Point], *, factor: float, alpha: float) -> None:
+    """Set every point's verdict: paired statistics over the points with enough rounds."""
+    timed = [p for p in points if p.verdict is None and p.skip is None]
+    stats: list[PointStats | None] = [
+        pairedstats.point_stats(p.log_ratios()) if len(p.base_s) >= pairedstats.MIN_ROUNDS
+        else None for p in timed
+    ]
+    for p, v in zip(timed, pairedstats.judge(stats, factor=factor, alpha=alpha), strict=True):
+        p.verdict = v
+
+
+def exit_code(points: list[Point]) -> int:
+    """1 on a regression or a new failure; 2 when points could not be judged; else 0."""
+    statuses = {p.verdict.status for p in points if p.verdict}
+    if statuses & {"regressed", "failed"}:
+        return 1
+    return 2 if "inconclusive" in statuses else 0
+
+
+def format_point(p: Point) -> str:
+    """``1.023x [0.990, 1.041]  12 rounds  label`` (or why it has no ratio)."""
+    s = p.verdict.stats if p.verdict else None
+    busy = f", {p.busy_rounds} busy discarded" if p.busy_rounds else ""
+    if s is not None:
+        return (f"{s.ratio:6.3f}x [{s.lo:.3f}, {s.hi:.3f}]  q={s.q_slower:.2g}  "
+                f"{s.rounds} rounds{busy}  {p.label()}")
+    if p.skip:
+        return f"skipped ({p.skip})  {p.label()}"
+    if p.error:
+        return f"{p.verdict.status if p.verdict else 'error'}: {p.error.strip().splitlines()[-1]}"\
+               f"  {p.label()}"
+    return f"{len(p.base_s)} clean rounds{busy}  {p.label()}"
+
+
+_SECTIONS = (
+    ("regressed", "REGRESSED: slower than BASE x {f}, significant after correction"),
+    ("failed", "FAILED at HEAD (ran at BASE)"),
+    ("inconclusive", "INCONCLUSIVE: too few clean rounds (machine busy)"),
+    ("improved", "improved: faster than BASE / {f}, significant"),
+    ("slower", "slower, significant but within {f}x (not counted)"),
+    ("faster", "faster, significant but within {f}x"),
+    ("skipped", "not judged: fails at BASE"),
+)
+
+
+def render(points: list[Point], *, factor: float, verbose: bool) -> str:
+    """Sections of flagged points, then every point when ``verbose``, then the verdict."""
+    lines = []
+    for status, title in _SECTIONS:
+        group = [p for p in points if p.verdict and p.verdict.status == status]
+        if group:
+            lines.append(title.format(f=f"{factor:.2f}") + f" ({len(group)})")
+            lines.extend("  " + format_point(p) for p in group)
+            lines.append("")
+    if verbose:
+        lines.append("every point: ratio HEAD/BASE [95% interval]  BH q-value  rounds")
+        lines.extend("  " + format_point(p) for p in points)
+        lines.append("")
+    counts = {s: sum(1 for p in points if p.verdict and p.verdict.status == s)
+              for s in pairedstats.STATUSES}
+    skipped = sum(1 for p in points if p.skip)
+    code = exit_code(points)
+    lines.append(
+        f"{counts['regressed']} regressed, {counts['failed']} failed, "
+        f"{counts['improved']} improved, {counts['unchanged']} unchanged, "
+        f"{counts['slower'] + counts['faster']} changed within the factor, "
+        f"{counts['inconclusive']} inconclusive ({len(points) - skipped} judged, "
+        f"{skipped} skipped by setup); " + {0: "OK (exit 0)", 1: "FAIL (exit 1)",
+                                            2: "NOT JUDGED (exit 2)"}[code])
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class GateOptions:
+    factor: float = 1.10
+    rounds: int = DEFAULT_ROUNDS
+    alpha: float = 0.05
+    busy: float = DEFAULT_BUSY
+    bench: str | None = None  # regex on labels; None: the suites' gate_params
+    state_dir: Path | None = None  # default <repo>/.asv/gate
+
+
+def run_gate(repo: Path, base: str, head: str, opts: GateOptions,
+             log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)
+             ) -> list[Point]:
+    """Time every selected point at BASE and HEAD in alternation and judge it."""
+    state = opts.state_dir or repo / ".asv" / "gate"
+    started = time.monotonic()
+    roots = [checkout(repo, state / "checkouts" / name, commit)
+             for name, commit in (("base", base), ("head", head))]
+    pythons = [environment(requirements(r), state, log) for r in roots]
+    log(f"gate: checkouts and environments ready in {time.monotonic() - started:.0f} s")
+    sides = (Side("base", base, roots[0], pythons[0], state),
+             Side("head", head, roots[1], pythons[1], state))
+    meter = CpuMeter()
+    try:
+        with _sigterm_as_interrupt():
+            for side in sides:
+                side.start()
+            lists = []
+            for side in sides:
+                ans = side.request(300.0, cmd="list", bench=opts.bench,
+                                   gate_only=opts.bench is None)
+                if "error" in ans:
+                    raise GateError(f"{side.label}: {ans['error']}")
+                lists.append(ans["points"])
+            points, new = select_points(*lists)
+            if opts.bench is not None:
+                import re
+
+                regex = re.compile(opts.bench)
+                points = [p for p in points if regex.search(p.label())]
+            if not points:
+                raise GateError("no benchmark point to compare"
+                                + (f" matches {opts.bench!r}" if opts.bench else "")
+                                + (f" (only at HEAD: {', '.join(new[:5])})" if new else ""))
+            if new:
+                log(f"gate: {len(new)} point(s) only at HEAD, not judged: "
+                    + ", ".join(new[:5]) + (" ..." if len(new) > 5 else ""))
+            log(f"gate: {len(points)} points, {opts.rounds} rounds each, "
+                f"BASE {base[:8]} vs HEAD {head[:8]}")
+            for i, point in enumerate(points, 1):
+                t0 = time.monotonic()
+                measure(point, sides, rounds=opts.rounds, busy=opts.busy, meter=meter)
+                if point.base_s:
+                    s = pairedstats.point_stats(point.log_ratios())
+                    status = (f"{s.ratio:.3f}x [{s.lo:.3f}, {s.hi:.3f}] "
+                              f"{len(point.base_s)} rounds")
+                    if point.busy_rounds:
+                        status += f", {point.busy_rounds} busy discarded"
+                else:
+                    status = point.skip and f"skipped: {point.skip}" or (point.error or "")
+                    status = status.strip().splitlines()[-1] if status else "no rounds"
+                log(f"[{i:>3}/{len(points)}] {time.monotonic() - t0:5.1f} s  {status}  "
+                    f"{point.label()}")
+    finally:
+        for side in sides:
+            side.stop()
+    judge_points(points, factor=opts.factor, alpha=opts.alpha)
+    log(f"gate: {len(points)} points in {time.monotonic() - started:.0f} s")
+    return points
+
+
+def write_json(path: str, points: list[Point], *, base: str, head: str, opts: GateOptions
+               ) -> None:
+    """Every point with its ratio, interval, q-value, rounds and raw round times."""
+    from kernels.harness.atomic import write_text_atomic
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        return x
+
+    rows = [{k: clean(v) for k, v in p.row().items()} for p in points]
+    write_text_atomic(path, json.dumps({
+        "method": "paired", "base": base, "head": head, "factor": opts.factor,
+        "alpha": opts.alpha, "rounds": opts.rounds, "busy_threshold": opts.busy,
+        "exit_code": exit_code(points), "points": rows}, indent=2) + "\n")
