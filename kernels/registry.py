@@ -7,6 +7,8 @@ A kernel package ``kernels.<name>`` provides:
   (a missing optional package), or ``None``;
 - ``make_case(size, *, strategy, inner, workers, **options) -> Case``: inputs built,
   nothing timed; the harness CLI and the asv suite time ``case.run``;
+- ``check_case(size, *, strategy, inner, workers, **options) -> None``: raises what
+  ``make_case`` would, builds nothing (``kernelrace run`` checks its whole grid first);
 - ``verify_cases() -> list[tuple[str, dict]]`` and ``verify(strategy, inner, workers)
   -> list[Check]``: small inputs checked against the kernel's reference.
 

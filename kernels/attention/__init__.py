@@ -24,6 +24,8 @@ from kernels.attention.config import (
     AttentionConfig,
     KVConfig,
     MLAConfig,
+    _positive_int,
+    check_cache_dtype,
     get_preset,
     kv_bytes_per_token,
 )
@@ -37,9 +39,9 @@ from kernels.attention.decode import (
 
 __all__ = [
     "AttentionConfig", "Cache", "DEFAULT_SIZES", "KVCache", "KVConfig", "MLACache", "MLAConfig",
-    "MLA_IMPLS", "PRESETS", "STRATEGIES", "decode", "fill_random", "kv_bytes_per_token",
-    "list_extra", "make_cache", "make_case", "random_query", "unavailable_reason", "verify",
-    "verify_cases",
+    "MLA_IMPLS", "PRESETS", "STRATEGIES", "check_case", "decode", "fill_random",
+    "kv_bytes_per_token", "list_extra", "make_cache", "make_case", "random_query",
+    "unavailable_reason", "verify", "verify_cases",
 ]
 
 #: Context lengths (tokens) that ``kernelrace run --kernel attention`` uses by default.
@@ -79,28 +81,8 @@ def make_case(
     builds each cache once per process this way: asv re-runs ``setup`` before every
     sample.
     """
-    unknown = set(options) - _CASE_OPTIONS
-    if unknown:
-        raise ValueError(
-            f"unknown attention option(s): {', '.join(sorted(unknown))}; "
-            f"accepted: preset, batch, mla_impl, {', '.join(sorted(_CASE_OPTIONS))}"
-        )
-    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
-    workers = executors.resolve_workers(workers)
-    registry.require_available(__import__(__name__, fromlist=["_"]), strategy)
-    config = get_preset(preset)
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size (context length) must be an int >= 1, got {size!r}")
-    if isinstance(config, MLAConfig):
-        impl = "absorbed" if mla_impl is None else mla_impl
-        if impl not in MLA_IMPLS:
-            raise ValueError(f"mla_impl must be one of {', '.join(MLA_IMPLS)}; got {mla_impl!r}")
-    elif mla_impl is not None:
-        raise ValueError(f"mla_impl applies only to MLA presets; preset {preset!r} is "
-                         f"{config.kind}")
-    else:
-        impl = None
-    seed = int(options.get("seed", 0))
+    strategy, inner, workers, config, impl, seed = _check_case_args(
+        size, strategy, inner, workers, preset, batch, mla_impl, options)
     shared = strategy == "multiprocess"
     source = options.get("source")
     if source is None:
@@ -132,6 +114,68 @@ def make_case(
         return {"gbps": cache_bytes / seconds / 1e9 if seconds > 0 else float("nan")}
 
     return registry.Case(run=run, describe=describe, close=close, fields=fields)
+
+
+def check_case(
+    size: int,
+    *,
+    strategy: str,
+    inner: str | None = None,
+    workers: int | None = 1,
+    preset: str = "gqa",
+    batch: int = 1,
+    mla_impl: str | None = None,
+    **options: Any,
+) -> None:
+    """Raise what :func:`make_case` would raise for these arguments, without building a
+    cache: the harness checks every point of a grid this way before timing the first."""
+    _check_case_args(size, strategy, inner, workers, preset, batch, mla_impl, options)
+
+
+def _check_case_args(  # noqa: PLR0913
+    size: Any, strategy: str, inner: str | None, workers: Any, preset: str, batch: Any,
+    mla_impl: str | None, options: dict[str, Any],
+) -> tuple[str, str | None, int, Any, str | None, int]:
+    """(strategy, inner, workers, config, mla_impl, seed), every argument checked."""
+    unknown = set(options) - _CASE_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"unknown attention option(s): {', '.join(sorted(unknown))}; "
+            f"accepted: preset, batch, mla_impl, {', '.join(sorted(_CASE_OPTIONS))}"
+        )
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    workers = executors.resolve_workers(workers)
+    registry.require_available(__import__(__name__, fromlist=["_"]), strategy)
+    config = get_preset(preset)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size (context length) must be an int >= 1, got {size!r}")
+    _positive_int("batch", batch)
+    if isinstance(config, MLAConfig):
+        impl = "absorbed" if mla_impl is None else mla_impl
+        if impl not in MLA_IMPLS:
+            raise ValueError(f"mla_impl must be one of {', '.join(MLA_IMPLS)}; got {mla_impl!r}")
+    elif mla_impl is not None:
+        raise ValueError(f"mla_impl applies only to MLA presets; preset {preset!r} is "
+                         f"{config.kind}")
+    else:
+        impl = None
+    if options.get("dtype") is not None:
+        check_cache_dtype(options["dtype"])
+    seed = _check_seed(options.get("seed", 0))
+    return strategy, inner, workers, config, impl, seed
+
+
+MAX_SEED = (1 << 64) - 1
+
+
+def _check_seed(seed: Any) -> int:
+    """``seed`` as an int in [0, 2**64 - 1]; a float (1.7) is refused, not truncated."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int in [0, 2**64 - 1], got {type(seed).__name__} "
+                        f"{seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2**64 - 1], got {seed}")
+    return int(seed)
 
 
 def _check_source(source: Any, config: Any, size: int, batch: int, dtype: Any) -> None:

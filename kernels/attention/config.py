@@ -41,6 +41,9 @@ def _even_positive_int(name: str, value: Any) -> int:
 
 
 def _positive_float(name: str, value: Any) -> float:
+    # float() would take True as 1.0 and "5e5" as a number: neither is one here.
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be a number > 0, got {type(value).__name__} {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):

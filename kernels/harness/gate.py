@@ -525,11 +525,6 @@ def run_gate(repo: Path, base: str, head: str, opts: GateOptions,
                     raise GateError(f"{side.label}: {ans['error']}")
                 lists.append(ans["points"])
             points, new = select_points(*lists)
-            if opts.bench is not None:
-                import re
-
-                regex = re.compile(opts.bench)
-                points = [p for p in points if regex.search(p.label())]
             if not points:
                 raise GateError("no benchmark point to compare"
                                 + (f" matches {opts.bench!r}" if opts.bench else "")

@@ -79,11 +79,10 @@ class Worker:
         self.current = None  # (instance, bound method, params) of the point set up
 
     def list(self, bench: str | None, gate_only: bool) -> dict:
+        # bench: a regex searched in the label ``name(param reprs)``, over the full grid.
         regex = re.compile(bench) if bench else None
         points = []
         for name, (cls, _attr) in self.table.items():
-            if regex is not None and not regex.search(name):
-                continue
             all_keys = {tuple(k) for _, k in _points(cls, getattr(cls, "params", None))}
             spec = getattr(cls, "gate_params", None) if gate_only else getattr(
                 cls, "params", None)
@@ -92,6 +91,9 @@ class Worker:
             for _, key in _points(cls, spec):
                 if tuple(key) not in all_keys:
                     return {"error": f"{name}: gate_params value {key} is not in its params"}
+                label = f"{name}({', '.join(key)})" if key else name
+                if regex is not None and not regex.search(label):
+                    continue
                 points.append({"name": name, "key": key,
                                "timeout": getattr(cls, "timeout", 60)})
         return {"ok": True, "points": points}

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_SIZES",
     "STRATEGIES",
     "PiEstimate",
+    "check_case",
     "estimate_pi",
     "make_case",
     "unavailable_reason",
@@ -126,6 +127,22 @@ def check_seed(seed: Any) -> int:
     return _check_int("seed", seed, 0, MAX_SEED)
 
 
+def check_workers(strategy: str, workers: Any) -> int:
+    """``workers`` for ``strategy``: python and numpy run on one core, so they take 1 or
+    None (as the sieve's single-core strategies do); the others an int in
+    [1, :func:`kernels.executors.max_workers`] or None for all cores."""
+    if strategy in _SERIAL_STRATEGIES:
+        w = executors.resolve_workers(1 if workers is None else workers)
+        if w != 1:
+            raise ValueError(
+                f"strategy {strategy!r} runs on one core, so workers must be 1 or None, "
+                f"got {w}; threaded or multiprocess with inner='python'/'numpy' spread it "
+                "over cores"
+            )
+        return 1
+    return executors.resolve_workers(workers)
+
+
 def check_chunk_size(chunk_size: Any, samples: int) -> int:
     """``chunk_size`` in [1, 2**32], and few enough chunks that streams stay disjoint."""
     chunk_size = _check_int("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE)
@@ -170,7 +187,7 @@ def _plan(
 ) -> _Plan:
     samples = check_samples(samples)
     strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
-    workers = executors.resolve_workers(workers)
+    workers = check_workers(strategy, workers)
     seed = check_seed(seed)
     chunk_size = check_chunk_size(chunk_size, samples)
     registry.require_available(sys.modules[__name__], strategy)
@@ -280,7 +297,9 @@ def estimate_pi(
 
     ``strategy`` is one of :data:`STRATEGIES`; ``inner`` (python, numpy or numba,
     default numba) picks the chunk kernel of ``threaded`` and ``multiprocess``.
-    ``workers`` is the number of cores (None: all). ``seed`` (0 <= seed < 2**64)
+    ``samples`` is an int in [1, 2**62]. ``workers`` is the number of cores (None: all;
+    at most 4 x the cores; python and numpy run on one core and take only 1 or None).
+    ``seed`` (0 <= seed < 2**64)
     and ``chunk_size`` (samples per chunk) fix the result: for a given chunk kernel
     the same (samples, seed, chunk_size) give the same hits with any ``workers`` and
     any executor. Every argument is checked before any work or pool starts.
@@ -302,6 +321,32 @@ def cores_used(strategy: str, workers: int) -> int:
     return 1 if strategy in _SERIAL_STRATEGIES else workers
 
 
+def check_case(
+    size: int,
+    *,
+    strategy: str,
+    inner: str | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    **options: Any,
+) -> None:
+    """Raise what :func:`make_case` would raise for these arguments (the harness checks a
+    whole grid this way before timing its first point)."""
+    _case_plan(size, strategy, inner, workers, seed, options)
+
+
+def _case_plan(
+    size: Any, strategy: str, inner: str | None, workers: Any, seed: Any, options: dict[str, Any]
+) -> _Plan:
+    unknown = sorted(set(options) - set(_CASE_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"montecarlo takes no option {', '.join(unknown)}; options: {', '.join(_CASE_OPTIONS)}"
+        )
+    chunk_size = options.get("chunk_size", DEFAULT_CHUNK_SIZE)
+    return _plan(size, strategy, workers, seed, inner, chunk_size)
+
+
 def make_case(
     size: int,
     *,
@@ -317,13 +362,7 @@ def make_case(
     ``describe`` adds the estimate, its standard error, the error in standard errors,
     the hits, and the time per sample in nanoseconds (total, and per core used).
     """
-    unknown = sorted(set(options) - set(_CASE_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"montecarlo takes no option {', '.join(unknown)}; options: {', '.join(_CASE_OPTIONS)}"
-        )
-    chunk_size = options.get("chunk_size", DEFAULT_CHUNK_SIZE)
-    plan = _plan(size, strategy, workers, seed, inner, chunk_size)
+    plan = _case_plan(size, strategy, inner, workers, seed, options)
 
     def run() -> PiEstimate:
         return estimate_pi(
@@ -410,6 +449,8 @@ def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Chec
     kernel's generator against a slow Python recomputation.
     """
     strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    if strategy in _SERIAL_STRATEGIES:
+        workers = 1  # as the sieve's verify: one core whatever was asked
     kernel = inner or strategy
     checks = []
     generator = _generator_check(kernel)

@@ -51,6 +51,12 @@ KNOWN_PI = {
     10**11: 4118054813, 10**12: 37607912018,
 }
 
+# The largest n accepted. Every chunk kernel's arithmetic is int64 (bounds, crossing
+# offsets up to hi + 31 * sqrt(hi), the NumPy kernel's p * p and first multiples), so n
+# must stay well below 2**63; 2**62 leaves that margin. Past it the numba kernel wrapped
+# around and returned 7 for n = 12345678901234567168.
+MAX_N = 1 << 62
+
 # A range handed to a pool is at least this long, so that per-chunk set-up stays small.
 MIN_CHUNK_SPAN = 1 << 16
 CHUNKS_PER_WORKER = 4
@@ -63,12 +69,20 @@ def unavailable_reason(strategy: str) -> str | None:
     return None
 
 
-def _check_n(n: Any) -> int:
+def _check_n(n: Any, strategy: str | None = None) -> int:
+    """``n`` as an int in [0, MAX_N] (PIPELINE_MAX_N for ``pipeline``)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"n must be an int >= 0, got {type(n).__name__} {n!r}")
+        raise TypeError(f"n must be an int in [0, 2**62], got {type(n).__name__} {n!r}")
     n = operator.index(n)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if n > MAX_N:
+        raise ValueError(f"n must be <= 2**62 = {MAX_N} (int64 arithmetic), got {n}")
+    if strategy == "pipeline" and n > PIPELINE_MAX_N:
+        raise ValueError(
+            f"n must be <= {PIPELINE_MAX_N} for strategy 'pipeline' (one thread per prime); "
+            f"got {n}"
+        )
     return n
 
 
@@ -88,8 +102,8 @@ def _check_args(
     n: Any, strategy: str, inner: str | None, workers: int | None
 ) -> tuple[int, str, str | None, int]:
     """Every argument checked, in one place, before any work or pool starts."""
-    n = _check_n(n)
     strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    n = _check_n(n, strategy)
     w = _check_workers(strategy, workers)
     registry.require_available(sys.modules[__name__], strategy)
     return n, strategy, inner, w
@@ -125,7 +139,9 @@ def count_primes(
 ) -> int:
     """The number of primes <= n.
 
-    ``workers=None`` means all cores (one for the single-core strategies). ``inner``
+    ``n`` is an int in [0, 2**62] (:data:`MAX_N`; at most :data:`PIPELINE_MAX_N` for
+    ``pipeline``). ``workers=None`` means all cores (one for the single-core strategies);
+    at most 4 x the cores (:func:`kernels.executors.max_workers`). ``inner``
     picks the chunk kernel of ``threaded``/``multiprocess`` (default numba).
     ``reuse_pool=False`` starts and stops a fresh pool for this call (cold start).
     Every argument is checked before any work or pool starts.
@@ -178,12 +194,21 @@ def max_size(strategy: str, inner: str | None = None) -> int:
     return 10**12
 
 
+def check_case(
+    size: int, *, strategy: str, inner: str | None = None, workers: int = 1, **options: Any
+) -> None:
+    """Raise what :func:`make_case` would raise for these arguments (the harness checks a
+    whole grid this way before timing its first point)."""
+    if options:
+        raise ValueError(f"the sieve takes no options {sorted(options)}")
+    _check_args(size, strategy, inner, workers)
+
+
 def make_case(
     size: int, *, strategy: str, inner: str | None = None, workers: int = 1, **options: Any
 ) -> registry.Case:
     """A prepared ``count_primes(size, ...)`` call for the harness to time."""
-    if options:
-        raise ValueError(f"the sieve takes no options {sorted(options)}")
+    check_case(size, strategy=strategy, inner=inner, workers=workers, **options)
     n, strategy, inner, _ = _check_args(size, strategy, inner, workers)
 
     def run() -> int:
