@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -352,3 +353,123 @@ def test_attention_suite_layout_per_token_track_with_dtype(tmp_path):
     assert "16" in cells and "80%" in cells
     names = {p.name for p in plots}
     assert {"attention_bandwidth.png", "attention_kv_bytes_per_token.png"} <= names
+
+
+# ---------------------------------------------------------------------------
+# All or nothing (issue 16, item 7)
+# ---------------------------------------------------------------------------
+
+
+def _handmade(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Hand-made sieve results and a report of them in out/; the argv that made it."""
+    results = tmp_path / "asv"
+    write_asv_results(results, _sieve_benches())
+    out = tmp_path / "out"
+    argv = ["report", "--results", str(results), "--machine",
+            str(_machine_json(tmp_path / "machine.json")), "--out", str(out)]
+    assert cli_main(argv) == 0
+    assert (out / "report.md").exists() and list((out / "plots").glob("*.png"))
+    return results, out, argv
+
+
+def _no_leftovers(out: Path) -> None:
+    assert not list(out.glob(".report-*")), list(out.iterdir())
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_crash_after_the_plots_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    _, out, argv = _handmade(tmp_path)
+    (out / "plots" / "notes.txt").write_text("mine")  # not the report's: carried over
+    before = _digest(out)
+
+    def crash() -> list[str]:  # runs after every plot is drawn
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "_how_to_read", crash)
+    assert cli_main(argv) == 130  # "interrupted", as at a Ctrl-C
+    assert _digest(out) == before
+    _no_leftovers(out)
+    monkeypatch.undo()
+    assert cli_main(argv) == 0
+    assert (out / "plots" / "notes.txt").read_text() == "mine"
+    _no_leftovers(out)
+
+
+def _result_file(results: Path) -> Path:
+    return next(p for p in (results / "m1").glob("*.json") if p.name != "machine.json")
+
+
+def _edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("params list", "'params' is not an object"),
+        ("asv machine list", "machine.json: expected a JSON object"),
+        ("zero time", "has a time of 0.0 s"),
+        ("out is a file", "is a file, not a folder"),
+        ("calibration cpu list", "malformed input"),
+    ],
+)
+def test_malformed_inputs_exit_2_and_leave_the_report_alone(tmp_path, capsys, case, message):
+    results, out, argv = _handmade(tmp_path)
+    before = _digest(out)
+    name = "bench_sieve.TimeSieve.time_count"
+    if case == "params list":
+        _edit_json(_result_file(results), lambda d: d.__setitem__("params", [1]))
+    elif case == "asv machine list":
+        (results / "m1" / "machine.json").write_text("[1, 2]")
+    elif case == "zero time":
+        _edit_json(_result_file(results),
+                   lambda d: d["results"][name][0].__setitem__(3, 0.0))
+    elif case == "out is a file":
+        out = tmp_path / "a-file"
+        out.write_text("x")
+        argv = argv[:-1] + [str(out)]
+        before = {"file": out.read_text()}
+    else:  # a shape no check foresees still ends as a clear error
+        _edit_json(tmp_path / "machine.json", lambda d: d.__setitem__("cpu", [1]))
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if case == "out is a file":
+        assert out.read_text() == before["file"]
+    else:
+        assert _digest(out) == before
+        _no_leftovers(out)
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    _, out, argv = _handmade(tmp_path)
+    (out / "plots" / ".sieve_speedup.png.abc123.tmp").write_bytes(b"half a png")
+    (out / ".report.md.xyz.tmp").write_text("half a page")
+    dead = out / ".report-999999999-abc.tmp"  # beyond pid_max: its writer is gone
+    (dead / "plots").mkdir(parents=True)
+    assert cli_main(argv) == 0
+    _no_leftovers(out)
+
+
+def test_a_truncated_file_of_an_older_run_is_skipped_with_a_warning(project, tmp_path, capsys):
+    results = tmp_path / "asv"
+    shutil.copytree(project["results"], results)
+    older = next((results / MACHINE).glob(f"{project['base'][:8]}-*.json"))
+    latest = next((results / MACHINE).glob(f"{project['head'][:8]}-*.json"))
+    older.write_text(older.read_text()[:200])  # asv killed mid-write
+    when = latest.stat().st_mtime - 3600
+    os.utime(older, (when, when))
+    out = tmp_path / "out"
+    assert cli_main(["report", "--results", str(results), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and str(older) in err
+    text = (out / "report.md").read_text()
+    assert f"commit `{project['head'][:12]}`" in text
+    assert "skipped unreadable result file of an older run" in text
+    # Asked for by --commit, the broken file stops the report.
+    assert cli_main(["report", "--results", str(results), "--out", str(out),
+                     "--commit", project["base"][:10]]) == 2
+    assert "corrupt JSON" in capsys.readouterr().err

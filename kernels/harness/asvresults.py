@@ -182,6 +182,15 @@ def load_result_file(path: str | os.PathLike[str],
         )
     benchmarks = benchmarks or {}
     params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise ResultsError(f"{path}: 'params' is not an object (got {type(params).__name__})")
+    for key in ("date",):
+        if data.get(key) is not None and (isinstance(data[key], bool)
+                                          or not isinstance(data[key], int | float)):
+            raise ResultsError(f"{path}: {key!r} is not a number of milliseconds")
+    for key in ("requirements", "env_vars"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ResultsError(f"{path}: {key!r} is not an object")
     machine = str(params.get("machine") or path.parent.name)
     out = ResultFile(
         path=path,
@@ -189,7 +198,7 @@ def load_result_file(path: str | os.PathLike[str],
         commit_hash=str(data["commit_hash"]),
         env_name=str(data.get("env_name") or ""),
         date_ms=data.get("date"),
-        python=data.get("python"),
+        python=None if data.get("python") is None else str(data["python"]),
         requirements=data.get("requirements") or {},
         env_vars=data.get("env_vars") or {},
         started_at_ms=None,
@@ -277,8 +286,13 @@ _HEX = re.compile(r"^[0-9a-fA-F]{4,40}$")
 
 def find_results(results_dir: str | os.PathLike[str], *, machine: str | None = None,
                  commit: str | None = None,
-                 benchmarks: dict[str, dict[str, Any]] | None = None) -> list[ResultFile]:
-    """Load every result file matching ``machine`` and the commit hash prefix ``commit``."""
+                 benchmarks: dict[str, dict[str, Any]] | None = None,
+                 broken: list[tuple[Path, ResultsError]] | None = None) -> list[ResultFile]:
+    """Load every result file matching ``machine`` and the commit hash prefix ``commit``.
+
+    A file that cannot be read raises :class:`ResultsError`, unless ``broken`` is a list:
+    then ``(path, error)`` is appended to it and the file is left out.
+    """
     benchmarks = load_benchmarks(results_dir) if benchmarks is None else benchmarks
     out = []
     for path in iter_result_paths(results_dir, machine):
@@ -287,7 +301,13 @@ def find_results(results_dir: str | os.PathLike[str], *, machine: str | None = N
             prefix = commit.lower()
             if not (stem.startswith(prefix[:8]) or prefix.startswith(stem)):
                 continue
-        result = load_result_file(path, benchmarks)
+        try:
+            result = load_result_file(path, benchmarks)
+        except ResultsError as exc:
+            if broken is None:
+                raise
+            broken.append((path, exc))
+            continue
         if commit is not None and not result.commit_hash.lower().startswith(commit.lower()):
             continue
         out.append(result)

@@ -20,10 +20,14 @@ here knows a kernel's benchmarks by name; it finds them by convention:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +35,7 @@ from typing import Any
 
 from kernels.harness import asvresults
 from kernels.harness.asvresults import BenchmarkResult, ResultFile, ResultsError
-from kernels.harness.atomic import atomic_path, write_text_atomic
+from kernels.harness.atomic import atomic_path
 
 KERNEL_ORDER = ("sieve", "montecarlo", "attention")
 BASELINE = "numpy"
@@ -764,18 +768,72 @@ def _machine_section(machine: dict[str, Any] | None, asv_machine: dict[str, Any]
     return out + [""]
 
 
+def _skip_broken(broken: list[tuple[Path, ResultsError]], run: list[ResultFile],
+                 commit: str | None) -> list[str]:
+    """Notes for broken result files that cannot be the run reported; raise otherwise.
+
+    An unreadable file of an older run (a truncated file asv left behind) must not stop
+    the report of the latest one. But a broken file written no earlier than the run
+    picked may be the latest run itself, and one named for ``--commit`` may be the
+    commit asked for: those stop the report.
+    """
+    newest = min((f.path.stat().st_mtime for f in run), default=math.inf)
+    notes = []
+    for path, exc in broken:
+        stem = path.name.split("-", 1)[0].lower()
+        named = commit is not None and (stem.startswith(commit.lower()[:8])
+                                        or commit.lower().startswith(stem))
+        try:
+            recent = path.stat().st_mtime >= newest
+        except OSError:
+            recent = True
+        if named or recent:
+            raise exc
+        note = f"skipped unreadable result file of an older run: {exc}"
+        print(f"kernelrace report: warning: {note}", file=sys.stderr)
+        notes.append(note)
+    return notes
+
+
+def _check_times(merged: dict[str, BenchmarkResult], run: list[ResultFile]) -> None:
+    """A time of zero or below is no measurement: refuse it, naming the point."""
+    for b in merged.values():
+        if b.type != "time":
+            continue
+        for p in b.points():
+            if p.ok and p.value <= 0:
+                files = ", ".join(str(f.path) for f in run)
+                raise ResultsError(f"{files}: {p.label()} has a time of {p.value} s; "
+                                   "a time must be > 0")
+
+
 def build_report(results_dir: Path, machine_path: Path, out_dir: Path, *,
                  asv_machine: str | None = None, commit: str | None = None,
-                 machine_required: bool = False) -> tuple[str, list[Path]]:
-    """Read everything and write the plots; returns (markdown, plot paths)."""
+                 machine_required: bool = False,
+                 plots_dir: Path | None = None) -> tuple[str, list[Path]]:
+    """Read everything and write the plots; returns (markdown, plot paths).
+
+    Plots go to ``plots_dir`` (default ``out_dir/plots``); the page links them as
+    ``plots/<name>``. :func:`run` passes a staging folder and swaps it in whole.
+    """
     from kernels.harness.machine import load_machine
 
     benchmarks = asvresults.load_benchmarks(results_dir)
-    files = asvresults.find_results(results_dir, machine=asv_machine, benchmarks=benchmarks)
+    broken: list[tuple[Path, ResultsError]] = []
+    files = asvresults.find_results(results_dir, machine=asv_machine, benchmarks=benchmarks,
+                                    broken=broken)
     if not files:
+        if broken:
+            raise broken[0][1]
         raise ResultsError(f"{results_dir}: no asv result files (run `make bench` or `asv run`)")
-    run = pick_run(files, commit)
+    try:
+        run = pick_run(files, commit)
+    except ResultsError:
+        _skip_broken(broken, [], commit)  # the commit asked for may be the broken file
+        raise
+    skipped_notes = _skip_broken(broken, run, commit)
     merged = asvresults.merge(run)
+    _check_times(merged, run)
     machine: dict[str, Any] | None = None
     if machine_path.exists():
         try:
@@ -792,13 +850,16 @@ def build_report(results_dir: Path, machine_path: Path, out_dir: Path, *,
             asv_info = json.loads(asv_machine_file.read_text())
         except json.JSONDecodeError:
             raise ResultsError(f"{asv_machine_file}: corrupt JSON") from None
+        if not isinstance(asv_info, dict):
+            raise ResultsError(f"{asv_machine_file}: expected a JSON object (asv's machine "
+                               f"description), got {type(asv_info).__name__}")
 
     by_kernel: dict[str, list[BenchmarkResult]] = {}
     for b in merged.values():
         by_kernel.setdefault(asvresults.kernel_of(b.name), []).append(b)
-    plots_dir = out_dir / "plots"
+    plots_dir = out_dir / "plots" if plots_dir is None else plots_dir
     plots: list[Path] = []
-    notes: list[str] = []
+    notes: list[str] = list(skipped_notes)
     r0 = run[0]
     when = _dt.datetime.fromtimestamp((r0.started_at_ms or r0.date_ms or 0) / 1000, _dt.UTC)
     commit_date = (_dt.datetime.fromtimestamp(r0.date_ms / 1000, _dt.UTC)
@@ -965,24 +1026,120 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="commit hash prefix to report (default: the latest run)")
 
 
+# Staging folders and set-aside plot folders carry the writer's pid, so a later run
+# removes those of a run that died (kill -9) and leaves a live one's alone.
+_STAGING_PREFIX = ".report-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Leftovers of runs that died: staging folders, temp report.md, temp plots."""
+    for staging in out_dir.glob(f"{_STAGING_PREFIX}*.tmp"):
+        pid = staging.name[len(_STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+    stale = list(out_dir.glob(".report.md.*.tmp"))
+    if (out_dir / "plots").is_dir():
+        stale += list((out_dir / "plots").glob(".*.png.*.tmp"))
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _check_out(out_dir: Path, results_dir: Path) -> None:
+    if out_dir.resolve() == results_dir.resolve() or results_dir.resolve() in (
+            out_dir.resolve().parents):
+        raise ResultsError(f"--out {out_dir} is inside the asv results {results_dir}; "
+                           "the report never writes there")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ResultsError(f"--out {out_dir} is a file, not a folder")
+    for name, kind in (("plots", "a folder"), ("report.md", "a file")):
+        path = out_dir / name
+        if path.exists() and path.is_dir() != (kind == "a folder"):
+            raise ResultsError(f"{path} is in the way: it should be {kind}")
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Move staging/plots and staging/report.md over out_dir's, as close to at once as
+    two renames allow; on an error in between, put the previous plots back.
+
+    Files in the old plots folder that the report does not make (not ``*.png``) are
+    carried over; old PNGs go, so no plot of a benchmark that is gone stays behind.
+    """
+    new_plots, old_plots = staging / "plots", out_dir / "plots"
+    new_plots.mkdir(exist_ok=True)
+    if old_plots.is_dir():
+        for p in old_plots.iterdir():
+            keep = not p.name.endswith(".png") and not p.name.endswith(".tmp")
+            if keep and not (new_plots / p.name).exists():
+                if p.is_dir():
+                    shutil.copytree(p, new_plots / p.name)
+                else:
+                    shutil.copy2(p, new_plots / p.name)
+    set_aside = staging / "previous-plots"
+    had_plots = old_plots.is_dir()
+    if had_plots:
+        os.rename(old_plots, set_aside)
+    try:
+        os.rename(new_plots, old_plots)
+    except BaseException:
+        if had_plots:
+            os.rename(set_aside, old_plots)
+        raise
+    try:
+        os.chmod(staging / "report.md", 0o644)
+        os.replace(staging / "report.md", out_dir / "report.md")
+    except BaseException:
+        os.rename(old_plots, staging / "unused-plots")
+        if had_plots:
+            os.rename(set_aside, old_plots)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
-    """Write report.md and the plots; 0 on success, 2 when results are missing or corrupt."""
+    """Write report.md and the plots, all or nothing; 0 on success, 2 when the inputs are
+    missing, corrupt or malformed (the previous report and plots are then left whole)."""
     machine_path = Path(args.machine or "results/machine.json")
     out_dir = Path(args.out)
     results_dir = Path(args.results)
+    staging: Path | None = None
     try:
-        if out_dir.resolve() == results_dir.resolve() or results_dir.resolve() in (
-                out_dir.resolve().parents):
-            raise ResultsError(f"--out {out_dir} is inside the asv results {results_dir}; "
-                               "the report never writes there")
-        text, plots = build_report(results_dir, machine_path, out_dir,
-                                   asv_machine=args.asv_machine, commit=args.commit,
-                                   machine_required=args.machine is not None)
+        _check_out(out_dir, results_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultsError(f"--out {out_dir}: cannot create ({exc.strerror or exc})") from None
+        _remove_stale(out_dir)
+        staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-",
+                                        suffix=".tmp", dir=out_dir))
+        try:
+            text, plots = build_report(results_dir, machine_path, out_dir,
+                                       asv_machine=args.asv_machine, commit=args.commit,
+                                       machine_required=args.machine is not None,
+                                       plots_dir=staging / "plots")
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError,
+                ZeroDivisionError) as exc:
+            # A shape the checks above did not foresee: still an input error, exit 2.
+            raise ResultsError(f"malformed input in {results_dir} or {machine_path} "
+                               f"({type(exc).__name__}: {exc})") from exc
+        (staging / "report.md").write_text(text + "\n", encoding="utf-8")
+        _swap_in(staging, out_dir)
     except ResultsError as exc:
         print(f"kernelrace report: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     report = out_dir / "report.md"
-    write_text_atomic(report, text + "\n")
     print(f"wrote {report} and {len(plots)} plot(s) in {out_dir / 'plots'}")
     return 0
 
