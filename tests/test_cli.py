@@ -199,3 +199,84 @@ def test_bad_arguments_exit_non_zero_with_a_message(argv: str, message: str, cap
         code = exc.code
     assert code not in (0, None)
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Strict numbers, the grid checked first, finished points kept (issue 16, item 8)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        ("run --kernel sieve --size 1.9e0", "--size"),
+        ("run --kernel sieve --size 1e-3", "--size"),
+        ("run --kernel sieve --size 1e400", "--size"),
+        ("run --kernel sieve --size inf", "--size"),
+        ("run --kernel sieve --size 1e999999999", "--size"),
+        ("run --kernel sieve --size 10 --repeat 0", "--repeat"),
+        ("run --kernel sieve --size 10 --warmup -3", "--warmup"),
+        ("run --kernel sieve --size 10 --workers 1e6", "--workers"),
+        ("run --kernel sieve --size 10 --workers 2.5", "--workers"),
+        ("run --kernel attention --size 10 --seed -1", "--seed"),
+        ("run --kernel attention --size 10 --batch 0", "--batch"),
+        ("machine --array-bytes infG", "--array-bytes"),
+        ("machine --array-bytes 1e400G", "--array-bytes"),
+        ("machine --repeats 0", "--repeats"),
+    ],
+)
+def test_numbers_parse_strictly_and_errors_name_the_flag(argv: str, flag: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv.split())
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and "Traceback" not in err
+    assert "expected" in err  # says what it takes
+
+
+def test_exact_whole_numbers_in_any_notation_are_accepted() -> None:
+    args = cli.build_parser().parse_args(
+        "run --kernel sieve --size 1e3 --size 1_000 --size 2.0 --workers 2e0".split())
+    assert args.size == [1000, 1000, 2] and args.workers == [2]
+
+
+def test_every_point_is_checked_before_the_first_is_timed(monkeypatch, capsys) -> None:
+    from kernels.harness import runner
+
+    timed = []
+    real = runner.run_point
+    monkeypatch.setattr(runner, "run_point", lambda *a, **k: timed.append(a) or real(*a, **k))
+    argv = "run --kernel sieve --strategy pipeline --size 1e3 --size 1e9 --json --repeat 1"
+    assert cli.main(argv.split()) == 2
+    captured = capsys.readouterr()
+    assert timed == [] and captured.out == ""
+    assert "pipeline size=1000000000 workers=1" in captured.err
+    assert "n must be <= 10000" in captured.err
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_later_failure_keeps_the_finished_points(monkeypatch, capsys, as_json) -> None:
+    real = sieve.count_primes
+
+    def fails_at_2000(n, **kwargs):
+        if n == 2000:
+            raise RuntimeError("the kernel broke")
+        return real(n, **kwargs)
+
+    monkeypatch.setattr(sieve, "count_primes", fails_at_2000)
+    argv = ("run --kernel sieve --strategy numpy --size 1000 --size 2000 --size 3000 "
+            "--repeat 1 --warmup 0" + (" --json" if as_json else ""))
+    assert cli.main(argv.split()) == 2
+    captured = capsys.readouterr()
+    assert "error at point 2 of 3 (numpy size=2000 workers=1)" in captured.err
+    assert "the kernel broke" in captured.err
+    if as_json:
+        rows = json.loads(captured.out)
+        assert len(rows) == 2
+        assert rows[0]["size"] == 1000 and rows[0]["count"] == 168 and "error" not in rows[0]
+        assert rows[1]["size"] == 2000 and rows[1]["error"] == "RuntimeError: the kernel broke"
+        assert "median_s" not in rows[1]
+    else:
+        lines = captured.out.splitlines()
+        assert any(line.split()[:2] == ["numpy", "1000"] for line in lines)
+        assert any(line.split()[:4] == ["numpy", "2000", "1", "failed"] for line in lines)

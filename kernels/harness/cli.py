@@ -13,7 +13,8 @@ import math
 import sys
 from typing import Any
 
-from kernels import registry
+from kernels import executors, registry
+from kernels.harness.argtypes import whole_number
 
 # Subcommands that live in their own harness module: name -> (module, help).
 # Each module provides add_arguments(parser) and run(args) -> exit code.
@@ -28,14 +29,11 @@ _MODULE_COMMANDS = {
 }
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+# Ceilings of the run command's numbers. Sizes: the largest any kernel takes (the
+# sieve's n and Monte Carlo's samples, 2**62); each kernel then checks its own range.
+MAX_SIZE = 1 << 62
+MAX_SEED = (1 << 64) - 1
+MAX_BATCH = 1 << 20
 
 
 def _table(headers: list[str], rows: list[list[Any]], out=None) -> None:
@@ -165,8 +163,9 @@ class _Progress:
         return self
 
     def step(self, point: Any) -> None:
-        label = registry.label(point.strategy, point.inner)
-        text = f"{label} size={point.size} workers={point.workers}"
+        from kernels.harness.runner import describe_point
+
+        text = describe_point(point)
         if self._rich is not None:
             if self.done:
                 self._rich.advance(self._task)
@@ -201,28 +200,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         registry.require_available(module, strategy)
     sizes = args.size or list(module.DEFAULT_SIZES)
     workers = args.workers or [1]
-    for w in workers:
-        registry_workers = w  # validated by the kernel too; refuse 0 here for a clean message
-        if registry_workers < 1:
-            raise ValueError(f"workers must be >= 1, got {w}")
     points = runner.grid(labels, sizes, workers)
     options = _case_options(args)
-    rows = []
+    # Every point is checked before the first is timed (run_grid does it too, for
+    # API callers); a bad one is refused here with nothing run and nothing written.
+    runner.check_points(args.kernel, points, options)
+    rows: list[dict[str, Any]] = []
+    failure: BaseException | None = None
     with _Progress(len(points)) as progress:
-        for row in runner.run_grid(
+        grid = runner.run_grid(
             args.kernel, points, repeat=args.repeat, warmup=args.warmup,
             options=options, progress=progress.step,
-        ):
-            rows.append(row)
+        )
+        try:
+            for row in grid:
+                rows.append(row)
+        except (Exception, KeyboardInterrupt) as exc:
+            # Keep the points that finished and record the one that did not.
+            failure = exc
+            point = points[len(rows)]
+            rows.append({
+                "kernel": args.kernel, "strategy": point.strategy, "inner": point.inner,
+                "size": point.size, "workers": point.workers,
+                "error": "interrupted" if isinstance(exc, KeyboardInterrupt)
+                else f"{type(exc).__name__}: {exc}",
+            })
     runner.add_speedups(rows)
+    _write_rows(args, rows, labels)
+    if isinstance(failure, KeyboardInterrupt):
+        raise failure
+    if failure is not None:
+        done = len(rows) - 1
+        print(f"kernelrace run: error at point {done + 1} of {len(points)} "
+              f"({runner.describe_point(points[done])}): {type(failure).__name__}: {failure}; "
+              f"the {done} finished point(s) are written above", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _write_rows(args: argparse.Namespace, rows: list[dict[str, Any]], labels: list[str]) -> None:
+    """The rows as JSON (``--json``) or as a table; a failed point's row has ``error``."""
     if args.json:
         json.dump(rows, sys.stdout, indent=2, default=str)
         print()
-        return 0
-    extra = [k for k in rows[0] if k not in _COMMON_FIELDS] if rows else []
+        return
+    timed = [r for r in rows if "error" not in r]
+    extra = [k for k in timed[0] if k not in _COMMON_FIELDS] if timed else []
     headers = ["strategy", "size", "workers", "median", "min..max", "speedup"] + extra
     table = []
     for r in rows:
+        if "error" in r:
+            table.append([registry.label(r["strategy"], r["inner"]), r["size"], r["workers"],
+                          "failed", "-", "-"] + [None] * len(extra))
+            continue
         table.append(
             [
                 registry.label(r["strategy"], r["inner"]),
@@ -236,7 +266,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     _table(headers, table)
     print(f"median of {args.repeat} runs after {args.warmup} warm-up; speedup vs {labels[0]}")
-    return 0
 
 
 _COMMON_FIELDS = {
@@ -248,6 +277,13 @@ _COMMON_FIELDS = {
 # ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
+
+
+def runner_max_repeat() -> int:
+    """The ceiling of --repeat and --warmup (the runner's, so both say the same)."""
+    from kernels.harness.runner import MAX_REPEAT
+
+    return MAX_REPEAT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,18 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="strategy, or strategy:inner for threaded/multiprocess (repeatable; "
         "default: every available one). Speedups are against the first.",
     )
-    p.add_argument("--size", action="append", type=_positive_int,
+    p.add_argument("--size", action="append", type=whole_number(0, MAX_SIZE),
                    help="problem size: n for sieve, samples for montecarlo, context length for "
-                   "attention (repeatable; 1e8 style accepted)")
+                   "attention (repeatable; a whole number, 1e8 style accepted; at most 2**62)")
     p.add_argument(
-        "--workers", action="append", type=_positive_int, help="worker count (repeatable)"
+        "--workers", action="append", type=whole_number(1, executors.max_workers()),
+        help=f"worker count (repeatable; at most {executors.max_workers()}: "
+        f"{executors.MAX_WORKERS_PER_CORE} x the usable cores, at least "
+        f"{executors.MIN_MAX_WORKERS})",
     )
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per point (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--repeat", type=whole_number(1, runner_max_repeat()), default=5,
+                   help="timed runs per point (default 5)")
+    p.add_argument("--warmup", type=whole_number(0, runner_max_repeat()), default=1,
+                   help="untimed runs first (default 1)")
     p.add_argument("--json", action="store_true", help="write rows as JSON to stdout")
-    p.add_argument("--seed", type=int, help="montecarlo: random seed")
+    p.add_argument("--seed", type=whole_number(0, MAX_SEED),
+                   help="random seed, 0 to 2**64 - 1 (montecarlo, attention)")
     p.add_argument("--preset", help="attention: config preset (mha, gqa, mqa, mla, mla-v3)")
-    p.add_argument("--batch", type=int, help="attention: batch size")
+    p.add_argument("--batch", type=whole_number(1, MAX_BATCH), help="attention: batch size")
     p.add_argument("--mla-impl", dest="mla_impl", choices=("naive", "absorbed"),
                    help="attention, MLA presets: naive or absorbed (default absorbed)")
     p.set_defaults(func=cmd_run)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kernels.harness.argtypes import byte_size, whole_number
 from kernels.harness.atomic import write_text_atomic
 
 SCHEMA = 1
@@ -69,7 +70,7 @@ def _parse_size(text: str) -> int | None:
         if text and text[-1].upper() in scale:
             return int(float(text[:-1]) * scale[text[-1].upper()])
         return int(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # "infK" from a broken sysfs or lscpu
         return None
 
 
@@ -579,13 +580,9 @@ def summary(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _bytes_arg(text: str) -> int:
-    value = _parse_size(text.upper().replace("IB", ""))
-    if value is None or value < 8:
-        raise argparse.ArgumentTypeError(
-            f"expected a size in bytes such as 1G or 256M, got {text!r}"
-        )
-    return value
+# --array-bytes: at least one float64; at most 1 TiB per array (3 are held).
+_bytes_arg = byte_size(8, 1 << 40)
+MAX_REPEATS = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -597,7 +594,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "3 repeats: a first look (bandwidth partly from cache)")
     parser.add_argument("--array-bytes", type=_bytes_arg, default=None,
                         help="bytes per bandwidth array, e.g. 1G (default 1G; 3 arrays held)")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=whole_number(1, MAX_REPEATS), default=None,
                         help="timed passes per figure, median reported (default 5, quick 3)")
     parser.add_argument("--json", action="store_true", help="also print the JSON to stdout")
 
@@ -615,10 +612,15 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Measure, write the JSON atomically, print the summary; exit code."""
-    array_bytes = args.array_bytes or (QUICK_ARRAY_BYTES if args.quick else DEFAULT_ARRAY_BYTES)
-    repeats = args.repeats or (3 if args.quick else 5)
-    if repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    array_bytes = args.array_bytes
+    if array_bytes is None:
+        array_bytes = QUICK_ARRAY_BYTES if args.quick else DEFAULT_ARRAY_BYTES
+    repeats = args.repeats
+    if repeats is None:
+        repeats = 3 if args.quick else 5
+    # Checked here too for callers that build args without the parser: 0 is not "default".
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise ValueError(f"--repeats must be in [1, {MAX_REPEATS}], got {repeats}")
     matmul_n = QUICK_MATMUL_N if args.quick else DEFAULT_MATMUL_N
     print(f"measuring: 3 x {array_bytes / MiB:.0f} MiB arrays, matmul n={matmul_n}, "
           f"{repeats} repeats ...", file=sys.stderr, flush=True)

@@ -79,6 +79,42 @@ def run_point(
     return row
 
 
+MAX_REPEAT = 10**6
+
+
+def check_points(kernel: str, points: list[Point], options: dict[str, Any]) -> None:
+    """Raise what the first bad point's ``make_case`` would, before any point is timed.
+
+    Uses the kernel's ``check_case`` (which builds nothing: an attention case would
+    fill its whole cache); the error says which point it is.
+    """
+    module = registry.kernel_module(kernel)
+    check = getattr(module, "check_case", None)
+    for point in points:
+        kwargs = dict(strategy=point.strategy, inner=point.inner, workers=point.workers)
+        try:
+            if check is not None:
+                check(point.size, **kwargs, **options)
+            else:  # a kernel without check_case: make_case must then be cheap
+                module.make_case(point.size, **kwargs, **options).close()
+        except (ValueError, TypeError, RuntimeError) as exc:
+            kind = type(exc) if type(exc) in (ValueError, TypeError, RuntimeError) else ValueError
+            raise kind(f"{describe_point(point)}: {exc}") from exc
+
+
+def describe_point(point: Point) -> str:
+    """``threaded:numba size=1000 workers=2``, as the progress line and errors write it."""
+    label = registry.label(point.strategy, point.inner)
+    return f"{label} size={point.size} workers={point.workers}"
+
+
+def _check_counts(repeat: Any, warmup: Any) -> None:
+    for name, value, low in (("repeat", repeat, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                low <= value <= MAX_REPEAT):
+            raise ValueError(f"{name} must be an int in [{low}, {MAX_REPEAT}], got {value!r}")
+
+
 def run_grid(
     kernel: str,
     points: list[Point],
@@ -88,7 +124,12 @@ def run_grid(
     options: dict[str, Any],
     progress: Callable[[Point], Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Time every point in turn, yielding rows as they finish."""
+    """Time every point in turn, yielding rows as they finish.
+
+    Every point is checked (:func:`check_points`) before the first is timed.
+    """
+    _check_counts(repeat, warmup)
+    check_points(kernel, points, options)
     for point in points:
         if progress is not None:
             progress(point)
@@ -98,6 +139,7 @@ def run_grid(
 def add_speedups(rows: list[dict[str, Any]]) -> None:
     """Set ``speedup`` on each row: the first strategy's time at the same size and workers,
     over the row's own."""
+    rows = [r for r in rows if "median_s" in r]  # a failed point's row has no time
     if not rows:
         return
     first = (rows[0]["strategy"], rows[0]["inner"])
