@@ -8,6 +8,11 @@ so a warm pool does not pin memory of caches already freed.
 Only the creator unlinks. A worker's attach is unregistered from the resource
 tracker, because on Python < 3.13 the tracker would otherwise unlink the parent's
 segment when the worker exits.
+
+A segment's name carries its creator's pid (``kr_attn_<pid>_<random>``). A creator
+killed outright (SIGKILL of its process group, the OOM killer taking the resource
+tracker too) cannot unlink, so the first segment a process creates first removes the
+segments whose creator is gone (:func:`remove_stale_segments`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class SharedArray:
     def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
         dt = np.dtype(dtype)
         nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+        _remove_stale_once()
         name = SEGMENT_PREFIX + f"{os.getpid()}_" + secrets.token_hex(6)
         self._shm: shared_memory.SharedMemory | None = shared_memory.SharedMemory(
             name=name, create=True, size=nbytes
@@ -87,6 +93,59 @@ def live_segments() -> set[str]:
     """Names of segments this process created and has not unlinked yet."""
     with _live_lock:
         return set(_live)
+
+
+def owner_pid(name: str) -> int | None:
+    """The pid of the process that created segment ``name``, or None if not one of ours."""
+    if not name.startswith(SEGMENT_PREFIX):
+        return None
+    pid, sep, _ = name[len(SEGMENT_PREFIX) :].partition("_")
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_segments() -> list[str]:
+    """Unlink this package's segments in /dev/shm whose creator is gone; their names.
+
+    A segment whose pid now belongs to another process is kept (pids are reused; keeping
+    one too many is the safe side). The check assumes the processes sharing /dev/shm
+    share one pid namespace, as on a plain Linux machine or inside one container.
+    """
+    removed = []
+    for name in leftover_segments():
+        pid = owner_pid(name)
+        if pid is None or _process_exists(pid):
+            continue
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+        except (FileNotFoundError, PermissionError):  # another process got there first
+            continue
+        removed.append(name)
+    return removed
+
+
+_stale_checked = False
+
+
+def _remove_stale_once() -> None:
+    global _stale_checked
+    with _live_lock:
+        if _stale_checked:
+            return
+        _stale_checked = True
+    try:
+        remove_stale_segments()
+    except OSError:  # pragma: no cover - cleanup is best effort, never a reason to fail
+        pass
 
 
 def leftover_segments() -> list[str]:
