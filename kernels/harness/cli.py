@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from kernels import executors, registry
+from kernels.harness import termination
 from kernels.harness.argtypes import whole_number
 
 # Subcommands that live in their own harness module: name -> (module, help).
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous_sigterm = termination.sigterm_raises()  # SIGTERM unwinds like Ctrl-C
     try:
         if getattr(args, "module", None):
             if getattr(args, "missing", False):
@@ -356,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, RuntimeError) as exc:
         print(f"kernelrace {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return termination.interrupted(exc)
+    finally:
+        termination.restore(previous_sigterm)
