@@ -1,0 +1,337 @@
+"""Faults: a worker that dies, an unguarded script, SIGTERM and SIGKILL of the caller,
+shared-memory segments left by a killed run (issue 16, items 1 and 4).
+
+Every test bounds its wait with a generous time-out (a loaded 2-core machine) and checks
+that no process and no /dev/shm segment outlives it; none asserts a duration otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+
+import _workers
+import pytest
+
+from kernels import executors
+from kernels.attention import shared
+
+REPO = Path(__file__).resolve().parents[1]
+# How long a fault may take to surface on a busy machine; the point is "not for ever".
+PROMPT_S = 60
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="forkserver, prctl and /proc are Linux's"
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_pools():
+    executors.shutdown_pools()
+    yield
+    executors.shutdown_pools()
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` in the process tree."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _wait_until_gone(pids, timeout: float = PROMPT_S) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {p for p in pids if _alive(p)}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _segments_of(pid: int) -> list[str]:
+    return [n for n in shared.leftover_segments() if shared.owner_pid(n) == pid]
+
+
+# ---------------------------------------------------------------------------
+# A worker that dies
+# ---------------------------------------------------------------------------
+
+
+def _kill_soon(pids: list[int], delay: float) -> subprocess.Popen:
+    """SIGKILL ``pids`` from another process after ``delay`` seconds (the caller blocks)."""
+    code = f"import os, time; time.sleep({delay}); [os.kill(p, 9) for p in {pids!r}]"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_a_worker_killed_mid_run_raises_with_its_signal_promptly() -> None:
+    executor = executors.get_executor("processes", 2)
+    pids = executor.pids()
+    killer = _kill_soon(pids[:1], 1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(executors.WorkerLost, match="SIGKILL") as info:
+            # Minutes of sleeping: only the dead worker can end this call early.
+            executor.map(time.sleep, [600, 600])
+    finally:
+        killer.wait(timeout=PROMPT_S)
+    assert time.monotonic() - started < PROMPT_S
+    assert info.value.exitcode == -signal.SIGKILL and info.value.pid == pids[0]
+    assert "out-of-memory" in str(info.value)
+    # The whole pool went with it, and the next call starts a fresh one.
+    assert _wait_until_gone(pids) == set()
+    assert executors._pools.get(("processes", 2)) is not executor
+    assert executors.run_chunks("processes", _workers.square, [3, 4], 2) == [9, 16]
+
+
+def test_a_worker_killed_while_idle_does_not_wedge_the_next_call() -> None:
+    # An idle worker holds the task queue's read lock while it waits for work: killed
+    # there, it used to leave the pool unable to hand out a task or to terminate.
+    executor = executors.get_executor("processes", 2)
+    pids = executor.pids()
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + PROMPT_S
+    while executor.lost_worker() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert executor.lost_worker() is not None
+    # run_chunks finds the warm pool broken, stops it and starts a fresh one.
+    assert executors.run_chunks("processes", _workers.square, range(6), 2) == [
+        x * x for x in range(6)
+    ]
+    assert _wait_until_gone(pids) == set()
+    # Holding the broken executor directly, a call is refused rather than left to hang.
+    with pytest.raises(RuntimeError, match="closed"):
+        executor.map(_workers.square, [1])
+
+
+def test_a_worker_that_cannot_run_its_task_is_an_error_not_a_restart_loop(tmp_path) -> None:
+    # A task function from a module the workers cannot import: the worker dies unpickling
+    # its task, and Pool would start a replacement that waits for a task that never comes.
+    executor = executors.get_executor("processes", 2)
+    pids = executor.pids()
+    module = tmp_path / "kr_only_in_the_parent.py"
+    module.write_text("def double(x):\n    return 2 * x\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import kr_only_in_the_parent
+
+        with pytest.raises(executors.WorkerLost, match="exited with code 1") as info:
+            executor.map(kr_only_in_the_parent.double, [1, 2])
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("kr_only_in_the_parent", None)
+    assert "traceback is on stderr" in str(info.value)
+    assert _wait_until_gone(pids) == set()
+
+
+# ---------------------------------------------------------------------------
+# Scripts as users first write them
+# ---------------------------------------------------------------------------
+
+_UNGUARDED = """\
+import math
+
+from kernels import executors, sieve
+
+OFFSET = 3
+
+
+def helper(x):
+    return x + OFFSET
+
+
+def from_main(x):
+    return math.isqrt(helper(x))
+
+
+print(sieve.count_primes(10**5, strategy="multiprocess", workers=2, inner="numpy"))
+print(executors.run_chunks("processes", from_main, [1, 6], 2))
+"""
+
+
+def _run_user_code(args: list[str], cwd: Path, stdin: str | None = None):
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, input=stdin, capture_output=True, text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("how", ["script", "stdin", "dash-c"])
+def test_multiprocess_works_without_a_main_guard(tmp_path, how: str) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    if how == "script":
+        done = _run_user_code([str(script)], tmp_path)
+    elif how == "stdin":
+        done = _run_user_code(["-"], tmp_path, stdin=_UNGUARDED)
+    else:
+        done = _run_user_code(["-c", _UNGUARDED], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 9592 primes below 10**5; the main-module function ran with its globals.
+    assert done.stdout.split("\n")[:2] == ["9592", "[2, 3]"]
+    assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# The caller stopped: SIGKILL, SIGTERM
+# ---------------------------------------------------------------------------
+
+_HOLD_A_POOL = """\
+import json, time
+from kernels import executors
+
+executor = executors.get_executor("processes", 2)
+print(json.dumps(executor.pids()), flush=True)
+executor.map(time.sleep, [600, 600])
+"""
+
+
+def _read_line(proc: subprocess.Popen, what: str) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    assert ready, f"{what} did not appear within 120 s"
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()[-3000:]
+    return line
+
+
+def test_workers_die_with_a_caller_killed_outright(tmp_path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_POOL], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        workers = json.loads(_read_line(proc, "the pool"))
+        started = _descendants(proc.pid)  # the forkserver, resource tracker, workers
+        assert set(workers) <= started
+        proc.kill()  # SIGKILL: no handler, no finally, no atexit
+        proc.wait(timeout=PROMPT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _wait_until_gone(started) == set(), "processes outlived their killed caller"
+
+
+def test_sigterm_stops_a_multiprocess_cli_run_cleanly(tmp_path) -> None:
+    # Attention under multiprocess holds its cache in kr_attn_* segments; thousands of
+    # small steps keep the run going until the signal comes.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernels", "run", "--kernel", "attention",
+         "--strategy", "multiprocess:numpy", "--size", "256", "--workers", "2",
+         "--repeat", "100000", "--warmup", "0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        started: set[int] = set()
+        while time.monotonic() < deadline and proc.poll() is None:
+            started = _descendants(proc.pid)
+            if _segments_of(proc.pid) and len(started) >= 3:  # forkserver + 2 workers
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert _segments_of(proc.pid), "the run did not create its shared cache in time"
+        time.sleep(0.5)
+        started |= _descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=PROMPT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-3000:]
+    assert "terminated" in err
+    assert "Traceback" not in err
+    assert _wait_until_gone(started) == set(), "processes outlived the terminated run"
+    assert _segments_of(proc.pid) == []
+
+
+# ---------------------------------------------------------------------------
+# Segments left by a run killed outright
+# ---------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and is reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _plant_segment(name: str) -> None:
+    """A segment in /dev/shm that nobody in this process owns or will unlink."""
+    seg = shared_memory.SharedMemory(name=name, create=True, size=64)
+    resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+    seg.close()
+
+
+def test_stale_segments_of_a_gone_owner_are_removed_live_ones_kept() -> None:
+    dead = _dead_pid()
+    stale = f"{shared.SEGMENT_PREFIX}{dead}_feedc0ffee00"
+    live = f"{shared.SEGMENT_PREFIX}{os.getpid()}_feedc0ffee01"
+    foreign = "kr_other_prefix_feedc0ffee02"
+    if _alive(dead):  # pragma: no cover - the pid was reused at once
+        pytest.skip("the exited child's pid is in use again")
+    for name in (stale, live, foreign):
+        _plant_segment(name)
+    try:
+        assert shared.owner_pid(stale) == dead and shared.owner_pid(foreign) is None
+        assert stale in shared.remove_stale_segments()
+        names = set(os.listdir("/dev/shm"))
+        assert stale not in names
+        assert live in names and foreign in names
+    finally:
+        for name in (stale, live, foreign):
+            try:
+                os.unlink(f"/dev/shm/{name}")
+            except FileNotFoundError:
+                pass
+
+
+def test_the_first_segment_a_process_creates_clears_stale_ones(tmp_path) -> None:
+    stale = f"{shared.SEGMENT_PREFIX}{_dead_pid()}_feedc0ffee03"
+    _plant_segment(stale)
+    code = (
+        "from kernels.attention import shared\n"
+        "a = shared.SharedArray((4,), 'f4')\n"
+        "a.unlink()\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert stale not in os.listdir("/dev/shm")
+    finally:
+        try:
+            os.unlink(f"/dev/shm/{stale}")
+        except FileNotFoundError:
+            pass
