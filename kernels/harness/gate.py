@@ -545,7 +545,8 @@ def run_gate(repo: Path, base: str, head: str, opts: GateOptions,
                         status += f", {point.busy_rounds} busy discarded"
                 else:
                     status = point.skip and f"skipped: {point.skip}" or (point.error or "")
-                    status = status.strip().splitlines()[-1] if status else "no rounds"
+                    status = status.strip().splitlines()[-1] if status else (
+                        f"no clean round, {point.busy_rounds} busy discarded")
                 log(f"[{i:>3}/{len(points)}] {time.monotonic() - t0:5.1f} s  {status}  "
                     f"{point.label()}")
     finally:
