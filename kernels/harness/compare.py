@@ -356,8 +356,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with results for both commits)")
     parser.add_argument("--bench", "-b", default=None,
                         help="only benchmarks whose name matches this regex (with --run: "
-                        "points whose label name(params) matches, from the full params grid; "
-                        "default: the suites' regression set, gate_params)")
+                        "points whose label name(param, ...) matches)")
+    parser.add_argument("--all-points", action="store_true",
+                        help="--run: every point of the suites' params grids, not only the "
+                        "regression set (each class's gate_params)")
     parser.add_argument("--split", action="store_true",
                         help="also list unchanged and tracked values (with --run: every point)")
     parser.add_argument("--no-stats", dest="use_stats", action="store_false",
@@ -414,7 +416,8 @@ def run_paired(args: argparse.Namespace) -> int:
         base = resolve_commit(args.base, repo)
         head = resolve_commit(args.head, repo)
         opts = gate.GateOptions(factor=args.factor, rounds=args.rounds, alpha=args.alpha,
-                                busy=args.busy_threshold, bench=args.bench)
+                                busy=args.busy_threshold, bench=args.bench,
+                                all_points=args.all_points)
         points = gate.run_gate(repo, base, head, opts)
     except KeyboardInterrupt:
         print("kernelrace compare: interrupted; workers stopped", file=sys.stderr)

@@ -496,7 +496,8 @@ class GateOptions:
     rounds: int = DEFAULT_ROUNDS
     alpha: float = 0.05
     busy: float = DEFAULT_BUSY
-    bench: str | None = None  # regex on labels; None: the suites' gate_params
+    bench: str | None = None  # regex searched in the points' labels ``name(params)``
+    all_points: bool = False  # every point of the params grids, not only gate_params
     state_dir: Path | None = None  # default <repo>/.asv/gate
 
 
@@ -520,7 +521,7 @@ def run_gate(repo: Path, base: str, head: str, opts: GateOptions,
             lists = []
             for side in sides:
                 ans = side.request(300.0, cmd="list", bench=opts.bench,
-                                   gate_only=opts.bench is None)
+                                   gate_only=not opts.all_points)
                 if "error" in ans:
                     raise GateError(f"{side.label}: {ans['error']}")
                 lists.append(ans["points"])
