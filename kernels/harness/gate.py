@@ -6,7 +6,7 @@ so numba's on-disk cache survives) and a Python environment: the one running the
 when it already satisfies the commit's ``[project].dependencies``, else a virtualenv
 built once per distinct dependency list. One long-lived worker process per side
 (:mod:`kernels.harness.gate_worker`) imports that commit's asv suite; for every
-benchmark point both sides run ``setup``, then short rounds A, B, B, A, A, B... so a
+benchmark point both sides run ``setup``, then samples A, B, B, A, A, B... so a
 drift of the machine hits both sides of a round alike. Each round gives one log ratio
 HEAD / BASE; :mod:`kernels.harness.pairedstats` turns a point's rounds into a ratio,
 an interval and a p-value, and controls the false alarms over all the points.
@@ -45,7 +45,7 @@ from kernels.harness.pairedstats import PointStats, Verdict
 WORKER_SCRIPT = Path(__file__).with_name("gate_worker.py")
 DEFAULT_ROUNDS = 12
 DEFAULT_BUSY = 0.10  # share of all cores' time other processes may take during a round
-ROUND_SECONDS = 0.15  # each side's share of a round, at least
+ROUND_SECONDS = 0.15  # each side's share of a round (samples, in pairs), at least
 SAMPLE_SECONDS = 0.01  # one sample (``number`` calls), at least
 SETUP_TIMEOUT = 300.0
 
@@ -294,8 +294,9 @@ class Point:
     name: str
     key: list[str]
     timeout: float = 60.0
-    base_s: list[float] = dataclasses.field(default_factory=list)  # per clean round
-    head_s: list[float] = dataclasses.field(default_factory=list)
+    base_s: list[float] = dataclasses.field(default_factory=list)  # per clean round: median
+    head_s: list[float] = dataclasses.field(default_factory=list)  # of the round's samples
+    d: list[float] = dataclasses.field(default_factory=list)  # per round: median ln(HEAD/BASE)
     busy_rounds: int = 0
     number: int = 1
     samples_per_round: int = 1
@@ -307,7 +308,8 @@ class Point:
         return f"{self.name}({', '.join(self.key)})" if self.key else self.name
 
     def log_ratios(self) -> list[float]:
-        return [math.log(h / a) for a, h in zip(self.base_s, self.head_s, strict=True)]
+        """One per clean round: the median over its pairs of ln(HEAD sample / BASE sample)."""
+        return self.d
 
     def row(self) -> dict[str, Any]:
         s = self.verdict.stats if self.verdict else None
@@ -322,6 +324,7 @@ class Point:
             "base_median_s": statistics.median(self.base_s) if self.base_s else None,
             "head_median_s": statistics.median(self.head_s) if self.head_s else None,
             "base_round_s": self.base_s, "head_round_s": self.head_s,
+            "round_log_ratios": self.d,
             "error": self.error, "skip": self.skip,
         }
 
@@ -358,26 +361,30 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
     point.number = max(1, math.ceil(SAMPLE_SECONDS / call))
     point.samples_per_round = max(3, math.ceil(ROUND_SECONDS / (call * point.number)))
     attempts = 0
-    while len(point.base_s) < rounds and attempts < 2 * rounds + 4:
-        # ABBA: the side that goes first alternates, so a trend within a round cancels too.
-        order = (0, 1) if attempts % 2 == 0 else (1, 0)
+    while len(point.d) < rounds and attempts < 2 * rounds + 4:
         attempts += 1
         meter.start()
-        medians = [0.0, 0.0]
-        for i in order:
-            ans = sides[i].request(point.timeout * point.samples_per_round * point.number
-                                   + 30, cmd="sample", count=point.samples_per_round,
-                                   number=point.number)
-            if "error" in ans:
-                point.error = f"{sides[i].label}: {ans['error']}"
-                point.verdict = Verdict("failed" if i == 1 else "skipped")
-                return
-            medians[i] = statistics.median(ans["times"])
+        pairs = []
+        for j in range(point.samples_per_round):
+            # One sample each, back to back; which side goes first alternates, so a
+            # trend within a pair cancels over the round too.
+            order = (0, 1) if (j + attempts) % 2 == 0 else (1, 0)
+            pair = [0.0, 0.0]
+            for i in order:
+                ans = sides[i].request(point.timeout * point.number + 30, cmd="sample",
+                                       count=1, number=point.number)
+                if "error" in ans:
+                    point.error = f"{sides[i].label}: {ans['error']}"
+                    point.verdict = Verdict("failed" if i == 1 else "skipped")
+                    return
+                pair[i] = ans["times"][0]
+            pairs.append(pair)
         if meter.other_share() > busy:
             point.busy_rounds += 1
             continue
-        point.base_s.append(medians[0])
-        point.head_s.append(medians[1])
+        point.base_s.append(statistics.median(a for a, _ in pairs))
+        point.head_s.append(statistics.median(h for _, h in pairs))
+        point.d.append(statistics.median(math.log(h / a) for a, h in pairs))
     for side in sides:
         side.request(60.0 + point.timeout, cmd="teardown")
 
