@@ -11,6 +11,10 @@ drift of the machine hits both sides of a round alike. Each round gives one log 
 HEAD / BASE; :mod:`kernels.harness.pairedstats` turns a point's rounds into a ratio,
 an interval and a p-value, and controls the false alarms over all the points.
 
+A point flagged as regressed is measured again by two new worker processes, and
+stays flagged only if they see it too (a process can be a few percent slower for its
+whole life: its pools' placement, its memory layout).
+
 A round during which other processes used the CPU (``/proc/stat`` busy and steal time
 less the gate's own processes' CPU time) is discarded and taken again, up to a limit;
 a point left with too few clean rounds is *inconclusive*, not passed.
@@ -303,6 +307,7 @@ class Point:
     error: str | None = None  # a side failed: "base: ..." / "head: ..."
     skip: str | None = None
     verdict: Verdict | None = None
+    confirmation: Point | None = None  # the same point re-measured by new processes
 
     def label(self) -> str:
         return f"{self.name}({', '.join(self.key)})" if self.key else self.name
@@ -326,6 +331,8 @@ class Point:
             "base_round_s": self.base_s, "head_round_s": self.head_s,
             "round_log_ratios": self.d,
             "error": self.error, "skip": self.skip,
+            "notes": self.verdict.notes if self.verdict else [],
+            "confirmation": self.confirmation.row() if self.confirmation else None,
         }
 
 
@@ -449,8 +456,9 @@ def format_point(p: Point) -> str:
     s = p.verdict.stats if p.verdict else None
     busy = f", {p.busy_rounds} busy discarded" if p.busy_rounds else ""
     if s is not None:
+        notes = "".join(f"\n      {n}" for n in p.verdict.notes) if p.verdict else ""
         return (f"{s.ratio:6.3f}x [{s.lo:.3f}, {s.hi:.3f}]  q={s.q_slower:.2g}  "
-                f"{s.rounds} rounds{busy}  {p.label()}")
+                f"{s.rounds} rounds{busy}  {p.label()}{notes}")
     if p.skip:
         return f"skipped ({p.skip})  {p.label()}"
     if p.error:
@@ -463,6 +471,7 @@ _SECTIONS = (
     ("regressed", "REGRESSED: slower than BASE x {f}, significant after correction"),
     ("failed", "FAILED at HEAD (ran at BASE)"),
     ("inconclusive", "INCONCLUSIVE: too few clean rounds (machine busy)"),
+    ("unconfirmed", "flagged, then not seen again by new worker processes (not counted)"),
     ("improved", "improved: faster than BASE / {f}, significant"),
     ("slower", "slower, significant but within {f}x (not counted)"),
     ("faster", "faster, significant but within {f}x"),
@@ -518,51 +527,103 @@ def run_gate(repo: Path, base: str, head: str, opts: GateOptions,
              for name, commit in (("base", base), ("head", head))]
     pythons = [environment(requirements(r), state, log) for r in roots]
     log(f"gate: checkouts and environments ready in {time.monotonic() - started:.0f} s")
-    sides = (Side("base", base, roots[0], pythons[0], state),
-             Side("head", head, roots[1], pythons[1], state))
     meter = CpuMeter()
+
+    def new_sides() -> tuple[Side, Side]:
+        sides = (Side("base", base, roots[0], pythons[0], state),
+                 Side("head", head, roots[1], pythons[1], state))
+        for side in sides:
+            side.start()
+        return sides
+
+    sides: tuple[Side, ...] = ()
     try:
         with _sigterm_as_interrupt():
-            for side in sides:
-                side.start()
-            lists = []
-            for side in sides:
-                ans = side.request(300.0, cmd="list", bench=opts.bench,
-                                   gate_only=not opts.all_points)
-                if "error" in ans:
-                    raise GateError(f"{side.label}: {ans['error']}")
-                lists.append(ans["points"])
-            points, new = select_points(*lists)
-            if not points:
-                raise GateError("no benchmark point to compare"
-                                + (f" matches {opts.bench!r}" if opts.bench else "")
-                                + (f" (only at HEAD: {', '.join(new[:5])})" if new else ""))
-            if new:
-                log(f"gate: {len(new)} point(s) only at HEAD, not judged: "
-                    + ", ".join(new[:5]) + (" ..." if len(new) > 5 else ""))
+            sides = new_sides()
+            points = _list_points(sides, opts, log)
             log(f"gate: {len(points)} points, {opts.rounds} rounds each, "
                 f"BASE {base[:8]} vs HEAD {head[:8]}")
             for i, point in enumerate(points, 1):
-                t0 = time.monotonic()
-                measure(point, sides, rounds=opts.rounds, busy=opts.busy, meter=meter)
-                if point.base_s:
-                    s = pairedstats.point_stats(point.log_ratios())
-                    status = (f"{s.ratio:.3f}x [{s.lo:.3f}, {s.hi:.3f}] "
-                              f"{len(point.base_s)} rounds")
-                    if point.busy_rounds:
-                        status += f", {point.busy_rounds} busy discarded"
-                else:
-                    status = point.skip and f"skipped: {point.skip}" or (point.error or "")
-                    status = status.strip().splitlines()[-1] if status else (
-                        f"no clean round, {point.busy_rounds} busy discarded")
-                log(f"[{i:>3}/{len(points)}] {time.monotonic() - t0:5.1f} s  {status}  "
-                    f"{point.label()}")
+                _measure_logged(point, sides, opts, meter, log, f"[{i:>3}/{len(points)}]")
+            judge_points(points, factor=opts.factor, alpha=opts.alpha)
+            flagged = [p for p in points if p.verdict and p.verdict.status == "regressed"]
+            if flagged:
+                # A worker process (its pools, its memory layout) can be a few percent
+                # slower for its whole life; a flag is confirmed by new processes.
+                log(f"gate: confirming {len(flagged)} flagged point(s) in new worker processes")
+                for side in sides:
+                    side.stop()
+                sides = new_sides()
+                for i, point in enumerate(flagged, 1):
+                    again = Point(point.name, point.key, point.timeout)
+                    _measure_logged(again, sides, opts, meter, log,
+                                    f"[confirm {i}/{len(flagged)}]")
+                    confirm(point, again, factor=opts.factor, alpha=opts.alpha)
     finally:
         for side in sides:
             side.stop()
-    judge_points(points, factor=opts.factor, alpha=opts.alpha)
     log(f"gate: {len(points)} points in {time.monotonic() - started:.0f} s")
     return points
+
+
+def _list_points(sides: tuple[Side, ...], opts: GateOptions, log: Callable[[str], None]
+                 ) -> list[Point]:
+    lists = []
+    for side in sides:
+        ans = side.request(300.0, cmd="list", bench=opts.bench, gate_only=not opts.all_points)
+        if "error" in ans:
+            raise GateError(f"{side.label}: {ans['error']}")
+        lists.append(ans["points"])
+    points, new = select_points(*lists)
+    if not points:
+        raise GateError("no benchmark point to compare"
+                        + (f" matches {opts.bench!r}" if opts.bench else "")
+                        + (f" (only at HEAD: {', '.join(new[:5])})" if new else ""))
+    if new:
+        log(f"gate: {len(new)} point(s) only at HEAD, not judged: "
+            + ", ".join(new[:5]) + (" ..." if len(new) > 5 else ""))
+    return points
+
+
+def _measure_logged(point: Point, sides: tuple[Side, ...], opts: GateOptions, meter: CpuMeter,
+                    log: Callable[[str], None], prefix: str) -> None:
+    t0 = time.monotonic()
+    measure(point, sides, rounds=opts.rounds, busy=opts.busy, meter=meter)  # type: ignore[arg-type]
+    if point.d:
+        s = pairedstats.point_stats(point.d)
+        status = f"{s.ratio:.3f}x [{s.lo:.3f}, {s.hi:.3f}] {len(point.d)} rounds"
+        if point.busy_rounds:
+            status += f", {point.busy_rounds} busy discarded"
+    else:
+        status = point.skip and f"skipped: {point.skip}" or (point.error or "")
+        status = status.strip().splitlines()[-1] if status else (
+            f"no clean round, {point.busy_rounds} busy discarded")
+    log(f"{prefix} {time.monotonic() - t0:5.1f} s  {status}  {point.label()}")
+
+
+def confirm(point: Point, again: Point, *, factor: float, alpha: float) -> None:
+    """Keep ``point``'s regression only if new processes see it too, on their own rounds.
+
+    The confirmation is judged alone: ratio beyond ``factor`` and one-sided p < alpha.
+    A false alarm then needs two independent pairs of processes to err the same way.
+    """
+    point.confirmation = again
+    if again.verdict is not None and again.verdict.status == "failed":
+        point.verdict = Verdict("failed")
+        point.error = again.error
+        return
+    if len(again.d) < pairedstats.MIN_ROUNDS:
+        point.verdict = Verdict("inconclusive", point.verdict.stats if point.verdict else None,
+                                ["confirmation had too few clean rounds"])
+        return
+    s = pairedstats.point_stats(again.d)
+    if not (s.ratio > factor and s.p_slower < alpha):
+        point.verdict = Verdict("unconfirmed", point.verdict.stats if point.verdict else None,
+                                [f"new processes: {s.ratio:.3f}x [{s.lo:.3f}, {s.hi:.3f}], "
+                                 f"p={s.p_slower:.2g}"])
+    else:
+        point.verdict.notes.append(  # type: ignore[union-attr]
+            f"confirmed by new processes: {s.ratio:.3f}x [{s.lo:.3f}, {s.hi:.3f}]")
 
 
 def write_json(path: str, points: list[Point], *, base: str, head: str, opts: GateOptions

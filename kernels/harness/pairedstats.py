@@ -178,7 +178,7 @@ class Verdict:
 
 
 STATUSES = ("regressed", "failed", "improved", "slower", "faster", "unchanged",
-            "inconclusive", "fixed", "skipped")
+            "inconclusive", "unconfirmed", "fixed", "skipped")
 
 
 def judge(stats: list[PointStats | None], *, factor: float, alpha: float = 0.05
