@@ -419,9 +419,6 @@ def run_paired(args: argparse.Namespace) -> int:
                                 busy=args.busy_threshold, bench=args.bench,
                                 all_points=args.all_points)
         points = gate.run_gate(repo, base, head, opts)
-    except KeyboardInterrupt:
-        print("kernelrace compare: interrupted; workers stopped", file=sys.stderr)
-        return 130
     except (ResultsError, gate.GateError, ValueError, re.error, OSError,
             subprocess.SubprocessError) as exc:
         print(f"kernelrace compare: error: {exc}", file=sys.stderr)

@@ -38,8 +38,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -401,23 +400,6 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
 # ---------------------------------------------------------------------------
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a CI cancel, ``timeout``) ends the gate as Ctrl-C does: workers stopped."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def select_points(base_list: list[dict[str, Any]], head_list: list[dict[str, Any]]
                   ) -> tuple[list[Point], list[str]]:
     """HEAD's points that BASE has too, and the labels of those only HEAD has."""
@@ -537,28 +519,27 @@ def run_gate(repo: Path, base: str, head: str, opts: GateOptions,
         return sides
 
     sides: tuple[Side, ...] = ()
-    try:
-        with _sigterm_as_interrupt():
+    try:  # Ctrl-C, and SIGTERM where the CLI turns it into one, unwind through finally
+        sides = new_sides()
+        points = _list_points(sides, opts, log)
+        log(f"gate: {len(points)} points, {opts.rounds} rounds each, "
+            f"BASE {base[:8]} vs HEAD {head[:8]}")
+        for i, point in enumerate(points, 1):
+            _measure_logged(point, sides, opts, meter, log, f"[{i:>3}/{len(points)}]")
+        judge_points(points, factor=opts.factor, alpha=opts.alpha)
+        flagged = [p for p in points if p.verdict and p.verdict.status == "regressed"]
+        if flagged:
+            # A worker process (its pools, its memory layout) can be a few percent
+            # slower for its whole life; a flag is confirmed by new processes.
+            log(f"gate: confirming {len(flagged)} flagged point(s) in new worker processes")
+            for side in sides:
+                side.stop()
             sides = new_sides()
-            points = _list_points(sides, opts, log)
-            log(f"gate: {len(points)} points, {opts.rounds} rounds each, "
-                f"BASE {base[:8]} vs HEAD {head[:8]}")
-            for i, point in enumerate(points, 1):
-                _measure_logged(point, sides, opts, meter, log, f"[{i:>3}/{len(points)}]")
-            judge_points(points, factor=opts.factor, alpha=opts.alpha)
-            flagged = [p for p in points if p.verdict and p.verdict.status == "regressed"]
-            if flagged:
-                # A worker process (its pools, its memory layout) can be a few percent
-                # slower for its whole life; a flag is confirmed by new processes.
-                log(f"gate: confirming {len(flagged)} flagged point(s) in new worker processes")
-                for side in sides:
-                    side.stop()
-                sides = new_sides()
-                for i, point in enumerate(flagged, 1):
-                    again = Point(point.name, point.key, point.timeout)
-                    _measure_logged(again, sides, opts, meter, log,
-                                    f"[confirm {i}/{len(flagged)}]")
-                    confirm(point, again, factor=opts.factor, alpha=opts.alpha)
+            for i, point in enumerate(flagged, 1):
+                again = Point(point.name, point.key, point.timeout)
+                _measure_logged(again, sides, opts, meter, log,
+                                f"[confirm {i}/{len(flagged)}]")
+                confirm(point, again, factor=opts.factor, alpha=opts.alpha)
     finally:
         for side in sides:
             side.stop()
@@ -570,7 +551,10 @@ def _list_points(sides: tuple[Side, ...], opts: GateOptions, log: Callable[[str]
                  ) -> list[Point]:
     lists = []
     for side in sides:
-        ans = side.request(300.0, cmd="list", bench=opts.bench, gate_only=not opts.all_points)
+        # HEAD's suite names the points (its regression set); BASE only has to have them
+        # in its params grid, so a BASE older than gate_params is still compared.
+        ans = side.request(300.0, cmd="list", bench=opts.bench,
+                           gate_only=side.label == "head" and not opts.all_points)
         if "error" in ans:
             raise GateError(f"{side.label}: {ans['error']}")
         lists.append(ans["points"])

@@ -1,0 +1,211 @@
+"""The regression gate end to end on a tiny repository: checkouts, workers, verdicts, exits.
+
+The tiny suite spins a pure-Python loop whose length lives in a module of its own, so
+a commit can make it exactly twice as slow (exit 1), leave it alone and change only a
+README (exit 0), or break it (exit 1, failed at HEAD). ``--busy-threshold 1`` keeps
+every round: the test must pass on a busy machine, and the thresholds it checks (a
+factor of 1.25 against a 2x slowdown) leave room for that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kernels.harness import gate
+from kernels.harness.cli import main as cli_main
+
+BENCH = '''
+from benchmarks import _work
+
+
+class TimeTiny:
+    params = ([1, 2, 3],)
+    param_names = ["size"]
+    gate_params = [([1, 2],)]
+
+    def setup(self, size):
+        if size == 3:
+            raise NotImplementedError("size 3 is not raced")
+
+    def time_work(self, size):
+        _work.spin(size)
+
+
+class TimeOther:
+    def time_other(self):
+        _work.spin(1)
+'''
+
+WORK = '''
+LOOPS = {loops}
+
+
+def spin(size):
+    total = 0
+    for i in range(LOOPS * size):
+        total += i
+    return total
+'''
+
+
+def _git(root: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid",
+                          *args], cwd=root, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def _commit(root: Path, message: str) -> str:
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", message)
+    return _git(root, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("gaterepo")
+    (root / "benchmarks").mkdir()
+    (root / "benchmarks" / "__init__.py").write_text("")
+    (root / "benchmarks" / "bench_tiny.py").write_text(textwrap.dedent(BENCH))
+    (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=20_000))
+    (root / "README.md").write_text("tiny\n")
+    (root / ".gitignore").write_text(".asv/\n__pycache__/\n")
+    _git(root, "init", "-q", "-b", "main")
+    (root / "benchmarks" / "bench_tiny.py").write_text(
+        textwrap.dedent(BENCH).replace("    gate_params = [([1, 2],)]\n", ""))
+    commits = {"old": _commit(root, "before the suite had a regression set")}
+    (root / "benchmarks" / "bench_tiny.py").write_text(textwrap.dedent(BENCH))
+    commits["base"] = _commit(root, "base")
+    (root / "README.md").write_text("tiny, documented\n")
+    commits["docs"] = _commit(root, "docs only")
+    (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=40_000))
+    commits["slow"] = _commit(root, "twice the loop")
+    _git(root, "checkout", "-q", commits["docs"])
+    (root / "benchmarks" / "_work.py").write_text("def spin(size):\n    raise OSError('x')\n")
+    commits["broken"] = _commit(root, "broken benchmark")
+    _git(root, "checkout", "-q", "main")
+    return {"root": root, **commits}
+
+
+def _gate(repo, head: str, *extra: str, json_path: Path | None = None,
+          base: str = "base") -> int:
+    args = ["compare", repo[base], head, "--run", "--rounds", "8", "--factor", "1.25",
+            "--busy-threshold", "1", "--config", str(Path(repo["root"]) / "asv.conf.json")]
+    if json_path is not None:
+        args += ["--json", str(json_path)]
+    return cli_main([*args, *extra])
+
+
+def test_docs_only_commit_passes(repo, tmp_path, capsys):
+    path = tmp_path / "aa.json"
+    assert _gate(repo, repo["docs"], json_path=path) == 0
+    out = capsys.readouterr().out
+    assert "paired in alternation" in out and "OK (exit 0)" in out
+    rows = json.loads(path.read_text())
+    assert rows["method"] == "paired" and rows["exit_code"] == 0
+    labels = {p["label"]: p for p in rows["points"]}
+    # the regression set: gate_params, not the whole grid, and not TimeOther
+    assert set(labels) == {"bench_tiny.TimeTiny.time_work(1)", "bench_tiny.TimeTiny.time_work(2)"}
+    for p in labels.values():
+        assert p["rounds"] == 8 and p["ci_low"] <= p["ratio"] <= p["ci_high"]
+        assert len(p["round_log_ratios"]) == 8
+
+
+def test_twice_as_slow_fails_with_every_point_flagged(repo, tmp_path, capsys):
+    path = tmp_path / "slow.json"
+    assert _gate(repo, repo["slow"], "--split", json_path=path) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSED" in out and "FAIL (exit 1)" in out
+    points = json.loads(path.read_text())["points"]
+    assert [p["status"] for p in points] == ["regressed", "regressed"]
+    for p in points:
+        assert 1.5 < p["ratio"] < 2.6 and p["ci_low"] > 1.25
+        assert p["confirmation"]["rounds"] == 8  # seen again by new worker processes
+        assert any("confirmed by new processes" in n for n in p["notes"])
+
+
+def test_bench_regex_picks_from_the_whole_grid(repo, tmp_path):
+    path = tmp_path / "grid.json"
+    assert _gate(repo, repo["docs"], "--all-points", "--bench", r"time_(work\(3\)|other)",
+                 json_path=path) == 0
+    points = {p["label"]: p for p in json.loads(path.read_text())["points"]}
+    assert set(points) == {"bench_tiny.TimeTiny.time_work(3)", "bench_tiny.TimeOther.time_other"}
+    assert points["bench_tiny.TimeTiny.time_work(3)"]["skip"] == "size 3 is not raced"
+
+
+def test_a_base_older_than_the_regression_set_is_compared_on_heads(repo, tmp_path):
+    path = tmp_path / "old.json"
+    assert _gate(repo, repo["docs"], json_path=path, base="old") == 0
+    assert len(json.loads(path.read_text())["points"]) == 2
+
+
+def test_a_benchmark_that_fails_at_head_is_a_failure(repo, capsys):
+    assert _gate(repo, repo["broken"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED at HEAD" in out and "OSError" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--factor", "nan"), "--factor must be a finite number > 1.0"),
+    (("--rounds", "3"), "--rounds must be an integer in [6, 1000]"),
+    (("--bench", "nomatch"), "no benchmark point to compare matches 'nomatch'"),
+])
+def test_bad_arguments_exit_2(repo, capsys, extra, message):
+    assert _gate(repo, repo["docs"], *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_commit_exits_2(repo, capsys):
+    assert _gate(repo, "no-such-rev") == 2
+    assert "cannot resolve 'no-such-rev'" in capsys.readouterr().err
+
+
+def _workers_of(root: Path) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "gate_worker.py" in cmd and str(root) in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def test_sigterm_stops_the_workers(repo):
+    root = Path(repo["root"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernels", "compare", repo["base"], repo["docs"], "--run",
+         "--rounds", "1000", "--busy-threshold", "1", "--config", str(root / "asv.conf.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _workers_of(root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _workers_of(root), "the gate never started its workers"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143  # 128 + SIGTERM, as for every kernelrace command
+    deadline = time.monotonic() + 10
+    while _workers_of(root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _workers_of(root) == []
+
+
+def test_environment_is_this_python_when_it_satisfies_the_commit(tmp_path):
+    assert gate.satisfied_here([])
+    assert gate.satisfied_here(["pytest>=1"])
+    assert not gate.satisfied_here(["pytest<1"])
+    assert not gate.satisfied_here(["no-such-package-kernelrace-test"])
+    assert gate.environment(["pytest>=1"], tmp_path, print) == sys.executable
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n'
+                                             'dependencies = ["numpy>=1", "attrs"]\n')
+    assert gate.requirements(tmp_path) == ["attrs", "numpy>=1"]
