@@ -13,7 +13,9 @@
 #   ROUNDS=1           asv rounds (processes per benchmark); 2 is asv's default: steadier, 2x longer
 #   ASV_MACHINE=name   asv machine name for the results (default: this host's name)
 #   BENCH_DATA=dir     scratch folder where a run's asv processes share attention caches (emptied after)
-#   BASE=HEAD~1 HEAD=HEAD FACTOR=1.10   for `make regress`
+#   BASE=HEAD~1 HEAD=HEAD FACTOR=1.10   for `make regress` (the paired gate; RUN=0 judges
+#                      stored asv results instead, unpaired); POINTS=all for the whole grid
+#   KIND=aa RUNS=5     for `make gate-check` (aa: false alarms; slow: detection, SLOWDOWN=0.15)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -33,12 +35,12 @@ ASV := $(VENV)/bin/asv
 KR := $(VENV)/bin/kernelrace
 ASV_SELECT := $(if $(BENCH),--bench '$(BENCH)') $(if $(QUICK),--quick,-a rounds=$(ROUNDS))
 
-.PHONY: all bench test test-slow benchmark-pytest regress lint verify anchors clean help
+.PHONY: all bench test test-slow benchmark-pytest regress gate-check asv-check lint verify anchors clean help
 
 all: help
 
 help:
-	@sed -n '1,16p' Makefile
+	@sed -n '1,19p' Makefile
 
 # --- environment ------------------------------------------------------------
 
@@ -116,12 +118,31 @@ benchmark-pytest: $(VENV)/.installed-test
 	$(PY) -m pytest --benchmark-enable --benchmark-only --benchmark-autosave \
 	  $(if $(COMPARE),--benchmark-compare=$(COMPARE) --benchmark-compare-fail=median:10%)
 
-# Benchmark BASE and HEAD in asv's own virtualenvs and fail (exit 1) on a significant
-# slowdown beyond FACTOR. Without RUN=0 it runs asv continuous first.
-regress: $(VENV)/.installed-bench
-	$(ASV) machine --yes --machine '$(ASV_MACHINE)'
-	$(KR) compare '$(BASE)' '$(HEAD)' --factor $(FACTOR) --machine '$(ASV_MACHINE)' \
-	  $(if $(filter 0,$(RUN)),,--run) $(if $(BENCH),--bench '$(BENCH)')
+# The regression gate: BASE and HEAD timed in alternation, each in its own checkout and
+# environment, paired statistics over the suite's regression set (docs/regressions.md).
+# Exit 0 no regression; kernelrace compare exits 1 on a regression and 2 on an error,
+# which make reports as its own exit 2. RUN=0 judges asv results already stored
+# (unpaired: it cannot tell a small change from the machine's drift).
+regress: $(VENV)/.installed-test
+	$(KR) compare '$(BASE)' '$(HEAD)' --factor $(FACTOR) \
+	  $(if $(filter 0,$(RUN)),--machine '$(ASV_MACHINE)',--run $(if $(filter all,$(POINTS)),--all-points)) \
+	  $(if $(BENCH),--bench '$(BENCH)') $(if $(JSON),--json '$(JSON)')
+
+# The gate's error rates, measured: RUNS gate runs of HEAD against a docs-only commit
+# (KIND=aa) or against estimate_pi made SLOWDOWN slower (KIND=slow); tallies under
+# results/gate_check/.
+KIND ?= aa
+RUNS ?= 5
+SLOWDOWN ?= 0.15
+gate-check: $(VENV)/.installed-test
+	$(PY) -m benchmarks.gate_check $(KIND) --runs $(RUNS) --factor $(FACTOR) --slowdown $(SLOWDOWN)
+
+# asv's own per-commit environment, built and used once for a quick benchmark of HEAD,
+# so that `asv run A..B` and `asv continuous` keep working (CI runs this).
+asv-check: $(VENV)/.installed-test
+	$(ASV) machine --yes --machine asv-check >/dev/null
+	$(ASV) run --quick --machine asv-check --show-stderr --bench 'Sizes.track_kv_bytes_ratio_to_mha' 'HEAD^!'
+	rm -rf results/asv/asv-check
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check kernels benchmarks tests
