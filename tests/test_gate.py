@@ -115,8 +115,9 @@ def test_docs_only_commit_passes(repo, tmp_path, capsys):
     # the regression set: gate_params, not the whole grid, and not TimeOther
     assert set(labels) == {"bench_tiny.TimeTiny.time_work(1)", "bench_tiny.TimeTiny.time_work(2)"}
     for p in labels.values():
-        assert p["rounds"] == 8 and p["ci_low"] <= p["ratio"] <= p["ci_high"]
-        assert len(p["round_log_ratios"]) == 8
+        # 8 rounds, or up to 16 where the interval was still wider than the factor
+        assert 8 <= p["rounds"] <= 16 and p["ci_low"] <= p["ratio"] <= p["ci_high"]
+        assert len(p["round_log_ratios"]) == p["rounds"]
 
 
 def test_twice_as_slow_fails_with_every_point_flagged(repo, tmp_path, capsys):
@@ -128,7 +129,7 @@ def test_twice_as_slow_fails_with_every_point_flagged(repo, tmp_path, capsys):
     assert [p["status"] for p in points] == ["regressed", "regressed"]
     for p in points:
         assert 1.5 < p["ratio"] < 2.6 and p["ci_low"] > 1.25
-        assert p["confirmation"]["rounds"] == 8  # seen again by new worker processes
+        assert p["confirmation"]["rounds"] >= 8  # seen again by new worker processes
         assert any("confirmed by new processes" in n for n in p["notes"])
 
 

@@ -16,8 +16,10 @@ stays flagged only if they see it too (a process can be a few percent slower for
 whole life: its pools' placement, its memory layout).
 
 A round during which other processes used the CPU (``/proc/stat`` busy and steal time
-less the gate's own processes' CPU time) is discarded and taken again, up to a limit;
-a point left with too few clean rounds is *inconclusive*, not passed.
+less the gate's own processes' CPU time) is discarded and taken again after a pause
+that grows while the machine stays busy; a point still busy after a minute keeps the
+rounds it has, and one left with too few is *inconclusive*, not passed. A point whose
+interval is still wider than the factor after ``--rounds`` gets up to as many again.
 
 Exit codes: 0 no regression; 1 a regression, or a point that ran at BASE fails at
 HEAD; 2 an error, or points that could not be judged (machine too busy).
@@ -51,6 +53,7 @@ DEFAULT_BUSY = 0.10  # share of all cores' time other processes may take during 
 ROUND_SECONDS = 0.15  # each side's share of a round (samples, in pairs), at least
 SAMPLE_SECONDS = 0.01  # one sample (``number`` calls), at least
 SETUP_TIMEOUT = 300.0
+BUSY_PATIENCE_S = 60.0  # how long a run of busy rounds may last before a point gives up
 
 
 class GateError(RuntimeError):
@@ -357,17 +360,36 @@ def _setup_both(point: Point, sides: tuple[Side, Side]) -> tuple[float, float] |
     return base["seconds"], head["seconds"]
 
 
+def _wide(d: list[float], factor: float) -> bool:
+    """Whether the interval of ``d`` is wider than the factor it must resolve."""
+    s = pairedstats.point_stats(d)
+    return math.log(s.hi / s.lo) > math.log(factor)
+
+
 def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
-            meter: CpuMeter) -> None:
-    """Clean rounds of ``point`` in alternation, into ``point.base_s`` / ``point.head_s``."""
+            meter: CpuMeter, factor: float = 1.10) -> None:
+    """Clean rounds of ``point`` in alternation, into ``point.d`` (and the per-side medians).
+
+    ``rounds`` clean rounds, or up to twice as many while the interval is still wider
+    than ``factor`` (the decision looks at the interval's width, never at which side is
+    slower). A busy round is discarded and the next one waits, longer each time, so
+    a burst of other work passes; after ``BUSY_PATIENCE_S`` of busy rounds the point
+    keeps what it has.
+    """
     warm = _setup_both(point, sides)
     if warm is None:
         return
     call = max(min(warm), 1e-7)
     point.number = max(1, math.ceil(SAMPLE_SECONDS / call))
     point.samples_per_round = max(3, math.ceil(ROUND_SECONDS / (call * point.number)))
-    attempts = 0
-    while len(point.d) < rounds and attempts < 2 * rounds + 4:
+    attempts, busy_since, pause = 0, None, 0.25
+
+    def wanted() -> int:
+        if len(point.d) >= rounds and _wide(point.d, factor):
+            return 2 * rounds
+        return rounds
+
+    while len(point.d) < wanted():
         attempts += 1
         meter.start()
         pairs = []
@@ -387,7 +409,13 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
             pairs.append(pair)
         if meter.other_share() > busy:
             point.busy_rounds += 1
+            busy_since = busy_since or time.monotonic()
+            if time.monotonic() - busy_since > BUSY_PATIENCE_S:
+                break
+            time.sleep(pause)
+            pause = min(2 * pause, 4.0)
             continue
+        busy_since, pause = None, 0.25
         point.base_s.append(statistics.median(a for a, _ in pairs))
         point.head_s.append(statistics.median(h for _, h in pairs))
         point.d.append(statistics.median(math.log(h / a) for a, h in pairs))
@@ -572,7 +600,8 @@ def _list_points(sides: tuple[Side, ...], opts: GateOptions, log: Callable[[str]
 def _measure_logged(point: Point, sides: tuple[Side, ...], opts: GateOptions, meter: CpuMeter,
                     log: Callable[[str], None], prefix: str) -> None:
     t0 = time.monotonic()
-    measure(point, sides, rounds=opts.rounds, busy=opts.busy, meter=meter)  # type: ignore[arg-type]
+    measure(point, sides, rounds=opts.rounds, busy=opts.busy, meter=meter,  # type: ignore[arg-type]
+            factor=opts.factor)
     if point.d:
         s = pairedstats.point_stats(point.d)
         status = f"{s.ratio:.3f}x [{s.lo:.3f}, {s.hi:.3f}] {len(point.d)} rounds"
