@@ -17,8 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from kernels import executors, registry
-from kernels.attention.cache import Cache, KVCache, MLACache, fill_random, make_cache
+from kernels import executors, memory, registry
+from kernels.attention.cache import (
+    Cache,
+    KVCache,
+    MLACache,
+    cache_nbytes,
+    check_cache_memory,
+    fill_random,
+    make_cache,
+)
 from kernels.attention.config import (
     PRESETS,
     AttentionConfig,
@@ -39,7 +47,7 @@ from kernels.attention.decode import (
 
 __all__ = [
     "AttentionConfig", "Cache", "DEFAULT_SIZES", "KVCache", "KVConfig", "MLACache", "MLAConfig",
-    "MLA_IMPLS", "PRESETS", "STRATEGIES", "check_case", "decode", "fill_random",
+    "MLA_IMPLS", "PRESETS", "STRATEGIES", "cache_nbytes", "check_case", "decode", "fill_random",
     "kv_bytes_per_token", "list_extra", "make_cache", "make_case", "random_query",
     "unavailable_reason", "verify", "verify_cases",
 ]
@@ -85,11 +93,13 @@ def make_case(
         size, strategy, inner, workers, preset, batch, mla_impl, options)
     shared = strategy == "multiprocess"
     source = options.get("source")
+    if source is not None:
+        _check_source(source, config, int(size), batch, options.get("dtype"))
+    _check_case_memory(size, strategy, inner, config, impl, batch, preset, options)
     if source is None:
         cache = make_cache(config, capacity=int(size), batch=batch,
                            dtype=options.get("dtype", np.float32), shared=shared)
     else:
-        _check_source(source, config, int(size), batch, options.get("dtype"))
         cache = source.copy(shared=True) if shared and not source.shared else source
     close = cache.close if cache is not source else (lambda: None)
     try:
@@ -128,8 +138,53 @@ def check_case(
     **options: Any,
 ) -> None:
     """Raise what :func:`make_case` would raise for these arguments, without building a
-    cache: the harness checks every point of a grid this way before timing the first."""
-    _check_case_args(size, strategy, inner, workers, preset, batch, mla_impl, options)
+    cache: the harness checks every point of a grid this way before timing the first.
+    That includes the memory budget (:mod:`kernels.memory`): the cache, its shared
+    segments and a step's temporaries against available memory and /dev/shm."""
+    strategy, inner, _, config, impl, _ = _check_case_args(
+        size, strategy, inner, workers, preset, batch, mla_impl, options)
+    _check_case_memory(size, strategy, inner, config, impl, batch, preset, options)
+
+
+def step_temp_nbytes(
+    config: Any, length: int, batch: int, dtype: Any, strategy: str, inner: str | None,
+    mla_impl: str | None,
+) -> int:
+    """Bytes a decode step allocates beyond the cache, where they grow with ``length``.
+
+    The NumPy kernel (``numpy``, and ``inner='numpy'``, whose ranges run at the same
+    time) holds the scores [batch, n_heads, length], twice on the MLA absorbed path
+    (the rotary scores are a second matmul); the torch anchor is counted the same way.
+    numba, python and MLA naive (blocked) hold O(heads) or one block: counted as 0.
+    """
+    kernel = inner if strategy in ("threaded", "multiprocess") else strategy
+    if kernel not in ("numpy", "torch") or mla_impl == "naive":
+        return 0
+    copies = 2 if mla_impl == "absorbed" else 1
+    return copies * int(batch) * config.n_heads * int(length) * np.dtype(dtype).itemsize
+
+
+def _check_case_memory(  # noqa: PLR0913
+    size: int, strategy: str, inner: str | None, config: Any, impl: str | None, batch: int,
+    preset: str, options: dict[str, Any],
+) -> None:
+    """The case's bytes against the memory budget, before anything is built: a new cache
+    (in /dev/shm for ``multiprocess``), or the shared copy of a private ``source``, plus
+    a step's temporaries."""
+    source = options.get("source")
+    dtype = np.dtype(options.get("dtype") or (source.dtype if source is not None
+                                               else np.float32))
+    extra = step_temp_nbytes(config, int(size), batch, dtype, strategy, inner, impl)
+    shared = strategy == "multiprocess"
+    if source is not None and (source.shared or not shared):
+        # The cache exists already: only the temporaries are new.
+        memory.check(f"a decode step over size={size} tokens x batch={batch}", extra,
+                     hint="lower size (the context length) or batch, or free memory")
+        return
+    what = (f"attention case {registry.label(strategy, inner)} preset {preset} "
+            f"({dtype}): a cache of size={size} tokens x batch={batch}")
+    check_cache_memory(config, int(size), batch, dtype, shared=shared, extra=extra,
+                       param="size", what=what)
 
 
 def _check_case_args(  # noqa: PLR0913

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels import memory
 from kernels.attention.config import (
     KVConfig,
     MLAConfig,
@@ -56,6 +57,7 @@ class _CacheBase:
         self.dtype = check_cache_dtype(dtype)
         self.length = 0
         self.shared = bool(shared)
+        check_cache_memory(config, self.capacity, self.batch, self.dtype, shared=self.shared)
         self._segments: list[SharedArray] = []
         self._finalizer = weakref.finalize(self, _unlink_all, self._segments)
 
@@ -256,6 +258,47 @@ class MLACache(_CacheBase):
 
 
 Cache = KVCache | MLACache
+
+
+def cache_nbytes(config: Any, capacity: int, batch: int = 1, dtype: Any = np.float32) -> int:
+    """Bytes of every array a cache of these arguments allocates, at full capacity.
+
+    The per-token arrays (:func:`kv_bytes_per_token` x capacity x batch), plus for MLA
+    the up-projections ``w_uk``/``w_uv`` in the cache dtype. Computed from the arguments
+    alone, so it can be checked before anything is allocated.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    total = int(capacity) * int(batch) * config.elements_per_token() * itemsize
+    if isinstance(config, MLAConfig):
+        total += _mla_weight_elements(config) * itemsize
+    return total
+
+
+def _mla_weight_elements(c: MLAConfig) -> int:
+    return c.n_heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank
+
+
+def check_cache_memory(
+    config: Any, capacity: int, batch: int, dtype: Any, *, shared: bool,
+    extra: int = 0, param: str = "capacity", what: str = "",
+) -> None:
+    """Refuse (:class:`kernels.memory.MemoryBudgetError`) a cache that would not fit.
+
+    The cache's bytes count against available memory and, when ``shared``, against the
+    free space of /dev/shm too; ``extra`` bytes (a decode step's temporaries, a
+    transient copy) count against memory only. MLA adds the float64 ``wkv_b`` built
+    while the cache is made.
+    """
+    nbytes = cache_nbytes(config, capacity, batch, dtype)
+    transient = _mla_weight_elements(config) * 8 if isinstance(config, MLAConfig) else 0
+    label = what or (f"an attention cache ({config.kind}, {np.dtype(dtype)}) of {param}="
+                     f"{capacity} tokens x batch={batch}")
+    memory.check(
+        label,
+        nbytes + transient + int(extra),
+        shared=nbytes if shared else 0,
+        hint=f"lower {param} (the context length) or batch, or free memory",
+    )
 
 
 def make_cache(config: Any, **kwargs: Any) -> Cache:

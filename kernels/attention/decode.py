@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels import executors, registry
+from kernels import executors, memory, registry
 from kernels.attention import jit, reference, shared, vectorized
 from kernels.attention.cache import Cache, KVCache, MLACache
 from kernels.attention.config import rotate_query
@@ -271,6 +271,11 @@ def _shared_specs(cache: Cache) -> Iterator[dict[str, shared.SegmentSpec]]:
     if cache.shared:
         yield cache.segment_specs()
         return
+    nbytes = sum(a.nbytes for a in cache.arrays().values())
+    memory.check(f"a shared-memory copy of a private attention cache ({cache.capacity} "
+                 f"tokens x batch {cache.batch}) for strategy multiprocess", nbytes,
+                 shared=nbytes, hint="make the cache with shared=True (no copy is then "
+                 "made), or lower its capacity or batch")
     temps: list[shared.SharedArray] = []
     try:
         specs = {}

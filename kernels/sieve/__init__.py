@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels import executors, registry
+from kernels import executors, memory, registry
 from kernels.sieve import jit, reference, vectorized
 from kernels.sieve.pipeline import PIPELINE_MAX_N, count_primes_pipeline
 
@@ -106,7 +106,59 @@ def _check_args(
     n = _check_n(n, strategy)
     w = _check_workers(strategy, workers)
     registry.require_available(sys.modules[__name__], strategy)
+    memory.check(
+        f"the sieve at n={n} ({registry.label(strategy, inner)}, workers={w})",
+        memory_nbytes(n, strategy, inner, w),
+        hint="lower n: the base primes up to sqrt(n) and each range's offsets grow as sqrt(n)",
+    )
     return n, strategy, inner, w
+
+
+def _prime_count_bound(x: int) -> int:
+    """An upper bound on the number of primes <= x (Rosser and Schoenfeld: 1.25506 x / ln x)."""
+    if x < 17:
+        return 7
+    return int(1.25506 * x / math.log(x)) + 1
+
+
+# Bytes per sieving prime that one range's chunk kernel holds while it runs: numba's
+# ``nxt`` (8 planes of 4- or 8-byte offsets, see jit.offset_dtype); the NumPy kernel's
+# int64 arrays over the primes (big, squares, first and its temporaries, starts) and the
+# two lists of their ``tolist()``; the Python kernel's list of int objects.
+_CHUNK_BYTES_PER_PRIME = {"numba": 8 * 8, "numpy": 160, "python": 48}
+
+
+def memory_nbytes(n: int, strategy: str, inner: str | None = None, workers: int = 1) -> int:
+    """Bytes ``count_primes(n, ...)`` holds at its peak, from the arguments alone.
+
+    The base primes up to sqrt(n) (a byte per candidate while they are sieved, then
+    int64 twice), plus, per range running at the same time, what its chunk kernel holds
+    per prime and its segment; numba passes the primes as uint32, and process workers
+    each receive a pickled copy of them. An estimate a little above the real figure:
+    the prime count uses an upper bound. Used for the memory budget (:mod:`kernels.memory`).
+    """
+    if strategy == "pipeline":
+        return 0
+    root = math.isqrt(max(n, 0))
+    primes = _prime_count_bound(root)
+    base = (root + 1) + 2 * 8 * primes
+    if strategy == "primesieve":
+        return 8 * primes
+    kernel = strategy if strategy in CHUNK_KERNELS else (inner or "numba")
+    if strategy in ("python", "numpy") or (strategy == "numba" and workers == 1):
+        ranges = 1
+    else:
+        ranges = workers  # at most this many run at once
+    per_prime = _CHUNK_BYTES_PER_PRIME[kernel]
+    if kernel == "numba" and (n + 31 * root) // 30 + 64 < 2**32:
+        per_prime //= 2  # 32-bit offsets
+    segment = max(vectorized.SEGMENT_ODDS, 8 * jit.segment_bytes_for(n + 1))
+    total = base + ranges * (per_prime * primes + segment)
+    if kernel == "numba":
+        total += 4 * primes
+    if strategy == "multiprocess":
+        total += ranges * 2 * 8 * primes  # each worker's copy, and the one being pickled
+    return total
 
 
 def plan_ranges(n: int, workers: int) -> list[tuple[int, int]]:
