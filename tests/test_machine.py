@@ -120,18 +120,38 @@ def test_busy_machine_is_flagged():
     assert "other processes used 35% of the CPU time" in machine.busy_note(doc)
 
 
-def test_other_cpu_share_sees_a_busy_child_and_not_this_process():
+def _other_cpu_shares() -> tuple[float | None, float | None, float | None]:
+    """(idle, own, child): the share other processes used while this one slept, spun,
+    and waited on a spinning child, each over about half a second."""
+
+    def spin() -> None:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            pass
+
+    idle = machine._OtherCpu()
+    time.sleep(0.5)
+    idle_share = idle.share()
     quiet = machine._OtherCpu()
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:  # this process busy: not counted
-        pass
+    spin()  # this process busy: not counted
     own = quiet.share()
     busy = machine._OtherCpu()
     subprocess.run([sys.executable, "-c", "import time\nt = time.monotonic() + 0.5\n"
                     "while time.monotonic() < t: pass"], check=True)
-    other = busy.share()
-    if own is None:
-        pytest.skip("no /proc/stat here")
-    # The child kept one CPU busy for most of its life (start-up included).
-    assert own < 0.3 / (os.cpu_count() or 1) + 0.1
-    assert other > 0.5 / (os.cpu_count() or 1)
+    return idle_share, own, busy.share()
+
+
+def test_other_cpu_share_sees_a_busy_child_and_not_this_process():
+    # Other work on a shared machine moves all three figures; each attempt compares them
+    # with the idle share measured just before, and one clean attempt of three suffices.
+    # Counting this process, or missing the child, fails every attempt.
+    cores = os.cpu_count() or 1
+    for _ in range(3):
+        idle, own, other = _other_cpu_shares()
+        if own is None:
+            pytest.skip("no /proc/stat here")
+        # The child kept one CPU busy for most of its life (start-up included).
+        if own < idle + 0.3 / cores + 0.1 and other > idle + 0.5 / cores:
+            break
+    assert own < idle + 0.3 / cores + 0.1
+    assert other > idle + 0.5 / cores
