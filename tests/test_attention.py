@@ -379,8 +379,12 @@ def test_multiprocess_error_or_ctrl_c_leaves_no_shared_memory(monkeypatch, exc):
 
 
 _CTRL_C_SCRIPT = """
+import signal
 import sys
 from kernels import attention
+# Ctrl-C at a terminal reaches a foreground process; a shell that started this test run
+# in the background may have passed SIGINT down as ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 case = attention.make_case(4096, strategy="multiprocess", inner="numba", workers=2, preset="gqa")
 case.run()
 print("ready", flush=True)

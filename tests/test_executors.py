@@ -284,6 +284,11 @@ def test_warm_thread_pool_is_shared_and_cold_one_is_shut_down() -> None:
 # main module by path (as __mp_main__), and the guard keeps them from running it.
 _CTRL_C_SCRIPT = """
 import json
+import signal
+
+# Ctrl-C at a terminal reaches a foreground process; a shell that started this test run
+# in the background may have passed SIGINT down as ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from kernels import executors, sieve
 
