@@ -10,6 +10,8 @@ source is timed after its own warm step, so a difference from the cache's reside
 in the last-level cache, or from a freshly built case, shows up as a ratio.
 """
 
+from __future__ import annotations
+
 import statistics
 import sys
 import time
@@ -17,30 +19,44 @@ import time
 from kernels import attention
 from kernels.harness.machine import ReadStream
 
-T = 32768
-src = attention.make_cache(attention.PRESETS["gqa"], capacity=T, batch=1)
-attention.fill_random(src, T, seed=0)
-case = attention.make_case(T, strategy="numba", inner=None, workers=2, preset="gqa", source=src)
-case.run()
-stream = ReadStream(workers=2)
-nbytes = case.fields["cache_bytes"]
-def step():
-    t0 = time.perf_counter(); case.run(); return time.perf_counter() - t0
-warm, cold = [], []
-for r in range(int(sys.argv[1]) if len(sys.argv) > 1 else 15):
-    stream.gbps()
-    cold.append(step())
-    warm.append(step())
-fresh = []
-for r in range(5):
-    c2 = attention.make_case(T, strategy="numba", inner=None, workers=2, preset="gqa", source=src)
-    c2.run()
-    t0 = time.perf_counter(); c2.run(); fresh.append(time.perf_counter() - t0)
-    c2.close()
-ratio = [c / w for c, w in zip(cold, warm)]
-print(f"cache bytes {nbytes/1e6:.0f} MB")
-print(f"after a step: median {1e3*statistics.median(warm):.2f} ms = {nbytes/statistics.median(warm)/1e9:.1f} GB/s")
-print(f"after a 1 GiB read: median {1e3*statistics.median(cold):.2f} ms = {nbytes/statistics.median(cold)/1e9:.1f} GB/s")
-print(f"paired cold/warm: median {statistics.median(ratio):.3f}, range {min(ratio):.3f}-{max(ratio):.3f}")
-print(f"fresh case, second step: median {1e3*statistics.median(fresh):.2f} ms")
-print(f"read pass: {stream.gbps():.1f} GB/s")
+CONTEXT = 32768
+
+
+def _timed(run) -> float:
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
+def main(rounds: int = 15) -> None:
+    source = attention.make_cache(attention.PRESETS["gqa"], capacity=CONTEXT, batch=1)
+    attention.fill_random(source, CONTEXT, seed=0)
+    kwargs = {"strategy": "numba", "inner": None, "workers": 2, "preset": "gqa"}
+    case = attention.make_case(CONTEXT, source=source, **kwargs)
+    case.run()
+    stream = ReadStream(workers=2)
+    nbytes = case.fields["cache_bytes"]
+    warm, cold = [], []
+    for _ in range(rounds):
+        stream.gbps()
+        cold.append(_timed(case.run))
+        warm.append(_timed(case.run))
+    fresh = []
+    for _ in range(5):
+        other = attention.make_case(CONTEXT, source=source, **kwargs)
+        other.run()
+        fresh.append(_timed(other.run))
+        other.close()
+    case.close()
+    ratio = [c / w for c, w in zip(cold, warm, strict=True)]
+    for name, times in (("after a step", warm), ("after a 1 GiB read", cold),
+                        ("fresh case, second step", fresh)):
+        med = statistics.median(times)
+        print(f"{name}: median {1e3 * med:.2f} ms = {nbytes / med / 1e9:.1f} GB/s")
+    print(f"paired (after a read) / (after a step): median {statistics.median(ratio):.3f}, "
+          f"range {min(ratio):.3f}-{max(ratio):.3f}; cache {nbytes / 1e6:.0f} MB; "
+          f"read pass {stream.gbps():.1f} GB/s")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
