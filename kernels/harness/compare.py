@@ -475,16 +475,12 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(render(changes, factor=args.factor, split=args.split, use_stats=args.use_stats))
     if args.json_out:
-        from kernels.harness.atomic import write_text_atomic
+        from kernels.harness.atomic import write_json_atomic
 
-        def clean(x: Any) -> Any:
-            return None if isinstance(x, float) and not math.isfinite(x) else x
-
-        rows = [{k: clean(v) for k, v in c.__dict__.items()} | {"key": list(c.key),
-                "label": c.label()} for c in changes]
-        write_text_atomic(args.json_out, json.dumps(
-            {"base": base, "head": head, "machine": machine, "factor": args.factor,
-             "exit_code": exit_code(changes), "changes": rows}, indent=2, default=str) + "\n")
+        rows = [c.__dict__ | {"key": list(c.key), "label": c.label()} for c in changes]
+        write_json_atomic(args.json_out, {
+            "base": base, "head": head, "machine": machine, "factor": args.factor,
+            "exit_code": exit_code(changes), "changes": rows}, default=str)
     return exit_code(changes)
 
 

@@ -642,15 +642,9 @@ def confirm(point: Point, again: Point, *, factor: float, alpha: float) -> None:
 def write_json(path: str, points: list[Point], *, base: str, head: str, opts: GateOptions
                ) -> None:
     """Every point with its ratio, interval, q-value, rounds and raw round times."""
-    from kernels.harness.atomic import write_text_atomic
+    from kernels.harness.atomic import write_json_atomic
 
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        return x
-
-    rows = [{k: clean(v) for k, v in p.row().items()} for p in points]
-    write_text_atomic(path, json.dumps({
+    write_json_atomic(path, {
         "method": "paired", "base": base, "head": head, "factor": opts.factor,
         "alpha": opts.alpha, "rounds": opts.rounds, "busy_threshold": opts.busy,
-        "exit_code": exit_code(points), "points": rows}, indent=2) + "\n")
+        "exit_code": exit_code(points), "points": [p.row() for p in points]})
