@@ -74,6 +74,21 @@ def test_grouping_chunks_into_tasks_does_not_change_hits(samples, chunk_size, n_
     assert grouped == mc.estimate_pi(samples, seed=seed, chunk_size=chunk_size, workers=2).hits
 
 
+@pytest.mark.parametrize("strategy", ["numba", "threaded"])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_batches_that_let_ctrl_c_through_do_not_change_hits(monkeypatch, strategy, workers):
+    """Tasks and numba's prange calls are capped at MAX_TASK_SAMPLES (so that Ctrl-C is
+    seen between them); small caps make many batches and the hits stay the same."""
+    samples, chunk_size = 200_003, 1_000
+    expected = mc.serial_hits("numba", samples, 5, chunk_size)
+    monkeypatch.setitem(mc.MAX_TASK_SAMPLES, "numba", 7 * chunk_size + 3)
+    plan = mc._plan(samples, strategy, workers, 5, None, chunk_size)
+    assert all(t[3] <= 7 for t in mc.make_tasks(plan, 1))
+    got = mc.estimate_pi(samples, strategy=strategy, workers=workers, seed=5,
+                         chunk_size=chunk_size)
+    assert got.hits == expected
+
+
 @pytest.mark.parametrize("samples", [1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 7])
 def test_sample_counts_that_are_not_a_multiple_of_the_chunk_are_exact(samples: int) -> None:
     key = np.uint64(jit.seed_key(np.uint64(9)))

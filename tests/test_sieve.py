@@ -228,14 +228,17 @@ def test_window_near_1e11_known_count() -> None:
 # ---------------------------------------------------------------------------
 
 
-def _check_plan(n: int, workers: int) -> None:
-    ranges = sieve.plan_ranges(n, workers)
+def _check_plan(n: int, workers: int, max_span: int | None = None) -> None:
+    ranges = sieve.plan_ranges(n, workers, max_span)
     assert ranges[0][0] == 0 and ranges[-1][1] == n + 1
     for (_, hi), (next_lo, _) in zip(ranges, ranges[1:], strict=False):
         assert hi == next_lo  # no gap, no overlap
     assert all(lo < hi for lo, hi in ranges)
     assert all(lo % 30 == 0 for lo, _ in ranges)  # no chunk splits a wheel row
-    assert len(ranges) <= max(1, workers * sieve.CHUNKS_PER_WORKER)
+    if max_span is None:
+        assert len(ranges) <= max(1, workers * sieve.CHUNKS_PER_WORKER)
+    else:  # bounded (Ctrl-C is honoured between ranges), to within the wheel's rounding
+        assert max(hi - lo for lo, hi in ranges) < max_span + 30
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 29, 30, 31, 65535, 65536, 10**6, 10**7 + 1, 10**12])
@@ -248,6 +251,22 @@ def test_plan_ranges_covers_zero_to_n_exactly(n: int, workers: int) -> None:
 @given(n=st.integers(0, 10**13), workers=st.integers(1, 256))
 def test_plan_ranges_random(n: int, workers: int) -> None:
     _check_plan(n, workers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 10**10), workers=st.integers(1, 256), max_span=st.integers(2**20, 2**30))
+def test_plan_ranges_bounded_span_random(n: int, workers: int, max_span: int) -> None:
+    _check_plan(n, workers, max_span)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("strategy", ["numba", "threaded"])
+def test_counts_in_many_bounded_ranges_are_exact(monkeypatch, strategy: str, workers: int) -> None:
+    """The batches that let Ctrl-C through (small here, so that 10**6 makes dozens of
+    them, and more than one prange call) give the same count."""
+    monkeypatch.setitem(sieve.MAX_CHUNK_SPAN, "numba", 30 * 997)
+    assert sieve.count_primes(10**6, strategy=strategy, workers=workers) == 78498
+    assert sieve.count_primes(65_537, strategy=strategy, workers=workers) == 6543
 
 
 # ---------------------------------------------------------------------------

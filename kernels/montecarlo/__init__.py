@@ -58,6 +58,13 @@ MAX_SEED = (1 << 64) - 1
 # Tasks per worker for the thread and process pools: enough to even out a slow worker,
 # few enough that the per-task cost (a pickle round trip for processes) stays small.
 TASKS_PER_WORKER = 8
+# ...and more tasks when needed so that none holds more than this many samples: about a
+# quarter of a second of one core's work with each chunk kernel (numba ~3 ms, NumPy ~8 ms,
+# Python ~260 ms per 2**20 samples on the Xeon of docs/montecarlo.md). A running task
+# cannot be interrupted (compiled code, or a pool thread), so this bounds how long Ctrl-C
+# waits; the ``numba`` strategy returns to Python after this many samples per worker.
+# A task is never less than one chunk, so a chunk_size past these bounds sets the wait.
+MAX_TASK_SAMPLES = {"numba": 1 << 26, "numpy": 1 << 25, "python": 1 << 20}
 
 _SERIAL_STRATEGIES = ("python", "numpy")
 _EXECUTOR_OF = {"threaded": "threads", "multiprocess": "processes"}
@@ -252,10 +259,16 @@ def run_task(task: Task) -> int:
     return hits
 
 
+def chunks_per_task(plan: _Plan) -> int:
+    """The most chunks one task takes: MAX_TASK_SAMPLES of the plan's kernel, at least one."""
+    return max(1, MAX_TASK_SAMPLES[plan.kernel] // plan.chunk_size)
+
+
 def make_tasks(plan: _Plan, n_tasks: int) -> list[Task]:
-    """Cut the plan's chunks into ``n_tasks`` (at most one per chunk) contiguous runs."""
+    """Cut the plan's chunks into ``n_tasks`` (at most one per chunk) contiguous runs, or
+    more if a run would hold more than :func:`chunks_per_task` chunks."""
     n_chunks = plan.n_chunks
-    n_tasks = max(1, min(n_tasks, n_chunks))
+    n_tasks = max(1, min(max(n_tasks, -(-n_chunks // chunks_per_task(plan))), n_chunks))
     tasks = []
     for t in range(n_tasks):
         first = t * n_chunks // n_tasks
@@ -270,9 +283,15 @@ def _run(plan: _Plan) -> int:
 
         from kernels.montecarlo import jit
 
-        key = jit.seed_key(np.uint64(plan.seed))
+        key = np.uint64(jit.seed_key(np.uint64(plan.seed)))
+        # Batches of chunks_per_task chunks per worker, so that Ctrl-C is seen between them.
+        batch = chunks_per_task(plan) * plan.workers
+        hits = 0
         with executors.limit_threads(plan.workers):
-            return int(jit.parallel_hits(np.uint64(key), plan.chunk_size, plan.samples))
+            for first in range(0, plan.n_chunks, batch):
+                count = min(batch, plan.n_chunks - first)
+                hits += int(jit.parallel_hits(key, first, count, plan.chunk_size, plan.samples))
+        return hits
     if plan.strategy in _SERIAL_STRATEGIES:
         return sum(executors.run_chunks("serial", run_task, make_tasks(plan, 1), plan.workers))
     tasks = make_tasks(plan, TASKS_PER_WORKER * plan.workers)

@@ -104,14 +104,17 @@ def range_hits(
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def parallel_hits(key: np.uint64, chunk_size: np.int64, samples: np.int64) -> np.int64:
-    """All chunks over numba's thread pool (prange); the caller caps its thread count."""
-    n_chunks = (samples + chunk_size - 1) // chunk_size
-    per_chunk = np.zeros(n_chunks, dtype=np.int64)
-    for i in numba.prange(n_chunks):
+def parallel_hits(
+    key: np.uint64, first: np.int64, count: np.int64, chunk_size: np.int64, samples: np.int64
+) -> np.int64:
+    """Hits of chunks ``first .. first+count-1`` over numba's thread pool (prange); the
+    caller caps its thread count."""
+    per_chunk = np.zeros(count, dtype=np.int64)
+    for c in numba.prange(count):
+        i = first + c
         start = i * chunk_size
         length = min(chunk_size, samples - start)
-        per_chunk[i] = chunk_hits(key, i, length)
+        per_chunk[c] = chunk_hits(key, i, length)
     return per_chunk.sum()
 
 
