@@ -177,8 +177,13 @@ def plan_ranges(n: int, workers: int, max_span: int | None = None) -> list[tuple
     """
     total = n + 1
     chunks = max(1, min(workers * CHUNKS_PER_WORKER, total // MIN_CHUNK_SPAN))
-    if max_span is not None:
-        chunks = max(chunks, -(-total // max_span))
+    needed = 1 if max_span is None else -(-total // max_span)
+    if needed > chunks:
+        # Whole rounds of CHUNKS_PER_WORKER ranges per worker, so that neither a pool nor
+        # a batch of the numba strategy ends with workers idle (15 ranges on 2 workers
+        # cost 10% at 4e9, measured paired by benchmarks/batching_cost.py).
+        per_round = workers * CHUNKS_PER_WORKER
+        chunks = -(-needed // per_round) * per_round
     span = -(-total // chunks)
     span = -(-span // 30) * 30
     bounds = list(range(0, total, span)) + [total]
