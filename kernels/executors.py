@@ -372,13 +372,81 @@ def _make_context() -> Any:
     return KernelForkServerContext()
 
 
+# The named semaphores multiprocess's locks and queues create under forkserver/spawn.
+SEMAPHORE_PREFIX = "sem.mp-"
+# A semaphore younger than this is never removed (its creator may not have mapped it yet).
+STALE_SEMAPHORE_AGE_S = 10.0
+
+
+def _mapped_shm_inodes() -> set[int] | None:
+    """Inodes of /dev/shm files mapped by any process whose maps this user can read, or
+    None when /proc cannot be read. glibc creates a named semaphore under a temporary
+    name and links it to the real one, so its creator's maps show the temporary (deleted)
+    name: the inode is what identifies the file."""
+    inodes: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as f:
+                for line in f:
+                    if "/dev/shm/" in line:
+                        inodes.add(int(line.split()[4]))
+        except (OSError, ValueError, IndexError):  # gone, or another user's process
+            continue
+    return inodes
+
+
+def remove_stale_semaphores(min_age_s: float = STALE_SEMAPHORE_AGE_S) -> list[str]:
+    """Unlink this user's ``/dev/shm/sem.mp-*`` semaphores that no process maps; their names.
+
+    A pool's semaphores are unlinked by multiprocess's resource tracker when the pool's
+    owner exits; when the whole process group is SIGKILLed, the tracker dies too and they
+    stay. Such a semaphore carries no owner pid, but every process using it maps it, so
+    one mapped by no process is left over. Files of other users, and files younger than
+    ``min_age_s``, are kept. Assumes one pid namespace per /dev/shm, as the shared-memory
+    segments' clean-up does.
+    """
+    try:
+        names = [n for n in os.listdir("/dev/shm") if n.startswith(SEMAPHORE_PREFIX)]
+    except OSError:  # pragma: no cover - no /dev/shm
+        return []
+    if not names:
+        return []
+    mapped = _mapped_shm_inodes()
+    if mapped is None:
+        return []
+    removed = []
+    now = time.time()
+    for name in names:
+        path = os.path.join("/dev/shm", name)
+        try:
+            st = os.stat(path)
+            if st.st_uid != os.getuid() or st.st_ino in mapped or now - st.st_mtime < min_age_s:
+                continue
+            os.unlink(path)
+        except OSError:  # gone already, or not ours to remove
+            continue
+        removed.append(name)
+    return removed
+
+
 def process_context():
-    """The multiprocess context used for every process pool (see the module docstring)."""
+    """The multiprocess context used for every process pool (see the module docstring).
+
+    The first call in a process also removes semaphores left by a killed pool
+    (:func:`remove_stale_semaphores`)."""
     global _context
     with _context_lock:
         if _context is None:
             import multiprocess
 
+            with contextlib.suppress(OSError):  # best effort, never a reason to fail
+                remove_stale_semaphores()
             if sys.platform.startswith("linux"):
                 ctx = _make_context()
                 ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
