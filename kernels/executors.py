@@ -51,8 +51,24 @@ from typing import Any, Protocol
 
 EXECUTOR_KINDS = ("serial", "threads", "processes")
 
-# Modules the forkserver imports once, so that forked workers start with them loaded.
-FORKSERVER_PRELOAD = ["numpy", "numba", "kernels.sieve", "kernels.montecarlo", "kernels.attention"]
+#: The one map from strategy to executor. Every kernel offers each of these strategies
+#: (with an ``inner`` chunk kernel) and hands its chunk tasks to the executor kind named
+#: here; adding an executor is one class, one kind in :func:`get_executor` and one entry
+#: here, nothing in any kernel.
+POOL_STRATEGIES = {"threaded": "threads", "multiprocess": "processes"}
+
+
+def executor_kind(strategy: str) -> str:
+    """The executor kind a pool strategy runs on (KeyError for any other strategy)."""
+    return POOL_STRATEGIES[strategy]
+
+
+def forkserver_preload() -> list[str]:
+    """Modules the forkserver imports once, so that forked workers start with them
+    loaded: NumPy, numba and every kernel package found by the registry."""
+    from kernels import registry
+
+    return ["numpy", "numba", *(f"kernels.{name}" for name in registry.kernel_names())]
 
 
 def cpu_count() -> int:
@@ -449,7 +465,7 @@ def process_context():
                 remove_stale_semaphores()
             if sys.platform.startswith("linux"):
                 ctx = _make_context()
-                ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+                ctx.set_forkserver_preload(forkserver_preload())
             else:  # pragma: no cover - spawn re-imports __main__: scripts need the guard
                 ctx = multiprocess.get_context("spawn")
             _context = ctx

@@ -1,33 +1,134 @@
-"""Registry: every (kernel, strategy), whether it runs here, and the shape kernels share.
+"""Registry: every kernel, found by discovery, its declared spec, and the shape kernels share.
 
-A kernel package ``kernels.<name>`` provides:
+A kernel is a package ``kernels/<name>/`` whose ``__init__`` defines ``SPEC``, a
+:class:`KernelSpec`: its name, its size parameter and the unit of one item, default sizes,
+its strategies (which run on one core, which need an optional package, which take an
+``inner`` chunk kernel) and its extra options with types and help. Nothing shared lists
+kernels: :func:`kernel_names` finds them, and the CLI builds its flags from the specs.
 
-- ``STRATEGIES``: every strategy name, available here or not;
+The package also provides these functions (the spec documents the data, these the work):
+
 - ``unavailable_reason(strategy) -> str | None``: why a strategy cannot run here
   (a missing optional package), or ``None``;
 - ``make_case(size, *, strategy, inner, workers, **options) -> Case``: inputs built,
   nothing timed; the harness CLI and the asv suite time ``case.run``;
 - ``check_case(size, *, strategy, inner, workers, **options) -> None``: raises what
   ``make_case`` would, builds nothing (``kernelrace run`` checks its whole grid first);
-- ``verify_cases() -> list[tuple[str, dict]]`` and ``verify(strategy, inner, workers)
-  -> list[Check]``: small inputs checked against the kernel's reference.
+- ``verify(strategy, inner, workers) -> list[Check]``: small inputs checked against the
+  kernel's reference (``kernelrace verify`` and the tests).
 
-Strategies ``threaded`` and ``multiprocess`` take an ``inner`` chunk kernel
-(``python``, ``numpy`` or ``numba``); the others do not.
+Strategies that run on an executor (:data:`kernels.executors.POOL_STRATEGIES`, today
+``threaded`` and ``multiprocess``) take an ``inner`` chunk kernel (``python``, ``numpy``
+or ``numba``); the others do not.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from types import ModuleType
 from typing import Any
 
-KERNELS = ("sieve", "montecarlo", "attention")
+from kernels.executors import POOL_STRATEGIES
+
 INNERS = ("python", "numpy", "numba")
-INNER_STRATEGIES = ("threaded", "multiprocess")
+INNER_STRATEGIES = tuple(POOL_STRATEGIES)
 DEFAULT_INNER = "numba"
+
+
+@dataclass(frozen=True)
+class Option:
+    """An extra argument of a kernel's cases (``--name`` on ``kernelrace run``).
+
+    A whole number when ``low``/``high`` are set (its accepted range), one of
+    ``choices`` when those are set, else free text that the kernel checks itself.
+    Declarative, so that kernels need no parser (the harness has one).
+    """
+
+    name: str
+    help: str
+    low: int | None = None
+    high: int | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def is_int(self) -> bool:
+        return self.low is not None or self.high is not None
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """What a kernel declares: the data the CLI, the report and the asv suites read.
+
+    - ``size_name``: the public function's size parameter (``n``, ``samples``, ...);
+      ``unit``: what one item of size is, plural (``numbers``, ``samples``, ``tokens``,
+      ``pixels``), for per-item figures; ``max_size``: the largest size accepted.
+    - ``default_sizes``: what ``kernelrace run`` uses without ``--size``.
+    - ``strategies``: every strategy name, available here or not, in the order shown;
+      ``serial``: those that run on one core (``workers`` must be 1);
+      ``requires``: strategy -> the optional package it needs.
+    - ``size_limits``: chunk kernel (or strategy) -> the largest size it is raced at by
+      default (slower ones would take minutes); the others go up to ``max_size``.
+    - ``options``: extra case arguments, with their types and help.
+    - ``order``: where the kernel sorts in listings and reports.
+    """
+
+    name: str
+    title: str
+    size_name: str
+    unit: str
+    max_size: int
+    default_sizes: tuple[int, ...]
+    strategies: tuple[str, ...]
+    serial: tuple[str, ...] = ()
+    requires: dict[str, str] = field(default_factory=dict)
+    size_limits: dict[str, int] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
+    order: int = 100
+
+    def inners(self, strategy: str) -> tuple[str, ...]:
+        """The chunk kernels ``strategy`` takes as ``inner`` (none for most strategies)."""
+        return INNERS if strategy in INNER_STRATEGIES else ()
+
+    def size_limit(self, strategy: str, inner: str | None = None) -> int:
+        """The largest size ``strategy`` (with ``inner``) is raced at by default."""
+        limits = [self.size_limits.get(k) for k in (strategy, inner) if k is not None]
+        return min([x for x in limits if x is not None], default=self.max_size)
+
+
+def _is_kernel_package(name: str) -> bool:
+    return name not in ("harness",) and not name.startswith("_")
+
+
+@cache
+def kernel_names() -> tuple[str, ...]:
+    """Every kernel package under ``kernels/`` (a package that defines ``SPEC``), in the
+    specs' order. Found by discovery: adding a kernel edits no list."""
+    import kernels
+
+    found = []
+    for info in pkgutil.iter_modules(kernels.__path__):
+        if info.ispkg and _is_kernel_package(info.name):
+            module = importlib.import_module(f"kernels.{info.name}")
+            spec = getattr(module, "SPEC", None)
+            if isinstance(spec, KernelSpec):
+                found.append((spec.order, spec.name))
+    return tuple(name for _, name in sorted(found))
+
+
+def spec(kernel: str) -> KernelSpec:
+    """The :class:`KernelSpec` of ``kernel``."""
+    return kernel_module(kernel).SPEC
+
+
+def __getattr__(name: str) -> Any:
+    # ``registry.KERNELS`` reads as it did when it was a tuple, found by discovery now.
+    if name == "KERNELS":
+        return kernel_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -65,8 +166,9 @@ class StrategyInfo:
 
 def kernel_module(kernel: str) -> ModuleType:
     """Import ``kernels.<kernel>``; a ValueError lists the kernels when the name is unknown."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+    names = kernel_names()
+    if kernel not in names:
+        raise ValueError(f"kernel must be one of {', '.join(names)}; got {kernel!r}")
     return importlib.import_module(f"kernels.{kernel}")
 
 
@@ -103,6 +205,11 @@ def require_available(module: ModuleType, strategy: str) -> None:
 def _inners(strategy: str) -> tuple[str, ...]:
     """The chunk kernels ``strategy`` takes as ``inner`` (none for most strategies)."""
     return INNERS if strategy in INNER_STRATEGIES else ()
+
+
+def pool_strategies() -> tuple[str, ...]:
+    """The strategies every kernel gets from the executors (threaded, multiprocess, ...)."""
+    return INNER_STRATEGIES
 
 
 def strategies(kernel: str) -> list[StrategyInfo]:

@@ -46,8 +46,9 @@ from kernels.attention.decode import (
 )
 
 __all__ = [
-    "AttentionConfig", "Cache", "DEFAULT_SIZES", "KVCache", "KVConfig", "MLACache", "MLAConfig",
-    "MLA_IMPLS", "PRESETS", "STRATEGIES", "cache_nbytes", "check_case", "decode", "fill_random",
+    "SPEC", "AttentionConfig", "Cache", "DEFAULT_SIZES", "KVCache", "KVConfig", "MLACache",
+    "MLAConfig", "MLA_IMPLS", "PRESETS", "STRATEGIES", "cache_nbytes", "check_case", "decode",
+    "fill_random",
     "kv_bytes_per_token", "list_extra", "make_cache", "make_case", "random_query",
     "unavailable_reason", "verify", "verify_cases",
 ]
@@ -330,3 +331,25 @@ def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Chec
         ok = got.shape == want.shape and bool(np.isfinite(got).all()) and err <= limit
         checks.append(registry.Check(tag, ok, f"max abs err {err:.2e} (limit {limit:.2e})"))
     return checks
+
+
+SPEC = registry.KernelSpec(
+    name="attention",
+    title="attention decode with a KV cache (MHA, GQA, MQA, MLA)",
+    size_name="size",
+    unit="tokens",
+    max_size=1 << 62,  # the memory budget binds long before
+    default_sizes=DEFAULT_SIZES,
+    strategies=STRATEGIES,
+    requires={"torch": "torch"},
+    # The float64 Python reference takes seconds per step past this context.
+    size_limits={"python": 1024},
+    options=(
+        registry.Option("preset", "config preset (default gqa)", choices=tuple(PRESETS)),
+        registry.Option("batch", "sequences decoded together (default 1)", low=1, high=1 << 20),
+        registry.Option("mla_impl", "MLA presets: naive or absorbed (default absorbed)",
+                        choices=MLA_IMPLS),
+        registry.Option("seed", "seed of the random cache and query", low=0, high=MAX_SEED),
+    ),
+    order=30,
+)

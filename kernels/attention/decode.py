@@ -31,7 +31,7 @@ from kernels.attention import jit, reference, shared, vectorized
 from kernels.attention.cache import Cache, KVCache, MLACache
 from kernels.attention.config import rotate_query
 
-STRATEGIES = ("python", "numpy", "numba", "threaded", "multiprocess", "torch")
+STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES, "torch")
 MLA_IMPLS = ("naive", "absorbed")
 
 

@@ -34,7 +34,7 @@ from kernels import executors, memory, registry
 from kernels.sieve import jit, reference, vectorized
 from kernels.sieve.pipeline import PIPELINE_MAX_N, count_primes_pipeline
 
-STRATEGIES = ("python", "numpy", "numba", "threaded", "multiprocess", "pipeline", "primesieve")
+STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES, "pipeline", "primesieve")
 SERIAL_STRATEGIES = ("python", "numpy", "pipeline")
 DEFAULT_SIZES = (10**6, 10**7)
 
@@ -68,6 +68,23 @@ CHUNKS_PER_WORKER = 4
 MAX_CHUNK_SPAN = {"numba": 1 << 28, "numpy": 1 << 24, "python": 1 << 24}
 # prange runs this many ranges per worker between two returns to Python.
 RANGES_PER_BATCH = 2
+
+
+SPEC = registry.KernelSpec(
+    name="sieve",
+    title="prime sieve: count the primes <= n",
+    size_name="n",
+    unit="numbers",
+    max_size=MAX_N,
+    default_sizes=DEFAULT_SIZES,
+    strategies=STRATEGIES,
+    serial=SERIAL_STRATEGIES,
+    requires={"primesieve": "primesieve"},
+    # Past these a benchmark point takes minutes (asv repeats each one): the pipeline
+    # starts a thread per prime, and the Python reference is ~10x slower than numba.
+    size_limits={"pipeline": PIPELINE_MAX_N, "python": 10**7},
+    order=10,
+)
 
 
 def unavailable_reason(strategy: str) -> str | None:
@@ -232,7 +249,7 @@ def count_primes(
             return vectorized.count_range(0, n + 1, primes)
     if strategy == "numba":
         return _count_numba(n, w, primes)
-    kind = "threads" if strategy == "threaded" else "processes"
+    kind = executors.executor_kind(strategy)
     tasks = [(inner, lo, hi, primes) for lo, hi in plan_ranges(n, w, MAX_CHUNK_SPAN[inner])]
     return sum(executors.run_chunks(kind, _count_chunk, tasks, w, reuse=reuse_pool))
 
@@ -274,11 +291,7 @@ def pi_by_trial_division(n: int) -> int:
 
 def max_size(strategy: str, inner: str | None = None) -> int:
     """Largest n a strategy is raced at by default (slower ones would take minutes)."""
-    if strategy == "pipeline":
-        return PIPELINE_MAX_N
-    if strategy == "python" or inner == "python":
-        return 10**8
-    return 10**12
+    return SPEC.size_limit(strategy, inner)
 
 
 def check_case(
