@@ -63,7 +63,8 @@ class Option:
 class KernelSpec:
     """What a kernel declares: the data the CLI, the report and the asv suites read.
 
-    - ``size_name``: the public function's size parameter (``n``, ``samples``, ...);
+    - ``size_name``: what the size is called, as the asv suite's parameter (``n``,
+      ``samples``, ``context``, ...);
       ``unit``: what one item of size is, plural (``numbers``, ``samples``, ``tokens``,
       ``pixels``), for per-item figures; ``max_size``: the largest size accepted.
     - ``default_sizes``: what ``kernelrace run`` uses without ``--size``.

@@ -336,7 +336,7 @@ def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Chec
 SPEC = registry.KernelSpec(
     name="attention",
     title="attention decode with a KV cache (MHA, GQA, MQA, MLA)",
-    size_name="size",
+    size_name="context",
     unit="tokens",
     max_size=1 << 62,  # the memory budget binds long before
     default_sizes=DEFAULT_SIZES,

@@ -30,11 +30,10 @@ _MODULE_COMMANDS = {
 }
 
 
-# Ceilings of the run command's numbers. Sizes: the largest any kernel takes (the
-# sieve's n and Monte Carlo's samples, 2**62); each kernel then checks its own range.
-MAX_SIZE = 1 << 62
-MAX_SEED = (1 << 64) - 1
-MAX_BATCH = 1 << 20
+def max_size() -> int:
+    """The ceiling of ``--size``: the largest any kernel's spec accepts; each kernel then
+    checks its own range."""
+    return max(registry.spec(k).max_size for k in registry.kernel_names())
 
 
 def _table(headers: list[str], rows: list[list[Any]], out=None) -> None:
@@ -72,7 +71,7 @@ def _seconds(value: float) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    kernels = [args.kernel] if args.kernel else list(registry.KERNELS)
+    kernels = [args.kernel] if args.kernel else list(registry.kernel_names())
     rows = []
     for kernel in kernels:
         for info in registry.strategies(kernel):
@@ -95,7 +94,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    kernels = [args.kernel] if args.kernel else list(registry.KERNELS)
+    kernels = [args.kernel] if args.kernel else list(registry.kernel_names())
     rows = []
     failed = 0
     for kernel in kernels:
@@ -180,29 +179,84 @@ class _Progress:
             self._rich.stop()
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _case_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line, each checked to belong to ``--kernel``."""
+    declared = {o.name for o in registry.spec(args.kernel).options}
     options = {}
-    for name in ("preset", "batch", "mla_impl", "seed"):
+    for name in sorted(_all_options()):
         value = getattr(args, name, None)
-        if value is not None:
-            options[name] = value
+        if value is None:
+            continue
+        if name not in declared:
+            owners = [k for k in registry.kernel_names()
+                      if name in {o.name for o in registry.spec(k).options}]
+            raise ValueError(f"{_flag(name)} applies to {', '.join(owners)}, not to "
+                             f"{args.kernel}")
+        options[name] = value
     return options
+
+
+def _all_options() -> dict[str, list[tuple[str, registry.Option]]]:
+    """Every option any kernel declares: name -> [(kernel, option)]."""
+    found: dict[str, list[tuple[str, registry.Option]]] = {}
+    for kernel in registry.kernel_names():
+        for option in registry.spec(kernel).options:
+            found.setdefault(option.name, []).append((kernel, option))
+    return found
+
+
+def _add_option_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per option the kernels' specs declare, typed and bounded from the spec.
+
+    An option two kernels share (``seed``) is one flag; its range is the union of
+    theirs (each kernel checks its own) and its help names each kernel's use."""
+    for name, owners in _all_options().items():
+        options = [o for _, o in owners]
+        helps = "; ".join(f"{k}: {o.help}" for k, o in owners)
+        kwargs: dict[str, Any] = {"dest": name, "help": helps}
+        if all(o.is_int for o in options):
+            low = min(o.low if o.low is not None else 0 for o in options)
+            high = max(o.high if o.high is not None else max_size() for o in options)
+            kwargs["type"] = whole_number(low, high)
+            kwargs["help"] += f" ({low} to {_power_text(high)})"
+        elif all(o.choices for o in options):
+            kwargs["choices"] = sorted({c for o in options for c in o.choices or ()})
+        p.add_argument(_flag(name), **kwargs)
+
+
+def _power_text(x: int) -> str:
+    """``x`` as ``2**k`` or ``2**k - 1`` when it is one (the usual ceilings), else digits."""
+    for text, k in ((f"2**{x.bit_length() - 1}", x), (f"2**{x.bit_length()} - 1", x + 1)):
+        if x > 1 << 16 and k & (k - 1) == 0:
+            return text
+    return str(x)
+
+
+def _size_help() -> str:
+    parts = [f"{registry.spec(k).size_name} ({registry.spec(k).unit}) for {k}"
+             for k in registry.kernel_names()]
+    return ("problem size: " + ", ".join(parts) + " (repeatable; a whole number, 1e8 style "
+            "accepted; default: the kernel's default sizes)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kernels.harness import runner
 
     module = registry.kernel_module(args.kernel)
+    options = _case_options(args)
     labels = args.strategy or [registry.label(s, i) for s, i in registry.variants(args.kernel)]
     # Check every name before anything runs.
     for text in labels:
         strategy, inner = registry.parse_label(text)
         strategy, inner = registry.check_strategy(module.STRATEGIES, strategy, inner)
         registry.require_available(module, strategy)
-    sizes = args.size or list(module.DEFAULT_SIZES)
+    sizes = args.size or list(module.SPEC.default_sizes)
     workers = args.workers or [1]
     points = runner.grid(labels, sizes, workers)
-    options = _case_options(args)
     # Every point is checked before the first is timed (run_grid does it too, for
     # API callers); a bad one is refused here with nothing run and nothing written.
     runner.check_points(args.kernel, points, options)
@@ -288,31 +342,31 @@ def runner_max_repeat() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    kernels = registry.kernel_names()
     parser = argparse.ArgumentParser(
         prog="kernelrace",
-        description="Race implementations of hot kernels "
-        "(sieve, Monte Carlo pi, attention decode).",
+        description="Race implementations of hot kernels: "
+        + "; ".join(registry.spec(k).title for k in kernels) + ".",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="kernels, strategies and whether they run here")
-    p.add_argument("--kernel", choices=registry.KERNELS)
+    p.add_argument("--kernel", choices=kernels)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("verify", help="check every available strategy against the reference")
-    p.add_argument("--kernel", choices=registry.KERNELS)
+    p.add_argument("--kernel", choices=kernels)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("run", help="time a grid of strategy x size x workers in this process")
-    p.add_argument("--kernel", required=True, choices=registry.KERNELS)
+    p.add_argument("--kernel", required=True, choices=kernels)
     p.add_argument(
         "--strategy", action="append",
         help="strategy, or strategy:inner for threaded/multiprocess (repeatable; "
         "default: every available one). Speedups are against the first.",
     )
-    p.add_argument("--size", action="append", type=whole_number(0, MAX_SIZE),
-                   help="problem size: n for sieve, samples for montecarlo, context length for "
-                   "attention (repeatable; a whole number, 1e8 style accepted; at most 2**62)")
+    p.add_argument("--size", action="append", type=whole_number(0, max_size()),
+                   help=_size_help())
     p.add_argument(
         "--workers", action="append", type=whole_number(1, executors.max_workers()),
         help=f"worker count (repeatable; at most {executors.max_workers()}: "
@@ -324,12 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=whole_number(0, runner_max_repeat()), default=1,
                    help="untimed runs first (default 1)")
     p.add_argument("--json", action="store_true", help="write rows as JSON to stdout")
-    p.add_argument("--seed", type=whole_number(0, MAX_SEED),
-                   help="random seed, 0 to 2**64 - 1 (montecarlo, attention)")
-    p.add_argument("--preset", help="attention: config preset (mha, gqa, mqa, mla, mla-v3)")
-    p.add_argument("--batch", type=whole_number(1, MAX_BATCH), help="attention: batch size")
-    p.add_argument("--mla-impl", dest="mla_impl", choices=("naive", "absorbed"),
-                   help="attention, MLA presets: naive or absorbed (default absorbed)")
+    _add_option_flags(p)
     p.set_defaults(func=cmd_run)
 
     for name, (module_name, help_text) in _MODULE_COMMANDS.items():
