@@ -30,7 +30,7 @@ import numpy as np
 from kernels import attention, registry
 from kernels.harness.machine import ReadStream
 
-from .common import COLD_START_LABELS, WORKERS, ColdStartBase, skip
+from .common import COLD_START_LABELS, WORKERS, ColdStartBase, skip, skip_unless_raced
 
 # The grid is sized so that `make bench` stays near 15 minutes on 2 cores: building a
 # cache costs seconds at 32k (1 GiB for MHA) in every benchmark process, so the inner
@@ -45,8 +45,7 @@ LABELS = ["python", "numpy", "numba", "threaded:numpy", "threaded:numba",
 assert set(LABELS) <= set(ALL_LABELS)
 PRESETS = ["mha", "gqa", "mqa", "mla"]
 CONTEXTS = [1024, 8192, 32768]
-# Longest context timed per chunk kernel (python is the float64 reference, per head).
-MAX_CONTEXT = {"python": 1024}
+# The longest context timed per chunk kernel is the spec's (attention.SPEC.size_limits).
 # MLA naive up-projects the whole cache every step: ~34 GFLOP per step for mla at 8k.
 MAX_NAIVE_CONTEXT = {"mla": 8192, "mla-v3": 1024}
 SERIAL = ("python",)
@@ -94,12 +93,8 @@ def _load_or_build(preset: str, context: int, batch: int) -> attention.Cache:
 
 def _case(label: str, context: int, workers: int, preset: str, batch: int = 1,
           mla_impl: str | None = None) -> registry.Case:
-    strategy, inner = registry.parse_label(label)
-    reason = attention.unavailable_reason(strategy)
-    if reason:
-        skip(reason)
-    if context > MAX_CONTEXT.get(inner or strategy, context):
-        skip(f"{label} is too slow at context {context}")
+    strategy, inner = skip_unless_raced("attention", label, context, workers)
+    # The Python reference is also too slow as an inner kernel at more than one worker.
     if (inner or strategy) in SERIAL and workers > 1:
         skip(f"{label} runs on one core whatever workers is")
     if mla_impl == "naive" and context > MAX_NAIVE_CONTEXT[preset]:

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 from kernels import montecarlo, registry
 
-from .common import WORKERS, ColdStartBase, Paired, skip
+from .common import WORKERS, ColdStartBase, Paired, skip, skip_unless_raced
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("montecarlo")]
 SAMPLES = [10**6, 10**7, 10**8, 10**9]
-# Largest sample count timed per chunk kernel: about a second per call at most
-# (python ~140 ns, numpy ~4 ns, numba ~1 ns per sample on one core).
-MAX_SAMPLES = {"python": 10**6, "numpy": 10**8, "numba": 10**9}
-SERIAL = ("python", "numpy")
+# The largest sample count timed per chunk kernel is the spec's (montecarlo.SPEC).
 
 
 def _kwargs(label: str, workers: int) -> dict:
@@ -34,7 +31,7 @@ def _kwargs(label: str, workers: int) -> dict:
 
 
 def _skip_serial_at_many_workers(label: str, workers: int) -> None:
-    if label in SERIAL and workers > 1:
+    if label in montecarlo.SPEC.serial and workers > 1:
         skip(f"{label} runs on one core whatever workers is")
 
 
@@ -60,10 +57,7 @@ class TimeEstimatePi:
     timeout = 180
 
     def setup(self, label: str, samples: int, workers: int) -> None:
-        strategy, inner = registry.parse_label(label)
-        if samples > MAX_SAMPLES[inner or strategy]:
-            skip(f"{label} is too slow for {samples} samples")
-        _skip_serial_at_many_workers(label, workers)
+        skip_unless_raced("montecarlo", label, samples, workers)
         self.kwargs = _kwargs(label, workers)
         _warm_up(self.kwargs)
 

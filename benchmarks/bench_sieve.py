@@ -23,14 +23,12 @@ from collections.abc import Callable
 
 from kernels import registry, sieve
 
-from .common import COLD_START_LABELS, WORKERS, ColdStartBase, Paired, skip
+from .common import COLD_START_LABELS, WORKERS, ColdStartBase, Paired, skip_unless_raced
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
 LABELS = [label for label in LABELS if label != "pipeline"]
 SIZES = [10**6, 10**7, 10**8, 10**9]
-# Largest n timed per chunk kernel: a few seconds per call at most
-# (python ~0.5 s at 10**7 on one core; numpy ~1.5 s and numba ~0.2 s at 10**9).
-MAX_SIZE = {"python": 10**7}
+# The largest n timed per strategy or chunk kernel is the spec's (sieve.SPEC.size_limits).
 N_PAIRED = 10**9  # n of the ratios timed in alternation (Scaling, Anchor)
 
 
@@ -41,14 +39,7 @@ def _kwargs(label: str, workers: int) -> dict:
 
 def _check_runs(label: str, n: int, workers: int) -> dict:
     """The call's keyword arguments, or skip (NotImplementedError) if it is not raced."""
-    strategy, inner = registry.parse_label(label)
-    reason = sieve.unavailable_reason(strategy)
-    if reason:
-        skip(reason)
-    if n > MAX_SIZE.get(inner or strategy, n):
-        skip(f"{label} is too slow at n = {n}")
-    if strategy in sieve.SERIAL_STRATEGIES and workers > 1:
-        skip(f"{label} runs on one core whatever workers is")
+    skip_unless_raced("sieve", label, n, workers)
     return _kwargs(label, workers)
 
 

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kernels import registry
+
 WORKERS = [1, 2]
 # Strategies whose cold start (import, JIT load, pool start) the suites time.
 COLD_START_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba"]
@@ -17,6 +19,23 @@ COLD_START_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba"]
 def skip(reason: str) -> None:
     """Tell asv to skip this parameter combination (asv treats NotImplementedError so)."""
     raise NotImplementedError(reason)
+
+
+def skip_unless_raced(kernel: str, label: str, size: int, workers: int) -> tuple[str, str | None]:
+    """The one skip rule of every suite, fed by the kernel's spec: skip (asv's
+    NotImplementedError) a strategy unavailable here, a size past the spec's limit for
+    that strategy or chunk kernel, and a one-core strategy at more than one worker.
+    Returns (strategy, inner) otherwise."""
+    strategy, inner = registry.parse_label(label)
+    spec = registry.spec(kernel)
+    reason = registry.kernel_module(kernel).unavailable_reason(strategy)
+    if reason:
+        skip(reason)
+    if size > spec.size_limit(strategy, inner):
+        skip(f"{label} is too slow at {spec.size_name} = {size}")
+    if strategy in spec.serial and workers > 1:
+        skip(f"{label} runs on one core whatever workers is")
+    return strategy, inner
 
 
 def cold_start_code(body: str, *, fresh_jit_cache: bool) -> str:

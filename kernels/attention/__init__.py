@@ -341,6 +341,7 @@ SPEC = registry.KernelSpec(
     max_size=1 << 62,  # the memory budget binds long before
     default_sizes=DEFAULT_SIZES,
     strategies=STRATEGIES,
+    serial=("python",),  # the float64 reference runs on one core whatever workers is
     requires={"torch": "torch"},
     # The float64 Python reference takes seconds per step past this context.
     size_limits={"python": 1024},
