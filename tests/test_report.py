@@ -385,7 +385,7 @@ def test_a_crash_after_the_plots_leaves_the_previous_report_whole(tmp_path, monk
     def crash() -> list[str]:  # runs after every plot is drawn
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "_how_to_read", crash)
+    monkeypatch.setattr(report.build, "_how_to_read", crash)
     assert cli_main(argv) == 130  # "interrupted", as at a Ctrl-C
     assert _digest(out) == before
     _no_leftovers(out)

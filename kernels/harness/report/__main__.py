@@ -1,5 +1,5 @@
 """``python -m kernels.harness.report``: the same as ``kernelrace report``."""
 
-from kernels.harness.report import main
+from kernels.harness.report.cli import main
 
 raise SystemExit(main())

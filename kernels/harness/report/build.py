@@ -1,0 +1,366 @@
+"""The report's assembly: pick the asv run, read the calibration, and put the page
+together (header, headline, machine, how to read, one section per kernel, notes), drawing
+the plots on the way. :func:`build_report` is the entry; :mod:`.cli` writes its result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kernels.harness import asvresults
+from kernels.harness.asvresults import BenchmarkResult, ResultFile, ResultsError
+from kernels.harness.report.derived import BASELINE, Derived, derive
+from kernels.harness.report.model import Table, build_table
+from kernels.harness.report.plots import (
+    plot_bandwidth,
+    plot_kv_bytes,
+    plot_scaling,
+    plot_speedup,
+    plot_time_vs_size,
+)
+from kernels.harness.report.tables import (
+    fmt_bytes,
+    fmt_number,
+    headline_rows,
+    markdown_table,
+    other_table,
+    render_table,
+)
+
+KERNEL_ORDER = ("sieve", "montecarlo", "attention")
+
+
+@dataclass
+class _Page:
+    """What the kernel sections add up as they go: their text, the headline rows, the
+    plots drawn and the notes for the end of the page."""
+
+    plots_dir: Path
+    machine: dict[str, Any] | None
+    notes: list[str]
+    body: list[str] = field(default_factory=list)
+    headline: list[list[str]] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+    def add_plot(self, path: Path) -> None:
+        self.plots.append(path)
+        self.body += [f"![{path.stem}](plots/{path.name})", ""]
+
+
+def build_report(results_dir: Path, machine_path: Path, out_dir: Path, *,
+                 asv_machine: str | None = None, commit: str | None = None,
+                 machine_required: bool = False,
+                 plots_dir: Path | None = None) -> tuple[str, list[Path]]:
+    """Read everything and write the plots; returns (markdown, plot paths).
+
+    Plots go to ``plots_dir`` (default ``out_dir/plots``); the page links them as
+    ``plots/<name>``. :func:`kernels.harness.report.cli.run` passes a staging folder and
+    swaps it in whole.
+    """
+    run, merged, skipped_notes = _load_run(results_dir, asv_machine, commit)
+    machine = _load_machine(machine_path, machine_required)
+    asv_info = _load_asv_machine(results_dir / run[0].machine / "machine.json")
+    by_kernel: dict[str, list[BenchmarkResult]] = {}
+    for b in merged.values():
+        by_kernel.setdefault(asvresults.kernel_of(b.name), []).append(b)
+    page = _Page(out_dir / "plots" if plots_dir is None else plots_dir, machine,
+                 list(skipped_notes))
+    md = _header(run, results_dir, machine_path, out_dir)
+    for kernel in kernel_order(by_kernel):
+        _kernel_section(page, kernel, sorted(by_kernel[kernel], key=lambda b: b.name))
+    md += _headline_section(page.headline)
+    md += _machine_section(machine, asv_info, machine_path, page.notes)
+    md += _how_to_read()
+    md += page.body
+    if page.notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in page.notes] + [""]
+    return "\n".join(md), page.plots
+
+
+def _load_run(results_dir: Path, asv_machine: str | None, commit: str | None,
+              ) -> tuple[list[ResultFile], dict[str, BenchmarkResult], list[str]]:
+    """The run reported (its files), its benchmarks merged, and notes on the broken files
+    of older runs that were skipped."""
+    benchmarks = asvresults.load_benchmarks(results_dir)
+    broken: list[tuple[Path, ResultsError]] = []
+    files = asvresults.find_results(results_dir, machine=asv_machine, benchmarks=benchmarks,
+                                    broken=broken)
+    if not files:
+        if broken:
+            raise broken[0][1]
+        raise ResultsError(f"{results_dir}: no asv result files (run `make bench` or `asv run`)")
+    try:
+        run = pick_run(files, commit)
+    except ResultsError:
+        _skip_broken(broken, [], commit)  # the commit asked for may be the broken file
+        raise
+    skipped_notes = _skip_broken(broken, run, commit)
+    merged = asvresults.merge(run)
+    _check_times(merged, run)
+    return run, merged, skipped_notes
+
+
+def _load_machine(machine_path: Path, machine_required: bool) -> dict[str, Any] | None:
+    """The calibration (``kernelrace machine``); None when it is absent and not required."""
+    from kernels.harness.machine import load_machine
+
+    if machine_path.exists():
+        try:
+            return load_machine(machine_path)
+        except ValueError as exc:
+            raise ResultsError(str(exc)) from None
+    if machine_required:
+        raise ResultsError(f"{machine_path}: machine calibration not found "
+                           "(run `kernelrace machine`)")
+    return None
+
+
+def _load_asv_machine(path: Path) -> dict[str, Any]:
+    """asv's description of its machine (``<results>/<machine>/machine.json``); {} if none."""
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ResultsError(f"{path}: corrupt JSON") from None
+    if not isinstance(info, dict):
+        raise ResultsError(f"{path}: expected a JSON object (asv's machine "
+                           f"description), got {type(info).__name__}")
+    return info
+
+
+def _header(run: list[ResultFile], results_dir: Path, machine_path: Path,
+            out_dir: Path) -> list[str]:
+    """Title, the run reported, and the command that reproduces the page."""
+    r0 = run[0]
+    when = _dt.datetime.fromtimestamp((r0.started_at_ms or r0.date_ms or 0) / 1000, _dt.UTC)
+    commit_date = (_dt.datetime.fromtimestamp(r0.date_ms / 1000, _dt.UTC)
+                   if r0.date_ms else None)
+    return [
+        "# kernelrace report",
+        "",
+        f"- asv machine **{r0.machine}**, commit `{r0.commit_hash[:12]}`"
+        + (f" (committed {commit_date:%Y-%m-%d %H:%M} UTC)" if commit_date else ""),
+        f"- benchmarks run {when:%Y-%m-%d %H:%M} UTC in environment `{r0.env_name}`; "
+        f"python {r0.python}",
+        f"- result files: {', '.join(f'`{f.path}`' for f in run)}",
+        f"- reproduce: `make bench` on this machine (asv run, `kernelrace machine`, then "
+        f"this report); this page alone: `kernelrace report --results {results_dir} "
+        f"--machine {machine_path} --out {out_dir}`",
+        f"- report written {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+    ]
+
+
+def _kernel_section(page: _Page, kernel: str, benches: list[BenchmarkResult]) -> None:
+    """A kernel's tables (steady state first, cold starts after), the main table's plots,
+    the KV-bytes plot and the other measurements."""
+    tracks = [b for b in benches if b.type == "track"]
+    tables = [build_table(kernel, b, tracks) for b in benches if b.type == "time"]
+    tables = [t for t in tables if t.rows or t.failed]
+    tables.sort(key=lambda t: asvresults.function_of(t.benchmark.name).startswith("timeraw_"))
+    page.body += [f"## {kernel}", ""]
+    main = _main_table([t for t in tables if t.rows])
+    for t in tables:
+        derived = derive(t, page.machine)
+        _table_section(page, t, derived)
+        if t is main:
+            page.headline += headline_rows(t, derived)
+            for path in _main_plots(t, derived, page.machine, page.plots_dir):
+                page.add_plot(path)
+    kv_plot = page.plots_dir / f"{kernel}_kv_bytes_per_token.png"
+    if plot_kv_bytes(kernel, tracks, main, kv_plot):
+        page.add_plot(kv_plot)
+    others = [b for b in benches if b.type != "time"]
+    if others:
+        page.body += ["### Other measurements", ""]
+        page.body += [other_table(others), ""]
+
+
+def _table_section(page: _Page, t: Table, derived: dict[int, Derived]) -> None:
+    """One time benchmark: its table, its skipped and failed points."""
+    fname = asvresults.function_of(t.benchmark.name)
+    kind = "cold (timeraw)" if fname.startswith("timeraw_") else "steady state"
+    page.body += [f"### `{t.benchmark.name}` ({kind})", ""]
+    if t.rows:
+        page.body += [render_table(t, derived), ""]
+    if t.skipped:
+        page.body.append(f"{t.skipped} combination(s) skipped by the benchmark "
+                         "(unavailable strategy or size too large for it).")
+    if t.failed:
+        page.body.append(f"Failed: {', '.join(t.failed[:10])}"
+                         + (f" and {len(t.failed) - 10} more" if len(t.failed) > 10 else ""))
+        page.notes.append(f"{len(t.failed)} failed point(s) in {t.benchmark.name}")
+    page.body.append("")
+
+
+def _main_plots(t: Table, derived: dict[int, Derived], machine: dict[str, Any] | None,
+                plots_dir: Path) -> list[Path]:
+    """Draw the plots of a kernel's main table; the paths of those drawn, in page order."""
+    def path(name: str) -> Path:
+        return plots_dir / f"{t.kernel}_{name}.png"
+
+    drawn = [
+        plot_time_vs_size(t, path("time_vs_size")) and path("time_vs_size"),
+        plot_speedup(t, derived, path("speedup")) and path("speedup"),
+        plot_scaling(t, path("scaling")) and path("scaling"),
+        plot_bandwidth(t, machine, path("bandwidth")) and path("bandwidth"),
+    ]
+    return [p for p in drawn if p]
+
+
+def _headline_section(headline: list[list[str]]) -> list[str]:
+    if not headline:
+        return []
+    return ["## Headline: fastest strategy per kernel", "",
+            f"At the largest size where `{BASELINE}` on 1 worker ran (else the largest).",
+            "",
+            markdown_table(["kernel", "benchmark", "size", "workers", "fastest",
+                            "median", f"speedup vs {BASELINE}@1"], headline), ""]
+
+
+def pick_run(files: list[ResultFile], commit: str | None) -> list[ResultFile]:
+    """The result files of one machine and commit: the given commit, else the latest run."""
+    if commit:
+        files = [f for f in files if f.commit_hash.lower().startswith(commit.lower())]
+        if not files:
+            raise ResultsError(f"no asv results for commit {commit!r}")
+    latest = max(files, key=lambda f: (f.started_at_ms or 0, f.date_ms or 0))
+    return [f for f in files if f.machine == latest.machine
+            and f.commit_hash == latest.commit_hash]
+
+
+def kernel_order(names: Iterable[str]) -> list[str]:
+    """Known kernels first in design order, then the others alphabetically."""
+    names = set(names)
+    return [k for k in KERNEL_ORDER if k in names] + sorted(names - set(KERNEL_ORDER))
+
+
+def _main_table(tables: list[Table]) -> Table | None:
+    """The kernel's headline benchmark: a ``time_`` (not ``timeraw_``) one with most rows."""
+    warm = [t for t in tables if not asvresults.function_of(t.benchmark.name).startswith(
+        "timeraw_")] or tables
+    return max(warm, key=lambda t: len(t.rows)) if warm else None
+
+
+def _skip_broken(broken: list[tuple[Path, ResultsError]], run: list[ResultFile],
+                 commit: str | None) -> list[str]:
+    """Notes for broken result files that cannot be the run reported; raise otherwise.
+
+    An unreadable file of an older run (a truncated file asv left behind) must not stop
+    the report of the latest one. But a broken file written no earlier than the run
+    picked may be the latest run itself, and one named for ``--commit`` may be the
+    commit asked for: those stop the report.
+    """
+    newest = min((f.path.stat().st_mtime for f in run), default=math.inf)
+    notes = []
+    for path, exc in broken:
+        stem = path.name.split("-", 1)[0].lower()
+        named = commit is not None and (stem.startswith(commit.lower()[:8])
+                                        or commit.lower().startswith(stem))
+        try:
+            recent = path.stat().st_mtime >= newest
+        except OSError:
+            recent = True
+        if named or recent:
+            raise exc
+        note = f"skipped unreadable result file of an older run: {exc}"
+        print(f"kernelrace report: warning: {note}", file=sys.stderr)
+        notes.append(note)
+    return notes
+
+
+def _check_times(merged: dict[str, BenchmarkResult], run: list[ResultFile]) -> None:
+    """A time of zero or below is no measurement: refuse it, naming the point."""
+    for b in merged.values():
+        if b.type != "time":
+            continue
+        for p in b.points():
+            if p.ok and p.value <= 0:
+                files = ", ".join(str(f.path) for f in run)
+                raise ResultsError(f"{files}: {p.label()} has a time of {p.value} s; "
+                                   "a time must be > 0")
+
+
+def _machine_section(machine: dict[str, Any] | None, asv_machine: dict[str, Any],
+                     machine_path: Path, notes: list[str]) -> list[str]:
+    out = ["## Machine", ""]
+    if machine is None:
+        info = asv_machine
+        out.append(f"- asv machine: {info.get('machine', '?')}: {info.get('cpu', '?')}, "
+                   f"{info.get('num_cpu', '?')} CPUs, {info.get('ram', '?')} RAM, "
+                   f"{info.get('os', '?')}")
+        out.append(f"- not calibrated ({machine_path} missing): efficiencies against the "
+                   "machine are left out. Run `kernelrace machine`.")
+        notes.append("no machine calibration")
+        return out + [""]
+    cpu = machine.get("cpu", {})
+    llc = cpu.get("llc_bytes")
+    out.append(f"- CPU: {cpu.get('model')}, {cpu.get('affinity_cpus')} usable cores"
+               + (f", last-level cache {fmt_bytes(llc)}" if llc else ""))
+    blas = [b for b in machine.get("numpy", {}).get("blas", []) if b.get("user_api") == "blas"]
+    out.append(f"- NumPy {machine.get('numpy', {}).get('version')}, BLAS "
+               + (", ".join(f"{b.get('internal_api')} {b.get('version')} "
+                            f"({b.get('num_threads')} threads)" for b in blas) or "unknown"))
+    nb = machine.get("numba", {})
+    out.append(f"- numba {nb.get('version')}, threading layer {nb.get('threading_layer')}")
+    a = machine.get("anchors", {})
+    out.append("- anchors: primesieve " + (a.get("primesieve_python") or "absent")
+               + " (python), " + (a.get("primesieve_cli") or "absent") + " (CLI); torch "
+               + (a.get("torch") or "absent"))
+    bw = machine.get("bandwidth", {})
+    out.append(f"- measured by `{machine.get('command', 'kernelrace machine')}` on "
+               f"{machine.get('created')}, {fmt_bytes(bw.get('array_bytes'))} arrays, median "
+               f"of {bw.get('repeats')}:")
+    out.append("")
+    counts = sorted({w for kind in machine.get("bandwidth_gbps", {}).values() for w in kind},
+                    key=int)
+    rows = [[kind] + [fmt_number(machine["bandwidth_gbps"][kind].get(w)) for w in counts]
+            for kind in machine.get("bandwidth_gbps", {})]
+    mm = machine.get("matmul", {})
+    if mm.get("gflops"):
+        rows.append([f"float32 matmul n={mm.get('n')} (GFLOP/s)"]
+                    + [fmt_number(mm["gflops"].get(w)) for w in counts])
+    out.append(markdown_table(["limit (GB/s)"] + [f"{w} thread(s)" for w in counts],
+                              rows))
+    from kernels.harness.machine import busy_note
+
+    note = busy_note(machine)
+    if note:
+        out += ["", f"Note: {note}."]
+        notes.append(note)
+    if machine.get("quick"):
+        out += ["", "Calibrated with `--quick`: arrays near the cache size, so bandwidth "
+                "figures are optimistic."]
+    return out + [""]
+
+
+def _how_to_read() -> list[str]:
+    return [
+        "## How to read the tables",
+        "",
+        "- *median*: asv's median over its repeats; *IQR/2*: half the interquartile range "
+        "as a share of the median (asv stats q_25..q_75).",
+        f"- *speedup vs {BASELINE}@1*: the `{BASELINE}` strategy on 1 worker at the same size "
+        "and preset, divided by this time (above 1 is faster).",
+        "- *parallel eff.*: t(1 worker) / (workers x t(workers)) for the same strategy; 100% "
+        "is perfect scaling.",
+        "- *speed vs anchor*: the anchor's time (primesieve, torch) at the same size and "
+        "workers divided by this time; 1x is as fast as the anchor.",
+        "- *GB/s* and *of read bw*: cache bytes the step reads / time, against the measured "
+        "read bandwidth at the same thread count (see Machine).",
+        "- Each point ran in its own process, minutes from the others and from the "
+        "calibration, and a shared machine's speed drifts in between: a *parallel eff.* or "
+        "*of read bw* above 100% is that drift. The paired benchmarks under *Other "
+        "measurements* (`track_speedup_2_workers`, `track_time_over_primesieve`, "
+        "`track_share_of_read_bw`) time the two sides in alternation, call by call, and "
+        "are the figures to trust for those ratios.",
+        "",
+    ]

@@ -1,0 +1,103 @@
+"""Figures derived from a table's rows: speedup against the baseline, parallel efficiency,
+speed against an anchor, time per item, and bandwidth and FLOP rates against the machine's
+measured limits (:mod:`kernels.harness.machine`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kernels.harness.report.model import Row, Table, sort_key
+
+BASELINE = "numpy"
+ANCHORS = ("primesieve", "torch", "sdpa", "torch_sdpa", "torch-sdpa", "pytorch")
+PER_ITEM_SIZE_NAMES = ("samples", "n_samples")
+PER_ITEM_KERNELS = ("montecarlo",)
+
+
+@dataclass
+class Derived:
+    """Figures computed for one row; None where the inputs are missing."""
+
+    speedup: float | None = None  # numpy@1 seconds / seconds
+    efficiency: float | None = None  # t1 / (w * tw), same strategy
+    anchor: float | None = None  # anchor seconds / seconds (1.0 = as fast as the anchor)
+    ns_per_item: float | None = None
+    gbps: float | None = None
+    bw_fraction: float | None = None
+    gflops: float | None = None
+    flops_fraction: float | None = None
+
+
+def anchor_of(table: Table) -> str | None:
+    """The table's first anchor strategy (``primesieve``, ``torch``), None if it has none."""
+    return next((s for s in table.strategies if s.split(":")[0].lower() in ANCHORS), None)
+
+
+def cache_bytes(r: Row, table: Table) -> float | None:
+    """Bytes one step reads: a bytes track, else KV bytes per token x context x batch."""
+    if r.extra.get("bytes"):
+        return r.extra["bytes"]
+    per = r.extra.get("per_token")
+    if per and isinstance(r.size, int | float) and r.size > 0:
+        batch = next((v for n, v in r.params.items() if n.lower() == "batch"), 1)
+        return per * r.size * (batch if isinstance(batch, int) else 1)
+    return None
+
+
+def derive(table: Table, machine: dict[str, Any] | None) -> dict[int, Derived]:
+    """Speedup, parallel efficiency and efficiency against the machine, per row (by id)."""
+    look = table.lookup()
+    anchor = anchor_of(table)
+    per_item = table.kernel in PER_ITEM_KERNELS or (table.size_name or "") in PER_ITEM_SIZE_NAMES
+    w_one = 1 if table.has_workers else None
+    out: dict[int, Derived] = {}
+    for r in table.rows:
+        d = Derived()
+        base = look.get((BASELINE, r.size, w_one, r.facet))
+        if base is not None:
+            d.speedup = base.seconds / r.seconds
+        if table.has_workers and r.workers:
+            one = look.get((r.strategy, r.size, 1, r.facet))
+            if one is not None:
+                d.efficiency = one.seconds / (r.workers * r.seconds)
+        if anchor is not None:
+            a = look.get((anchor, r.size, r.workers, r.facet)) or next(
+                (x for x in table.rows
+                 if x.strategy == anchor and x.size == r.size and x.facet == r.facet), None)
+            if a is not None:
+                d.anchor = a.seconds / r.seconds
+        if per_item and isinstance(r.size, int | float) and r.size > 0:
+            d.ns_per_item = r.seconds / r.size * 1e9
+        _rates(d, r, table, machine)
+        out[id(r)] = d
+    return out
+
+
+def _rates(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> None:
+    """GB/s and GFLOP/s of row ``r``, and their shares of the machine's measured limits at
+    the row's worker count."""
+    from kernels.harness.machine import bandwidth_gbps, matmul_gflops
+
+    nbytes = cache_bytes(r, table)
+    if nbytes:
+        d.gbps = nbytes / r.seconds / 1e9
+    elif r.extra.get("gbps") is not None:
+        d.gbps = r.extra["gbps"]
+    if r.extra.get("gflops") is not None:
+        d.gflops = r.extra["gflops"]
+    if machine:
+        bw = bandwidth_gbps(machine, "read", r.workers)
+        if d.gbps is not None and bw:
+            d.bw_fraction = d.gbps / bw
+        peak = matmul_gflops(machine, r.workers)
+        if d.gflops is not None and peak:
+            d.flops_fraction = d.gflops / peak
+
+
+def baseline_size(table: Table, derived: dict[int, Derived]) -> Any:
+    """The largest size with a speedup baseline (numpy@1), else the largest size."""
+    with_base = [r.size for r in table.rows if derived[id(r)].speedup is not None]
+    sizes = sorted(set(with_base), key=sort_key) or table.sizes
+    return sizes[-1] if sizes else None

@@ -1,0 +1,232 @@
+"""The report's data model: a time benchmark's points as rows with their parameters sorted
+into roles (strategy, size, workers, preset) and the ``track_`` values joined to them.
+
+Reads asv results through :mod:`kernels.harness.asvresults`; knows no kernel by name: the
+size parameter's name comes from the kernels' specs (:mod:`kernels.registry`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernels.harness import asvresults
+from kernels.harness.asvresults import BenchmarkResult, Point
+
+ROLE_NAMES: dict[str, tuple[str, ...]] = {
+    "strategy": ("strategy", "label", "impl", "implementation", "variant", "method"),
+    "inner": ("inner",),
+    "size": ("size", "n", "limit", "samples", "n_samples", "context", "context_len",
+             "ctx", "seq_len", "seqlen", "tokens", "length"),
+    "workers": ("workers", "threads", "cores", "jobs", "n_workers", "num_workers"),
+    "preset": ("preset", "config", "model", "attn", "variant_config"),
+}
+
+
+def param_roles(param_names: Iterable[str]) -> dict[str, str]:
+    """param name -> role (strategy, inner, size, workers, preset, or the name itself)."""
+    roles: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in param_names:
+        low = name.lower()
+        role = next((r for r, names in ROLE_NAMES.items() if low in names and r not in taken),
+                    None)
+        roles[name] = role or name
+        if role:
+            taken.add(role)
+    return roles
+
+
+@dataclass
+class Row:
+    """A time benchmark at one parameter combination (seconds)."""
+
+    strategy: str
+    size: Any
+    workers: int | None
+    facet: tuple[tuple[str, Any], ...]  # preset and other parameters
+    params: dict[str, Any]
+    seconds: float
+    q25: float | None
+    q75: float | None
+    repeat: int | None = None  # samples behind the median (1 with asv --quick)
+    extra: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def facet_text(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.facet)
+
+
+@dataclass
+class Table:
+    """All rows of one time benchmark, and the joined track values."""
+
+    kernel: str
+    benchmark: BenchmarkResult
+    roles: dict[str, str]
+    rows: list[Row]
+    failed: list[str]
+    skipped: int
+    size_name: str | None
+    tracks: dict[str, BenchmarkResult]  # kind (bytes, gbps, per_token, gflops) -> track
+
+    def lookup(self) -> dict[tuple[Any, ...], Row]:
+        return {(r.strategy, r.size, r.workers, r.facet): r for r in self.rows}
+
+    @property
+    def has_workers(self) -> bool:
+        return "workers" in self.roles.values()
+
+    @property
+    def strategies(self) -> list[str]:
+        return list(dict.fromkeys(r.strategy for r in self.rows))
+
+    @property
+    def sizes(self) -> list[Any]:
+        return sorted({r.size for r in self.rows if r.size is not None}, key=sort_key)
+
+    @property
+    def workers(self) -> list[int | None]:
+        return sorted({r.workers for r in self.rows}, key=lambda w: (w is None, w or 0))
+
+    @property
+    def facets(self) -> list[tuple[tuple[str, Any], ...]]:
+        return list(dict.fromkeys(r.facet for r in self.rows))
+
+
+def sort_key(x: Any) -> tuple[int, Any]:
+    """Numbers first, in order, then anything else by its text."""
+    return (0, x) if isinstance(x, int | float) else (1, str(x))
+
+
+def classify_track(track: BenchmarkResult) -> str | None:
+    """What a ``track_`` benchmark measures, from its name and unit; None if unknown."""
+    fname = asvresults.function_of(track.name).lower()
+    unit = (track.unit or "").lower()
+    if "ratio" in fname:
+        return None
+    if "per_token" in fname or "/token" in unit:
+        return "per_token"
+    if "flop" in fname or "flop" in unit:
+        return "gflops"
+    if "gbps" in fname or "bandwidth" in fname or "gb/s" in unit:
+        return "gbps"
+    if "bytes" in fname or unit in ("bytes", "b"):
+        return "bytes"
+    return None
+
+
+def build_table(kernel: str, bench: BenchmarkResult,
+                tracks: list[BenchmarkResult]) -> Table:
+    """Rows of a time benchmark with parameter roles, quartiles and joined track values."""
+    roles = param_roles(bench.param_names)
+    by_role = {role: name for name, role in roles.items()}
+    chosen = _choose_tracks(bench, tracks)
+    track_values = {kind: _index(t, bench.param_names) for kind, t in chosen.items()}
+    rows: list[Row] = []
+    failed: list[str] = []
+    skipped = 0
+    for p in bench.points():
+        if p.value is None:
+            failed.append(p.label())
+            continue
+        if not p.ok:
+            skipped += 1
+            continue
+        extra = {kind: idx.get(_subkey(p.params, _shared(chosen[kind], bench.param_names)))
+                 for kind, idx in track_values.items()}
+        rows.append(_row(p, bench, roles, by_role, extra))
+    return Table(kernel, bench, roles, rows, failed, skipped, by_role.get("size"), chosen)
+
+
+def _choose_tracks(bench: BenchmarkResult,
+                   tracks: list[BenchmarkResult]) -> dict[str, BenchmarkResult]:
+    """kind -> the track joined to ``bench``: tracks of the same class first, then those
+    sharing most parameters."""
+    group = asvresults.group_of(bench.name)
+
+    def rank(t: BenchmarkResult) -> tuple[bool, int]:
+        return (asvresults.group_of(t.name) != group,
+                -len(set(t.param_names) & set(bench.param_names)))
+
+    chosen: dict[str, BenchmarkResult] = {}
+    for t in sorted(tracks, key=rank):
+        kind = classify_track(t)
+        if kind and kind not in chosen and _joinable(kind, t, bench):
+            chosen[kind] = t
+    return chosen
+
+
+def _row(p: Point, bench: BenchmarkResult, roles: dict[str, str], by_role: dict[str, str],
+         extra: dict[str, float | None]) -> Row:
+    """The row of one measured point."""
+    strategy = str(p.params.get(by_role.get("strategy", ""), bench.name.rsplit(".", 1)[-1]))
+    inner = p.params.get(by_role.get("inner", ""))
+    if inner not in (None, "", "-", "none"):
+        strategy = f"{strategy}:{inner}"
+    workers = p.params.get(by_role.get("workers", ""))
+    facet = tuple(
+        (name, value) for name, value in p.params.items()
+        if roles[name] not in ("strategy", "inner", "size", "workers")
+    )
+    stats = p.stats or {}
+    return Row(
+        strategy=strategy,
+        size=p.params.get(by_role.get("size", "")),
+        workers=int(workers) if isinstance(workers, int | float) else None,
+        facet=facet,
+        params=p.params,
+        seconds=float(p.value),
+        q25=stats.get("q_25"),
+        q75=stats.get("q_75"),
+        repeat=int(stats["repeat"]) if "repeat" in stats else None,
+        extra=extra,
+    )
+
+
+def _subkey(params: dict[str, Any], names: Iterable[str]) -> tuple[Any, ...]:
+    return tuple(params.get(n) for n in names)
+
+
+def _joinable(kind: str, track: BenchmarkResult, bench: BenchmarkResult) -> bool:
+    """Whether a track's values belong to the time benchmark's rows.
+
+    Rates (GB/s, GFLOP/s) are of one configuration: same parameters exactly. Cache bytes
+    do not depend on strategy or workers: a subset will do. Bytes per token is a property
+    of the preset: any shared parameter, the others read at their first value.
+    """
+    mine, theirs = set(bench.param_names), set(track.param_names)
+    if kind in ("gbps", "gflops"):
+        return theirs == mine
+    if kind == "bytes":
+        return theirs <= mine
+    return bool(theirs & mine)
+
+
+def _shared(track: BenchmarkResult, names: Iterable[str]) -> list[str]:
+    return [n for n in track.param_names if n in set(names)]
+
+
+def _index(track: BenchmarkResult, names: Iterable[str]) -> dict[tuple[Any, ...], float]:
+    """Track values keyed by the parameters it shares with a time benchmark.
+
+    A parameter the time benchmark lacks (e.g. the track's ``dtype``) is read at its
+    first listed value, which is where suites put the default.
+    """
+    shared = _shared(track, names)
+    first = {n: asvresults.decode_param(v[0]) for n, v in zip(track.param_names, track.params,
+                                                             strict=False) if v}
+    out = {}
+    for p in track.points():
+        if not p.ok or any(p.params[n] != first[n] for n in track.param_names
+                           if n not in shared):
+            continue
+        out[_subkey(p.params, shared)] = float(p.value)
+    return out
+
+
+def preset_of(r: Row, table: Table) -> Any:
+    """The row's value of the preset parameter, None if the table has none."""
+    name = next((n for n, role in table.roles.items() if role == "preset"), None)
+    return r.params.get(name) if name else None

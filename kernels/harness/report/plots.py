@@ -1,0 +1,270 @@
+"""The report's plots (matplotlib, Agg backend): time against size, speedup, scaling over
+workers, time against the bandwidth floor, KV-cache bytes per token. Each ``plot_*`` writes
+one PNG atomically and returns whether it drew anything.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from kernels.harness import asvresults
+from kernels.harness.asvresults import BenchmarkResult
+from kernels.harness.atomic import atomic_path
+from kernels.harness.report.derived import BASELINE, Derived, baseline_size, cache_bytes
+from kernels.harness.report.model import (
+    Row,
+    Table,
+    classify_track,
+    param_roles,
+    preset_of,
+    sort_key,
+)
+from kernels.harness.report.tables import facet_title, fmt_bytes, fmt_size
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def _facet_grid(n: int, width: float = 5.0, height: float = 3.8):
+    plt = _pyplot()
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _legend_outside(fig: Any, ax: Any) -> None:
+    """One legend for all panels, right of them, so it never hides a line."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+
+
+def plot_time_vs_size(table: Table, path: Path) -> bool:
+    """Log-log time against problem size, one line per strategy (1 worker solid, most dashed)."""
+    if len(table.sizes) < 2:
+        return False
+    facets = table.facets
+    fig, axes = _facet_grid(len(facets))
+    look = table.lookup()
+    wmax = table.workers[-1]
+    wmin = table.workers[0]
+    for ax, facet in zip(axes, facets, strict=True):
+        for i, s in enumerate(table.strategies):
+            color = f"C{i % 10}"
+            for w, style in ((wmin, "-"), (wmax, "--")):
+                pts = [(z, look[(s, z, w, facet)].seconds) for z in table.sizes
+                       if (s, z, w, facet) in look]
+                if len(pts) < 1 or (w == wmax and wmax == wmin and style == "--"):
+                    continue
+                xs, ys = zip(*pts, strict=True)
+                label = s if w == wmin else None
+                ax.plot(xs, ys, style, marker="o", ms=3, color=color, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(table.size_name or "size")
+        ax.set_ylabel("median time (s)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(facet_title(facet) or asvresults.function_of(table.benchmark.name))
+    _legend_outside(fig, axes[0])
+    if table.has_workers and wmax != wmin:
+        fig.suptitle(f"{table.kernel}: solid {wmin} worker, dashed {wmax} workers", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def plot_speedup(table: Table, derived: dict[int, Derived], path: Path) -> bool:
+    """Bars of speedup against numpy@1 at the largest size, one bar per worker count."""
+    size = baseline_size(table, derived)
+    rows = [r for r in table.rows if r.size == size and derived[id(r)].speedup is not None]
+    if not rows:
+        return False
+    facets = list(dict.fromkeys(r.facet for r in rows))
+    fig, axes = _facet_grid(len(facets), width=max(5.0, 0.5 * len(table.strategies) + 2))
+    workers = table.workers
+    width = 0.8 / max(1, len(workers))
+    values = [derived[id(r)].speedup for r in rows]
+    # Log scale only when the bars span decades (pure Python next to numba); else linear.
+    log = max(values) / min(values) > 20
+    for ax, facet in zip(axes, facets, strict=True):
+        strategies = table.strategies
+        for j, w in enumerate(workers):
+            ys = []
+            for s in strategies:
+                r = next((x for x in rows if x.strategy == s and x.workers == w
+                          and x.facet == facet), None)
+                ys.append(derived[id(r)].speedup if r is not None else float("nan"))
+            xs = [i + (j - (len(workers) - 1) / 2) * width for i in range(len(strategies))]
+            label = f"{w} worker{'s' if w != 1 else ''}" if w is not None else None
+            bars = ax.bar(xs, ys, width=width,
+                          label=label, color=f"C{j}", bottom=None)
+            for bar, y in zip(bars, ys, strict=True):
+                if not math.isnan(y):
+                    ax.annotate(f"{y:.2g}", (bar.get_x() + bar.get_width() / 2, y),
+                                ha="center", va="bottom", fontsize=6)
+        ax.axhline(1.0, color="k", lw=0.8)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(strategies)))
+        ax.set_xticklabels(strategies, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"speedup vs {BASELINE} on 1 worker")
+        ax.set_title(" ".join(x for x in (facet_title(facet),
+                                          f"{table.size_name}={fmt_size(size)}") if x))
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        if any(w is not None for w in workers):
+            ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def plot_scaling(table: Table, path: Path) -> bool:
+    """Speedup over the same strategy on 1 worker against workers, with the ideal line.
+
+    Each strategy is drawn at the largest size where it ran on 1 and more workers (the
+    size is in its label): small sizes measure pool overhead, not scaling.
+    """
+    workers = [w for w in table.workers if w]
+    if len(workers) < 2:
+        return False
+    look = table.lookup()
+    facets = table.facets
+    fig, axes = _facet_grid(len(facets))
+    drew = False
+    for ax, facet in zip(axes, facets, strict=True):
+        for i, s in enumerate(table.strategies):
+            sizes = [z for z in table.sizes or [None] if (s, z, 1, facet) in look
+                     and any((s, z, w, facet) in look for w in workers[1:])]
+            if not sizes:
+                continue
+            size = sizes[-1]
+            one = look[(s, size, 1, facet)]
+            pts = [(w, one.seconds / look[(s, size, w, facet)].seconds) for w in workers
+                   if (s, size, w, facet) in look]
+            xs, ys = zip(*pts, strict=True)
+            label = f"{s} ({fmt_size(size)})" if size is not None else s
+            ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=label)
+            drew = True
+        ax.plot(workers, workers, "k:", label="ideal")
+        ax.set_xlabel("workers")
+        ax.set_ylabel("speedup over 1 worker")
+        ax.set_xticks(workers)
+        ax.set_title(facet_title(facet) or f"each strategy at its largest {table.size_name}")
+        ax.grid(True, alpha=0.3)
+    _legend_outside(fig, axes[0])
+    if not drew:
+        _pyplot().close(fig)
+        return False
+    _save(fig, path)
+    return True
+
+
+def plot_bandwidth(table: Table, machine: dict[str, Any] | None, path: Path) -> bool:
+    """Time against context per preset (fastest strategy, most workers) and the bandwidth floor.
+
+    The floor is cache bytes / measured read bandwidth at that worker count: no decode
+    step that reads its whole cache once can be faster.
+    """
+    from kernels.harness.machine import bandwidth_gbps
+
+    if "preset" not in table.roles.values() or len(table.sizes) < 2:
+        return False
+    wmax = table.workers[-1]
+    bw = bandwidth_gbps(machine, "read", wmax) if machine else None
+    presets = list(dict.fromkeys(preset_of(r, table) for r in table.rows))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, preset in enumerate(presets):
+        color = f"C{i % 10}"
+        best: dict[Any, Row] = {}
+        for r in table.rows:
+            if preset_of(r, table) != preset or r.workers != wmax:
+                continue
+            if r.size not in best or r.seconds < best[r.size].seconds:
+                best[r.size] = r
+        if not best:
+            continue
+        sizes = sorted(best, key=sort_key)
+        ax.plot(sizes, [best[z].seconds for z in sizes], marker="o", color=color,
+                label=f"{preset} (fastest strategy)")
+        nbytes = [cache_bytes(best[z], table) for z in sizes]
+        if bw and all(b for b in nbytes):
+            ax.plot(sizes, [b / (bw * 1e9) for b in nbytes], "--", color=color, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(table.size_name or "context length")
+    ax.set_ylabel("median time per decode step (s)")
+    title = f"{table.kernel}: {wmax} worker(s)"
+    if bw:
+        title += f"; dashed: cache bytes / {bw:.1f} GB/s measured read bandwidth"
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return True
+
+
+def plot_kv_bytes(kernel: str, tracks: list[BenchmarkResult], table: Table | None,
+                  path: Path) -> bool:
+    """KV-cache bytes per token per preset: a per-token track, one bar per other parameter
+    value (e.g. dtype); else cache bytes / context from the main table's bytes track."""
+    track = next((t for t in tracks if classify_track(t) == "per_token"
+                  and "preset" in param_roles(t.param_names).values()), None)
+    series: dict[str, dict[str, float]] = {}
+    source = ""
+    if track is not None:
+        preset_name = next((n for n in track.param_names
+                            if param_roles([n])[n] == "preset"), None)
+        if preset_name is None:
+            return False
+        for p in track.points():
+            if p.ok:
+                other = ", ".join(f"{k}={v}" for k, v in p.params.items() if k != preset_name)
+                series.setdefault(other, {})[str(p.params[preset_name])] = float(p.value)
+        source = asvresults.function_of(track.name)
+    elif table is not None and "preset" in table.roles.values() and "bytes" in table.tracks:
+        for r in table.rows:
+            if r.extra.get("bytes") and isinstance(r.size, int | float) and r.size:
+                series.setdefault("", {}).setdefault(str(preset_of(r, table)),
+                                                     r.extra["bytes"] / r.size)
+        source = "cache bytes / context length"
+    if not series:
+        return False
+    presets = list(dict.fromkeys(k for s in series.values() for k in s))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(presets) + 2), 4))
+    width = 0.8 / len(series)
+    for j, (other, values) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(presets))]
+        ys = [values.get(p, float("nan")) for p in presets]
+        bars = ax.bar(xs, ys, width=width, label=other or None, color=f"C{j}")
+        for bar, y in zip(bars, ys, strict=True):
+            if not math.isnan(y):
+                ax.annotate(fmt_bytes(y), (bar.get_x() + bar.get_width() / 2, y),
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(presets)))
+    ax.set_xticklabels(presets)
+    ax.set_ylabel("KV-cache bytes per token")
+    ax.set_title(f"{kernel}: KV-cache bytes per token ({source})", fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    if any(series):
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    return True

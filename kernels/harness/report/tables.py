@@ -1,0 +1,173 @@
+"""Formatting: numbers with their units, and the report's markdown tables (a benchmark's
+rows, the headline, other measurements)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from kernels.harness import asvresults
+from kernels.harness.asvresults import BenchmarkResult
+from kernels.harness.report.derived import BASELINE, Derived, anchor_of, baseline_size
+from kernels.harness.report.model import Row, Table, sort_key
+
+
+def fmt_seconds(s: float | None) -> str:
+    """Seconds with a unit that keeps 3 significant digits readable."""
+    if s is None or not math.isfinite(s):
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s:.3g} s"
+
+
+def fmt_size(x: Any) -> str:
+    """Problem sizes: powers of ten as 1e8, others with thousands separators."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return str(x)
+    x_int = int(x)
+    if x_int == x and x_int >= 10_000:
+        exp = len(str(x_int)) - 1
+        lead, rest = divmod(x_int, 10**exp)
+        if rest == 0:
+            return f"{lead}e{exp}"
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def fmt_bytes(b: float | None) -> str:
+    """Bytes in binary units (KiB, MiB, GiB)."""
+    if b is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(b) >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def fmt_ratio(v: float | None, digits: int = 3) -> str:
+    """A ratio as ``2.5x``; ``-`` when missing."""
+    return "-" if v is None else f"{v:.{digits}g}x"
+
+
+def fmt_percent(v: float | None) -> str:
+    """A fraction as a whole percentage; ``-`` when missing."""
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def fmt_number(v: float | None, digits: int = 3) -> str:
+    """A number to ``digits`` significant digits; ``-`` when missing."""
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
+def facet_title(facet: tuple[tuple[str, Any], ...]) -> str:
+    """``preset=gqa, dtype=float32``: a facet's parameters as text."""
+    return ", ".join(f"{k}={v}" for k, v in facet)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table; numeric-looking columns right-aligned."""
+    def esc(c: str) -> str:
+        return str(c).replace("|", "\\|")
+
+    def numeric(c: str) -> bool:
+        return c == "-" or c[:1].isdigit() or c[:1] in "±.-"
+
+    align = ["---:" if rows and all(numeric(str(r[i])) for r in rows) else ":---"
+             for i in range(len(headers))]
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _spread(r: Row) -> str:
+    if r.q25 is None or r.q75 is None or r.seconds <= 0 or (r.repeat or 2) < 2:
+        return "-"
+    return f"±{50 * (r.q75 - r.q25) / r.seconds:.1f}%"
+
+
+Column = tuple[str, Callable[[Row, Derived], str]]
+
+
+def _parameter_columns(table: Table) -> list[Column]:
+    """Strategy, the facet's parameters, size, workers, median and its spread."""
+    facet_names = [n for n, _ in table.facets[0]] if table.facets and table.facets[0] else []
+    cols: list[Column] = [("strategy", lambda r, d: r.strategy)]
+    cols += [(n, lambda r, d, n=n: str(dict(r.facet).get(n))) for n in facet_names]
+    if table.size_name:
+        cols.append((table.size_name, lambda r, d: fmt_size(r.size)))
+    if table.has_workers:
+        cols.append(("workers", lambda r, d: str(r.workers)))
+    cols += [("median", lambda r, d: fmt_seconds(r.seconds)), ("IQR/2", lambda r, d: _spread(r))]
+    return cols
+
+
+def _derived_columns(table: Table, ds: list[Derived]) -> list[Column]:
+    """The derived figures that at least one row has."""
+    anchor = anchor_of(table)
+    cols: list[Column] = []
+    if any(d.speedup is not None for d in ds):
+        cols.append((f"speedup vs {BASELINE}@1", lambda r, d: fmt_ratio(d.speedup)))
+    if any(d.efficiency is not None for d in ds) and len(table.workers) > 1:
+        cols.append(("parallel eff.", lambda r, d: fmt_percent(d.efficiency)))
+    if anchor is not None:
+        cols.append((f"speed vs {anchor}", lambda r, d: fmt_ratio(d.anchor)))
+    if any(d.ns_per_item is not None for d in ds):
+        unit = (table.size_name or "item").rstrip("s")
+        cols.append((f"ns/{unit}", lambda r, d: fmt_number(d.ns_per_item)))
+    if any(d.gbps is not None for d in ds):
+        cols.append(("GB/s", lambda r, d: fmt_number(d.gbps)))
+    if any(d.bw_fraction is not None for d in ds):
+        cols.append(("of read bw", lambda r, d: fmt_percent(d.bw_fraction)))
+    if any(d.gflops is not None for d in ds):
+        cols.append(("GFLOP/s", lambda r, d: fmt_number(d.gflops)))
+    if any(d.flops_fraction is not None for d in ds):
+        cols.append(("of matmul peak", lambda r, d: fmt_percent(d.flops_fraction)))
+    return cols
+
+
+def render_table(table: Table, derived: dict[int, Derived]) -> str:
+    """The markdown table of one time benchmark, columns chosen by what exists."""
+    ds = [derived[id(r)] for r in table.rows]
+    cols = _parameter_columns(table) + _derived_columns(table, ds)
+    ordered = sorted(table.rows, key=lambda r: (
+        tuple(sort_key(v) for _, v in r.facet), sort_key(r.size),
+        r.workers or 0, table.strategies.index(r.strategy)))
+    body = [[fn(r, derived[id(r)]) for _, fn in cols] for r in ordered]
+    return markdown_table([c for c, _ in cols], body)
+
+
+def headline_rows(t: Table, derived: dict[int, Derived]) -> list[list[str]]:
+    """Per facet, the fastest strategy at the baseline's largest size (:func:`baseline_size`)."""
+    if not t.sizes:
+        return []
+    size = baseline_size(t, derived)
+    out = []
+    for facet in t.facets:
+        rows = [r for r in t.rows if r.size == size and r.facet == facet]
+        if not rows:
+            continue
+        best = min(rows, key=lambda r: r.seconds)
+        name = asvresults.function_of(t.benchmark.name)
+        if facet:
+            name += f" [{facet_title(facet)}]"
+        out.append([t.kernel, name, fmt_size(size), str(best.workers or "-"), best.strategy,
+                    fmt_seconds(best.seconds), fmt_ratio(derived[id(best)].speedup)])
+    return out
+
+
+def other_table(benches: list[BenchmarkResult]) -> str:
+    """Every point of benchmarks that give no table of their own (``track_``, ``peakmem_``)."""
+    rows = []
+    for b in benches:
+        for p in b.points():
+            if not p.ok:
+                continue
+            params = ", ".join(f"{k}={v}" for k, v in p.params.items())
+            # A class-wide ``unit = "bytes"`` also lands on its ratio tracks.
+            ratio = "ratio" in asvresults.function_of(b.name)
+            value = (fmt_bytes(p.value) if b.unit == "bytes" and not ratio
+                     else f"{p.value:.4g}" + ("" if ratio else f" {b.unit}"))
+            rows.append([f"`{asvresults.function_of(b.name)}`", params, value])
+    return markdown_table(["benchmark", "parameters", "value"], rows)
