@@ -1,0 +1,591 @@
+"""Mandelbrot: escape counts of a rectangle of the complex plane, row bands as chunks.
+
+Plan -> chunks -> chunk kernel -> combine, as every kernel here:
+
+- The image is ``height`` rows of ``width`` pixels; pixel ``(i, j)`` is
+  ``c = (x0 + j*dx) + (y0 + i*dy)i`` with ``dx = (x1 - x0) / width``,
+  ``dy = (y1 - y0) / height`` (see :mod:`kernels.mandelbrot.reference` for the exact
+  escape loop). A chunk is a band of whole rows; a task carries only
+  ``(kernel, region, width, height, first row, end row, max_iter)`` and returns its
+  rows' counts, which the caller places in the image. Rows never depend on the plan,
+  so every strategy, schedule and worker count gives the same image, bit for bit.
+- Chunk kernels: ``reference.render_rows`` (pure Python), ``vectorized.render_rows``
+  (NumPy, masked iteration over the points still active) and ``jit.render_rows``
+  (numba, ``nogil``). They repeat the same floating-point operations in the same
+  order, so their counts are equal too (docs/mandelbrot.md, "Exactness").
+- Schedules, for ``numba`` with ``workers > 1`` and for the pool strategies:
+  ``static`` cuts the rows into one contiguous band per worker; ``dynamic`` cuts them
+  into tiles of :data:`DYNAMIC_TILE_ROWS` rows handed out as workers free up. The work
+  per row varies by orders of magnitude (a row through the set costs ``max_iter`` per
+  pixel, one far outside costs 1 to 3), so static bands are unequal unless the view is
+  symmetric about the cut.
+- Strategies: ``python`` and ``numpy`` run the bands one after another on one core;
+  ``numba`` runs them over numba's thread pool (``prange``); ``threaded`` and
+  ``multiprocess`` (every entry of :data:`kernels.executors.POOL_STRATEGIES`) hand the
+  tasks to :mod:`kernels.executors` with the chunk kernel named by ``inner``.
+
+No task holds more than :data:`MAX_TASK_ITERATIONS` pixel-iterations at worst (every
+pixel at ``max_iter``), so the caller gets back to Python, and sees Ctrl-C, within
+about a third of a second (docs/reliability.md). A static band above that is cut into
+pieces run in rounds: round ``r`` runs piece ``r`` of every band, so each worker still
+gets its own band's rows.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from kernels import executors, memory, registry
+
+__all__ = [
+    "DEFAULT_MAX_ITER",
+    "DEFAULT_REGION",
+    "DEFAULT_SCHEDULE",
+    "DEFAULT_SIZES",
+    "SCHEDULES",
+    "SPEC",
+    "STRATEGIES",
+    "VIEWS",
+    "check_case",
+    "checksum",
+    "make_case",
+    "plan_rows",
+    "render",
+    "side_for",
+    "unavailable_reason",
+    "verify",
+    "verify_cases",
+]
+
+STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES)
+SCHEDULES = ("static", "dynamic")
+DEFAULT_SCHEDULE = "dynamic"
+# 2**16 and 2**18 pixels: 256x256 and 512x512 images of the whole set, 2.8 and 11 ms
+# on one core with numba at max_iter 256 (docs/mandelbrot.md).
+DEFAULT_SIZES = (1 << 16, 1 << 18)
+DEFAULT_MAX_ITER = 256
+
+#: Named regions ``(x0, x1, y0, y1)`` of the complex plane (``view`` option, verify).
+VIEWS: dict[str, tuple[float, float, float, float]] = {
+    # The classic picture: the whole set, square, symmetric about the real axis.
+    "full": (-2.0, 0.5, -1.25, 1.25),
+    # The upper half only: the set's bulk lies in the lower rows, so static bands differ.
+    "upper": (-2.0, 0.5, 0.0, 1.25),
+    # A zoom on the boundary between the main cardioid and the period-2 bulb.
+    "seahorse": (-0.8, -0.7, 0.05, 0.15),
+    # Inside the main cardioid: every pixel runs to max_iter.
+    "inside": (-0.5, 0.1, -0.3, 0.3),
+    # Right of the set (Re c > 0.25 there): every pixel escapes within a few iterations.
+    "outside": (0.5, 1.5, 0.5, 1.5),
+}
+DEFAULT_VIEW = "full"
+DEFAULT_REGION = VIEWS[DEFAULT_VIEW]
+
+# Limits of the arguments: a side up to 2**20 pixels and an image up to 2**36 (the
+# memory budget refuses far less on most machines); counts are int32.
+MAX_SIDE = 1 << 20
+MAX_PIXELS = 1 << 36
+MAX_ITER = 1 << 24
+
+#: Rows per tile of the dynamic schedule: 256 tiles of a 2048-row image, 32 of the
+#: default 256-row one; small enough that the last tiles even out the workers, large
+#: enough that handing one out (a pickle round trip for processes) costs little.
+DYNAMIC_TILE_ROWS = 8
+#: The most pixel-iterations (rows x width x max_iter, the worst case) one task may
+#: hold: about 1/3 s of one core (numba ~1 ns, NumPy ~8 ns, Python ~150 ns per
+#: iteration on the Xeon of docs/mandelbrot.md). Tasks never hold less than one row.
+MAX_TASK_ITERATIONS = {"numba": 1 << 28, "numpy": 1 << 25, "python": 1 << 21}
+#: The most pixels of one NumPy task (its temporaries: 80 bytes a pixel, 20 MiB).
+MAX_TASK_PIXELS = 1 << 18
+
+_SERIAL_STRATEGIES = ("python", "numpy")
+_COUNT_BYTES = np.dtype(np.int32).itemsize
+
+SPEC = registry.KernelSpec(
+    name="mandelbrot",
+    title="Mandelbrot: escape counts of an image of the complex plane",
+    size_name="pixels",
+    unit="pixels",
+    max_size=MAX_PIXELS,
+    default_sizes=DEFAULT_SIZES,
+    strategies=STRATEGIES,
+    serial=_SERIAL_STRATEGIES,
+    # The whole set at max_iter 256 averages ~75 iterations a pixel: past these a
+    # benchmark point takes seconds (Python ~150 ns, NumPy ~8 ns, numba ~1 ns each).
+    size_limits={"python": 1 << 16, "numpy": 1 << 20, "numba": 1 << 24},
+    options=(
+        registry.Option("max_iter", f"iterations before a point counts as in the set "
+                        f"(default {DEFAULT_MAX_ITER})", low=1, high=MAX_ITER),
+        registry.Option("schedule", "how rows are spread over workers: static (one band "
+                        f"per worker) or dynamic (tiles of {DYNAMIC_TILE_ROWS} rows as "
+                        f"workers free up; default {DEFAULT_SCHEDULE})", choices=SCHEDULES),
+        registry.Option("view", "region of the plane: " + ", ".join(VIEWS)
+                        + f" (default {DEFAULT_VIEW})", choices=tuple(VIEWS)),
+    ),
+    order=40,
+)
+
+
+# ---------------------------------------------------------------------------
+# Argument checks (all run before any allocation or pool)
+# ---------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, (bool, float)):
+        raise TypeError(f"{name} must be an int in [{low}, {high}], got {type(value).__name__}")
+    try:
+        value = operator.index(value)  # int and numpy integers; not float, str, None
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an int in [{low}, {high}], got {type(value).__name__}"
+        ) from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def check_region(region: Any) -> tuple[float, float, float, float]:
+    """``region`` as 4 finite floats ``(x0, x1, y0, y1)`` with ``x0 < x1`` and ``y0 < y1``."""
+    accepted = "region must be 4 finite real numbers (x0, x1, y0, y1) with x0 < x1 and y0 < y1"
+    if isinstance(region, (str, bytes)) or not hasattr(region, "__len__"):
+        raise TypeError(f"{accepted}, got {type(region).__name__}")
+    if len(region) != 4:
+        raise ValueError(f"{accepted}, got {len(region)} values")
+    values = []
+    for name, v in zip(("x0", "x1", "y0", "y1"), region, strict=True):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{accepted}; {name} is {type(v).__name__}")
+        f = float(v)
+        if not math.isfinite(f):
+            raise ValueError(f"{accepted}; {name} = {f}")
+        values.append(f)
+    x0, x1, y0, y1 = values
+    if not (x0 < x1 and y0 < y1):
+        raise ValueError(f"{accepted}, got {tuple(values)}")
+    if not (math.isfinite(x1 - x0) and math.isfinite(y1 - y0)):
+        raise ValueError(f"{accepted}; its width or height overflows a float: {tuple(values)}")
+    return x0, x1, y0, y1
+
+
+def check_schedule(schedule: Any) -> str:
+    """``schedule`` as one of :data:`SCHEDULES`."""
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+    return schedule
+
+
+def check_workers(strategy: str, workers: Any) -> int:
+    """``workers`` for ``strategy``: python and numpy run on one core and take 1 or None;
+    the others an int in [1, :func:`kernels.executors.max_workers`] or None (all cores)."""
+    if strategy in _SERIAL_STRATEGIES:
+        w = executors.resolve_workers(1 if workers is None else workers)
+        if w != 1:
+            raise ValueError(
+                f"strategy {strategy!r} runs on one core, so workers must be 1 or None, "
+                f"got {w}; threaded or multiprocess with inner='python'/'numpy' spread it "
+                "over cores"
+            )
+        return 1
+    return executors.resolve_workers(workers)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    strategy: str
+    inner: str | None
+    workers: int
+    schedule: str
+    width: int
+    height: int
+    max_iter: int
+    region: tuple[float, float, float, float]
+
+    @property
+    def kernel(self) -> str:
+        """The chunk kernel this plan runs: python, numpy or numba."""
+        return self.inner or self.strategy
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _plan(
+    width: Any, height: Any, max_iter: Any, region: Any, strategy: Any,
+    inner: Any, workers: Any, schedule: Any,
+) -> _Plan:
+    width = _check_int("width", width, 1, MAX_SIDE)
+    height = _check_int("height", height, 1, MAX_SIDE)
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"width x height must be at most {MAX_PIXELS} pixels (2**36), "
+                         f"got {width} x {height} = {width * height}")
+    max_iter = _check_int("max_iter", max_iter, 1, MAX_ITER)
+    region = check_region(region)
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    schedule = check_schedule(schedule)
+    workers = check_workers(strategy, workers)
+    plan = _Plan(strategy, inner, workers, schedule, width, height, max_iter, region)
+    memory.check(
+        f"mandelbrot {width}x{height} ({registry.label(strategy, inner)}, {workers} workers)",
+        bytes_needed(plan),
+        hint="lower width and height (the size)",
+    )
+    registry.require_available(sys.modules[__name__], strategy)
+    return plan
+
+
+def bytes_needed(plan: _Plan) -> int:
+    """Bytes a render holds at its peak: the int32 image, the tasks' row arrays that a
+    pool returns before they are placed (twice for processes: pickled and unpickled),
+    and the NumPy kernel's temporaries of the tasks running at once."""
+    image = _COUNT_BYTES * plan.pixels
+    total = image
+    if plan.strategy in executors.POOL_STRATEGIES:
+        total += image * (2 if executors.executor_kind(plan.strategy) == "processes" else 1)
+    if plan.kernel == "numpy":
+        from kernels.mandelbrot.vectorized import BYTES_PER_PIXEL
+
+        task_pixels = min(plan.pixels, rows_per_task(plan) * plan.width)
+        concurrent = 1 if plan.strategy in _SERIAL_STRATEGIES else plan.workers
+        total += BYTES_PER_PIXEL * task_pixels * concurrent
+    return total
+
+
+def unavailable_reason(strategy: str) -> str | None:
+    """Why ``strategy`` cannot run here, or None. numba and multiprocess are hard
+    dependencies, so this only says something on a broken install."""
+    if strategy == "numba":
+        return registry.module_available("numba")
+    if strategy == "multiprocess":
+        return registry.module_available("multiprocess")
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The plan: which rows each task holds
+# ---------------------------------------------------------------------------
+
+#: (chunk kernel, region, width, height, first row, end row (exclusive), max_iter)
+Task = tuple[str, tuple[float, float, float, float], int, int, int, int, int]
+
+
+def pixel_steps(
+    region: tuple[float, float, float, float], width: int, height: int
+) -> tuple[float, float, float, float]:
+    """``(x0, dx, y0, dy)``: pixel ``(i, j)`` is ``(x0 + j*dx) + (y0 + i*dy)i``.
+
+    The one place the steps are computed, so every kernel and every task uses the same
+    doubles (a step computed as ``x1 / width - x0 / width`` would differ in the last bit).
+    """
+    x0, x1, y0, y1 = region
+    return x0, (x1 - x0) / width, y0, (y1 - y0) / height
+
+
+def rows_per_task(plan: _Plan) -> int:
+    """The most rows one task holds: :data:`MAX_TASK_ITERATIONS` of the plan's kernel at
+    worst (and :data:`MAX_TASK_PIXELS` for NumPy), at least one row."""
+    rows = MAX_TASK_ITERATIONS[plan.kernel] // (plan.width * plan.max_iter)
+    if plan.kernel == "numpy":
+        rows = min(rows, MAX_TASK_PIXELS // plan.width)
+    return max(1, rows)
+
+
+def _split(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into ``parts`` contiguous ranges whose lengths differ by <= 1."""
+    n = stop - start
+    return [(start + k * n // parts, start + (k + 1) * n // parts) for k in range(parts)]
+
+
+def plan_rows(plan: _Plan) -> list[list[tuple[int, int]]]:
+    """The row ranges ``(first, end)`` of the plan's tasks, in rounds run one after another.
+
+    - ``python`` and ``numpy``, and ``numba`` at 1 worker: one round of the fewest bands
+      that respect :func:`rows_per_task` (the schedule changes nothing on one core).
+    - ``static``: ``min(workers, height)`` equal contiguous bands, one per worker; a band
+      above :func:`rows_per_task` is cut into ``k`` pieces, and round ``r`` holds piece
+      ``r`` of every band.
+    - ``dynamic``: one round of tiles of :data:`DYNAMIC_TILE_ROWS` rows (fewer if a tile
+      would exceed :func:`rows_per_task`), handed out as workers free up.
+    """
+    cap = rows_per_task(plan)
+    one_core = plan.strategy in _SERIAL_STRATEGIES or (
+        plan.strategy == "numba" and plan.workers == 1)
+    if one_core:
+        return [_split(0, plan.height, -(-plan.height // cap))]
+    if plan.schedule == "dynamic":
+        tile = min(DYNAMIC_TILE_ROWS, cap)
+        return [[(r, min(r + tile, plan.height)) for r in range(0, plan.height, tile)]]
+    bands = _split(0, plan.height, min(plan.workers, plan.height))
+    pieces = -(-max(stop - start for start, stop in bands) // cap)
+    per_band = [_split(start, stop, pieces) for start, stop in bands]
+    return [[band[r] for band in per_band if band[r][1] > band[r][0]] for r in range(pieces)]
+
+
+def run_task(task: Task) -> np.ndarray:
+    """Counts of one task's rows (int32, ``(rows, width)``), with its chunk kernel.
+
+    Module-level so that process-pool workers find it by import.
+    """
+    kernel, region, width, height, first, end, max_iter = task
+    x0, dx, y0, dy = pixel_steps(region, width, height)
+    if kernel == "numba":
+        from kernels.mandelbrot import jit
+
+        out = np.empty((end - first, width), dtype=np.int32)
+        jit.render_rows(out, x0, dx, y0, dy, first, max_iter)
+        return out
+    if kernel == "numpy":
+        from kernels.mandelbrot.vectorized import render_rows
+    else:
+        from kernels.mandelbrot.reference import render_rows
+    return render_rows(x0, dx, y0, dy, first, end - first, width, max_iter)
+
+
+def _tasks(plan: _Plan, ranges: list[tuple[int, int]]) -> list[Task]:
+    return [(plan.kernel, plan.region, plan.width, plan.height, first, end, plan.max_iter)
+            for first, end in ranges]
+
+
+def _run_numba(plan: _Plan, image: np.ndarray) -> None:
+    from kernels.mandelbrot import jit
+
+    x0, dx, y0, dy = pixel_steps(plan.region, plan.width, plan.height)
+    rounds = plan_rows(plan)
+    if plan.workers == 1:
+        for first, end in rounds[0]:
+            jit.render_rows(image[first:end], x0, dx, y0, dy, first, plan.max_iter)
+        return
+    import numba
+
+    with executors.limit_threads(plan.workers):
+        if plan.schedule == "static":
+            for ranges in rounds:
+                starts, stops = (np.array(col, dtype=np.int64) for col in zip(*ranges,
+                                                                               strict=True))
+                jit.render_static(image, x0, dx, y0, dy, starts, stops, plan.max_iter)
+            return
+        threads = numba.get_num_threads()
+        # Calls of at most rows_per_task rows per thread, so Ctrl-C is seen between them.
+        batch = max(1, rows_per_task(plan) * threads // DYNAMIC_TILE_ROWS)
+        tiles = rounds[0]
+        for k in range(0, len(tiles), batch):
+            starts, stops = (np.array(col, dtype=np.int64)
+                             for col in zip(*tiles[k:k + batch], strict=True))
+            jit.render_dynamic(image, x0, dx, y0, dy, starts, stops, plan.max_iter, threads)
+
+
+def _run(plan: _Plan) -> np.ndarray:
+    image = np.empty((plan.height, plan.width), dtype=np.int32)
+    if plan.strategy == "numba":
+        _run_numba(plan, image)
+        return image
+    kind = "serial" if plan.strategy in _SERIAL_STRATEGIES else executors.executor_kind(
+        plan.strategy)
+    for ranges in plan_rows(plan):
+        results = executors.run_chunks(kind, run_task, _tasks(plan, ranges), plan.workers)
+        for (first, end), rows in zip(ranges, results, strict=True):
+            image[first:end] = rows
+    return image
+
+
+# ---------------------------------------------------------------------------
+# Public entry
+# ---------------------------------------------------------------------------
+
+
+def render(
+    width: int,
+    height: int,
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    region: tuple[float, float, float, float] = DEFAULT_REGION,
+    strategy: str = "numba",
+    workers: int | None = None,
+    schedule: str = DEFAULT_SCHEDULE,
+    inner: str | None = None,
+) -> np.ndarray:
+    """Escape counts of a ``width`` x ``height`` image of ``region = (x0, x1, y0, y1)``.
+
+    Returns an int32 array of shape ``(height, width)``: row ``i``, column ``j`` holds
+    the iterations of ``z = z*z + c`` from ``z = 0`` before ``|z|^2 > 4``, ``max_iter``
+    when it never escapes, for ``c = (x0 + j*dx) + (y0 + i*dy)i``, ``dx = (x1-x0)/width``,
+    ``dy = (y1-y0)/height`` (row 0 is ``y0``: the image is upside down as a picture).
+
+    ``width`` and ``height`` are ints in [1, 2**20] (at most 2**36 pixels); ``max_iter``
+    an int in [1, 2**24]; ``region`` 4 finite numbers with ``x0 < x1`` and ``y0 < y1``.
+    ``strategy`` is one of :data:`STRATEGIES`; ``inner`` (python, numpy or numba,
+    default numba) picks the chunk kernel of the pool strategies and is refused
+    elsewhere. ``workers``: cores (None: all; python and numpy take only 1 or None).
+    ``schedule`` (static or dynamic) says how rows are spread over workers; it changes
+    the time, never the counts. Every argument, and the memory the call needs, is
+    checked before anything is allocated or any pool starts.
+    """
+    plan = _plan(width, height, max_iter, region, strategy, inner, workers, schedule)
+    return _run(plan)
+
+
+def checksum(counts: np.ndarray) -> int:
+    """The total iteration count of an image: what benchmarks and ``verify`` compare."""
+    return int(counts.sum(dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------
+# Harness hooks: check_case, make_case, verify (no timing here)
+# ---------------------------------------------------------------------------
+
+_CASE_OPTIONS = ("max_iter", "schedule", "view")
+
+#: Checksums of the square images the harness renders (``side_for(size)`` pixels a
+#: side) of the default view at max_iter 256: computed by the pure-Python reference
+#: (``test_known_checksums`` recomputes the small ones; ``-m slow`` all of them).
+KNOWN_CHECKSUMS: dict[tuple[int, int, str], int] = {}
+
+
+def side_for(size: int) -> int:
+    """The side of the square image the harness renders for ``size`` pixels:
+    ``isqrt(size)``, so the image holds ``side**2 <= size`` pixels (exactly ``size``
+    for a perfect square such as 2**16 and 2**18)."""
+    return math.isqrt(size)
+
+
+def cores_used(strategy: str, workers: int) -> int:
+    """Cores a strategy is given: ``workers`` for the parallel ones, 1 for python/numpy."""
+    return 1 if strategy in _SERIAL_STRATEGIES else workers
+
+
+def _case_plan(
+    size: Any, strategy: str, inner: str | None, workers: Any, options: dict[str, Any]
+) -> tuple[_Plan, str]:
+    unknown = sorted(set(options) - set(_CASE_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"mandelbrot takes no option {', '.join(unknown)}; options: {', '.join(_CASE_OPTIONS)}"
+        )
+    size = _check_int("size (pixels)", size, 1, MAX_PIXELS)
+    view = options.get("view", DEFAULT_VIEW)
+    if not isinstance(view, str) or view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+    side = side_for(size)
+    plan = _plan(side, side, options.get("max_iter", DEFAULT_MAX_ITER), VIEWS[view],
+                 strategy, inner, workers, options.get("schedule", DEFAULT_SCHEDULE))
+    return plan, view
+
+
+def check_case(
+    size: int, *, strategy: str, inner: str | None = None, workers: int = 1, **options: Any
+) -> None:
+    """Raise what :func:`make_case` would raise for these arguments; builds nothing."""
+    _case_plan(size, strategy, inner, workers, options)
+
+
+def make_case(
+    size: int, *, strategy: str, inner: str | None = None, workers: int = 1, **options: Any
+) -> registry.Case:
+    """A prepared render of ``side_for(size)`` squared pixels for the harness; nothing
+    runs until ``run()``.
+
+    ``options``: ``max_iter``, ``schedule``, ``view`` (a name of :data:`VIEWS`); anything
+    else is refused (ValueError). ``describe`` gives the checksum (total iterations),
+    whether it matches :data:`KNOWN_CHECKSUMS` where known, the mean iterations per
+    pixel, iterations per second and nanoseconds per iteration per core used.
+    """
+    plan, view = _case_plan(size, strategy, inner, workers, options)
+
+    def run() -> np.ndarray:
+        return _run(plan)
+
+    def describe(counts: np.ndarray, seconds: float) -> dict[str, Any]:
+        total = checksum(counts)
+        known = KNOWN_CHECKSUMS.get((plan.width, plan.max_iter, view))
+        cores = cores_used(plan.strategy, plan.workers)
+        return {
+            "checksum": total,
+            "correct": None if known is None else total == known,
+            "iterations_per_pixel": total / plan.pixels,
+            "iterations_per_s": total / seconds if seconds > 0 else math.nan,
+            "ns_per_iteration_per_core": seconds * cores / total * 1e9,
+        }
+
+    fields = {"width": plan.width, "height": plan.height, "max_iter": plan.max_iter,
+              "schedule": plan.schedule, "view": view}
+    return registry.Case(run=run, describe=describe, fields=fields)
+
+
+def list_extra() -> str:
+    """What ``kernelrace list`` prints after the strategies: the views and the options."""
+    views = "; ".join(f"{name} {region}" for name, region in VIEWS.items())
+    return (f"mandelbrot: size = pixels of a square image of side isqrt(size); views: {views}; "
+            f"options max_iter (default {DEFAULT_MAX_ITER}), schedule ({', '.join(SCHEDULES)}; "
+            f"default {DEFAULT_SCHEDULE}), view (default {DEFAULT_VIEW})")
+
+
+# Small enough for the pure-Python kernel (~0.1 s for all four), with heights that are
+# not multiples of the tile or of the worker counts, so bands and tiles are ragged.
+_VERIFY_CASES = (
+    ("full", 48, 36, 100),
+    ("seahorse", 40, 30, 200),
+    ("inside", 24, 17, 64),
+    ("outside", 32, 23, 64),
+)
+# Single pixels with known counts: c = 0 and c = -2 never escape (|z|^2 stays 0, and
+# reaches exactly 4 without exceeding it), c = 2 escapes after 2 iterations (z: 0, 2, 6),
+# c = 1 after 3 (z: 0, 1, 2, 5), c = 0.25 converges slowly to 0.5 and never escapes.
+_KNOWN_POINTS = ((0.0, 0.0, None), (-2.0, 0.0, None), (2.0, 0.0, 2), (1.0, 0.0, 3),
+                 (0.25, 0.0, None))
+
+
+def verify_cases() -> list[tuple[str, dict[str, Any]]]:
+    """The small inputs :func:`verify` checks every strategy on (render's arguments)."""
+    return [
+        (f"{view} {w}x{h} max_iter={m}",
+         {"width": w, "height": h, "max_iter": m, "region": VIEWS[view]})
+        for view, w, h, m in _VERIFY_CASES
+    ]
+
+
+@lru_cache(maxsize=16)
+def reference_image(
+    width: int, height: int, max_iter: int, region: tuple[float, float, float, float]
+) -> np.ndarray:
+    """The pure-Python reference image (cached: verify compares many strategies with it)."""
+    from kernels.mandelbrot import reference
+
+    image = reference.render(width, height, max_iter, region)
+    image.setflags(write=False)
+    return image
+
+
+def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Check]:
+    """Check a strategy on small views against the pure-Python reference, pixel for pixel.
+
+    Every case of :func:`verify_cases` under both schedules (one for python and numpy,
+    where the schedule changes nothing), and single pixels whose counts are known.
+    """
+    strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
+    if strategy in _SERIAL_STRATEGIES:
+        workers = 1  # as the other kernels' verify: one core whatever was asked
+    schedules = (DEFAULT_SCHEDULE,) if strategy in _SERIAL_STRATEGIES else SCHEDULES
+    kw = {"strategy": strategy, "inner": inner, "workers": workers}
+    checks = []
+    for name, case in verify_cases():
+        want = reference_image(case["width"], case["height"], case["max_iter"], case["region"])
+        for schedule in schedules:
+            got = render(**case, schedule=schedule, **kw)
+            differ = int(np.count_nonzero(got != want))
+            checks.append(registry.Check(
+                f"{name} {schedule}", differ == 0,
+                f"checksum {checksum(got)} vs {checksum(want)}, {differ} pixels differ"))
+    max_iter = 50
+    for cr, ci, count in _KNOWN_POINTS:
+        want = max_iter if count is None else count
+        got = int(render(1, 1, max_iter=max_iter, region=(cr, cr + 1.0, ci, ci + 1.0), **kw)[0, 0])
+        checks.append(registry.Check(f"c={complex(cr, ci)}", got == want, f"{got} vs {want}"))
+    return checks
