@@ -4,20 +4,27 @@ Reads, never writes, asv's results (see :mod:`kernels.harness.asvresults`). Noth
 here knows a kernel's benchmarks by name; it finds them by convention:
 
 - the kernel is the benchmark's module name without ``bench_``
-  (``bench_sieve.TimeSieve.time_count`` -> ``sieve``);
+  (``bench_sieve.TimeCountPrimes.time_count_primes`` -> ``sieve``); known kernels come
+  in their specs' order (:func:`kernels.registry.kernel_names`), others after;
 - parameters are found by their ``param_names``: ``strategy`` (a label such as
   ``numba`` or ``threaded:numba``; an ``inner`` parameter is joined to it), the
-  problem size (``size``, ``n``, ``samples``, ``context``...), ``workers`` and
-  ``preset``; any other parameter is kept as a column of its own;
+  problem size (``size``, or a kernel spec's ``size_name``: ``n``, ``samples``,
+  ``context``...), ``workers`` and ``preset``; any other parameter is kept as a column
+  of its own;
 - ``time_*``/``timeraw_*`` benchmarks give the tables; ``track_*`` benchmarks
   whose parameters are a subset of a time benchmark's are joined to it by name
   or unit: bytes (``*bytes*``, unit ``bytes``) and GB/s give bandwidth,
   ``*per_token*`` gives KV bytes per token, ``*flop*`` gives GFLOP/s;
 - ``numpy`` on 1 worker is the speedup baseline; ``primesieve`` or ``torch``
   strategies are anchors that every strategy is compared with.
+
+The package, by role: :mod:`.model` (rows, parameter roles, track joins),
+:mod:`.derived` (speedup, efficiencies, rates), :mod:`.tables` (formatting, markdown),
+:mod:`.plots`, :mod:`.build` (the page, :func:`build_report`) and :mod:`.cli` (options,
+writing all or nothing).
 """
 
-from kernels.harness.report.build import KERNEL_ORDER, build_report, kernel_order, pick_run
+from kernels.harness.report.build import build_report, kernel_order, pick_run
 from kernels.harness.report.cli import add_arguments, main, run
 from kernels.harness.report.derived import (
     ANCHORS,
@@ -28,7 +35,6 @@ from kernels.harness.report.derived import (
     derive,
 )
 from kernels.harness.report.model import (
-    ROLE_NAMES,
     Row,
     Table,
     build_table,
@@ -51,7 +57,7 @@ from kernels.harness.report.tables import (
 )
 
 __all__ = [
-    "ANCHORS", "BASELINE", "KERNEL_ORDER", "ROLE_NAMES", "Derived", "Row", "Table",
+    "ANCHORS", "BASELINE", "Derived", "Row", "Table",
     "add_arguments", "baseline_size", "build_report", "build_table", "cache_bytes",
     "classify_track", "derive", "fmt_bytes", "fmt_seconds", "fmt_size", "kernel_order", "main",
     "markdown_table", "param_roles", "pick_run", "plot_bandwidth", "plot_kv_bytes",

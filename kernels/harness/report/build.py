@@ -34,8 +34,6 @@ from kernels.harness.report.tables import (
     render_table,
 )
 
-KERNEL_ORDER = ("sieve", "montecarlo", "attention")
-
 
 @dataclass
 class _Page:
@@ -238,9 +236,13 @@ def pick_run(files: list[ResultFile], commit: str | None) -> list[ResultFile]:
 
 
 def kernel_order(names: Iterable[str]) -> list[str]:
-    """Known kernels first in design order, then the others alphabetically."""
+    """Known kernels first in their specs' order (:func:`kernels.registry.kernel_names`),
+    then the others alphabetically."""
+    from kernels import registry
+
+    known = registry.kernel_names()
     names = set(names)
-    return [k for k in KERNEL_ORDER if k in names] + sorted(names - set(KERNEL_ORDER))
+    return [k for k in known if k in names] + sorted(names - set(known))
 
 
 def _main_table(tables: list[Table]) -> Table | None:

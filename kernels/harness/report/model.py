@@ -9,19 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from kernels.harness import asvresults
 from kernels.harness.asvresults import BenchmarkResult, Point
 
+# Parameter names with a role; the size's names also come from the kernels' specs.
 ROLE_NAMES: dict[str, tuple[str, ...]] = {
-    "strategy": ("strategy", "label", "impl", "implementation", "variant", "method"),
+    "strategy": ("strategy",),
     "inner": ("inner",),
-    "size": ("size", "n", "limit", "samples", "n_samples", "context", "context_len",
-             "ctx", "seq_len", "seqlen", "tokens", "length"),
-    "workers": ("workers", "threads", "cores", "jobs", "n_workers", "num_workers"),
-    "preset": ("preset", "config", "model", "attn", "variant_config"),
+    "size": ("size",),
+    "workers": ("workers",),
+    "preset": ("preset",),
 }
+
+
+@cache
+def role_names() -> dict[str, tuple[str, ...]]:
+    """:data:`ROLE_NAMES` with every kernel spec's ``size_name`` added to the size role."""
+    from kernels import registry
+
+    sizes = [registry.spec(k).size_name for k in registry.kernel_names()]
+    names = dict(ROLE_NAMES)
+    names["size"] = tuple(dict.fromkeys((*ROLE_NAMES["size"], *sizes)))
+    return names
 
 
 def param_roles(param_names: Iterable[str]) -> dict[str, str]:
@@ -30,7 +42,7 @@ def param_roles(param_names: Iterable[str]) -> dict[str, str]:
     taken: set[str] = set()
     for name in param_names:
         low = name.lower()
-        role = next((r for r, names in ROLE_NAMES.items() if low in names and r not in taken),
+        role = next((r for r, names in role_names().items() if low in names and r not in taken),
                     None)
         roles[name] = role or name
         if role:
@@ -52,10 +64,6 @@ class Row:
     q75: float | None
     repeat: int | None = None  # samples behind the median (1 with asv --quick)
     extra: dict[str, float | None] = field(default_factory=dict)
-
-    @property
-    def facet_text(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.facet)
 
 
 @dataclass
