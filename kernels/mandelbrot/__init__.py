@@ -56,8 +56,11 @@ __all__ = [
     "check_case",
     "checksum",
     "make_case",
+    "plan",
     "plan_rows",
+    "plan_tasks",
     "render",
+    "run_task",
     "side_for",
     "unavailable_reason",
     "verify",
@@ -67,8 +70,8 @@ __all__ = [
 STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES)
 SCHEDULES = ("static", "dynamic")
 DEFAULT_SCHEDULE = "dynamic"
-# 2**16 and 2**18 pixels: 256x256 and 512x512 images of the whole set, 2.8 and 11 ms
-# on one core with numba at max_iter 256 (docs/mandelbrot.md).
+# 2**16 and 2**18 pixels: 256x256 and 512x512 images of the whole set at max_iter 256,
+# 4.4e6 and 1.8e7 iterations: about 16 and 64 ms on one core with numba.
 DEFAULT_SIZES = (1 << 16, 1 << 18)
 DEFAULT_MAX_ITER = 256
 
@@ -99,9 +102,9 @@ MAX_ITER = 1 << 24
 #: enough that handing one out (a pickle round trip for processes) costs little.
 DYNAMIC_TILE_ROWS = 8
 #: The most pixel-iterations (rows x width x max_iter, the worst case) one task may
-#: hold: about 1/3 s of one core (numba ~1 ns, NumPy ~8 ns, Python ~150 ns per
+#: hold: about 1/4 s of one core (numba ~3.6 ns, NumPy ~15 ns, Python ~140 ns per
 #: iteration on the Xeon of docs/mandelbrot.md). Tasks never hold less than one row.
-MAX_TASK_ITERATIONS = {"numba": 1 << 28, "numpy": 1 << 25, "python": 1 << 21}
+MAX_TASK_ITERATIONS = {"numba": 1 << 26, "numpy": 1 << 24, "python": 1 << 21}
 #: The most pixels of one NumPy task (its temporaries: 80 bytes a pixel, 20 MiB).
 MAX_TASK_PIXELS = 1 << 18
 
@@ -117,9 +120,9 @@ SPEC = registry.KernelSpec(
     default_sizes=DEFAULT_SIZES,
     strategies=STRATEGIES,
     serial=_SERIAL_STRATEGIES,
-    # The whole set at max_iter 256 averages ~75 iterations a pixel: past these a
-    # benchmark point takes seconds (Python ~150 ns, NumPy ~8 ns, numba ~1 ns each).
-    size_limits={"python": 1 << 16, "numpy": 1 << 20, "numba": 1 << 24},
+    # The whole set at max_iter 256 averages ~67 iterations a pixel: past these a call
+    # takes over a second on one core (Python ~140 ns, NumPy ~15 ns, numba ~3.6 ns each).
+    size_limits={"python": 1 << 16, "numpy": 1 << 20, "numba": 1 << 22},
     options=(
         registry.Option("max_iter", f"iterations before a point counts as in the set "
                         f"(default {DEFAULT_MAX_ITER})", low=1, high=MAX_ITER),
@@ -432,6 +435,30 @@ def render(
     return _run(plan)
 
 
+def plan(
+    width: int,
+    height: int,
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    region: tuple[float, float, float, float] = DEFAULT_REGION,
+    strategy: str = "numba",
+    workers: int | None = None,
+    schedule: str = DEFAULT_SCHEDULE,
+    inner: str | None = None,
+) -> _Plan:
+    """The checked plan :func:`render` would run for these arguments (same checks, same
+    errors); :func:`plan_rows` and :func:`plan_tasks` show its bands. For benchmarks
+    that time one band alone (timing lives there, not here)."""
+    return _plan(width, height, max_iter, region, strategy, inner, workers, schedule)
+
+
+def plan_tasks(plan: _Plan) -> list[list[Task]]:
+    """The tasks of :func:`plan_rows`, in rounds; ``run_task(task)`` renders one. For the
+    ``numba`` strategy these are the bands its ``prange`` calls cover, as tasks of the
+    ``numba`` chunk kernel."""
+    return [_tasks(plan, ranges) for ranges in plan_rows(plan)]
+
+
 def checksum(counts: np.ndarray) -> int:
     """The total iteration count of an image: what benchmarks and ``verify`` compare."""
     return int(counts.sum(dtype=np.int64))
@@ -443,10 +470,16 @@ def checksum(counts: np.ndarray) -> int:
 
 _CASE_OPTIONS = ("max_iter", "schedule", "view")
 
-#: Checksums of the square images the harness renders (``side_for(size)`` pixels a
-#: side) of the default view at max_iter 256: computed by the pure-Python reference
-#: (``test_known_checksums`` recomputes the small ones; ``-m slow`` all of them).
-KNOWN_CHECKSUMS: dict[tuple[int, int, str], int] = {}
+#: Checksums of the square images the harness renders, by (side, max_iter, view):
+#: sides 256, 512 and 1024 computed by the pure-Python reference (and equal with numpy
+#: and numba), 2048 by numpy and numba, which agree. ``test_known_checksums``
+#: recomputes the 256 one with the reference.
+KNOWN_CHECKSUMS: dict[tuple[int, int, str], int] = {
+    (256, 256, "full"): 4_426_010,
+    (512, 256, "full"): 17_696_972,
+    (1024, 256, "full"): 70_742_812,
+    (2048, 256, "full"): 282_893_053,
+}
 
 
 def side_for(size: int) -> int:
