@@ -1,0 +1,212 @@
+"""asv benchmarks for Mandelbrot: strategy x schedule x size x workers, warm and cold apart.
+
+- ``TimeRender.time_render``: warm steady state of ``render`` on the default view (the
+  whole set, max_iter 256) at ``size`` pixels (a square of side ``isqrt(size)``).
+  ``setup`` renders the point once untimed (numba compilation or its cache load, the
+  pool's start, first touch) and checks its checksum, so a wrong image is never timed.
+- ``ScheduleSpeedup.track_dynamic_over_static``: static time / dynamic time at 2
+  workers, the calls paired in alternation in one process (drift cancels).
+- ``StaticImbalance.track_static_imbalance``: the static schedule's bands, each timed
+  alone on one core: the slowest band's time over the mean (1.0 is a perfect split;
+  the static schedule's wall time at k workers is at least that many times its ideal).
+- ``ColdStart.timeraw_*``: a fresh interpreter imports kernels and renders a small image:
+  import + JIT (from numba's on-disk cache, or compiled from scratch) + pool start.
+- ``PeakMemory.peakmem_*``: resident set of the process rendering one image.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from kernels import mandelbrot, registry
+
+from .common import WORKERS, ColdStartBase, Paired, skip
+
+LABELS = [registry.label(s, i) for s, i in registry.variants("mandelbrot")]
+SCHEDULES = list(mandelbrot.SCHEDULES)
+SIZES = [1 << 16, 1 << 18, 1 << 20, 1 << 22]
+SPEC = mandelbrot.SPEC
+MAX_ITER = mandelbrot.DEFAULT_MAX_ITER
+VIEW = "full"
+
+
+def _kwargs(label: str, workers: int, schedule: str = mandelbrot.DEFAULT_SCHEDULE) -> dict:
+    strategy, inner = registry.parse_label(label)
+    return {"strategy": strategy, "inner": inner, "workers": workers, "schedule": schedule,
+            "max_iter": MAX_ITER, "region": mandelbrot.VIEWS[VIEW]}
+
+
+def skip_reason(label: str, schedule: str, size: int, workers: int) -> str | None:
+    """Why a point of :class:`TimeRender` is not timed, or None."""
+    strategy, inner = registry.parse_label(label)
+    if size > SPEC.size_limit(strategy, inner):
+        return f"{label} is too slow for {size} pixels"
+    if strategy in SPEC.serial and workers > 1:
+        return f"{label} runs on one core whatever workers is"
+    one_core = strategy in SPEC.serial or (strategy == "numba" and workers == 1)
+    if one_core and schedule != mandelbrot.DEFAULT_SCHEDULE:
+        return f"{label} on one core runs the same plan under every schedule"
+    return None
+
+
+def expected_checksum(side: int) -> int:
+    """The checksum of the default view at ``side``: the kernel's table, else the serial
+    numba kernel's (checked against the reference by the tests)."""
+    known = mandelbrot.KNOWN_CHECKSUMS.get((side, MAX_ITER, VIEW))
+    if known is not None:
+        return known
+    counts = mandelbrot.render(side, side, max_iter=MAX_ITER, region=mandelbrot.VIEWS[VIEW],
+                               strategy="numba", workers=1)
+    return mandelbrot.checksum(counts)
+
+
+def _render_checked(side: int, kwargs: dict) -> None:
+    """Render once (JIT, pool start, first touch) and refuse to time a wrong image."""
+    got = mandelbrot.checksum(mandelbrot.render(side, side, **kwargs))
+    want = expected_checksum(side)
+    if got != want:
+        raise AssertionError(f"mandelbrot {kwargs} at {side}x{side}: checksum {got}, "
+                             f"expected {want}")
+
+
+class TimeRender:
+    """Warm time of one ``render`` of the whole set (seconds)."""
+
+    params = (LABELS, SCHEDULES, SIZES, WORKERS)
+    param_names = ["strategy", "schedule", "size", "workers"]
+    # The regression gate's points (kernelrace compare --run): calls of 15-300 ms.
+    gate_params = [(["python"], ["dynamic"], [1 << 16], [1]),
+                   (["numpy"], ["dynamic"], [1 << 18], [1]),
+                   (["numba", "threaded:numba", "multiprocess:numba"], ["dynamic"], [1 << 18],
+                    WORKERS),
+                   (["numba", "threaded:numba"], ["static"], [1 << 18], [2])]
+    number = 1
+    repeat = (1, 5, 10.0)
+    warmup_time = 0.0
+    timeout = 180
+
+    def skip_reason(self, label: str, schedule: str, size: int, workers: int) -> str | None:
+        return skip_reason(label, schedule, size, workers)
+
+    def setup(self, label: str, schedule: str, size: int, workers: int) -> None:
+        reason = skip_reason(label, schedule, size, workers)
+        if reason:
+            skip(reason)
+        self.side = mandelbrot.side_for(size)
+        self.kwargs = _kwargs(label, workers, schedule)
+        _render_checked(self.side, self.kwargs)
+
+    def time_render(self, label: str, schedule: str, size: int, workers: int) -> None:
+        mandelbrot.render(self.side, self.side, **self.kwargs)
+
+
+class ScheduleSpeedup(Paired):
+    """Static time / dynamic time at 2 workers on 2**20 pixels (x), in alternation.
+
+    Above 1: dynamic is faster. On the symmetric full view two static bands are mirror
+    images and the ratio is near 1; on the upper half the set's bulk falls in one band.
+    """
+
+    params = (["numba", "threaded:numba", "multiprocess:numba"], ["full", "upper"])
+    param_names = ["strategy", "view"]
+    SIDE = 1024
+    ROUNDS = 7
+
+    def setup(self, label: str, view: str) -> None:
+        self.pair = []
+        for schedule in ("static", "dynamic"):
+            kwargs = dict(_kwargs(label, 2, schedule), region=mandelbrot.VIEWS[view])
+            mandelbrot.render(self.SIDE, self.SIDE, **kwargs)  # JIT, pool start
+            self.pair.append(lambda kw=kwargs: mandelbrot.render(self.SIDE, self.SIDE, **kw))
+
+    def track_dynamic_over_static(self, label: str, view: str) -> float:
+        return self.ratio()
+
+
+class StaticImbalance:
+    """Slowest static band over the mean band (x), each band timed alone on one core.
+
+    The bands are the kernel's own plan (``mandelbrot.plan_tasks``) at 2**18 pixels;
+    each is rendered by the numba chunk kernel in this thread, best of 3.
+    """
+
+    params = (["full", "upper"], [2, 4])
+    param_names = ["view", "workers"]
+    unit = "x"
+    timeout = 120
+    SIDE = 512
+    REPEAT = 3
+
+    def setup(self, view: str, workers: int) -> None:
+        plan = mandelbrot.plan(self.SIDE, self.SIDE, max_iter=MAX_ITER,
+                               region=mandelbrot.VIEWS[view], strategy="threaded",
+                               inner="numba", workers=workers, schedule="static")
+        rounds = mandelbrot.plan_tasks(plan)
+        if len(rounds) != 1:  # one band per worker at this size: nothing to merge
+            raise AssertionError(f"expected one round of bands, got {len(rounds)}")
+        self.bands = rounds[0]
+        mandelbrot.run_task(self.bands[0])  # JIT
+
+    def band_seconds(self) -> list[float]:
+        """Best-of-``REPEAT`` time of each band's task alone (seconds)."""
+        times = []
+        for task in self.bands:
+            best = float("inf")
+            for _ in range(self.REPEAT):
+                t0 = time.perf_counter()
+                mandelbrot.run_task(task)
+                best = min(best, time.perf_counter() - t0)
+            times.append(best)
+        return times
+
+    def track_static_imbalance(self, view: str, workers: int) -> float:
+        times = self.band_seconds()
+        return max(times) / statistics.fmean(times)
+
+
+class ColdStart(ColdStartBase):
+    """A fresh interpreter: import, JIT, pool start and a 256x256 render (seconds)."""
+
+    params = (LABELS, WORKERS)
+
+    def setup(self, label: str, workers: int) -> None:
+        if registry.parse_label(label)[0] in SPEC.serial and workers > 1:
+            skip(f"{label} runs on one core whatever workers is")
+
+    def body(self, label: str, workers: int) -> str:
+        kwargs = _kwargs(label, workers)
+        side = 64 if (kwargs["inner"] or kwargs["strategy"]) == "python" else 256
+        return f"from kernels.mandelbrot import render\nrender({side}, {side}, **{kwargs!r})\n"
+
+    def timeraw_cold_start(self, label: str, workers: int) -> str:
+        """Cold start: numba's on-disk cache as a previous run left it, or empty where
+        the class sets ``fresh_jit_cache`` (the compiling variant inherits this)."""
+        return self.code(label, workers)
+
+
+class ColdStartCompiling(ColdStart):
+    """As :class:`ColdStart`, but numba compiles the kernels from scratch (seconds)."""
+
+    params = ([label for label in LABELS if label.endswith("numba")], WORKERS)
+    fresh_jit_cache = True
+
+    def setup(self, label: str, workers: int) -> None:
+        pass
+
+
+class PeakMemory:
+    """Peak resident memory of the process rendering one image (bytes): the int32 image
+    (4 bytes a pixel) and, for NumPy, its bands' temporaries (bounded per task)."""
+
+    params = (["numpy", "numba"], [1 << 18, 1 << 20])
+    param_names = ["strategy", "size"]
+    timeout = 120
+
+    def setup(self, label: str, size: int) -> None:
+        self.side = mandelbrot.side_for(size)
+        self.kwargs = _kwargs(label, 1)
+        mandelbrot.render(64, 64, **self.kwargs)
+
+    def peakmem_render(self, label: str, size: int) -> None:
+        mandelbrot.render(self.side, self.side, **self.kwargs)
