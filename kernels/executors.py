@@ -47,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 EXECUTOR_KINDS = ("serial", "threads", "processes")
 
@@ -218,18 +218,45 @@ def _worker_init(owner_pid: int | None = None) -> None:
 # ---------------------------------------------------------------------------
 
 
-class Executor(Protocol):
-    """Runs chunk tasks. ``map`` returns results in task order."""
+class Executor:
+    """The executor interface: run chunk tasks, results in task order.
 
-    kind: str
-    workers: int
+    A new executor subclasses this and implements ``__init__(workers)``, ``map`` and
+    ``close``; :func:`register_executor` then gives every kernel a strategy on it. What is
+    particular to an executor stays in it: :meth:`share` (how large arrays reach the
+    tasks) and :meth:`thread_limit` (how many BLAS/numba threads the caller allows).
+    """
 
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]: ...
+    kind = "abstract"
+    workers = 1
 
-    def close(self) -> None: ...
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def thread_limit(self, workers: int) -> int:
+        """BLAS/numba threads the caller caps itself to while this executor runs tasks.
+
+        ``workers`` by default (tasks run elsewhere, or one at a time here)."""
+        return workers
+
+    @contextlib.contextmanager
+    def share(self, arrays: dict[str, Any], *, what: str = "arrays", hint: str = ""
+              ) -> Iterator[dict[str, Any]]:
+        """A handle to ``arrays`` for tasks to carry; :func:`shared_arrays` turns it back
+        into the arrays inside a task. In-process executors hand the arrays themselves."""
+        yield arrays
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-class SerialExecutor:
+class SerialExecutor(Executor):
     """Runs tasks one after another in the calling thread (the baseline)."""
 
     kind = "serial"
@@ -240,24 +267,20 @@ class SerialExecutor:
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
         return [fn(t) for t in tasks]
 
-    def close(self) -> None:
-        pass
 
-    def __enter__(self) -> SerialExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ThreadExecutor:
+class ThreadExecutor(Executor):
     """Runs tasks on a pool of ``workers`` threads.
 
     Threads only run in parallel when the task releases the GIL: numba functions
     compiled with ``nogil=True`` and large NumPy operations do; pure Python does not.
+    BLAS gets one thread per pool thread (:meth:`thread_limit`): ``workers`` threads
+    each calling a ``workers``-thread BLAS would thrash a loaded machine.
     """
 
     kind = "threads"
+
+    def thread_limit(self, workers: int) -> int:
+        return 1
 
     def __init__(self, workers: int) -> None:
         self.workers = resolve_workers(workers)
@@ -282,12 +305,6 @@ class ThreadExecutor:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-    def __enter__(self) -> ThreadExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class WorkerLost(RuntimeError):
@@ -593,7 +610,7 @@ class _FromMain:
         return self._fn(task)
 
 
-class ProcessExecutor:
+class ProcessExecutor(Executor):
     """Runs tasks on a pool of ``workers`` processes (``multiprocess``, forkserver).
 
     Each worker ignores SIGINT, runs with one BLAS/numba thread and dies with its parent;
@@ -681,11 +698,47 @@ class ProcessExecutor:
                 return
             pool.join()
 
-    def __enter__(self) -> ProcessExecutor:
-        return self
+    @contextlib.contextmanager
+    def share(self, arrays: dict[str, Any], *, what: str = "arrays", hint: str = ""
+              ) -> Iterator[dict[str, Any]]:
+        """Shared-memory specs of ``arrays`` for the workers to attach
+        (:mod:`kernels.shared_memory`). Arrays already held in a segment of this process
+        travel as their spec; the others are copied into temporary segments, checked
+        against the memory budget first (``what`` and ``hint`` word its error), and
+        unlinked when the block exits, on success, error or Ctrl-C alike."""
+        from kernels import memory, shared_memory
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        specs = {name: shared_memory.spec_of(a) for name, a in arrays.items()}
+        copies = {name: a for name, a in arrays.items() if specs[name] is None}
+        nbytes = sum(a.nbytes for a in copies.values())
+        if copies:
+            memory.check(f"a shared-memory copy of {what}", nbytes, shared=nbytes, hint=hint)
+        temps: list[Any] = []
+        try:
+            for name, array in copies.items():
+                seg = shared_memory.SharedArray(array.shape, array.dtype)
+                temps.append(seg)
+                assert seg.array is not None
+                seg.array[...] = array
+                specs[name] = seg.spec
+            yield specs
+        finally:
+            for seg in temps:
+                seg.unlink()
+
+
+def shared_arrays(handle: dict[str, Any]) -> dict[str, Any]:
+    """Inside a task: the arrays an :meth:`Executor.share` handle stands for. In a process
+    worker this attaches the segments (once per name, dropping attachments of arrays no
+    longer named); elsewhere the handle holds the arrays themselves."""
+    from kernels import shared_memory
+
+    names = {v.name for v in handle.values() if isinstance(v, shared_memory.SegmentSpec)}
+    if not names:
+        return handle
+    shared_memory.keep_only(names)
+    return {k: shared_memory.attach(v) if isinstance(v, shared_memory.SegmentSpec) else v
+            for k, v in handle.items()}
 
 
 _CLASSES: dict[str, type] = {
@@ -693,6 +746,26 @@ _CLASSES: dict[str, type] = {
     "threads": ThreadExecutor,
     "processes": ProcessExecutor,
 }
+
+
+def register_executor(strategy: str, kind: str, cls: type) -> None:
+    """Add an executor: ``cls(workers)`` (an :class:`Executor`) becomes kind ``kind``, and
+    every kernel offers strategy ``strategy`` on it, with an ``inner`` chunk kernel."""
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise TypeError(f"cls must be an Executor subclass, got {cls!r}")
+    _CLASSES[kind] = cls
+    POOL_STRATEGIES[strategy] = kind
+
+
+def unregister_executor(strategy: str) -> None:
+    """Undo :func:`register_executor` (its warm pools are closed)."""
+    kind = POOL_STRATEGIES.pop(strategy)
+    if kind not in POOL_STRATEGIES.values():
+        _CLASSES.pop(kind, None)
+        with _pools_lock:
+            pools = [_pools.pop(k) for k in list(_pools) if k[0] == kind]
+        for pool in pools:
+            pool.close()
 
 # Warm pools, by (kind, workers), oldest use first.
 _pools: dict[tuple[str, int], Any] = {}
@@ -716,7 +789,7 @@ def get_executor(kind: str, workers: int | None = None, *, reuse: bool = True) -
     with ``reuse=False`` a new pool is made and the caller must close it (the cold case).
     """
     if kind not in _CLASSES:
-        raise ValueError(f"executor kind must be one of {', '.join(EXECUTOR_KINDS)}; got {kind!r}")
+        raise ValueError(f"executor kind must be one of {', '.join(_CLASSES)}; got {kind!r}")
     workers = resolve_workers(workers)
     if not reuse:
         return _CLASSES[kind](workers)
@@ -758,12 +831,35 @@ def run_chunks(
     *,
     reuse: bool = True,
 ) -> list[Any]:
-    """Run ``fn`` over ``tasks`` on an executor of ``kind``, with threads capped to ``workers``."""
+    """Run ``fn`` over ``tasks`` on an executor of ``kind``, BLAS and numba capped to the
+    executor's :meth:`~Executor.thread_limit` (``workers``, or 1 per pool thread)."""
+    return run_shared(kind, fn, None, lambda _: tasks, workers, reuse=reuse)
+
+
+def run_shared(  # noqa: PLR0913
+    kind: str,
+    fn: Callable[[Any], Any],
+    arrays: dict[str, Any] | None,
+    make_tasks: Callable[[Any], Sequence[Any]],
+    workers: int,
+    *,
+    reuse: bool = True,
+    what: str = "arrays",
+    hint: str = "",
+) -> list[Any]:
+    """:func:`run_chunks` for tasks that read large ``arrays``: the executor shares them
+    (:meth:`Executor.share`: shared memory for processes, the arrays themselves for
+    threads), ``make_tasks(handle)`` builds the tasks around the handle, and each task
+    gets the arrays back with :func:`shared_arrays`."""
     # Checked here, not only by the executor: limit_threads runs first and would
     # otherwise fail on a bad value with a message that does not name workers.
     workers = resolve_workers(workers)
-    with limit_threads(workers), executor_for(kind, workers, reuse=reuse) as executor:
-        return executor.map(fn, tasks)
+    with executor_for(kind, workers, reuse=reuse) as executor:
+        with limit_threads(executor.thread_limit(workers)):
+            if arrays is None:
+                return executor.map(fn, make_tasks(None))
+            with executor.share(arrays, what=what, hint=hint) as handle:
+                return executor.map(fn, make_tasks(handle))
 
 
 def shutdown_pools() -> None:

@@ -1,15 +1,17 @@
-"""Shared-memory arrays for the ``multiprocess`` strategy.
+"""Shared-memory arrays: how the process executor hands large arrays to its workers.
 
 The parent creates named segments (``multiprocessing.shared_memory``) and holds the
-cache in them; pool workers attach by name once and keep the attachment for later
-steps (:func:`attach`), dropping attachments that the current task no longer names
-so a warm pool does not pin memory of caches already freed.
+arrays in them (a kernel may allocate its data there from the start, as attention's
+``shared=True`` caches do); pool workers attach by name once and keep the attachment
+for later tasks (:func:`attach`), dropping attachments that the current task no longer
+names so a warm pool does not pin memory of arrays already freed. Kernels do not use
+this module for their tasks: :meth:`kernels.executors.ProcessExecutor.share` does.
 
 Only the creator unlinks. A worker's attach is unregistered from the resource
 tracker, because on Python < 3.13 the tracker would otherwise unlink the parent's
 segment when the worker exits.
 
-A segment's name carries its creator's pid (``kr_attn_<pid>_<random>``). A creator
+A segment's name carries its creator's pid (``kr_shm_<pid>_<random>``). A creator
 killed outright (SIGKILL of its process group, the OOM killer taking the resource
 tracker too) cannot unlink, so the first segment a process creates first removes the
 segments whose creator is gone (:func:`remove_stale_segments`).
@@ -25,8 +27,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-#: Every segment this package creates starts with this (tests look for leftovers).
-SEGMENT_PREFIX = "kr_attn_"
+#: Every segment kernelrace creates starts with this (tests look for leftovers).
+SEGMENT_PREFIX = "kr_shm_"
 
 
 class SegmentSpec(NamedTuple):
@@ -48,9 +50,9 @@ class SharedArray:
         self._shm: shared_memory.SharedMemory | None = shared_memory.SharedMemory(
             name=name, create=True, size=nbytes
         )
-        _live_add(name)
         self.spec = SegmentSpec(name, tuple(int(s) for s in shape), dt.str)
         self.array: np.ndarray | None = np.ndarray(shape, dtype=dt, buffer=self._shm.buf)
+        _live_add(self)
 
     @property
     def name(self) -> str:
@@ -76,17 +78,25 @@ class SharedArray:
 
 
 _live_lock = threading.Lock()
-_live: set[str] = set()
+_live: dict[str, SharedArray] = {}
 
 
-def _live_add(name: str) -> None:
+def _live_add(segment: SharedArray) -> None:
     with _live_lock:
-        _live.add(name)
+        _live[segment.name] = segment
 
 
 def _live_discard(name: str) -> None:
     with _live_lock:
-        _live.discard(name)
+        _live.pop(name, None)
+
+
+def spec_of(array: Any) -> SegmentSpec | None:
+    """The spec of ``array`` when it is the whole array of a live segment this process
+    created (it can travel by name), else None."""
+    with _live_lock:
+        segments = list(_live.values())
+    return next((seg.spec for seg in segments if seg.array is array), None)
 
 
 def live_segments() -> set[str]:
@@ -188,8 +198,3 @@ def keep_only(names: set[str]) -> None:
             shm.close()
         except BufferError:  # pragma: no cover - a view escaped; leave the mapping
             pass
-
-
-def attached_names() -> list[str]:
-    """Segment names this process is attached to (for tests)."""
-    return sorted(_attached)

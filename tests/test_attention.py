@@ -8,7 +8,7 @@ import pytest
 
 import kernels.attention as A
 from kernels import registry
-from kernels.attention import shared
+from kernels import shared_memory as shared
 from kernels.attention.reference import reference_decode
 
 VARIANTS = registry.variants("attention", available_only=False)
@@ -371,7 +371,8 @@ def test_multiprocess_error_or_ctrl_c_leaves_no_shared_memory(monkeypatch, exc):
         assert len(set(shared.leftover_segments()) - before) == 2  # temporaries exist
         raise exc
 
-    monkeypatch.setattr(executors, "run_chunks", explode)
+    # Where the tasks would run, once the executor has shared the cache.
+    monkeypatch.setattr(executors.ProcessExecutor, "map", explode)
     with _filled(A.SMALL_CONFIGS["gqa-small"], 10) as cache:
         with pytest.raises(type(exc)):
             A.decode(cache, A.random_query(cache), strategy="multiprocess", workers=2)

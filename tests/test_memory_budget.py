@@ -18,8 +18,8 @@ import pytest
 
 from kernels import attention as A
 from kernels import executors, memory, sieve
+from kernels import shared_memory as shared
 from kernels.attention import cache as cache_mod
-from kernels.attention import shared
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20

@@ -23,7 +23,7 @@ import _workers
 import pytest
 
 from kernels import executors
-from kernels.attention import shared
+from kernels import shared_memory as shared
 
 REPO = Path(__file__).resolve().parents[1]
 # How long a fault may take to surface on a busy machine; the point is "not for ever".
@@ -297,7 +297,7 @@ def test_semaphores_of_a_pool_killed_with_its_group_are_removed_live_ones_kept(
 
 
 def test_sigterm_stops_a_multiprocess_cli_run_cleanly(tmp_path) -> None:
-    # Attention under multiprocess holds its cache in kr_attn_* segments; thousands of
+    # Attention under multiprocess holds its cache in kr_shm_* segments; thousands of
     # small steps keep the run going until the signal comes.
     proc = subprocess.Popen(
         [sys.executable, "-m", "kernels", "run", "--kernel", "attention",
@@ -378,7 +378,7 @@ def test_the_first_segment_a_process_creates_clears_stale_ones(tmp_path) -> None
     stale = f"{shared.SEGMENT_PREFIX}{_dead_pid()}_feedc0ffee03"
     _plant_segment(stale)
     code = (
-        "from kernels.attention import shared\n"
+        "from kernels import shared_memory as shared\n"
         "a = shared.SharedArray((4,), 'f4')\n"
         "a.unlink()\n"
     )

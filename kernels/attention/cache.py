@@ -32,7 +32,7 @@ from kernels.attention.config import (
     apply_rope,
     check_cache_dtype,
 )
-from kernels.attention.shared import SegmentSpec, SharedArray
+from kernels.shared_memory import SegmentSpec, SharedArray
 
 
 def _unlink_all(segments: list[SharedArray]) -> None:

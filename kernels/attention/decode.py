@@ -20,14 +20,12 @@ kernels.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from kernels import executors, memory, registry
-from kernels.attention import jit, reference, shared, vectorized
+from kernels import executors, registry
+from kernels.attention import jit, reference, vectorized
 from kernels.attention.cache import Cache, KVCache, MLACache
 from kernels.attention.config import rotate_query
 
@@ -120,17 +118,7 @@ def decode(
         with executors.limit_threads(workers):
             return problem.fused(min(workers, cache.length), cache.arrays())
     splits = jit.split_bounds(cache.length, min(workers, cache.length))
-    if strategy == "threaded":
-        arrays = cache.arrays()
-        # Each thread runs its own range, so BLAS inside a numpy chunk gets one thread:
-        # workers threads x 1 BLAS thread = workers cores (run_chunks would allow
-        # workers x workers, which thrashes a loaded 2-core machine).
-        with executors.limit_threads(1):
-            states = executors.get_executor("threads", workers).map(
-                lambda b: problem.partial(inner, b[0], b[1], arrays), splits
-            )
-    else:
-        states = _run_processes(cache, problem, inner, splits, workers)
+    states = _run_pool(cache, problem, strategy, inner, splits, workers)
     return problem.finish_states(states)
 
 
@@ -251,54 +239,35 @@ class Problem:
 
 
 # ---------------------------------------------------------------------------
-# multiprocess
+# Pool strategies (threaded, multiprocess, and any executor registered later)
 # ---------------------------------------------------------------------------
 
 
-def _process_task(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs in a pool worker: attach the cache's segments (once per name), run one range."""
-    problem, inner, specs, t0, t1 = task
-    shared.keep_only({spec.name for spec in specs.values()})
-    arrays = {name: shared.attach(spec) for name, spec in specs.items()}
-    return problem.partial(inner, t0, t1, arrays)
+def _pool_task(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One range on a pool worker: the cache's arrays from the executor's handle (shared
+    memory attached once per name in a process worker, the arrays themselves on a
+    thread), then the ``inner`` chunk kernel."""
+    problem, inner, handle, t0, t1 = task
+    return problem.partial(inner, t0, t1, executors.shared_arrays(handle))
 
 
-@contextlib.contextmanager
-def _shared_specs(cache: Cache) -> Iterator[dict[str, shared.SegmentSpec]]:
-    """The cache's segment specs; a private cache is copied to temporary segments that are
-    unlinked when the block exits, on success, error or Ctrl-C alike.
-    """
-    if cache.shared:
-        yield cache.segment_specs()
-        return
-    nbytes = sum(a.nbytes for a in cache.arrays().values())
-    memory.check(f"a shared-memory copy of a private attention cache ({cache.capacity} "
-                 f"tokens x batch {cache.batch}) for strategy multiprocess", nbytes,
-                 shared=nbytes, hint="make the cache with shared=True (no copy is then "
-                 "made), or lower its capacity or batch")
-    temps: list[shared.SharedArray] = []
-    try:
-        specs = {}
-        for name, array in cache.arrays().items():
-            seg = shared.SharedArray(array.shape, array.dtype)
-            temps.append(seg)
-            assert seg.array is not None
-            seg.array[...] = array
-            specs[name] = seg.spec
-        yield specs
-    finally:
-        for seg in temps:
-            seg.unlink()
-
-
-def _run_processes(
-    cache: Cache, problem: Problem, inner: str, splits: list[tuple[int, int]], workers: int
+def _run_pool(  # noqa: PLR0913
+    cache: Cache, problem: Problem, strategy: str, inner: str,
+    splits: list[tuple[int, int]], workers: int,
 ) -> list[tuple[np.ndarray, ...]]:
-    problem.w_uv = None  # not needed in workers; keeps the pickle small
+    """The ranges' partial states, on the executor of ``strategy``. The executor decides
+    how the cache reaches the tasks: a ``shared=True`` cache's segments travel by name,
+    a private cache is copied to temporary segments for a process pool."""
+    problem.w_uv = None  # not needed in workers; keeps a pickled task small
     w_uv = cache.w_uv if problem.kind == "absorbed" else None
     try:
-        with _shared_specs(cache) as specs:
-            tasks = [(problem, inner, specs, t0, t1) for t0, t1 in splits]
-            return executors.run_chunks("processes", _process_task, tasks, workers)
+        return executors.run_shared(
+            executors.executor_kind(strategy), _pool_task, cache.arrays(),
+            lambda handle: [(problem, inner, handle, t0, t1) for t0, t1 in splits], workers,
+            what=f"a private attention cache ({cache.capacity} tokens x batch {cache.batch}) "
+            f"for strategy {strategy}",
+            hint="make the cache with shared=True (no copy is then made), or lower its "
+            "capacity or batch",
+        )
     finally:
         problem.w_uv = w_uv
