@@ -35,8 +35,13 @@ from typing import Any
 from kernels.executors import POOL_STRATEGIES
 
 INNERS = ("python", "numpy", "numba")
-INNER_STRATEGIES = tuple(POOL_STRATEGIES)
 DEFAULT_INNER = "numba"
+
+
+def with_pools(strategies: tuple[str, ...]) -> tuple[str, ...]:
+    """A kernel's strategies plus every pool strategy registered since it was imported
+    (:func:`kernels.executors.register_executor`), in that order."""
+    return tuple(strategies) + tuple(s for s in POOL_STRATEGIES if s not in strategies)
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,11 @@ class KernelSpec:
 
     def inners(self, strategy: str) -> tuple[str, ...]:
         """The chunk kernels ``strategy`` takes as ``inner`` (none for most strategies)."""
-        return INNERS if strategy in INNER_STRATEGIES else ()
+        return INNERS if strategy in POOL_STRATEGIES else ()
+
+    def strategy_names(self) -> tuple[str, ...]:
+        """Every strategy, the pool strategies registered after import included."""
+        return with_pools(self.strategies)
 
     def size_limit(self, strategy: str, inner: str | None = None) -> int:
         """The largest size ``strategy`` (with ``inner``) is raced at by default."""
@@ -181,16 +190,17 @@ def check_strategy(
     Raises ValueError listing the valid names. ``inner`` is only meaningful for
     ``threaded`` and ``multiprocess``; given elsewhere it is refused rather than ignored.
     """
+    strategies = with_pools(strategies)
     if not isinstance(strategy, str) or strategy not in strategies:
         raise ValueError(f"strategy must be one of {', '.join(strategies)}; got {strategy!r}")
-    if strategy in INNER_STRATEGIES:
+    if strategy in POOL_STRATEGIES:
         inner = DEFAULT_INNER if inner is None else inner
         if not isinstance(inner, str) or inner not in INNERS:
             raise ValueError(f"inner must be one of {', '.join(INNERS)}; got {inner!r}")
         return strategy, inner
     if inner is not None:
         raise ValueError(
-            f"inner applies only to {' and '.join(INNER_STRATEGIES)}; "
+            f"inner applies only to {' and '.join(POOL_STRATEGIES)}; "
             f"strategy {strategy!r} got inner={inner!r}"
         )
     return strategy, None
@@ -205,19 +215,14 @@ def require_available(module: ModuleType, strategy: str) -> None:
 
 def _inners(strategy: str) -> tuple[str, ...]:
     """The chunk kernels ``strategy`` takes as ``inner`` (none for most strategies)."""
-    return INNERS if strategy in INNER_STRATEGIES else ()
-
-
-def pool_strategies() -> tuple[str, ...]:
-    """The strategies every kernel gets from the executors (threaded, multiprocess, ...)."""
-    return INNER_STRATEGIES
+    return INNERS if strategy in POOL_STRATEGIES else ()
 
 
 def strategies(kernel: str) -> list[StrategyInfo]:
     """Every strategy of ``kernel`` with its availability on this machine."""
     module = kernel_module(kernel)
     out = []
-    for name in module.STRATEGIES:
+    for name in with_pools(module.STRATEGIES):
         reason = module.unavailable_reason(name)
         out.append(StrategyInfo(kernel, name, _inners(name), reason is None, reason))
     return out
@@ -229,7 +234,7 @@ def variants(kernel: str, *, available_only: bool = True) -> list[tuple[str, str
     # takes about a second), and the asv suites list every variant in each process.
     module = kernel_module(kernel)
     out: list[tuple[str, str | None]] = []
-    for name in module.STRATEGIES:
+    for name in with_pools(module.STRATEGIES):
         if available_only and module.unavailable_reason(name):
             continue
         out.extend([(name, inner) for inner in _inners(name)] or [(name, None)])

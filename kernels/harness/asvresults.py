@@ -325,7 +325,7 @@ def merge(results: Iterable[ResultFile]) -> dict[str, BenchmarkResult]:
 def kernel_of(benchmark: str) -> str:
     """The kernel a benchmark belongs to: its module name without a ``bench_`` prefix.
 
-    ``bench_sieve.TimeSieve.time_count`` -> ``sieve``; ``benchmarks.bench_x.f`` -> ``x``.
+    ``bench_k.TimeRun.time_run`` -> ``k``; ``benchmarks.bench_x.f`` -> ``x``.
     """
     parts = benchmark.split(".")
     module = next((p for p in parts if p.startswith("bench_")), parts[0])

@@ -85,8 +85,8 @@ MAX_REPEAT = 10**6
 def check_points(kernel: str, points: list[Point], options: dict[str, Any]) -> None:
     """Raise what the first bad point's ``make_case`` would, before any point is timed.
 
-    Uses the kernel's ``check_case`` (which builds nothing: an attention case would
-    fill its whole cache); the error says which point it is.
+    Uses the kernel's ``check_case`` (which builds nothing: a case may fill gigabytes
+    of input); the error says which point it is.
     """
     module = registry.kernel_module(kernel)
     check = getattr(module, "check_case", None)

@@ -4,7 +4,7 @@ Reads, never writes, asv's results (see :mod:`kernels.harness.asvresults`). Noth
 here knows a kernel's benchmarks by name; it finds them by convention:
 
 - the kernel is the benchmark's module name without ``bench_``
-  (``bench_sieve.TimeCountPrimes.time_count_primes`` -> ``sieve``); known kernels come
+  (``bench_k.TimeRun.time_run`` -> ``k``); known kernels come
   in their specs' order (:func:`kernels.registry.kernel_names`), others after;
 - parameters are found by their ``param_names``: ``strategy`` (a label such as
   ``numba`` or ``threaded:numba``; an ``inner`` parameter is joined to it), the
