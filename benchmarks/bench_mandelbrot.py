@@ -142,10 +142,7 @@ class StaticImbalance:
         plan = mandelbrot.plan(self.SIDE, self.SIDE, max_iter=MAX_ITER,
                                region=mandelbrot.VIEWS[view], strategy="threaded",
                                inner="numba", workers=workers, schedule="static")
-        rounds = mandelbrot.plan_tasks(plan)
-        if len(rounds) != 1:  # one band per worker at this size: nothing to merge
-            raise AssertionError(f"expected one round of bands, got {len(rounds)}")
-        self.bands = rounds[0]
+        self.bands = mandelbrot.plan_tasks(plan)
         mandelbrot.run_task(self.bands[0])  # JIT
 
     def band_seconds(self) -> list[float]:

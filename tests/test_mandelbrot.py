@@ -59,9 +59,9 @@ def test_every_strategy_equals_the_reference(strategy, inner, schedule, workers)
 @pytest.mark.parametrize("label", ["numba", "threaded:numba", "threaded:numpy",
                                    "multiprocess:python"])
 @pytest.mark.parametrize("schedule", mandelbrot.SCHEDULES)
-def test_many_rounds_and_batches_still_equal(monkeypatch, label, schedule) -> None:
-    # Tiny task caps: static bands are cut into pieces run in rounds, numba's dynamic
-    # tiles into several prange calls; rows must still land where they belong.
+def test_small_task_caps_still_equal(monkeypatch, label, schedule) -> None:
+    # Tiny task caps: tiles of 1-3 rows, numba's dynamic tiles in several prange calls;
+    # rows must still land where they belong.
     monkeypatch.setattr(mandelbrot, "MAX_TASK_ITERATIONS",
                         {"numba": 3 * 48 * 100, "numpy": 2 * 48 * 100, "python": 48 * 100})
     strategy, inner = registry.parse_label(label)
@@ -177,38 +177,44 @@ def _plan(**kw):
     return mandelbrot._plan(**args)
 
 
-def _covers_once(rounds, height: int) -> None:
-    rows = sorted(r for ranges in rounds for first, end in ranges for r in range(first, end))
+def _covers_once(ranges, height: int) -> None:
+    rows = sorted(r for first, end in ranges for r in range(first, end))
     assert rows == list(range(height))
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 7])
 def test_static_is_one_band_per_worker(workers: int) -> None:
     plan = _plan(workers=workers)
-    rounds = mandelbrot.plan_rows(plan)
-    assert len(rounds) == 1 and len(rounds[0]) == workers
-    sizes = [end - first for first, end in rounds[0]]
+    ranges = mandelbrot.plan_rows(plan)
+    assert len(ranges) == workers
+    sizes = [end - first for first, end in ranges]
     assert max(sizes) - min(sizes) <= 1
-    _covers_once(rounds, plan.height)
+    _covers_once(ranges, plan.height)
 
 
-def test_static_bands_past_the_cap_run_in_rounds() -> None:
+def test_static_stays_one_band_per_worker_past_the_task_cap() -> None:
+    # Pieces in rounds would pair unequal pieces in every round (a worse schedule), so a
+    # static band is never cut, however long it takes.
     plan = _plan(width=2048, height=1000, strategy="numba", inner=None, workers=2)
-    rounds = mandelbrot.plan_rows(plan)
-    cap = mandelbrot.rows_per_task(plan)
-    assert len(rounds) > 1 and all(len(r) == 2 for r in rounds)
-    # Piece r of band 0 always lies above piece r of band 1: each keeps its own band.
-    assert all(r[0][1] <= 500 <= r[1][0] for r in rounds)
-    assert all(end - first <= cap for r in rounds for first, end in r)
-    _covers_once(rounds, plan.height)
+    assert mandelbrot.rows_per_task(plan) < 500
+    assert mandelbrot.plan_rows(plan) == [(0, 500), (500, 1000)]
 
 
 def test_dynamic_is_many_small_tiles() -> None:
     plan = _plan(schedule="dynamic")
-    (tiles,) = mandelbrot.plan_rows(plan)
+    tiles = mandelbrot.plan_rows(plan)
     assert len(tiles) == -(-300 // mandelbrot.DYNAMIC_TILE_ROWS)
     assert all(end - first <= mandelbrot.DYNAMIC_TILE_ROWS for first, end in tiles)
-    _covers_once([tiles], 300)
+    _covers_once(tiles, 300)
+    assert [t[4:6] for t in mandelbrot.plan_tasks(plan)] == tiles
+
+
+def test_one_core_plans_are_few_bands_within_the_cap() -> None:
+    plan = _plan(width=1024, height=1024, strategy="numpy", inner=None, workers=1)
+    ranges = mandelbrot.plan_rows(plan)
+    cap = mandelbrot.rows_per_task(plan)
+    assert len(ranges) == -(-1024 // cap)
+    _covers_once(ranges, 1024)
 
 
 def test_more_workers_than_rows() -> None:
@@ -218,13 +224,14 @@ def test_more_workers_than_rows() -> None:
 
 
 @pytest.mark.parametrize("kernel", ["python", "numpy", "numba"])
-def test_no_task_exceeds_its_cap(kernel: str) -> None:
+def test_no_dynamic_task_exceeds_its_cap(kernel: str) -> None:
     # What bounds the wait for Ctrl-C: a task's worst case (every pixel at max_iter).
-    for schedule in mandelbrot.SCHEDULES:
-        plan = _plan(width=1024, height=1024, inner=kernel, schedule=schedule)
-        for ranges in mandelbrot.plan_rows(plan):
-            for first, end in ranges:
-                assert (end - first) * 1024 * 256 <= mandelbrot.MAX_TASK_ITERATIONS[kernel]
+    for strategy, inner in (("threaded", kernel), (kernel, None)):
+        plan = _plan(width=1024, height=1024, strategy=strategy, inner=inner,
+                     workers=1 if kernel != "numba" and inner is None else 2,
+                     schedule="dynamic")
+        for first, end in mandelbrot.plan_rows(plan):
+            assert (end - first) * 1024 * 256 <= mandelbrot.MAX_TASK_ITERATIONS[kernel]
 
 
 # ---------------------------------------------------------------------------

@@ -24,11 +24,13 @@ Plan -> chunks -> chunk kernel -> combine, as every kernel here:
   ``multiprocess`` (every entry of :data:`kernels.executors.POOL_STRATEGIES`) hand the
   tasks to :mod:`kernels.executors` with the chunk kernel named by ``inner``.
 
-No task holds more than :data:`MAX_TASK_ITERATIONS` pixel-iterations at worst (every
-pixel at ``max_iter``), so the caller gets back to Python, and sees Ctrl-C, within
-about a third of a second (docs/reliability.md). A static band above that is cut into
-pieces run in rounds: round ``r`` runs piece ``r`` of every band, so each worker still
-gets its own band's rows.
+Under the dynamic schedule (the default), and on one core, no task holds more than
+:data:`MAX_TASK_ITERATIONS` pixel-iterations at worst (every pixel at ``max_iter``), so
+the caller gets back to Python, and sees Ctrl-C, within about a quarter of a second
+(docs/reliability.md). The static schedule is one band per worker whatever its size:
+cutting bands into pieces run in rounds pairs unequal pieces in every round and is a
+different, worse schedule (measured: the full view's mirror-image bands lost their
+balance), so a static render answers Ctrl-C only when its bands finish.
 """
 
 from __future__ import annotations
@@ -307,29 +309,25 @@ def _split(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
     return [(start + k * n // parts, start + (k + 1) * n // parts) for k in range(parts)]
 
 
-def plan_rows(plan: _Plan) -> list[list[tuple[int, int]]]:
-    """The row ranges ``(first, end)`` of the plan's tasks, in rounds run one after another.
+def plan_rows(plan: _Plan) -> list[tuple[int, int]]:
+    """The row ranges ``(first, end)`` of the plan's tasks.
 
-    - ``python`` and ``numpy``, and ``numba`` at 1 worker: one round of the fewest bands
-      that respect :func:`rows_per_task` (the schedule changes nothing on one core).
-    - ``static``: ``min(workers, height)`` equal contiguous bands, one per worker; a band
-      above :func:`rows_per_task` is cut into ``k`` pieces, and round ``r`` holds piece
-      ``r`` of every band.
-    - ``dynamic``: one round of tiles of :data:`DYNAMIC_TILE_ROWS` rows (fewer if a tile
-      would exceed :func:`rows_per_task`), handed out as workers free up.
+    - ``python`` and ``numpy``, and ``numba`` at 1 worker: the fewest bands that respect
+      :func:`rows_per_task` (the schedule changes nothing on one core).
+    - ``static``: ``min(workers, height)`` equal contiguous bands, one per worker, however
+      long each takes.
+    - ``dynamic``: tiles of :data:`DYNAMIC_TILE_ROWS` rows (fewer if a tile would exceed
+      :func:`rows_per_task`), handed out as workers free up.
     """
     cap = rows_per_task(plan)
     one_core = plan.strategy in _SERIAL_STRATEGIES or (
         plan.strategy == "numba" and plan.workers == 1)
     if one_core:
-        return [_split(0, plan.height, -(-plan.height // cap))]
+        return _split(0, plan.height, -(-plan.height // cap))
     if plan.schedule == "dynamic":
         tile = min(DYNAMIC_TILE_ROWS, cap)
-        return [[(r, min(r + tile, plan.height)) for r in range(0, plan.height, tile)]]
-    bands = _split(0, plan.height, min(plan.workers, plan.height))
-    pieces = -(-max(stop - start for start, stop in bands) // cap)
-    per_band = [_split(start, stop, pieces) for start, stop in bands]
-    return [[band[r] for band in per_band if band[r][1] > band[r][0]] for r in range(pieces)]
+        return [(r, min(r + tile, plan.height)) for r in range(0, plan.height, tile)]
+    return _split(0, plan.height, min(plan.workers, plan.height))
 
 
 def run_task(task: Task) -> np.ndarray:
@@ -361,27 +359,24 @@ def _run_numba(plan: _Plan, image: np.ndarray) -> None:
     from kernels.mandelbrot import jit
 
     x0, dx, y0, dy = pixel_steps(plan.region, plan.width, plan.height)
-    rounds = plan_rows(plan)
+    ranges = plan_rows(plan)
     if plan.workers == 1:
-        for first, end in rounds[0]:
+        for first, end in ranges:
             jit.render_rows(image[first:end], x0, dx, y0, dy, first, plan.max_iter)
         return
     import numba
 
     with executors.limit_threads(plan.workers):
         if plan.schedule == "static":
-            for ranges in rounds:
-                starts, stops = (np.array(col, dtype=np.int64) for col in zip(*ranges,
-                                                                               strict=True))
-                jit.render_static(image, x0, dx, y0, dy, starts, stops, plan.max_iter)
+            starts, stops = (np.array(col, dtype=np.int64) for col in zip(*ranges, strict=True))
+            jit.render_static(image, x0, dx, y0, dy, starts, stops, plan.max_iter)
             return
         threads = numba.get_num_threads()
         # Calls of at most rows_per_task rows per thread, so Ctrl-C is seen between them.
         batch = max(1, rows_per_task(plan) * threads // DYNAMIC_TILE_ROWS)
-        tiles = rounds[0]
-        for k in range(0, len(tiles), batch):
+        for k in range(0, len(ranges), batch):
             starts, stops = (np.array(col, dtype=np.int64)
-                             for col in zip(*tiles[k:k + batch], strict=True))
+                             for col in zip(*ranges[k:k + batch], strict=True))
             jit.render_dynamic(image, x0, dx, y0, dy, starts, stops, plan.max_iter, threads)
 
 
@@ -392,10 +387,10 @@ def _run(plan: _Plan) -> np.ndarray:
         return image
     kind = "serial" if plan.strategy in _SERIAL_STRATEGIES else executors.executor_kind(
         plan.strategy)
-    for ranges in plan_rows(plan):
-        results = executors.run_chunks(kind, run_task, _tasks(plan, ranges), plan.workers)
-        for (first, end), rows in zip(ranges, results, strict=True):
-            image[first:end] = rows
+    ranges = plan_rows(plan)
+    results = executors.run_chunks(kind, run_task, _tasks(plan, ranges), plan.workers)
+    for (first, end), rows in zip(ranges, results, strict=True):
+        image[first:end] = rows
     return image
 
 
@@ -452,11 +447,11 @@ def plan(
     return _plan(width, height, max_iter, region, strategy, inner, workers, schedule)
 
 
-def plan_tasks(plan: _Plan) -> list[list[Task]]:
-    """The tasks of :func:`plan_rows`, in rounds; ``run_task(task)`` renders one. For the
-    ``numba`` strategy these are the bands its ``prange`` calls cover, as tasks of the
+def plan_tasks(plan: _Plan) -> list[Task]:
+    """The tasks of :func:`plan_rows`; ``run_task(task)`` renders one. For the ``numba``
+    strategy these are the bands or tiles its ``prange`` calls cover, as tasks of the
     ``numba`` chunk kernel."""
-    return [_tasks(plan, ranges) for ranges in plan_rows(plan)]
+    return _tasks(plan, plan_rows(plan))
 
 
 def checksum(counts: np.ndarray) -> int:
