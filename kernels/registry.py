@@ -78,6 +78,9 @@ class KernelSpec:
       ``requires``: strategy -> the optional package it needs.
     - ``size_limits``: chunk kernel (or strategy) -> the largest size it is raced at by
       default (slower ones would take minutes); the others go up to ``max_size``.
+    - ``anchors``: strategies that run another project's implementation (the report
+      gives every strategy's speed against the first one in a table);
+      ``per_item``: items of size are independent work, so a time per item is a figure.
     - ``options``: extra case arguments, with their types and help.
     - ``order``: where the kernel sorts in listings and reports.
     """
@@ -93,6 +96,8 @@ class KernelSpec:
     requires: dict[str, str] = field(default_factory=dict)
     size_limits: dict[str, int] = field(default_factory=dict)
     options: tuple[Option, ...] = ()
+    anchors: tuple[str, ...] = ()
+    per_item: bool = False
     order: int = 100
 
     def inners(self, strategy: str) -> tuple[str, ...]:

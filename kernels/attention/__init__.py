@@ -345,6 +345,7 @@ SPEC = registry.KernelSpec(
     requires={"torch": "torch"},
     # The float64 Python reference takes seconds per step past this context.
     size_limits={"python": 1024},
+    anchors=("torch",),
     options=(
         registry.Option("preset", "config preset (default gqa)", choices=tuple(PRESETS)),
         registry.Option("batch", "sequences decoded together (default 1)", low=1, high=1 << 20),

@@ -80,6 +80,7 @@ SPEC = registry.KernelSpec(
     # Past these a benchmark point takes minutes (asv repeats each one): the Python
     # chunk kernel draws ~4e6 samples/s, NumPy ~1.3e8, numba ~3e8 per core.
     size_limits={"python": 10**6, "numpy": 10**8, "numba": 10**9},
+    per_item=True,
     options=(
         registry.Option("seed", "random seed; the same seed gives the same hits at any "
                         "worker count", low=0, high=MAX_SEED),

@@ -83,6 +83,7 @@ SPEC = registry.KernelSpec(
     # Past these a benchmark point takes minutes (asv repeats each one): the pipeline
     # starts a thread per prime, and the Python reference is ~10x slower than numba.
     size_limits={"pipeline": PIPELINE_MAX_N, "python": 10**7},
+    anchors=("primesieve",),
     order=10,
 )
 

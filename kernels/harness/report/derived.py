@@ -11,9 +11,24 @@ from typing import Any
 from kernels.harness.report.model import Row, Table, sort_key
 
 BASELINE = "numpy"
-ANCHORS = ("primesieve", "torch")
-# Size parameters whose items are independent work: a time per item is a figure.
-PER_ITEM_SIZE_NAMES = ("samples",)
+
+
+def _spec(kernel: str) -> Any:
+    """The kernel's spec (:mod:`kernels.registry`), or None for a kernel with none."""
+    from kernels import registry
+
+    return registry.spec(kernel) if kernel in registry.kernel_names() else None
+
+
+def anchor_names(kernel: str) -> tuple[str, ...]:
+    """The anchor strategies of ``kernel`` as its spec declares them; for a kernel without
+    a spec, every known kernel's anchors."""
+    from kernels import registry
+
+    spec = _spec(kernel)
+    if spec is not None:
+        return spec.anchors
+    return tuple(a for k in registry.kernel_names() for a in registry.spec(k).anchors)
 
 
 @dataclass
@@ -31,8 +46,9 @@ class Derived:
 
 
 def anchor_of(table: Table) -> str | None:
-    """The table's first anchor strategy (``primesieve``, ``torch``), None if it has none."""
-    return next((s for s in table.strategies if s.split(":")[0].lower() in ANCHORS), None)
+    """The table's first anchor strategy (from the kernel's spec), None if it has none."""
+    anchors = anchor_names(table.kernel)
+    return next((s for s in table.strategies if s.split(":")[0].lower() in anchors), None)
 
 
 def cache_bytes(r: Row, table: Table) -> float | None:
@@ -50,7 +66,8 @@ def derive(table: Table, machine: dict[str, Any] | None) -> dict[int, Derived]:
     """Speedup, parallel efficiency and efficiency against the machine, per row (by id)."""
     look = table.lookup()
     anchor = anchor_of(table)
-    per_item = (table.size_name or "") in PER_ITEM_SIZE_NAMES
+    spec = _spec(table.kernel)
+    per_item = bool(spec and spec.per_item and table.size_name == spec.size_name)
     w_one = 1 if table.has_workers else None
     out: dict[int, Derived] = {}
     for r in table.rows:
