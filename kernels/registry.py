@@ -25,6 +25,7 @@ or ``numba``); the others do not.
 from __future__ import annotations
 
 import importlib
+import operator
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -244,6 +245,35 @@ def variants(kernel: str, *, available_only: bool = True) -> list[tuple[str, str
             continue
         out.extend([(name, inner) for inner in _inners(name)] or [(name, None)])
     return out
+
+
+def _bound_text(x: int) -> str:
+    """``x`` as ``2**k`` or ``2**k - 1`` when it is one of those past 2**16, else digits."""
+    if x > 1 << 16 and x & (x - 1) == 0:
+        return f"2**{x.bit_length() - 1}"
+    if x > 1 << 16 and (x + 1) & x == 0:
+        return f"2**{x.bit_length()} - 1"
+    return str(x)
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high] (no ceiling when ``high`` is None): the one
+    integer check of every kernel. bool and float are refused (``True`` is not 1 worker,
+    1.7 is not truncated), numpy integers accepted; the TypeError or ValueError names
+    ``name`` and the accepted range."""
+    accepted = (f"an int in [{_bound_text(low)}, {_bound_text(high)}]" if high is not None
+                else f"an int >= {low}")
+    if isinstance(value, (bool, float)):
+        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__} {value!r}")
+    try:
+        value = operator.index(value)  # int and numpy integers; not float, str, None
+    except TypeError:
+        raise TypeError(f"{name} must be {accepted}, got {type(value).__name__}") from None
+    if high is None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {accepted}, got {value}")
+    return int(value)
 
 
 def label(strategy: str, inner: str | None) -> str:

@@ -226,12 +226,7 @@ MAX_SEED = (1 << 64) - 1
 
 def _check_seed(seed: Any) -> int:
     """``seed`` as an int in [0, 2**64 - 1]; a float (1.7) is refused, not truncated."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int in [0, 2**64 - 1], got {type(seed).__name__} "
-                        f"{seed!r}")
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an int in [0, 2**64 - 1], got {seed}")
-    return int(seed)
+    return registry.check_int("seed", seed, 0, MAX_SEED)
 
 
 def _check_source(source: Any, config: Any, size: int, batch: int, dtype: Any) -> None:

@@ -8,11 +8,12 @@ keys on entry and the decode entry applies it to the query.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from kernels import registry
 
 #: Cache dtypes the kernels run on (the analytic table also knows 2-byte types).
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -22,15 +23,7 @@ _TWO_BYTE_NAMES = {"bfloat16": 2, "bf16": 2, "fp16": 2, "half": 2}
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    return registry.check_int(name, value, 1)
 
 
 def _even_positive_int(name: str, value: Any) -> int:

@@ -22,7 +22,6 @@ See docs/montecarlo.md for the generators, their periods and why streams do not 
 from __future__ import annotations
 
 import math
-import operator
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -131,28 +130,14 @@ class PiEstimate:
 # ---------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or isinstance(value, float):
-        raise TypeError(f"{name} must be an int in [{low}, {high}], got {type(value).__name__}")
-    try:
-        value = operator.index(value)  # int and numpy integers; not float, str, None
-    except TypeError:
-        raise TypeError(
-            f"{name} must be an int in [{low}, {high}], got {type(value).__name__}"
-        ) from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value}")
-    return int(value)
-
-
 def check_samples(samples: Any) -> int:
     """``samples`` as an int in [1, 2**62]; TypeError/ValueError naming ``samples``."""
-    return _check_int("samples", samples, 1, MAX_SAMPLES)
+    return registry.check_int("samples", samples, 1, MAX_SAMPLES)
 
 
 def check_seed(seed: Any) -> int:
     """``seed`` as an int in [0, 2**64 - 1]; TypeError/ValueError naming ``seed``."""
-    return _check_int("seed", seed, 0, MAX_SEED)
+    return registry.check_int("seed", seed, 0, MAX_SEED)
 
 
 def check_workers(strategy: str, workers: Any) -> int:
@@ -173,7 +158,7 @@ def check_workers(strategy: str, workers: Any) -> int:
 
 def check_chunk_size(chunk_size: Any, samples: int) -> int:
     """``chunk_size`` in [1, 2**32], and few enough chunks that streams stay disjoint."""
-    chunk_size = _check_int("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE)
+    chunk_size = registry.check_int("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE)
     if _n_chunks(samples, chunk_size) > MAX_CHUNKS:
         raise ValueError(
             f"chunk_size={chunk_size} cuts samples={samples} into more than 2**32 chunks; "
