@@ -15,7 +15,7 @@ Plan -> chunks -> chunk kernel -> combine, as every kernel here:
   order, so their counts are equal too (docs/mandelbrot.md, "Exactness").
 - Schedules, for ``numba`` with ``workers > 1`` and for the pool strategies:
   ``static`` cuts the rows into one contiguous band per worker; ``dynamic`` cuts them
-  into tiles of :data:`DYNAMIC_TILE_ROWS` rows handed out as workers free up. The work
+  into about 16 tiles per worker (at least 8 rows each) handed out as workers free up. The work
   per row varies by orders of magnitude (a row through the set costs ``max_iter`` per
   pixel, one far outside costs 1 to 3), so static bands are unequal unless the view is
   symmetric about the cut.
@@ -73,7 +73,7 @@ STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES)
 SCHEDULES = ("static", "dynamic")
 DEFAULT_SCHEDULE = "dynamic"
 # 2**16 and 2**18 pixels: 256x256 and 512x512 images of the whole set at max_iter 256,
-# 4.4e6 and 1.8e7 iterations: about 16 and 64 ms on one core with numba.
+# 4.4e6 and 1.8e7 iterations: about 4 and 16 ms on one core with numba.
 DEFAULT_SIZES = (1 << 16, 1 << 18)
 DEFAULT_MAX_ITER = 256
 
@@ -99,14 +99,17 @@ MAX_SIDE = 1 << 20
 MAX_PIXELS = 1 << 36
 MAX_ITER = 1 << 24
 
-#: Rows per tile of the dynamic schedule: 256 tiles of a 2048-row image, 32 of the
-#: default 256-row one; small enough that the last tiles even out the workers, large
-#: enough that handing one out (a pickle round trip for processes) costs little.
+#: The dynamic schedule's tiles: about this many per worker (a worker that finishes
+#: early takes more; the last tiles even the workers out) and never fewer than
+#: :data:`DYNAMIC_TILE_ROWS` rows each, so that handing a tile out (a pickle round trip
+#: of ~1 ms for a process pool on a busy 2-core machine) stays small beside its work:
+#: 8 rows of the 256-row default image, 32 of a 1024-row one, at 2 workers.
+DYNAMIC_TILES_PER_WORKER = 16
 DYNAMIC_TILE_ROWS = 8
 #: The most pixel-iterations (rows x width x max_iter, the worst case) one task may
-#: hold: about 1/4 s of one core (numba ~3.6 ns, NumPy ~15 ns, Python ~140 ns per
+#: hold: about 1/4 s of one core (numba ~1 ns, NumPy ~15 ns, Python ~140 ns per
 #: iteration on the Xeon of docs/mandelbrot.md). Tasks never hold less than one row.
-MAX_TASK_ITERATIONS = {"numba": 1 << 26, "numpy": 1 << 24, "python": 1 << 21}
+MAX_TASK_ITERATIONS = {"numba": 1 << 28, "numpy": 1 << 24, "python": 1 << 21}
 #: The most pixels of one NumPy task (its temporaries: 80 bytes a pixel, 20 MiB).
 MAX_TASK_PIXELS = 1 << 18
 
@@ -123,14 +126,14 @@ SPEC = registry.KernelSpec(
     strategies=STRATEGIES,
     serial=_SERIAL_STRATEGIES,
     # The whole set at max_iter 256 averages ~67 iterations a pixel: past these a call
-    # takes over a second on one core (Python ~140 ns, NumPy ~15 ns, numba ~3.6 ns each).
-    size_limits={"python": 1 << 16, "numpy": 1 << 20, "numba": 1 << 22},
+    # takes over a second on one core (Python ~140 ns, NumPy ~15 ns, numba ~1 ns each).
+    size_limits={"python": 1 << 16, "numpy": 1 << 20, "numba": 1 << 24},
     options=(
         registry.Option("max_iter", f"iterations before a point counts as in the set "
                         f"(default {DEFAULT_MAX_ITER})", low=1, high=MAX_ITER),
         registry.Option("schedule", "how rows are spread over workers: static (one band "
-                        f"per worker) or dynamic (tiles of {DYNAMIC_TILE_ROWS} rows as "
-                        f"workers free up; default {DEFAULT_SCHEDULE})", choices=SCHEDULES),
+                        f"per worker) or dynamic (~{DYNAMIC_TILES_PER_WORKER} tiles per worker "
+                        f"as workers free up; default {DEFAULT_SCHEDULE})", choices=SCHEDULES),
         registry.Option("view", "region of the plane: " + ", ".join(VIEWS)
                         + f" (default {DEFAULT_VIEW})", choices=tuple(VIEWS)),
     ),
@@ -309,6 +312,13 @@ def _split(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
     return [(start + k * n // parts, start + (k + 1) * n // parts) for k in range(parts)]
 
 
+def tile_rows(plan: _Plan) -> int:
+    """Rows per tile of the dynamic schedule: ``height / (16 * workers)``, at least
+    :data:`DYNAMIC_TILE_ROWS`, at most :func:`rows_per_task`."""
+    tile = max(DYNAMIC_TILE_ROWS, plan.height // (DYNAMIC_TILES_PER_WORKER * plan.workers))
+    return min(tile, rows_per_task(plan))
+
+
 def plan_rows(plan: _Plan) -> list[tuple[int, int]]:
     """The row ranges ``(first, end)`` of the plan's tasks.
 
@@ -316,8 +326,7 @@ def plan_rows(plan: _Plan) -> list[tuple[int, int]]:
       :func:`rows_per_task` (the schedule changes nothing on one core).
     - ``static``: ``min(workers, height)`` equal contiguous bands, one per worker, however
       long each takes.
-    - ``dynamic``: tiles of :data:`DYNAMIC_TILE_ROWS` rows (fewer if a tile would exceed
-      :func:`rows_per_task`), handed out as workers free up.
+    - ``dynamic``: :func:`tile_rows` rows per tile, handed out as workers free up.
     """
     cap = rows_per_task(plan)
     one_core = plan.strategy in _SERIAL_STRATEGIES or (
@@ -325,7 +334,7 @@ def plan_rows(plan: _Plan) -> list[tuple[int, int]]:
     if one_core:
         return _split(0, plan.height, -(-plan.height // cap))
     if plan.schedule == "dynamic":
-        tile = min(DYNAMIC_TILE_ROWS, cap)
+        tile = tile_rows(plan)
         return [(r, min(r + tile, plan.height)) for r in range(0, plan.height, tile)]
     return _split(0, plan.height, min(plan.workers, plan.height))
 
@@ -373,7 +382,7 @@ def _run_numba(plan: _Plan, image: np.ndarray) -> None:
             return
         threads = numba.get_num_threads()
         # Calls of at most rows_per_task rows per thread, so Ctrl-C is seen between them.
-        batch = max(1, rows_per_task(plan) * threads // DYNAMIC_TILE_ROWS)
+        batch = max(1, rows_per_task(plan) * threads // tile_rows(plan))
         for k in range(0, len(ranges), batch):
             starts, stops = (np.array(col, dtype=np.int64)
                              for col in zip(*ranges[k:k + batch], strict=True))
