@@ -30,7 +30,7 @@ import numpy as np
 from kernels import attention, registry
 from kernels.harness.machine import ReadStream
 
-from .common import COLD_START_LABELS, WORKERS, ColdStartBase, skip, skip_unless_raced
+from .common import COLD_START_LABELS, WORKERS, ColdStartBase, WarmTime, skip, skip_unless_raced
 
 # The grid is sized so that `make bench` stays near 15 minutes on 2 cores: building a
 # cache costs seconds at 32k (1 GiB for MHA) in every benchmark process, so the inner
@@ -117,7 +117,7 @@ def _close(benchmark: object) -> None:
         case.close()
 
 
-class TimeDecode:
+class TimeDecode(WarmTime):
     """Warm time of one decode step at batch 1 (seconds)."""
 
     params = (PRESETS, CONTEXTS, LABELS, WORKERS)
@@ -126,9 +126,6 @@ class TimeDecode:
     # compute-bound preset, each strategy that can win, at 1 and 2 workers.
     gate_params = [(["gqa", "mla"], [8192],
                     ["numpy", "numba", "threaded:numba", "multiprocess:numba"], WORKERS)]
-    number = 1
-    repeat = (1, 5, 10.0)
-    warmup_time = 0.0
     timeout = 300
 
     def setup(self, preset: str, context: int, label: str, workers: int) -> None:
@@ -141,14 +138,11 @@ class TimeDecode:
         self.case.run()
 
 
-class TimeDecodeBatch8:
+class TimeDecodeBatch8(WarmTime):
     """Warm time of one decode step for 8 sequences at context 8192 (seconds)."""
 
     params = (["gqa", "mla"], FAST_LABELS, WORKERS)
     param_names = ["preset", "strategy", "workers"]
-    number = 1
-    repeat = (1, 5, 10.0)
-    warmup_time = 0.0
     timeout = 300
 
     def setup(self, preset: str, label: str, workers: int) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from kernels import registry, sieve
 
-from .common import COLD_START_LABELS, WORKERS, ColdStartBase, Paired, skip_unless_raced
+from .common import COLD_START_LABELS, WORKERS, ColdStartBase, Paired, WarmTime, skip_unless_raced
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
 LABELS = [label for label in LABELS if label != "pipeline"]
@@ -53,7 +53,7 @@ def _checked_call(kwargs: dict, n: int) -> Callable[[], int]:
     return lambda: sieve.count_primes(n, **kwargs)
 
 
-class TimeCountPrimes:
+class TimeCountPrimes(WarmTime):
     """Warm time of one ``count_primes(n)`` call (seconds)."""
 
     params = (LABELS, SIZES, WORKERS)
@@ -61,9 +61,6 @@ class TimeCountPrimes:
     # The regression gate's points (kernelrace compare --run): calls of 10-150 ms.
     gate_params = [(["python"], [10**6], [1]), (["numpy"], [10**8], [1]),
                    (["numba", "threaded:numba", "multiprocess:numba"], [10**8], WORKERS)]
-    number = 1
-    repeat = (1, 5, 10.0)
-    warmup_time = 0.0
     timeout = 300
 
     def setup(self, label: str, n: int, workers: int) -> None:

@@ -16,6 +16,18 @@ WORKERS = [1, 2]
 COLD_START_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba"]
 
 
+class WarmTime:
+    """Base of the warm ``time_`` benchmarks: one call per sample (``number = 1``), up to
+    five samples in ten seconds, no asv warm-up (``setup`` warms the JIT and the pool
+    itself, and checks the answer). Subclasses set ``params`` and may raise ``timeout``.
+    Not a benchmark itself."""
+
+    number = 1
+    repeat = (1, 5, 10.0)
+    warmup_time = 0.0
+    timeout = 180
+
+
 def skip(reason: str) -> None:
     """Tell asv to skip this parameter combination (asv treats NotImplementedError so)."""
     raise NotImplementedError(reason)
