@@ -82,6 +82,8 @@ class KernelSpec:
     - ``anchors``: strategies that run another project's implementation (the report
       gives every strategy's speed against the first one in a table);
       ``per_item``: items of size are independent work, so a time per item is a figure.
+    - ``picture``: a function returning a small 2-D array that shows what the kernel
+      computes (the report draws it as an image), or None.
     - ``options``: extra case arguments, with their types and help.
     - ``order``: where the kernel sorts in listings and reports.
     """
@@ -99,6 +101,7 @@ class KernelSpec:
     options: tuple[Option, ...] = ()
     anchors: tuple[str, ...] = ()
     per_item: bool = False
+    picture: Callable[[], Any] | None = None
     order: int = 100
 
     def inners(self, strategy: str) -> tuple[str, ...]:

@@ -473,3 +473,41 @@ def test_a_truncated_file_of_an_older_run_is_skipped_with_a_warning(project, tmp
     assert cli_main(["report", "--results", str(results), "--out", str(out),
                      "--commit", project["base"][:10]]) == 2
     assert "corrupt JSON" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Time per worker band, and a kernel's picture
+# ---------------------------------------------------------------------------
+
+
+def _band_track(values: tuple[float | None, ...], band: str = "band"
+                ) -> asvresults.BenchmarkResult:
+    return asvresults.BenchmarkResult(
+        name="bench_k.Bands.track_band_seconds", param_names=("schedule", band),
+        params=(("'static'", "'dynamic'"), ("0", "1")), values=values,
+        stats=(None,) * len(values), samples=(None,) * len(values), version=None,
+        type="track", unit="seconds",
+    )
+
+
+def test_a_track_with_a_band_parameter_draws_time_per_band(tmp_path) -> None:
+    from kernels.harness.report import plots
+
+    path = tmp_path / "bands.png"
+    assert plots.plot_bands("k", _band_track((0.2, 0.6, 0.4, 0.41)), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    no_band = _band_track((0.2, 0.6, 0.4, 0.41), band="worker")
+    assert not plots.plot_bands("k", no_band, tmp_path / "none.png")
+    assert not plots.plot_bands("k", _band_track((None,) * 4), tmp_path / "failed.png")
+    assert not (tmp_path / "none.png").exists() and not (tmp_path / "failed.png").exists()
+
+
+def test_a_kernel_picture_is_drawn_from_a_2d_array_only(tmp_path) -> None:
+    import numpy as np
+
+    from kernels.harness.report import plots
+
+    assert plots.plot_picture("k", np.arange(12).reshape(3, 4), tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert not plots.plot_picture("k", np.arange(12), tmp_path / "q.png")
+    assert not plots.plot_picture("k", np.zeros((0, 3)), tmp_path / "r.png")

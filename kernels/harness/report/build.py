@@ -19,8 +19,10 @@ from kernels.harness.asvresults import BenchmarkResult, ResultFile, ResultsError
 from kernels.harness.report.derived import BASELINE, Derived, derive
 from kernels.harness.report.model import Table, build_table
 from kernels.harness.report.plots import (
+    plot_bands,
     plot_bandwidth,
     plot_kv_bytes,
+    plot_picture,
     plot_scaling,
     plot_speedup,
     plot_time_vs_size,
@@ -176,10 +178,27 @@ def _kernel_section(page: _Page, kernel: str, benches: list[BenchmarkResult]) ->
     kv_plot = page.plots_dir / f"{kernel}_kv_bytes_per_token.png"
     if plot_kv_bytes(kernel, tracks, main, kv_plot):
         page.add_plot(kv_plot)
+    _kernel_figures(page, kernel, tracks)
     others = [b for b in benches if b.type != "time"]
     if others:
         page.body += ["### Other measurements", ""]
         page.body += [other_table(others), ""]
+
+
+def _kernel_figures(page: _Page, kernel: str, tracks: list[BenchmarkResult]) -> None:
+    """Time per worker band (tracks with a ``band`` parameter) and the picture the
+    kernel's spec draws, if any."""
+    for track in tracks:
+        path = page.plots_dir / f"{kernel}_{asvresults.function_of(track.name)}_bands.png"
+        if plot_bands(kernel, track, path):
+            page.add_plot(path)
+    from kernels import registry
+
+    spec = registry.spec(kernel) if kernel in registry.kernel_names() else None
+    if spec is not None and spec.picture is not None:
+        path = page.plots_dir / f"{kernel}_picture.png"
+        if plot_picture(kernel, spec.picture(), path):
+            page.add_plot(path)
 
 
 def _table_section(page: _Page, t: Table, derived: dict[int, Derived]) -> None:

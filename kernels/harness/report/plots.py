@@ -1,6 +1,7 @@
 """The report's plots (matplotlib, Agg backend): time against size, speedup, scaling over
-workers, time against the bandwidth floor, KV-cache bytes per token. Each ``plot_*`` writes
-one PNG atomically and returns whether it drew anything.
+workers, time against the bandwidth floor, KV-cache bytes per token, time per worker band,
+and a kernel's picture. Each ``plot_*`` writes one PNG atomically and returns whether it
+drew anything.
 """
 
 from __future__ import annotations
@@ -266,5 +267,56 @@ def plot_kv_bytes(kernel: str, tracks: list[BenchmarkResult], table: Table | Non
     ax.grid(True, axis="y", alpha=0.3)
     if any(series):
         ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def plot_bands(kernel: str, track: BenchmarkResult, path: Path) -> bool:
+    """Time per worker band: a ``track_`` benchmark with a ``band`` parameter (seconds of
+    each band's work timed alone), one bar per band and one panel per value of the other
+    parameters; each panel's title gives the slowest band over the mean (the imbalance a
+    static schedule pays: the run lasts as long as its slowest band)."""
+    if "band" not in track.param_names:
+        return False
+    panels: dict[str, dict[int, float]] = {}
+    for p in track.points():
+        if p.ok:
+            other = ", ".join(f"{k}={v}" for k, v in p.params.items() if k != "band")
+            panels.setdefault(other, {})[int(p.params["band"])] = float(p.value)
+    panels = {k: v for k, v in panels.items() if v}
+    if not panels:
+        return False
+    fig, axes = _facet_grid(len(panels), width=4.5, height=3.2)
+    for ax, (other, bands) in zip(axes, panels.items(), strict=True):
+        xs = sorted(bands)
+        ys = [bands[b] for b in xs]
+        ax.bar(xs, ys, color="C0")
+        mean = sum(ys) / len(ys)
+        ax.axhline(mean, color="C1", linestyle="--", linewidth=1, label="mean")
+        ax.set_xticks(xs)
+        ax.set_xlabel("band (one per worker, top of the image first)")
+        ax.set_ylabel(f"{track.unit or 'seconds'}")
+        ax.set_title(f"{other}\nslowest / mean = {max(ys) / mean:.2f}" if mean > 0
+                     else other, fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"{kernel}: time per worker band ({asvresults.function_of(track.name)})",
+                 fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def plot_picture(kernel: str, image: Any, path: Path) -> bool:
+    """The kernel's picture (its spec's ``picture()``: a 2-D array), log-scaled colours."""
+    import numpy as np
+
+    array = np.asarray(image, dtype=float)
+    if array.ndim != 2 or array.size == 0:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 6 * array.shape[0] / max(1, array.shape[1])))
+    ax.imshow(np.log1p(array - array.min()), cmap="magma", interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"{kernel}: {array.shape[1]} x {array.shape[0]} (log scale)", fontsize=9)
     _save(fig, path)
     return True
