@@ -30,10 +30,11 @@ def _cpu_name() -> str:
     return "unknown CPU"
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """Wall seconds of ``fn()`` and this process's CPU seconds (all its threads)."""
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _spread(values: list[float]) -> str:
@@ -70,10 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                 got = mandelbrot.checksum(fns[name]())  # warm: JIT, pool start; and check
                 assert got == iterations, (name, got, iterations)
             times: dict[str, list[float]] = {name: [] for name in fns}
+            cpu: dict[str, list[float]] = {name: [] for name in fns}
             names = list(fns)
             for r in range(args.rounds):
                 for name in names[r % 3:] + names[:r % 3]:  # rotate who goes first
-                    times[name].append(_timed(fns[name]))
+                    wall, used = _timed(fns[name])
+                    times[name].append(wall)
+                    cpu[name].append(used / wall)
             one = times["1 worker"]
             static, dynamic = times["2 workers static"], times["2 workers dynamic"]
             print(f"\n{view} view, {label}: {iterations} iterations")
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                   + _spread([a / b for a, b in zip(one, dynamic, strict=True)]))
             print("  dynamic over static (static / dynamic):  "
                   + _spread([a / b for a, b in zip(static, dynamic, strict=True)]))
+            if strategy != "multiprocess":  # the workers' CPU is not this process's
+                print("  cores used (CPU time / wall time): " + ", ".join(
+                    f"{name} {statistics.median(cpu[name]):.2f}" for name in names))
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -313,11 +313,36 @@ def test_memory_budget_is_checked_before_any_pool(no_pool, monkeypatch) -> None:
 
 def test_bytes_needed_counts_what_a_pool_holds() -> None:
     serial = mandelbrot.bytes_needed(_plan(strategy="numba", inner=None))
-    threads = mandelbrot.bytes_needed(_plan())
-    processes = mandelbrot.bytes_needed(_plan(strategy="multiprocess"))
-    assert serial == 4 * 512 * 300 and threads == 2 * serial and processes == 3 * serial
-    numpy = mandelbrot.bytes_needed(_plan(inner="numpy"))
-    assert numpy > threads
+    assert serial == 4 * 512 * 300
+    assert mandelbrot.shared_bytes(_plan(strategy="numba", inner=None)) == 0
+    for strategy in executors.POOL_STRATEGIES:
+        # The shared image the tasks write, and the copy returned.
+        assert mandelbrot.bytes_needed(_plan(strategy=strategy)) == 2 * serial
+        assert mandelbrot.shared_bytes(_plan(strategy=strategy)) == serial
+    assert mandelbrot.bytes_needed(_plan(inner="numpy")) > 2 * serial
+
+
+def test_pool_rows_that_do_not_come_back_are_refused(monkeypatch) -> None:
+    # An executor that gives tasks a copy of the image (as one scattering it to remote
+    # workers would) loses the rows: the per-task checksums catch it.
+    def run_shared_on_a_copy(kind, fn, arrays, make_tasks, workers, **kwargs):
+        copy = {name: array.copy() for name, array in arrays.items()}
+        return [fn(task) for task in make_tasks(copy)]
+
+    monkeypatch.setattr(executors, "run_shared", run_shared_on_a_copy)
+    with pytest.raises(RuntimeError, match="did not come back from the threaded executor"):
+        mandelbrot.render(48, 32, max_iter=50, strategy="threaded", workers=2)
+
+
+def test_no_shared_segment_left_behind() -> None:
+    from kernels import shared_memory
+
+    before = shared_memory.live_segments()
+    mandelbrot.render(48, 32, max_iter=50, strategy="multiprocess", workers=2)
+    with pytest.raises(ValueError):
+        mandelbrot.render(48, 32, max_iter=50, strategy="multiprocess", workers=2,
+                          region=(1.0, 0.0, 0.0, 1.0))
+    assert shared_memory.live_segments() == before
 
 
 # ---------------------------------------------------------------------------

@@ -6,8 +6,9 @@ Plan -> chunks -> chunk kernel -> combine, as every kernel here:
   ``c = (x0 + j*dx) + (y0 + i*dy)i`` with ``dx = (x1 - x0) / width``,
   ``dy = (y1 - y0) / height`` (see :mod:`kernels.mandelbrot.reference` for the exact
   escape loop). A chunk is a band of whole rows; a task carries only
-  ``(kernel, region, width, height, first row, end row, max_iter)`` and returns its
-  rows' counts, which the caller places in the image. Rows never depend on the plan,
+  ``(kernel, region, width, height, first row, end row, max_iter)``. Serial tasks
+  return their rows; pool tasks write them into one shared-memory image
+  (:func:`kernels.executors.run_shared`) and return their checksum. Rows never depend on the plan,
   so every strategy, schedule and worker count gives the same image, bit for bit.
 - Chunk kernels: ``reference.render_rows`` (pure Python), ``vectorized.render_rows``
   (NumPy, masked iteration over the points still active) and ``jit.render_rows``
@@ -244,20 +245,24 @@ def _plan(
     memory.check(
         f"mandelbrot {width}x{height} ({registry.label(strategy, inner)}, {workers} workers)",
         bytes_needed(plan),
+        shared=shared_bytes(plan),
         hint="lower width and height (the size)",
     )
     registry.require_available(sys.modules[__name__], strategy)
     return plan
 
 
+def shared_bytes(plan: _Plan) -> int:
+    """Bytes of the shared-memory image the pool strategies' tasks write into (0 for the
+    others)."""
+    return _COUNT_BYTES * plan.pixels if plan.strategy in executors.POOL_STRATEGIES else 0
+
+
 def bytes_needed(plan: _Plan) -> int:
-    """Bytes a render holds at its peak: the int32 image, the tasks' row arrays that a
-    pool returns before they are placed (twice for processes: pickled and unpickled),
-    and the NumPy kernel's temporaries of the tasks running at once."""
-    image = _COUNT_BYTES * plan.pixels
-    total = image
-    if plan.strategy in executors.POOL_STRATEGIES:
-        total += image * (2 if executors.executor_kind(plan.strategy) == "processes" else 1)
+    """Bytes a render holds at its peak: the int32 image (for the pool strategies, the
+    shared one the tasks write and the copy returned), and the NumPy kernel's
+    temporaries of the tasks running at once."""
+    total = _COUNT_BYTES * plan.pixels + shared_bytes(plan)
     if plan.kernel == "numpy":
         from kernels.mandelbrot.vectorized import BYTES_PER_PIXEL
 
@@ -339,24 +344,46 @@ def plan_rows(plan: _Plan) -> list[tuple[int, int]]:
     return _split(0, plan.height, min(plan.workers, plan.height))
 
 
+def _render_into(rows: np.ndarray, kernel: str, region: tuple[float, float, float, float],
+                 width: int, height: int, first: int, max_iter: int) -> None:
+    x0, dx, y0, dy = pixel_steps(region, width, height)
+    if kernel == "numba":
+        from kernels.mandelbrot import jit
+
+        jit.render_rows(rows, x0, dx, y0, dy, first, max_iter)
+        return
+    if kernel == "numpy":
+        from kernels.mandelbrot.vectorized import render_rows
+    else:
+        from kernels.mandelbrot.reference import render_rows
+    rows[...] = render_rows(x0, dx, y0, dy, first, rows.shape[0], width, max_iter)
+
+
 def run_task(task: Task) -> np.ndarray:
     """Counts of one task's rows (int32, ``(rows, width)``), with its chunk kernel.
 
     Module-level so that process-pool workers find it by import.
     """
     kernel, region, width, height, first, end, max_iter = task
-    x0, dx, y0, dy = pixel_steps(region, width, height)
-    if kernel == "numba":
-        from kernels.mandelbrot import jit
+    rows = np.empty((end - first, width), dtype=np.int32)
+    _render_into(rows, kernel, region, width, height, first, max_iter)
+    return rows
 
-        out = np.empty((end - first, width), dtype=np.int32)
-        jit.render_rows(out, x0, dx, y0, dy, first, max_iter)
-        return out
-    if kernel == "numpy":
-        from kernels.mandelbrot.vectorized import render_rows
-    else:
-        from kernels.mandelbrot.reference import render_rows
-    return render_rows(x0, dx, y0, dy, first, end - first, width, max_iter)
+
+def run_task_into(task: tuple[dict[str, Any], *Task]) -> int:
+    """The pool strategies' task: ``(handle, *Task)``. Renders its rows into the shared
+    image that ``handle`` stands for (:func:`kernels.executors.shared_arrays`) and
+    returns their checksum, which the caller compares with what it finds in the image.
+
+    Why not return the rows: a process pool sends results through a pipe that holds
+    64 KiB, and a row band of a megapixel image (128 KiB to 2 MiB) then crosses in many
+    hand-offs, each waiting for the parent's result thread to be scheduled: 2-worker
+    renders took 5-10x the 1-worker time on the shared 2-core VM (docs/mandelbrot.md).
+    """
+    handle, kernel, region, width, height, first, end, max_iter = task
+    rows = executors.shared_arrays(handle)["image"][first:end]
+    _render_into(rows, kernel, region, width, height, first, max_iter)
+    return int(rows.sum(dtype=np.int64))
 
 
 def _tasks(plan: _Plan, ranges: list[tuple[int, int]]) -> list[Task]:
@@ -389,15 +416,47 @@ def _run_numba(plan: _Plan, image: np.ndarray) -> None:
             jit.render_dynamic(image, x0, dx, y0, dy, starts, stops, plan.max_iter, threads)
 
 
+def _run_pool(plan: _Plan) -> np.ndarray:
+    """The pool strategies: tasks write their rows into one shared-memory image."""
+    from kernels import shared_memory
+
+    ranges = plan_rows(plan)
+    segment = shared_memory.SharedArray((plan.height, plan.width), np.int32)
+    try:
+        image = segment.array
+
+        def make_tasks(handle: dict[str, Any]) -> list[tuple[Any, ...]]:
+            return [(handle, *task) for task in _tasks(plan, ranges)]
+
+        sums = executors.run_shared(executors.executor_kind(plan.strategy), run_task_into,
+                                    {"image": image}, make_tasks, plan.workers,
+                                    what="the mandelbrot image",
+                                    hint="lower width and height (the size)")
+        for (first, end), want in zip(ranges, sums, strict=True):
+            # An executor that hands tasks a copy of the image (one that scatters it to
+            # remote workers) would lose the rows: refuse rather than return zeros.
+            got = int(image[first:end].sum(dtype=np.int64))
+            if got != want:
+                raise RuntimeError(
+                    f"rows {first}..{end - 1} of the image did not come back from the "
+                    f"{plan.strategy} executor (checksum {got}, task reported {want}): it "
+                    "must let tasks write into the shared image")
+        result = image.copy()
+        del image
+    finally:
+        segment.unlink()
+    return result
+
+
 def _run(plan: _Plan) -> np.ndarray:
+    if plan.strategy in executors.POOL_STRATEGIES:
+        return _run_pool(plan)
     image = np.empty((plan.height, plan.width), dtype=np.int32)
     if plan.strategy == "numba":
         _run_numba(plan, image)
         return image
-    kind = "serial" if plan.strategy in _SERIAL_STRATEGIES else executors.executor_kind(
-        plan.strategy)
     ranges = plan_rows(plan)
-    results = executors.run_chunks(kind, run_task, _tasks(plan, ranges), plan.workers)
+    results = executors.run_chunks("serial", run_task, _tasks(plan, ranges), plan.workers)
     for (first, end), rows in zip(ranges, results, strict=True):
         image[first:end] = rows
     return image
