@@ -5,7 +5,7 @@
   ``setup`` renders the point once untimed (numba compilation or its cache load, the
   pool's start, first touch) and checks its checksum, so a wrong image is never timed.
 - ``ScheduleSpeedup.track_dynamic_over_static``: static time / dynamic time at 2
-  workers, the calls paired in alternation in one process (drift cancels).
+  workers on 2**20 pixels, the calls paired in alternation in one process (drift cancels).
 - ``StaticImbalance.track_static_imbalance``: the static schedule's bands, each timed
   alone on one core: the slowest band's time over the mean (1.0 is a perfect split;
   the static schedule's wall time at k workers is at least that many times its ideal).
@@ -21,7 +21,7 @@ import time
 
 from kernels import mandelbrot, registry
 
-from .common import WORKERS, ColdStartBase, Paired, skip
+from .common import WORKERS, ColdStartBase, Paired, WarmTime, skip, skip_unless_raced
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("mandelbrot")]
 SCHEDULES = list(mandelbrot.SCHEDULES)
@@ -38,12 +38,14 @@ def _kwargs(label: str, workers: int, schedule: str = mandelbrot.DEFAULT_SCHEDUL
 
 
 def skip_reason(label: str, schedule: str, size: int, workers: int) -> str | None:
-    """Why a point of :class:`TimeRender` is not timed, or None."""
-    strategy, inner = registry.parse_label(label)
-    if size > SPEC.size_limit(strategy, inner):
-        return f"{label} is too slow for {size} pixels"
-    if strategy in SPEC.serial and workers > 1:
-        return f"{label} runs on one core whatever workers is"
+    """Why a point of :class:`TimeRender` is not timed, or None: the suites' shared rule
+    (:func:`common.skip_unless_raced`: availability, the spec's size limits, one-core
+    strategies at one worker), and one schedule only where the plan is the same under both.
+    """
+    try:
+        strategy, _ = skip_unless_raced("mandelbrot", label, size, workers)
+    except NotImplementedError as exc:
+        return str(exc)
     one_core = strategy in SPEC.serial or (strategy == "numba" and workers == 1)
     if one_core and schedule != mandelbrot.DEFAULT_SCHEDULE:
         return f"{label} on one core runs the same plan under every schedule"
@@ -70,7 +72,7 @@ def _render_checked(side: int, kwargs: dict) -> None:
                              f"expected {want}")
 
 
-class TimeRender:
+class TimeRender(WarmTime):
     """Warm time of one ``render`` of the whole set (seconds)."""
 
     params = (LABELS, SCHEDULES, SIZES, WORKERS)
@@ -81,10 +83,6 @@ class TimeRender:
                    (["numba", "threaded:numba", "multiprocess:numba"], ["dynamic"], [1 << 18],
                     WORKERS),
                    (["numba", "threaded:numba"], ["static"], [1 << 18], [2])]
-    number = 1
-    repeat = (1, 5, 10.0)
-    warmup_time = 0.0
-    timeout = 180
 
     def skip_reason(self, label: str, schedule: str, size: int, workers: int) -> str | None:
         return skip_reason(label, schedule, size, workers)
@@ -168,8 +166,7 @@ class ColdStart(ColdStartBase):
     params = (LABELS, WORKERS)
 
     def setup(self, label: str, workers: int) -> None:
-        if registry.parse_label(label)[0] in SPEC.serial and workers > 1:
-            skip(f"{label} runs on one core whatever workers is")
+        skip_unless_raced("mandelbrot", label, 1 << 16, workers)
 
     def body(self, label: str, workers: int) -> str:
         kwargs = _kwargs(label, workers)
