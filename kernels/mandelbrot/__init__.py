@@ -37,7 +37,6 @@ balance), so a static render answers Ctrl-C only when its bands finish.
 from __future__ import annotations
 
 import math
-import operator
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -147,20 +146,6 @@ SPEC = registry.KernelSpec(
 # ---------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, (bool, float)):
-        raise TypeError(f"{name} must be an int in [{low}, {high}], got {type(value).__name__}")
-    try:
-        value = operator.index(value)  # int and numpy integers; not float, str, None
-    except TypeError:
-        raise TypeError(
-            f"{name} must be an int in [{low}, {high}], got {type(value).__name__}"
-        ) from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value}")
-    return int(value)
-
-
 def check_region(region: Any) -> tuple[float, float, float, float]:
     """``region`` as 4 finite floats ``(x0, x1, y0, y1)`` with ``x0 < x1`` and ``y0 < y1``."""
     accepted = "region must be 4 finite real numbers (x0, x1, y0, y1) with x0 < x1 and y0 < y1"
@@ -231,12 +216,12 @@ def _plan(
     width: Any, height: Any, max_iter: Any, region: Any, strategy: Any,
     inner: Any, workers: Any, schedule: Any,
 ) -> _Plan:
-    width = _check_int("width", width, 1, MAX_SIDE)
-    height = _check_int("height", height, 1, MAX_SIDE)
+    width = registry.check_int("width", width, 1, MAX_SIDE)
+    height = registry.check_int("height", height, 1, MAX_SIDE)
     if width * height > MAX_PIXELS:
         raise ValueError(f"width x height must be at most {MAX_PIXELS} pixels (2**36), "
                          f"got {width} x {height} = {width * height}")
-    max_iter = _check_int("max_iter", max_iter, 1, MAX_ITER)
+    max_iter = registry.check_int("max_iter", max_iter, 1, MAX_ITER)
     region = check_region(region)
     strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
     schedule = check_schedule(schedule)
@@ -565,7 +550,7 @@ def _case_plan(
         raise ValueError(
             f"mandelbrot takes no option {', '.join(unknown)}; options: {', '.join(_CASE_OPTIONS)}"
         )
-    size = _check_int("size (pixels)", size, 1, MAX_PIXELS)
+    size = registry.check_int("size (pixels)", size, 1, MAX_PIXELS)
     view = options.get("view", DEFAULT_VIEW)
     if not isinstance(view, str) or view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
