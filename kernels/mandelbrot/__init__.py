@@ -107,7 +107,7 @@ MAX_ITER = 1 << 24
 DYNAMIC_TILES_PER_WORKER = 16
 DYNAMIC_TILE_ROWS = 8
 #: The most pixel-iterations (rows x width x max_iter, the worst case) one task may
-#: hold: about 1/4 s of one core (numba ~1 ns, NumPy ~15 ns, Python ~140 ns per
+#: hold: about 1/4 s of one core (numba ~1 ns, NumPy ~20 ns, Python ~140 ns per
 #: iteration on the Xeon of docs/mandelbrot.md). Tasks never hold less than one row.
 MAX_TASK_ITERATIONS = {"numba": 1 << 28, "numpy": 1 << 24, "python": 1 << 21}
 #: The most pixels of one NumPy task (its temporaries: 80 bytes a pixel, 20 MiB).
@@ -126,7 +126,7 @@ SPEC = registry.KernelSpec(
     strategies=STRATEGIES,
     serial=_SERIAL_STRATEGIES,
     # The whole set at max_iter 256 averages ~67 iterations a pixel: past these a call
-    # takes over a second on one core (Python ~140 ns, NumPy ~15 ns, numba ~1 ns each).
+    # takes over a second on one core (Python ~140 ns, NumPy ~20 ns, numba ~1 ns each).
     size_limits={"python": 1 << 16, "numpy": 1 << 20, "numba": 1 << 24},
     options=(
         registry.Option("max_iter", f"iterations before a point counts as in the set "
