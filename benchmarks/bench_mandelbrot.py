@@ -161,6 +161,36 @@ class StaticImbalance:
         return max(times) / statistics.fmean(times)
 
 
+class BandSeconds:
+    """Seconds of one static band's work, timed alone on one core (best of 3): the report
+    draws one bar per band (the ``band`` parameter), and the run lasts as long as the
+    slowest. Bands as in :class:`StaticImbalance`; ``band >= workers`` is skipped."""
+
+    params = (["full", "upper"], [2, 4], [0, 1, 2, 3])
+    param_names = ["view", "workers", "band"]
+    unit = "seconds"
+    timeout = 120
+    SIDE = StaticImbalance.SIDE
+    REPEAT = StaticImbalance.REPEAT
+
+    def setup(self, view: str, workers: int, band: int) -> None:
+        if band >= workers:
+            skip(f"{workers} workers make bands 0..{workers - 1}")
+        plan = mandelbrot.plan(self.SIDE, self.SIDE, max_iter=MAX_ITER,
+                               region=mandelbrot.VIEWS[view], strategy="threaded",
+                               inner="numba", workers=workers, schedule="static")
+        self.task = mandelbrot.plan_tasks(plan)[band]
+        mandelbrot.run_task(self.task)  # JIT
+
+    def track_band_seconds(self, view: str, workers: int, band: int) -> float:
+        best = float("inf")
+        for _ in range(self.REPEAT):
+            t0 = time.perf_counter()
+            mandelbrot.run_task(self.task)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+
 class ColdStart(ColdStartBase):
     """A fresh interpreter: import, JIT, pool start and a 256x256 render (seconds)."""
 
