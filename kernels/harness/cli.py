@@ -257,6 +257,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     sizes = args.size or list(module.SPEC.default_sizes)
     workers = args.workers or [1]
     points = runner.grid(labels, sizes, workers)
+    if not args.strategy:
+        # Every strategy by default: the one-core ones only at one worker (as the asv
+        # suites do); named with --strategy, a one-core strategy at 2 workers is an error.
+        serial = module.SPEC.serial
+        points = [p for p in points if not (p.strategy in serial and p.workers > 1)]
     # Every point is checked before the first is timed (run_grid does it too, for
     # API callers); a bad one is refused here with nothing run and nothing written.
     runner.check_points(args.kernel, points, options)
