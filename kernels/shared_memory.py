@@ -159,7 +159,7 @@ def _remove_stale_once() -> None:
 
 
 def leftover_segments() -> list[str]:
-    """Segments with this package's prefix still in /dev/shm (any process); for tests."""
+    """Segments with kernelrace's prefix still in /dev/shm, of any process."""
     try:
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX))
     except FileNotFoundError:  # pragma: no cover - not Linux

@@ -21,11 +21,7 @@ Per segment and plane:
    exit, taken after a varying 0-8 trips, is mispredicted about once per prime, plane
    and segment, which at 10**9 cost more than their stores. They run a fixed 8, 4 or
    2 branchless steps instead, each step storing either to its crossing or, once past
-   the segment, to a spare byte beyond it. At 10**9 on the 2-vCPU test VM, interleaved
-   with the looping kernel: best of 9-15 runs 141-154 ms against 182-188 ms on one
-   worker, and 2 workers over 1 went from 1.65-1.86x to 1.92-1.98x (medians of paired
-   rounds): the two vCPUs share one core's branch predictor, it seems, as they share
-   its L1;
+   the segment, to a spare byte beyond it (what that gained, measured: docs/sieve.md);
 3. the plane's bytes are summed.
 
 A plane segment is ``segment_bytes`` long (32 KiB, inside L1, by default; larger when
