@@ -23,25 +23,49 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import importlib.util
 import operator
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-EXECUTOR_KINDS = ("serial", "threads", "processes")
+EXECUTOR_KINDS = ("serial", "threads", "processes", "dask")
 
 #: The one map from strategy to executor. Every kernel offers each of these strategies
 #: (with an ``inner`` chunk kernel) and hands its chunk tasks to the executor kind named
 #: here; adding an executor is one class, one kind in :func:`get_executor` and one entry
 #: here, nothing in any kernel.
-POOL_STRATEGIES = {"threaded": "threads", "multiprocess": "processes"}
+POOL_STRATEGIES = {"threaded": "threads", "multiprocess": "processes", "distributed": "dask"}
+
+#: Pool strategies whose executor needs an optional package: strategy -> (module to
+#: import, the pyproject extra that installs it). :func:`pool_unavailable_reason` reads
+#: it, and the registry asks it before a kernel's own ``unavailable_reason``.
+POOL_REQUIRES: dict[str, tuple[str, str]] = {"distributed": ("distributed", "distributed")}
 
 
 def executor_kind(strategy: str) -> str:
     """The executor kind a pool strategy runs on (KeyError for any other strategy)."""
     return POOL_STRATEGIES[strategy]
+
+
+def pool_unavailable_reason(strategy: str) -> str | None:
+    """Why pool strategy ``strategy`` cannot run here (its executor's optional package is
+    not installed), else None. Looks for the package without importing it (Dask takes
+    about a second to import, and listings ask for every strategy)."""
+    required = POOL_REQUIRES.get(strategy)
+    if required is None:
+        return None
+    module, extra = required
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return None
+    return f"{module} is not installed; pip install '.[{extra}]'"
 
 
 def forkserver_preload() -> list[str]:
@@ -143,6 +167,16 @@ class Executor:
 
     kind = "abstract"
     workers = 1
+    #: Whether tasks run where they can write into this process's memory (a shared-memory
+    #: segment it allocated). False for an executor whose workers may be on other hosts:
+    #: a kernel then takes its results from what the tasks return.
+    same_host_memory = True
+
+    @classmethod
+    def warm_key(cls, workers: int) -> Any:
+        """What tells two warm executors of this kind apart in :func:`get_executor`'s cache
+        (the worker count; an executor that connects somewhere adds the address)."""
+        return workers
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
         raise NotImplementedError
@@ -227,6 +261,10 @@ def shared_arrays(handle: dict[str, Any]) -> dict[str, Any]:
     longer named); elsewhere the handle holds the arrays themselves."""
     from kernels import shared_memory
 
+    if "distributed" in sys.modules:  # a Dask task: futures Dask left unresolved
+        from kernels.distributed import resolve_handle
+
+        handle = resolve_handle(handle)
     names = {v.name for v in handle.values() if isinstance(v, shared_memory.SegmentSpec)}
     if not names:
         return handle
@@ -239,6 +277,7 @@ _CLASSES: dict[str, Any] = {
     "serial": SerialExecutor,
     "threads": ThreadExecutor,
     "processes": "kernels.process_pool.ProcessExecutor",  # imported on first use
+    "dask": "kernels.distributed.DaskExecutor",  # imported on first use; Dask is optional
 }
 
 # Names that live in kernels.process_pool, reachable as executors.<name>.
@@ -264,18 +303,30 @@ def _executor_class(kind: str) -> type:
     return cls
 
 
-def register_executor(strategy: str, kind: str, cls: type) -> None:
+def shares_host_memory(kind: str) -> bool:
+    """Whether tasks on executor ``kind`` can write into this process's shared memory
+    (:attr:`Executor.same_host_memory`); False means a kernel must return results."""
+    return bool(getattr(_executor_class(kind), "same_host_memory", True))
+
+
+def register_executor(strategy: str, kind: str, cls: type,
+                      requires: tuple[str, str] | None = None) -> None:
     """Add an executor: ``cls(workers)`` (an :class:`Executor`) becomes kind ``kind``, and
-    every kernel offers strategy ``strategy`` on it, with an ``inner`` chunk kernel."""
+    every kernel offers strategy ``strategy`` on it, with an ``inner`` chunk kernel.
+    ``requires`` is (module, pyproject extra) when the executor needs an optional package:
+    the strategy then reports itself unavailable where that module is missing."""
     if not (isinstance(cls, type) and issubclass(cls, Executor)):
         raise TypeError(f"cls must be an Executor subclass, got {cls!r}")
     _CLASSES[kind] = cls
     POOL_STRATEGIES[strategy] = kind
+    if requires is not None:
+        POOL_REQUIRES[strategy] = requires
 
 
 def unregister_executor(strategy: str) -> None:
     """Undo :func:`register_executor` (its warm pools are closed)."""
     kind = POOL_STRATEGIES.pop(strategy)
+    POOL_REQUIRES.pop(strategy, None)
     if kind not in POOL_STRATEGIES.values():
         _CLASSES.pop(kind, None)
         with _pools_lock:
@@ -283,8 +334,8 @@ def unregister_executor(strategy: str) -> None:
         for pool in pools:
             pool.close()
 
-# Warm pools, by (kind, workers), oldest use first.
-_pools: dict[tuple[str, int], Any] = {}
+# Warm pools, by (kind, the class's warm_key(workers)), oldest use first.
+_pools: dict[tuple[str, Any], Any] = {}
 _pools_lock = threading.Lock()
 # Warm thread pools kept at once: a sweep over worker counts would otherwise keep
 # every count's threads alive for the life of the process.
@@ -299,18 +350,22 @@ def _forget(executor: Any) -> None:
 
 
 def get_executor(kind: str, workers: int | None = None, *, reuse: bool = True) -> Any:
-    """An executor of ``kind`` ("serial", "threads", "processes") with ``workers`` workers.
+    """An executor of ``kind`` ("serial", "threads", "processes", "dask") with ``workers``
+    workers.
 
     With ``reuse=True`` the pool is cached and shared by later calls (the warm case);
     with ``reuse=False`` a new pool is made and the caller must close it (the cold case).
+    Warm pools are told apart by the class's :meth:`Executor.warm_key` (the worker count,
+    and for Dask the scheduler address).
     """
     if kind not in _CLASSES:
         raise ValueError(f"executor kind must be one of {', '.join(_CLASSES)}; got {kind!r}")
     workers = resolve_workers(workers)
     if not reuse:
         return _executor_class(kind)(workers)
+    key = (kind, _executor_class(kind).warm_key(workers))
     with _pools_lock:
-        executor = _pools.pop((kind, workers), None)
+        executor = _pools.pop(key, None)
         broken = None
         if executor is not None and getattr(executor, "lost_worker", lambda: None)():
             # A warm pool whose worker died between calls (killed while idle): no task
@@ -318,7 +373,7 @@ def get_executor(kind: str, workers: int | None = None, *, reuse: bool = True) -
             broken, executor = executor, None
         if executor is None:
             executor = _executor_class(kind)(workers)
-        _pools[(kind, workers)] = executor  # most recently used last
+        _pools[key] = executor  # most recently used last
         stale = [key for key in _pools if key[0] == "threads"][:-MAX_WARM_THREAD_POOLS]
         evicted = [_pools.pop(key) for key in stale]
     if broken is not None:

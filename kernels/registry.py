@@ -18,8 +18,10 @@ The package also provides these functions (the spec documents the data, these th
   kernel's reference (``kernelrace verify`` and the tests).
 
 Strategies that run on an executor (:data:`kernels.executors.POOL_STRATEGIES`, today
-``threaded`` and ``multiprocess``) take an ``inner`` chunk kernel (``python``, ``numpy``
-or ``numba``); the others do not.
+``threaded``, ``multiprocess`` and ``distributed``) take an ``inner`` chunk kernel
+(``python``, ``numpy`` or ``numba``); the others do not. A pool strategy whose executor
+needs an optional package (``distributed``: Dask) is unavailable where it is missing,
+whatever the kernel's own ``unavailable_reason`` says (:func:`unavailable_reason`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
-from kernels.executors import POOL_STRATEGIES
+from kernels.executors import POOL_STRATEGIES, pool_unavailable_reason
 
 INNERS = ("python", "numpy", "numba")
 DEFAULT_INNER = "numba"
@@ -215,9 +217,17 @@ def check_strategy(
     return strategy, None
 
 
+def unavailable_reason(module: ModuleType, strategy: str) -> str | None:
+    """Why ``strategy`` of kernel package ``module`` cannot run here, or None: a pool
+    strategy whose executor needs a missing package (:data:`kernels.executors.POOL_REQUIRES`),
+    else what the kernel's own ``unavailable_reason`` says. The one availability check:
+    kernels' own hooks need not know about executors."""
+    return pool_unavailable_reason(strategy) or module.unavailable_reason(strategy)
+
+
 def require_available(module: ModuleType, strategy: str) -> None:
     """Raise RuntimeError naming the missing package when ``strategy`` cannot run here."""
-    reason = module.unavailable_reason(strategy)
+    reason = unavailable_reason(module, strategy)
     if reason:
         raise RuntimeError(f"strategy {strategy!r} is unavailable here: {reason}")
 
@@ -232,7 +242,7 @@ def strategies(kernel: str) -> list[StrategyInfo]:
     module = kernel_module(kernel)
     out = []
     for name in with_pools(module.STRATEGIES):
-        reason = module.unavailable_reason(name)
+        reason = unavailable_reason(module, name)
         out.append(StrategyInfo(kernel, name, _inners(name), reason is None, reason))
     return out
 
@@ -244,7 +254,7 @@ def variants(kernel: str, *, available_only: bool = True) -> list[tuple[str, str
     module = kernel_module(kernel)
     out: list[tuple[str, str | None]] = []
     for name in with_pools(module.STRATEGIES):
-        if available_only and module.unavailable_reason(name):
+        if available_only and unavailable_reason(module, name):
             continue
         out.extend([(name, inner) for inner in _inners(name)] or [(name, None)])
     return out

@@ -406,10 +406,18 @@ def _run_numba(plan: _Plan, image: np.ndarray) -> None:
 
 
 def _run_pool(plan: _Plan) -> np.ndarray:
-    """The pool strategies: tasks write their rows into one shared-memory image."""
+    """The pool strategies: tasks write their rows into one shared-memory image, or return
+    them where the executor's workers cannot reach this process's memory (a cluster)."""
     from kernels import shared_memory
 
     ranges = plan_rows(plan)
+    kind = executors.executor_kind(plan.strategy)
+    if not executors.shares_host_memory(kind):
+        image = np.empty((plan.height, plan.width), dtype=np.int32)
+        results = executors.run_chunks(kind, run_task, _tasks(plan, ranges), plan.workers)
+        for (first, end), rows in zip(ranges, results, strict=True):
+            image[first:end] = rows
+        return image
     segment = shared_memory.SharedArray((plan.height, plan.width), np.int32)
     try:
         image = segment.array
@@ -417,7 +425,7 @@ def _run_pool(plan: _Plan) -> np.ndarray:
         def make_tasks(handle: dict[str, Any]) -> list[tuple[Any, ...]]:
             return [(handle, *task) for task in _tasks(plan, ranges)]
 
-        sums = executors.run_shared(executors.executor_kind(plan.strategy), run_task_into,
+        sums = executors.run_shared(kind, run_task_into,
                                     {"image": image}, make_tasks, plan.workers,
                                     what="the mandelbrot image",
                                     hint="lower width and height (the size)")
