@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
@@ -98,11 +99,15 @@ class DaskExecutor(Executor):
             ) from None
         self._cluster: Any = None
         if self.address is None:
-            self._cluster = distributed.LocalCluster(
-                n_workers=self.workers, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=logging.CRITICAL, env=dict(_WORKER_ENV),
-                host="127.0.0.1",
-            )
+            with warnings.catch_warnings():
+                # Without a dashboard the scheduler still serves /health on 8787, or on a
+                # free port with a warning when a cluster already holds it: not our concern.
+                warnings.filterwarnings("ignore", message="Port .* is already in use")
+                self._cluster = distributed.LocalCluster(
+                    n_workers=self.workers, threads_per_worker=1, processes=True,
+                    dashboard_address=None, silence_logs=logging.CRITICAL,
+                    env=dict(_WORKER_ENV), host="127.0.0.1",
+                )
             try:
                 self._client = distributed.Client(self._cluster, set_as_default=False)
             except BaseException:
@@ -201,7 +206,7 @@ class DaskExecutor(Executor):
             return future
 
         first = min(self.workers, len(tasks))
-        pending = as_completed([submit(i) for i in range(first)])
+        pending = as_completed([submit(i) for i in range(first)], loop=client.loop)
         following = first
         for future in pending:
             results[index[future.key]] = future.result()  # re-raises a task's exception

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -243,9 +244,25 @@ def _size_help() -> str:
             "accepted; default: the kernel's default sizes)")
 
 
+def _scheduler_address(text: str) -> str:
+    """``--scheduler``: a Dask scheduler address, ``tcp://HOST:PORT`` (or ``HOST:PORT``)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host.strip("/:") or not port.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"a scheduler address is tcp://HOST:PORT (for example tcp://10.0.0.5:8786), "
+            f"got {text!r}")
+    return text.strip()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from kernels.harness import runner
 
+    if args.scheduler:
+        # The distributed strategy's executor reads it when it connects (it never starts
+        # or stops a cluster at an address); set before any executor is made.
+        from kernels.distributed import SCHEDULER_ENV
+
+        os.environ[SCHEDULER_ENV] = args.scheduler
     module = registry.kernel_module(args.kernel)
     options = _case_options(args)
     labels = args.strategy or [registry.label(s, i) for s, i in registry.variants(args.kernel)]
@@ -383,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=whole_number(0, runner_max_repeat()), default=1,
                    help="untimed runs first (default 1)")
     p.add_argument("--json", action="store_true", help="write rows as JSON to stdout")
+    p.add_argument(
+        "--scheduler", type=_scheduler_address, metavar="tcp://HOST:PORT",
+        help="run the distributed strategy on the Dask cluster at this scheduler address "
+        "(sets KERNELRACE_SCHEDULER) instead of starting a local cluster",
+    )
     _add_option_flags(p)
     p.set_defaults(func=cmd_run)
 
