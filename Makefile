@@ -51,11 +51,11 @@ $(PY):
 
 # Stamps: reinstall only when pyproject.toml changes.
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[test,bench]'
+	$(PIP) install --quiet -e '.[test,bench,distributed]'
 	@touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[test,bench]'
+	$(PIP) install --quiet -e '.[test,bench,distributed]'
 	@$(MAKE) --no-print-directory anchors
 	@touch $@
 
