@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import operator
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -130,6 +131,41 @@ def _numba_threads_limit() -> int:
     import numba
 
     return int(numba.config.NUMBA_NUM_THREADS)
+
+
+@contextlib.contextmanager
+def interrupt_guard() -> Iterator[Callable[[], None]]:
+    """For long work done in pieces (docs/reliability.md): yields ``check()``, to call
+    between pieces.
+
+    Ctrl-C raises KeyboardInterrupt where it lands, as usual. But when it lands while
+    numba compiles, it can land inside a callback that LLVM makes into Python through
+    ctypes, and ctypes prints such an exception and drops it ("Exception ignored on
+    calling ctypes callback function"): the interrupt would be lost and minutes of work
+    would follow. Within the block, SIGINT is also recorded, and ``check()`` raises it
+    at the next piece. Outside the main thread, or when SIGINT is not handled by a
+    Python function (ignored, or the default), ``check()`` does nothing.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield lambda: None
+        return
+    pending: list[int] = []
+
+    def record(signum: int, frame: Any) -> None:
+        pending.append(signum)
+        previous(signum, frame)
+
+    def check() -> None:
+        if pending:
+            pending.clear()
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

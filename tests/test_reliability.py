@@ -425,6 +425,13 @@ sieve.count_primes(10**6, strategy='threaded', workers=2)
 sieve.count_primes(10**6, strategy='threaded', inner='numpy', workers=2)
 montecarlo.estimate_pi(10**6, strategy='numba', workers=2)
 montecarlo.estimate_pi(10**6, strategy='threaded', workers=2)
+# Past ~1.2e11 the sieve's offsets are int64: a second compiled variant of its kernels.
+from kernels.sieve import jit, reference
+import numpy as np
+big = 2 * 10**11
+primes = reference.sieving_primes(2 * big)
+jit.count_range(big, big + 30_000, primes)
+jit.count_ranges_parallel(np.array([big, big + 30_000, big + 60_000]), primes)
 print("ready", flush=True)
 {call}
 print("finished", flush=True)
@@ -459,3 +466,24 @@ def test_ctrl_c_inside_long_compiled_or_threaded_work_stops_within_seconds(name:
     assert "KeyboardInterrupt" in err, err
     assert waited < CTRL_C_S, f"{name}: exited {waited:.1f} s after Ctrl-C"
     print(f"{name}: exited {waited:.2f} s after Ctrl-C")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_dropped_inside_a_ctypes_callback_is_raised_at_the_next_piece() -> None:
+    """numba's compiler calls Python from LLVM through ctypes, and ctypes drops an
+    exception raised there: a Ctrl-C that lands during a compile was lost (seen in CI,
+    a fresh numba cache). interrupt_guard records it, and check() raises it."""
+    import ctypes
+
+    callback = ctypes.CFUNCTYPE(None)(lambda: (os.kill(os.getpid(), signal.SIGINT),
+                                               time.sleep(0.05)))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        callback()  # without the guard: printed as ignored, and lost
+        with executors.interrupt_guard() as check:
+            callback()
+            with pytest.raises(KeyboardInterrupt):
+                check()
+            check()  # raised once, not again
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -293,10 +293,11 @@ def _run(plan: _Plan) -> int:
         # Batches of chunks_per_task chunks per worker, so that Ctrl-C is seen between them.
         batch = chunks_per_task(plan) * plan.workers
         hits = 0
-        with executors.limit_threads(plan.workers):
+        with executors.limit_threads(plan.workers), executors.interrupt_guard() as check:
             for first in range(0, plan.n_chunks, batch):
                 count = min(batch, plan.n_chunks - first)
                 hits += int(jit.parallel_hits(key, first, count, plan.chunk_size, plan.samples))
+                check()
         return hits
     if plan.strategy in _SERIAL_STRATEGIES:
         return sum(executors.run_chunks("serial", run_task, make_tasks(plan, 1), plan.workers))

@@ -264,17 +264,23 @@ def _count_numba(n: int, w: int, primes: np.ndarray) -> int:
         # One range when n fits in it (every benchmarked size up to 2.6e8): the same call
         # as before ranges were bounded.
         ranges = [(0, n + 1)] if n + 1 <= span else plan_ranges(n, 1, span)
-        return sum(jit.count_range(lo, hi, primes) for lo, hi in ranges)
+        total = 0
+        with executors.interrupt_guard() as check:
+            for lo, hi in ranges:
+                total += jit.count_range(lo, hi, primes)
+                check()
+        return total
     ranges = plan_ranges(n, w, span)
     # One prange call, as before, unless the span bound made more ranges than that.
     one_call = len(ranges) <= w * CHUNKS_PER_WORKER
     per_batch = len(ranges) if one_call else RANGES_PER_BATCH * w
     total = 0
-    with executors.limit_threads(w):
+    with executors.limit_threads(w), executors.interrupt_guard() as check:
         for b in range(0, len(ranges), per_batch):
             batch = ranges[b : b + per_batch]
             bounds = np.array([lo for lo, _ in batch] + [batch[-1][1]], dtype=np.int64)
             total += jit.count_ranges_parallel(bounds, primes)
+            check()
     return total
 
 
