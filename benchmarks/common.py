@@ -40,7 +40,7 @@ def skip_unless_raced(kernel: str, label: str, size: int, workers: int) -> tuple
     Returns (strategy, inner) otherwise."""
     strategy, inner = registry.parse_label(label)
     spec = registry.spec(kernel)
-    reason = registry.kernel_module(kernel).unavailable_reason(strategy)
+    reason = registry.unavailable_reason(registry.kernel_module(kernel), strategy)
     if reason:
         skip(reason)
     if size > spec.size_limit(strategy, inner):

@@ -443,7 +443,8 @@ def test_make_case_close_unlinks_and_gc_unlinks():
 
 
 def test_strategies_and_availability():
-    assert A.STRATEGIES == ("python", "numpy", "numba", "threaded", "multiprocess", "torch")
+    assert A.STRATEGIES == ("python", "numpy", "numba", "threaded", "multiprocess",
+                            "distributed", "torch")
     for s in A.STRATEGIES[:-1]:
         assert A.unavailable_reason(s) is None
 
