@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
@@ -57,6 +58,34 @@ def scheduler_address(scheduler: str | None = None) -> str | None:
     (start a LocalCluster)."""
     address = scheduler if scheduler is not None else os.environ.get(SCHEDULER_ENV, "")
     return address.strip() or None
+
+
+@contextlib.contextmanager
+def _main_not_reimported() -> Iterator[None]:
+    """While a LocalCluster starts its workers: hide the caller's main script from them.
+
+    Dask starts each worker with multiprocessing's spawn, which re-runs the caller's
+    ``__main__`` in the new process (as ``__mp_main__``) so that functions defined there
+    can be unpickled. An unguarded script (no ``if __name__ == "__main__":``) then starts
+    a cluster again inside every worker, and the Nanny fails to start. kernelrace's tasks
+    live in importable modules and Dask sends functions defined in ``__main__`` by value,
+    so workers do not need the main module: spawn asks for it only when ``__main__`` has
+    a ``__spec__`` name or a ``__file__``, and both are hidden for the start-up (as
+    :func:`kernels.process_pool._make_context` does for process pools). A worker that the
+    Nanny restarts later (after a crash) is spawned with the main module visible again.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _is_future(value: Any) -> bool:
@@ -103,11 +132,12 @@ class DaskExecutor(Executor):
                 # Without a dashboard the scheduler still serves /health on 8787, or on a
                 # free port with a warning when a cluster already holds it: not our concern.
                 warnings.filterwarnings("ignore", message="Port .* is already in use")
-                self._cluster = distributed.LocalCluster(
-                    n_workers=self.workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.CRITICAL,
-                    env=dict(_WORKER_ENV), host="127.0.0.1",
-                )
+                with _main_not_reimported():
+                    self._cluster = distributed.LocalCluster(
+                        n_workers=self.workers, threads_per_worker=1, processes=True,
+                        dashboard_address=None, silence_logs=logging.CRITICAL,
+                        env=dict(_WORKER_ENV), host="127.0.0.1",
+                    )
             try:
                 self._client = distributed.Client(self._cluster, set_as_default=False)
             except BaseException:

@@ -231,6 +231,30 @@ def test_ctrl_c_cancels_and_leaves_no_worker_behind():
     print(f"exited {waited:.2f} s after Ctrl-C; workers gone")
 
 
+_UNGUARDED = """
+from kernels import sieve
+print(sieve.count_primes(10**6, strategy="distributed", workers=2), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_distributed_works_without_a_main_guard(tmp_path, how: str) -> None:
+    """Dask spawns its workers, and spawn re-runs the caller's main script in each: an
+    unguarded script used to start a cluster inside every worker ("Nanny failed to
+    start"). The LocalCluster starts with the main module hidden from its workers."""
+    pytest.importorskip("distributed")
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    if how == "script":
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=180)
+    else:
+        done = subprocess.run([sys.executable, "-"], input=_UNGUARDED, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["78498"]
+
+
 # ---------------------------------------------------------------------------
 # Scale
 # ---------------------------------------------------------------------------
