@@ -9,11 +9,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kernels import registry
+from kernels import executors, registry
 
 WORKERS = [1, 2]
 # Strategies whose cold start (import, JIT load, pool start) the suites time.
 COLD_START_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba"]
+# A Dask LocalCluster's start (about 2 s) is a cold start too, where Dask is installed
+# (asv's per-commit environments do not install the distributed extra).
+if executors.pool_unavailable_reason("distributed") is None:
+    COLD_START_LABELS.append("distributed:numba")
 
 
 class WarmTime:
