@@ -214,7 +214,8 @@ class Sizes:
 
 
 class Bandwidth:
-    """Share of the machine's read bandwidth one decode step reaches (%), and its GB/s.
+    """Share of the machine's read bandwidth one decode step reaches (%), its GB/s and its
+    GFLOP/s (MQA and MLA are compute-bound: issue 15).
 
     Each of 7 rounds times one step, then one read pass over a 1 GiB array on the same
     number of threads (:class:`kernels.harness.machine.ReadStream`, what ``kernelrace
@@ -223,7 +224,7 @@ class Bandwidth:
     later lets the machine's drift (tens of percent here) pass for the kernel's.
     """
 
-    params = (["gqa", "mla"], [32768], FAST_LABELS, WORKERS)
+    params = (["gqa", "mqa", "mla"], [32768], FAST_LABELS, WORKERS)
     param_names = ["preset", "context", "strategy", "workers"]
     unit = "%"
     timeout = 300
@@ -252,6 +253,18 @@ class Bandwidth:
         return statistics.median(self._step_gbps() for _ in range(self.ROUNDS))
 
     track_gbps.unit = "GB/s"
+
+    def track_gflops(self, preset: str, context: int, label: str, workers: int) -> float:
+        """The step's arithmetic rate: analytic FLOPs (``attention.step_cost``, in the
+        case's fields) over the median time of ROUNDS steps, in GFLOP/s."""
+        times = []
+        for _ in range(self.ROUNDS):
+            t0 = time.perf_counter()
+            self.case.run()
+            times.append(time.perf_counter() - t0)
+        return self.case.fields["flops"] / statistics.median(times) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
 
 
 class PeakMemory:

@@ -572,3 +572,74 @@ def test_long_context_gqa(variant):
         want = reference_decode(cache, q)
         got = A.decode(cache, q, strategy=variant[0], inner=variant[1], workers=2)
         _close_enough(got, want)
+
+
+# ---------------------------------------------------------------------------
+# Analytic cost of a step (FLOPs, bytes) against the kernel's own arrays
+# ---------------------------------------------------------------------------
+
+
+def _count_from_shapes(cache, impl):
+    """FLOPs and bytes of one step, read off the arrays the step really uses: the
+    rotated, absorbed query of :class:`decode.Problem` and the cache's arrays."""
+    from kernels.attention.decode import Problem
+
+    q = A.random_query(cache)
+    problem = Problem(cache, q, impl)
+    arrays = cache.arrays()
+    T, B = cache.length, cache.batch
+    H = problem.q1.shape[1]
+    if problem.kind == "kv":
+        d, dv = arrays["k"].shape[-1], arrays["v"].shape[-1]
+        return 2 * B * H * T * (d + dv), cache.used_nbytes, 0
+    w_uk, w_uv = arrays["w_uk"], arrays["w_uv"]
+    nope, r = w_uk.shape[1:]
+    v, rope = w_uv.shape[1], arrays["k_pe"].shape[-1]
+    assert problem.q2.shape[-1] == rope
+    if problem.kind == "absorbed":
+        assert problem.q1.shape[-1] == r  # the query lives in the latent space
+        flops = 2 * B * H * (nope * r + T * (r + rope) + T * r + r * v)
+    else:
+        flops = 2 * B * H * T * (r * (nope + v) + nope + rope + v)
+    return flops, cache.used_nbytes, w_uk.nbytes + w_uv.nbytes
+
+
+@pytest.mark.parametrize("name", sorted(A.SMALL_CONFIGS))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_step_cost_matches_the_kernels_shapes(name, batch):
+    config = A.SMALL_CONFIGS[name]
+    impls = ["absorbed", "naive"] if config.kind == "mla" else [None]
+    cache = _filled(config, 37, batch=batch, capacity=50)
+    try:
+        for impl in impls:
+            cost = A.step_cost(config, 37, batch, dtype=cache.dtype, mla_impl=impl)
+            assert (cost.flops, cost.cache_bytes, cost.weight_bytes) == _count_from_shapes(
+                cache, impl)
+    finally:
+        cache.close()
+
+
+def test_step_cost_of_the_presets_matches_the_published_figures():
+    """Issue 15's table: MQA 0.54 GFLOP and MLA 1.14-1.15 GFLOP (1.145) per step at 32k, MLA's
+    weights 8 MiB (mla) and 64 MiB (mla-v3) in float32."""
+    mqa = A.step_cost(A.PRESETS["mqa"], 32768)
+    mla = A.step_cost(A.PRESETS["mla"], 32768)
+    assert round(mqa.flops / 1e9, 2) == 0.54 and mqa.weight_bytes == 0
+    assert round(mla.flops / 1e9, 2) == 1.15
+    assert mla.weight_bytes == 8 << 20
+    assert A.step_cost(A.PRESETS["mla-v3"], 1).weight_bytes == 64 << 20
+    gqa = A.step_cost(A.PRESETS["gqa"], 32768)
+    assert gqa.cache_bytes == 256 << 20 and gqa.intensity == 2.0
+    with pytest.raises(ValueError, match="mla_impl"):
+        A.step_cost(A.PRESETS["mla"], 8, mla_impl="fused")
+
+
+def test_a_case_reports_its_flops_and_gflops():
+    case = A.make_case(64, strategy="numpy", workers=1, preset="mla")
+    try:
+        assert case.fields["flops"] == A.step_cost(A.PRESETS["mla"], 64).flops
+        assert case.fields["weight_bytes"] == 8 << 20
+        row = case.describe(None, 0.5)
+        assert row["gflops"] == pytest.approx(case.fields["flops"] / 0.5 / 1e9)
+    finally:
+        case.close()

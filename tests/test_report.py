@@ -511,3 +511,32 @@ def test_a_kernel_picture_is_drawn_from_a_2d_array_only(tmp_path) -> None:
     assert (tmp_path / "p.png").stat().st_size > 0
     assert not plots.plot_picture("k", np.arange(12), tmp_path / "q.png")
     assert not plots.plot_picture("k", np.zeros((0, 3)), tmp_path / "r.png")
+
+
+def test_attention_roofline_share_and_bound(tmp_path):
+    """A GFLOP/s track joins the time table: the row's share of the matmul peak beside its
+    share of read bandwidth, the larger of the two as "of roofline", and which binds."""
+    benches = _attention_benches()
+    # numba at 2 workers: 16 GB/s = 50% of the 32 GB/s read; 95 GFLOP/s = 50% of 190;
+    # gqa is given 38 GFLOP/s (20%: memory-bound), mla 152 GFLOP/s (80%: compute-bound).
+    rate = {"mha": 19.0, "gqa": 38.0, "mla": 152.0}
+    benches["bench_attention.Bandwidth.track_gflops"] = {
+        "param_names": ["preset", "context", "strategy", "workers"],
+        "params": [list(rate), [1024, 8192], ["numpy", "numba"], [1, 2]],
+        "values": lambda p: rate[p["preset"]], "type": "track", "unit": "GFLOP/s"}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    machine = _machine_json(tmp_path / "machine.json", {"1": 20.0, "2": 32.0})
+    text, _ = report.build_report(results, machine, tmp_path / "out")
+    header = next(x for x in text.splitlines() if "of roofline" in x)
+    names = [c.strip() for c in header.strip("|").split("|")]
+
+    def cells(preset: str) -> dict[str, str]:
+        row = next(x for x in text.splitlines()
+                   if x.startswith(f"| numba | {preset} |") and "| 8,192 | 2 |" in x)
+        return dict(zip(names, [c.strip() for c in row.strip("|").split("|")], strict=True))
+
+    gqa, mla = cells("gqa"), cells("mla")
+    assert (gqa["of read bw"], gqa["of matmul peak"], gqa["of roofline"], gqa["bound"]) == (
+        "50%", "20%", "50%", "memory")
+    assert (mla["of matmul peak"], mla["of roofline"], mla["bound"]) == ("80%", "80%", "compute")

@@ -36,6 +36,7 @@ from kernels.attention.config import (
     check_cache_dtype,
     get_preset,
     kv_bytes_per_token,
+    step_cost,
 )
 from kernels.attention.decode import (
     MLA_IMPLS,
@@ -49,7 +50,7 @@ __all__ = [
     "SPEC", "AttentionConfig", "Cache", "DEFAULT_SIZES", "KVCache", "KVConfig", "MLACache",
     "MLAConfig", "MLA_IMPLS", "PRESETS", "STRATEGIES", "cache_nbytes", "check_case", "decode",
     "fill_random",
-    "kv_bytes_per_token", "list_extra", "make_cache", "make_case", "random_query",
+    "kv_bytes_per_token", "step_cost", "list_extra", "make_cache", "make_case", "random_query",
     "unavailable_reason", "verify", "verify_cases",
 ]
 
@@ -116,13 +117,18 @@ def make_case(
     if impl is not None:
         fields["mla_impl"] = impl
     fields["cache_bytes"] = cache_bytes
+    cost = step_cost(config, int(size), cache.batch, dtype=cache.dtype, mla_impl=impl)
+    fields["weight_bytes"] = cost.weight_bytes
+    fields["flops"] = cost.flops
 
     def run() -> np.ndarray:
         return decode(cache, query, strategy=strategy, workers=workers, inner=inner,
                       mla_impl=impl)
 
     def describe(result: Any, seconds: float) -> dict[str, Any]:
-        return {"gbps": cache_bytes / seconds / 1e9 if seconds > 0 else float("nan")}
+        if not seconds > 0:
+            return {"gbps": float("nan"), "gflops": float("nan")}
+        return {"gbps": cache_bytes / seconds / 1e9, "gflops": cost.flops / seconds / 1e9}
 
     return registry.Case(run=run, describe=describe, close=close, fields=fields)
 

@@ -9,7 +9,7 @@ keys on entry and the decode entry applies it to the query.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -190,6 +190,63 @@ def kv_bytes_per_token(config: AttentionConfig, dtype: Any = np.float32) -> int:
     if not isinstance(config, (KVConfig, MLAConfig)):
         raise TypeError(f"config must be a KVConfig or MLAConfig, got {type(config).__name__}")
     return config.elements_per_token() * dtype_itemsize(dtype)
+
+
+class StepCost(NamedTuple):
+    """What one decode step does, analytically: floating-point operations (a multiply and
+    an add count as two), the bytes of the cache it reads (the ``context`` filled tokens)
+    and the bytes of the weights it reads (MLA's up-projections), for ``batch`` sequences.
+    Softmax's exponentials, the query's RoPE and the split-K merge are left out: they
+    are O(batch x heads x context) at most, against the dot products' x head width."""
+
+    flops: int
+    cache_bytes: int
+    weight_bytes: int
+
+    @property
+    def bytes(self) -> int:
+        """Every byte the step must read: cache plus weights."""
+        return self.cache_bytes + self.weight_bytes
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity, FLOP per byte read."""
+        return self.flops / self.bytes
+
+
+def step_cost(config: AttentionConfig, context: int, batch: int = 1, *,
+              dtype: Any = np.float32, mla_impl: str | None = None) -> StepCost:
+    """The analytic :class:`StepCost` of one decode step over ``context`` cached tokens.
+
+    - MHA/GQA/MQA: each of ``n_heads`` query heads dots ``context`` keys (``head_dim``)
+      and sums as many values: ``4 * n_heads * context * head_dim`` per sequence. GQA and
+      MQA read each KV head once for its whole group.
+    - MLA absorbed (default): ``q_nope @ W_UK`` (``2 * H * nope * r``), scores over the
+      latent and the rotary key (``2 * H * T * (r + rope)``), ``p @ c_kv``
+      (``2 * H * T * r``) and ``@ W_UV`` (``2 * H * r * v``); both weights are read.
+    - MLA naive: every head up-projects every latent to its key and value
+      (``2 * H * T * r * (nope + v)``), then dots and sums (``2 * H * T * (nope + rope + v)``).
+    """
+    context = _positive_int("context", context)
+    batch = _positive_int("batch", batch)
+    item = dtype_itemsize(dtype)
+    cache_bytes = batch * context * kv_bytes_per_token(config, dtype)
+    if isinstance(config, KVConfig):
+        flops = 4 * config.n_heads * context * config.head_dim
+        return StepCost(batch * flops, cache_bytes, 0)
+    if not isinstance(config, MLAConfig):
+        raise TypeError(f"config must be a KVConfig or MLAConfig, got {type(config).__name__}")
+    h, r, rope = config.n_heads, config.kv_lora_rank, config.qk_rope_head_dim
+    nope, v = config.qk_nope_head_dim, config.v_head_dim
+    impl = "absorbed" if mla_impl is None else mla_impl
+    weight_bytes = h * (nope + v) * r * item
+    if impl == "absorbed":
+        flops = 2 * h * (nope * r + context * (r + rope) + context * r + r * v)
+    elif impl == "naive":
+        flops = 2 * h * context * (r * (nope + v) + nope + rope + v)
+    else:
+        raise ValueError(f"mla_impl must be 'absorbed' or 'naive', got {mla_impl!r}")
+    return StepCost(batch * flops, cache_bytes, weight_bytes)
 
 
 def check_cache_dtype(dtype: Any) -> np.dtype:

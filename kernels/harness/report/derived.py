@@ -43,6 +43,10 @@ class Derived:
     bw_fraction: float | None = None
     gflops: float | None = None
     flops_fraction: float | None = None
+    # The larger of the two shares: how close the row is to its roofline, and which
+    # limit binds it ("memory" or "compute"). Only where both shares are known.
+    roofline: float | None = None
+    bound: str | None = None
 
 
 def anchor_of(table: Table) -> str | None:
@@ -111,6 +115,9 @@ def _rates(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> 
         peak = matmul_gflops(machine, r.workers)
         if d.gflops is not None and peak:
             d.flops_fraction = d.gflops / peak
+    if d.bw_fraction is not None and d.flops_fraction is not None:
+        d.roofline = max(d.bw_fraction, d.flops_fraction)
+        d.bound = "memory" if d.bw_fraction >= d.flops_fraction else "compute"
 
 
 def baseline_size(table: Table, derived: dict[int, Derived]) -> Any:
