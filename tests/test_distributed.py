@@ -174,6 +174,54 @@ def test_scheduler_that_does_not_answer_errors_within_the_timeout(monkeypatch):
     assert time.monotonic() - started < 2.0 + 8.0
 
 
+def _wait_for_workers(address: str, n: int, timeout: float = 60.0) -> None:
+    import distributed
+
+    with distributed.Client(address, timeout=timeout, set_as_default=False) as client:
+        client.wait_for_workers(n, timeout=timeout)
+
+
+def test_a_running_cluster_at_a_scheduler_address_runs_every_kernel(monkeypatch, tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes (not a LocalCluster), as a
+    user's cluster would be: kernelrace connects through KERNELRACE_SCHEDULER, runs
+    every kernel's checks there, and neither starts nor stops the cluster."""
+    pytest.importorskip("distributed")
+    from kernels import distributed as kd
+
+    address = f"tcp://127.0.0.1:{_unused_port()}"
+    env = {**os.environ, **kd._WORKER_ENV}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+         address.rsplit(":", 1)[1], "--no-dashboard"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dask", "worker", address, "--nworkers", "2", "--nthreads",
+         "1", "--no-dashboard"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_workers(address, 2)
+        monkeypatch.setenv(kd.SCHEDULER_ENV, address)
+        for kernel in registry.kernel_names():
+            module = registry.kernel_module(kernel)
+            checks = module.verify("distributed", "numba", 2)
+            bad = [c for c in checks if not c.ok]
+            assert checks and not bad, (kernel, bad[:3])
+        executor = executors.get_executor("dask", WORKERS)
+        assert executor.address == address
+        executors.shutdown_pools()  # closes kernelrace's client only
+        assert scheduler.poll() is None and worker.poll() is None, "the cluster was stopped"
+        _wait_for_workers(address, 2, timeout=10)
+    finally:
+        for proc in (worker, scheduler):
+            proc.terminate()
+        for proc in (worker, scheduler):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 _CTRL_C_SCRIPT = """
 import signal
 signal.signal(signal.SIGINT, signal.default_int_handler)
