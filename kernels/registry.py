@@ -289,6 +289,24 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return int(value)
 
 
+def check_workers(strategy: str, workers: Any, serial: tuple[str, ...]) -> int:
+    """``workers`` for ``strategy`` of a kernel whose one-core strategies are ``serial``:
+    those take 1 or None; the others an int in [1, :func:`kernels.executors.max_workers`]
+    or None (all cores). The one workers check of every kernel."""
+    from kernels.executors import resolve_workers
+
+    if strategy in serial:
+        w = resolve_workers(1 if workers is None else workers)
+        if w != 1:
+            raise ValueError(
+                f"strategy {strategy!r} runs on one core, so workers must be 1 or None, "
+                f"got {w}; threaded or multiprocess with inner='python'/'numpy' spread it "
+                "over cores"
+            )
+        return 1
+    return resolve_workers(workers)
+
+
 def label(strategy: str, inner: str | None) -> str:
     """How a (strategy, inner) pair is written in tables and on the command line."""
     return f"{strategy}:{inner}" if inner else strategy

@@ -183,16 +183,7 @@ def check_schedule(schedule: Any) -> str:
 def check_workers(strategy: str, workers: Any) -> int:
     """``workers`` for ``strategy``: python and numpy run on one core and take 1 or None;
     the others an int in [1, :func:`kernels.executors.max_workers`] or None (all cores)."""
-    if strategy in _SERIAL_STRATEGIES:
-        w = executors.resolve_workers(1 if workers is None else workers)
-        if w != 1:
-            raise ValueError(
-                f"strategy {strategy!r} runs on one core, so workers must be 1 or None, "
-                f"got {w}; threaded or multiprocess with inner='python'/'numpy' spread it "
-                "over cores"
-            )
-        return 1
-    return executors.resolve_workers(workers)
+    return registry.check_workers(strategy, workers, _SERIAL_STRATEGIES)
 
 
 @dataclass(frozen=True)

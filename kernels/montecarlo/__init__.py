@@ -144,16 +144,7 @@ def check_workers(strategy: str, workers: Any) -> int:
     """``workers`` for ``strategy``: python and numpy run on one core, so they take 1 or
     None (as the sieve's single-core strategies do); the others an int in
     [1, :func:`kernels.executors.max_workers`] or None for all cores."""
-    if strategy in _SERIAL_STRATEGIES:
-        w = executors.resolve_workers(1 if workers is None else workers)
-        if w != 1:
-            raise ValueError(
-                f"strategy {strategy!r} runs on one core, so workers must be 1 or None, "
-                f"got {w}; threaded or multiprocess with inner='python'/'numpy' spread it "
-                "over cores"
-            )
-        return 1
-    return executors.resolve_workers(workers)
+    return registry.check_workers(strategy, workers, _SERIAL_STRATEGIES)
 
 
 def check_chunk_size(chunk_size: Any, samples: int) -> int:

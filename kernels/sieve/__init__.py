@@ -113,15 +113,7 @@ def _check_n(n: Any, strategy: str | None = None) -> int:
 
 
 def _check_workers(strategy: str, workers: int | None) -> int:
-    if strategy in SERIAL_STRATEGIES:
-        w = executors.resolve_workers(1 if workers is None else workers)
-        if w != 1:
-            raise ValueError(
-                f"strategy {strategy!r} runs on one core, so workers must be 1 or None, got {w}; "
-                "threaded or multiprocess with inner='python'/'numpy' spread it over cores"
-            )
-        return 1
-    return executors.resolve_workers(workers)
+    return registry.check_workers(strategy, workers, SERIAL_STRATEGIES)
 
 
 def _check_args(
