@@ -2,20 +2,21 @@
 
 ``kernelrace machine`` writes results/machine.json beside the asv results; the report
 turns kernel times into efficiencies against these figures (memory bandwidth for the
-bandwidth-bound kernels, float32 matmul GFLOP/s for the compute-bound ones). The
-measuring functions are public so that a benchmark can import them, e.g.
-``measure_read_bandwidth(nbytes, workers)``.
+bandwidth-bound kernels; float32 matmul GFLOP/s and the FMA probe's peak for the
+compute-bound ones). The probes themselves live in :mod:`kernels.harness.probes` and
+are re-exported here, so that a benchmark can import e.g.
+``measure_read_bandwidth(nbytes, workers)`` or :class:`ReadStream` from either.
 
-Bandwidth follows STREAM's byte counting: read counts one array, copy two (read +
-write), triad three; write-allocate traffic is not counted. Arrays should be far
-larger than the last-level cache (the default is 1 GiB per array).
+This module: what the machine is (CPU, caches, BLAS, numba, anchors), the command that
+runs the probes and writes the JSON, and the readers of that JSON (:func:`load_machine`,
+:func:`bandwidth_gbps`, :func:`matmul_gflops`, :func:`fma_gflops`), which accept files
+written before a figure existed.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -27,23 +28,39 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kernels.harness.argtypes import byte_size, whole_number
 from kernels.harness.atomic import write_text_atomic
+from kernels.harness.probes import (  # noqa: F401 - re-exported: benchmarks import them here
+    BANDWIDTH_KINDS,
+    DEFAULT_ARRAY_BYTES,
+    DEFAULT_FMA_SECONDS,
+    DEFAULT_MATMUL_N,
+    FMA_DTYPES,
+    FMA_METHOD,
+    GiB,
+    MiB,
+    ReadStream,
+    _kernels,
+    _np,
+    fma_asm,
+    fma_register,
+    measure_bandwidth,
+    measure_copy_bandwidth,
+    measure_fma,
+    measure_fma_gflops,
+    measure_fma_widest,
+    measure_matmul_gflops,
+    measure_read_bandwidth,
+    measure_triad_bandwidth,
+)
 
 SCHEMA = 1
-GiB = 1 << 30
-MiB = 1 << 20
-DEFAULT_ARRAY_BYTES = 1 * GiB
 QUICK_ARRAY_BYTES = 256 * MiB
-DEFAULT_MATMUL_N = 2048
 QUICK_MATMUL_N = 1024
-BANDWIDTH_KINDS = ("read", "copy", "triad")
-# Arrays touched per pass, STREAM convention: how many times nbytes moves per pass.
-_ARRAYS_MOVED = {"read": 1, "copy": 2, "triad": 3}
+QUICK_FMA_SECONDS = 0.05
 
 
 # ---------------------------------------------------------------------------
@@ -189,186 +206,6 @@ def anchors() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# Measured limits
-# ---------------------------------------------------------------------------
-
-
-def _np():
-    import numpy
-
-    return numpy
-
-
-@functools.cache
-def _kernels() -> dict[str, Callable[..., Any]]:
-    """The numba loops, compiled on first use (not at import: the CLI imports this)."""
-    import numba
-    from numba import prange
-
-    # fastmath lets LLVM split the sum over several vector accumulators; without it
-    # the loop is bound by the add latency, not by memory.
-    @numba.njit(parallel=True, fastmath=True, cache=False)
-    def read(a):
-        total = 0.0
-        for i in prange(a.size):
-            total += a[i]
-        return total
-
-    @numba.njit(parallel=True, cache=False)
-    def copy(a, b):
-        for i in prange(a.size):
-            b[i] = a[i]
-
-    @numba.njit(parallel=True, cache=False)
-    def triad(a, b, c, s):
-        for i in prange(a.size):
-            a[i] = b[i] + s * c[i]
-
-    return {"read": read, "copy": copy, "triad": triad}
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up: compile, fault in pages, spin up the thread pool
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
-class _Arrays:
-    """Three float64 arrays of ``nbytes`` each, touched once before timing."""
-
-    def __init__(self, nbytes: int) -> None:
-        np = _np()
-        n = max(1, int(nbytes) // 8)
-        self.a = np.full(n, 1.0)
-        self.b = np.full(n, 2.0)
-        self.c = np.full(n, 3.0)
-        self.nbytes = self.a.nbytes
-
-
-def _bandwidth(kind: str, arrays: _Arrays, workers: int, repeats: int) -> list[float]:
-    """GB/s (1e9 bytes per second) of each timed pass of ``kind``."""
-    from kernels.executors import limit_threads
-
-    k = _kernels()[kind]
-    calls = {
-        "read": lambda: k(arrays.a),
-        "copy": lambda: k(arrays.a, arrays.b),
-        "triad": lambda: k(arrays.a, arrays.b, arrays.c, 3.0),
-    }
-    moved = _ARRAYS_MOVED[kind] * arrays.nbytes
-    with limit_threads(workers):
-        _, times = _median_seconds(calls[kind], repeats)
-    return [moved / t / 1e9 for t in times]
-
-
-def _check_workers(workers: int) -> int:
-    from kernels.executors import resolve_workers
-
-    return resolve_workers(workers)
-
-
-def _check_nbytes(nbytes: int) -> int:
-    if isinstance(nbytes, bool) or int(nbytes) < 8:
-        raise ValueError(f"nbytes must be an int >= 8 (bytes per array), got {nbytes!r}")
-    return int(nbytes)
-
-
-class ReadStream:
-    """One float64 array of ``nbytes`` and a timed read pass over it on ``workers``
-    threads: the read that :func:`measure_read_bandwidth` measures, for a benchmark to
-    time call by call beside its own work, so that the machine's drift cancels in the
-    ratio of the two.
-    """
-
-    def __init__(self, nbytes: int = DEFAULT_ARRAY_BYTES, workers: int = 1) -> None:
-        nbytes, self.workers = _check_nbytes(nbytes), _check_workers(workers)
-        self.array = _np().full(max(1, nbytes // 8), 1.0)
-        self.nbytes = self.array.nbytes
-        self._read = _kernels()["read"]
-        self.gbps()  # compile (or load) the loop, start numba's threads
-
-    def gbps(self) -> float:
-        """GB/s (1e9 B/s) of one read pass."""
-        from kernels.executors import limit_threads
-
-        with limit_threads(self.workers):
-            t0 = time.perf_counter()
-            self._read(self.array)
-            seconds = time.perf_counter() - t0
-        return self.nbytes / seconds / 1e9
-
-
-def measure_read_bandwidth(nbytes: int = DEFAULT_ARRAY_BYTES, workers: int = 1,
-                           repeats: int = 5) -> float:
-    """Median memory read bandwidth in GB/s (1e9 B/s): sum of one ``nbytes`` float64 array.
-
-    ``workers`` threads (numba prange, capped with ``limit_threads``).
-    """
-    nbytes, workers = _check_nbytes(nbytes), _check_workers(workers)
-    arrays = _Arrays(nbytes)
-    return statistics.median(_bandwidth("read", arrays, workers, repeats))
-
-
-def measure_copy_bandwidth(nbytes: int = DEFAULT_ARRAY_BYTES, workers: int = 1,
-                           repeats: int = 5) -> float:
-    """Median copy bandwidth in GB/s, ``b[i] = a[i]``, counted as 2 x ``nbytes`` per pass."""
-    nbytes, workers = _check_nbytes(nbytes), _check_workers(workers)
-    arrays = _Arrays(nbytes)
-    return statistics.median(_bandwidth("copy", arrays, workers, repeats))
-
-
-def measure_triad_bandwidth(nbytes: int = DEFAULT_ARRAY_BYTES, workers: int = 1,
-                            repeats: int = 5) -> float:
-    """Median STREAM triad bandwidth in GB/s, ``a = b + s*c``, counted as 3 x ``nbytes``."""
-    nbytes, workers = _check_nbytes(nbytes), _check_workers(workers)
-    arrays = _Arrays(nbytes)
-    return statistics.median(_bandwidth("triad", arrays, workers, repeats))
-
-
-def measure_bandwidth(nbytes: int, workers_list: list[int], repeats: int = 5
-                      ) -> dict[str, dict[int, list[float]]]:
-    """Read, copy and triad GB/s samples for each worker count, on one set of arrays.
-
-    Returns ``{kind: {workers: [GB/s per pass, ...]}}``; allocates 3 x ``nbytes``.
-    """
-    nbytes = _check_nbytes(nbytes)
-    workers_list = [_check_workers(w) for w in workers_list]
-    arrays = _Arrays(nbytes)
-    try:
-        return {
-            kind: {w: _bandwidth(kind, arrays, w, repeats) for w in workers_list}
-            for kind in BANDWIDTH_KINDS
-        }
-    finally:
-        del arrays
-
-
-def measure_matmul_gflops(n: int = DEFAULT_MATMUL_N, workers: int = 1, repeats: int = 5
-                          ) -> list[float]:
-    """GFLOP/s (2 n^3 / s / 1e9) of each timed float32 ``n x n`` matmul through NumPy's BLAS.
-
-    BLAS is capped at ``workers`` threads with ``limit_threads``.
-    """
-    from kernels.executors import limit_threads
-
-    if isinstance(n, bool) or int(n) < 1:
-        raise ValueError(f"n must be an int >= 1 (matrix side), got {n!r}")
-    workers = _check_workers(workers)
-    np = _np()
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    out = np.empty((n, n), dtype=np.float32)
-    with limit_threads(workers):
-        _, times = _median_seconds(lambda: np.matmul(a, b, out=out), repeats)
-    return [2.0 * n**3 / t / 1e9 for t in times]
-
-
-# ---------------------------------------------------------------------------
 # Reading machine.json back (for the report and for benchmarks)
 # ---------------------------------------------------------------------------
 
@@ -407,13 +244,58 @@ def matmul_gflops(machine: dict[str, Any], workers: int | None = None) -> float 
     return _per_workers(machine.get("matmul", {}).get("gflops"), workers)
 
 
+def fma_gflops(machine: dict[str, Any], dtype: str = "float32", workers: int | None = None,
+               *, width: str = "peak") -> float | None:
+    """The FMA probe's GFLOP/s for ``dtype`` at ``workers`` threads (None: all measured
+    cores): ``width="peak"`` at the CPU's widest vectors, ``"numba"`` at the width numba
+    compiles for by default here. None for files written before the probe existed."""
+    fma = machine.get("fma") or {}
+    if width == "numba":
+        fma = fma.get("numba_default") or {}
+    elif width != "peak":
+        raise ValueError(f"width must be 'peak' or 'numba', got {width!r}")
+    return _per_workers((fma.get("gflops") or {}).get(dtype), workers)
+
+
+def _medians(samples: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {d: {w: statistics.median(v) for w, v in per.items()} for d, per in samples.items()}
+
+
+def measure_fma_section(workers_list: list[int], repeats: int,
+                        seconds: float = DEFAULT_FMA_SECONDS) -> dict[str, Any]:
+    """machine.json's ``fma``: the probe at numba's default vector width in this process,
+    and at the CPU's widest in a child process where they differ (AVX-512 CPUs, where
+    LLVM prefers 256-bit vectors). ``gflops`` is the peak: the widest that ran."""
+    default = measure_fma(workers_list, repeats, seconds)
+    section: dict[str, Any] = {
+        "method": FMA_METHOD,
+        "repeats": repeats,
+        "seconds_per_run": seconds,
+        "numba_default": {**default, "gflops": _medians(default["samples_gflops"])},
+    }
+    peak, how = default, "numba's default vector width (already the widest)"
+    try:
+        widest = measure_fma_widest(workers_list, repeats, seconds)
+    except (RuntimeError, OSError, ValueError) as exc:
+        widest, how = None, "numba's default vector width (the widest probe failed)"
+        section["widest_error"] = str(exc)
+    if widest is not None:
+        peak, how = widest, ("a child process compiled for 512-bit vectors "
+                             "(NUMBA_CPU_FEATURES=<host features>,-prefer-256-bit)")
+    section.update(peak_from=how, register=peak["register"],
+                   samples_gflops=peak["samples_gflops"],
+                   gflops=_medians(peak["samples_gflops"]))
+    return section
+
+
 # ---------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------
 
 
 def calibrate(*, array_bytes: int, matmul_n: int, repeats: int,
-              workers_list: list[int] | None = None) -> dict[str, Any]:
+              workers_list: list[int] | None = None,
+              fma_seconds: float = DEFAULT_FMA_SECONDS) -> dict[str, Any]:
     """Describe and measure this machine; returns the machine.json document."""
     from kernels.executors import cpu_count
 
@@ -427,6 +309,7 @@ def calibrate(*, array_bytes: int, matmul_n: int, repeats: int,
     t0 = time.perf_counter()
     bw = measure_bandwidth(array_bytes, workers_list, repeats)
     mm = {w: measure_matmul_gflops(matmul_n, w, repeats) for w in workers_list}
+    fma = measure_fma_section(workers_list, repeats, fma_seconds)
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -461,6 +344,7 @@ def calibrate(*, array_bytes: int, matmul_n: int, repeats: int,
             "samples_gflops": {str(w): v for w, v in mm.items()},
             "gflops": {str(w): statistics.median(v) for w, v in mm.items()},
         },
+        "fma": fma,
     }
     doc["measure_seconds"] = round(time.perf_counter() - t0, 2)
     # Other work on the machine lowers every figure; say how busy it was.
@@ -563,6 +447,7 @@ def summary(doc: dict[str, Any]) -> str:
     figures = ", ".join(f"{v:.0f} GFLOP/s on {w} thread{'s' if w != '1' else ''}"
                         for w, v in mm["gflops"].items())
     lines.append(f"matmul   float32 n={mm['n']}: {figures}")
+    lines += fma_summary(doc)
     a = doc["anchors"]
     lines.append(
         "anchors  primesieve python " + (a["primesieve_python"] or "absent")
@@ -580,6 +465,40 @@ def summary(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _threads(w: str) -> str:
+    return f"{w} thread{'s' if w != '1' else ''}"
+
+
+def fma_summary(doc: dict[str, Any]) -> list[str]:
+    """The FMA probe's lines of :func:`summary`: the peak per dtype and thread count with
+    its ratio to the float32 matmul rate, and numba's default width where it is narrower.
+    Nothing for files written before the probe."""
+    fma = doc.get("fma")
+    if not fma or not fma.get("gflops"):
+        return []
+    lines = []
+    for dtype, per in fma["gflops"].items():
+        reg = (fma.get("register") or {}).get(dtype) or "?"
+        parts = []
+        for w, v in per.items():
+            mm = matmul_gflops(doc, int(w))
+            ratio = f", {v / mm:.2f}x matmul" if mm and dtype == "float32" else ""
+            parts.append(f"{v:.0f} GFLOP/s on {_threads(w)}{ratio}")
+        lines.append(f"fma      {dtype} ({reg}): " + ", ".join(parts))
+    default = fma.get("numba_default") or {}
+    regs = default.get("register") or {}
+    if default.get("gflops") and regs != fma.get("register"):
+        figures = "; ".join(f"{d} " + " / ".join(f"{v:.0f}" for v in per.values())
+                            for d, per in default["gflops"].items())
+        counts = next(iter(default["gflops"].values()))
+        lines.append(f"         numba's default code here uses "
+                     f"{'/'.join(sorted({str(r) for r in regs.values()}))}: {figures} GFLOP/s "
+                     f"on {' / '.join(_threads(w) for w in counts)}")
+    if fma.get("widest_error"):
+        lines.append(f"note     the widest-vector FMA probe failed: {fma['widest_error']}")
+    return lines
+
+
 # --array-bytes: at least one float64; at most 1 TiB per array (3 are held).
 _bytes_arg = byte_size(8, 1 << 40)
 MAX_REPEATS = 1000
@@ -591,7 +510,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write the JSON (default results/machine.json)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_ARRAY_BYTES // MiB} MiB arrays, n={QUICK_MATMUL_N} matmul, "
-                        "3 repeats: a first look (bandwidth partly from cache)")
+                        f"{QUICK_FMA_SECONDS:g} s FMA runs, 3 repeats: a first look "
+                        "(bandwidth partly from cache)")
     parser.add_argument("--array-bytes", type=_bytes_arg, default=None,
                         help="bytes per bandwidth array, e.g. 1G (default 1G; 3 arrays held)")
     parser.add_argument("--repeats", type=whole_number(1, MAX_REPEATS), default=None,
@@ -622,9 +542,12 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= repeats <= MAX_REPEATS:
         raise ValueError(f"--repeats must be in [1, {MAX_REPEATS}], got {repeats}")
     matmul_n = QUICK_MATMUL_N if args.quick else DEFAULT_MATMUL_N
+    fma_seconds = QUICK_FMA_SECONDS if args.quick else DEFAULT_FMA_SECONDS
     print(f"measuring: 3 x {array_bytes / MiB:.0f} MiB arrays, matmul n={matmul_n}, "
-          f"{repeats} repeats ...", file=sys.stderr, flush=True)
-    doc = calibrate(array_bytes=array_bytes, matmul_n=matmul_n, repeats=repeats)
+          f"FMA loop {fma_seconds:g} s a run, {repeats} repeats ...", file=sys.stderr,
+          flush=True)
+    doc = calibrate(array_bytes=array_bytes, matmul_n=matmul_n, repeats=repeats,
+                    fma_seconds=fma_seconds)
     doc["quick"] = bool(args.quick)
     doc["command"] = _command_line(args)
     text = json.dumps(doc, indent=2)
