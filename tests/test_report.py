@@ -27,7 +27,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return tiny_asv_results(tmp_path_factory)
 
 
-def _machine_json(path: Path, read_gbps: dict[str, float] | None = None) -> Path:
+def _machine_json(path: Path, read_gbps: dict[str, float] | None = None,
+                  fma: dict[str, Any] | None = None) -> Path:
+    """A calibration; without ``fma``, one written before the FMA probe existed."""
     read = read_gbps or {"1": 10.0, "2": 18.0}
     doc = {
         "schema": 1, "created": "2026-01-01T00:00:00+00:00", "command": "kernelrace machine",
@@ -40,6 +42,8 @@ def _machine_json(path: Path, read_gbps: dict[str, float] | None = None) -> Path
         "bandwidth_gbps": {"read": read, "copy": read, "triad": read},
         "matmul": {"n": 2048, "gflops": {"1": 100.0, "2": 190.0}},
     }
+    if fma is not None:
+        doc["fma"] = fma
     path.write_text(json.dumps(doc))
     return path
 
@@ -528,7 +532,7 @@ def test_attention_roofline_share_and_bound(tmp_path):
     write_asv_results(results, benches)
     machine = _machine_json(tmp_path / "machine.json", {"1": 20.0, "2": 32.0})
     text, _ = report.build_report(results, machine, tmp_path / "out")
-    header = next(x for x in text.splitlines() if "of roofline" in x)
+    header = next(x for x in text.splitlines() if x.startswith("|") and "of roofline" in x)
     names = [c.strip() for c in header.strip("|").split("|")]
 
     def cells(preset: str) -> dict[str, str]:
@@ -540,3 +544,140 @@ def test_attention_roofline_share_and_bound(tmp_path):
     assert (gqa["of read bw"], gqa["of matmul peak"], gqa["of roofline"], gqa["bound"]) == (
         "50%", "20%", "50%", "memory")
     assert (mla["of matmul peak"], mla["of roofline"], mla["bound"]) == ("80%", "80%", "compute")
+
+
+# ---------------------------------------------------------------------------
+# The FMA probe in the report: roofline, attention, Monte Carlo, Mandelbrot (issue 15)
+# ---------------------------------------------------------------------------
+
+FMA = {"gflops": {"float32": {"1": 160.0, "2": 320.0}, "float64": {"1": 80.0, "2": 160.0}},
+       "register": {"float32": "zmm", "float64": "zmm"}, "method": "test", "peak_from": "test",
+       "numba_default": {"gflops": {"float32": {"1": 80.0, "2": 160.0}},
+                         "register": {"float32": "ymm", "float64": "ymm"}}}
+
+
+def _header_cells(text: str, header_has: str, row_start: str, row_has: str) -> dict[str, str]:
+    lines = text.splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("| strategy |") and header_has in x
+              and any(y.startswith(row_start) and row_has in y for y in lines[i:i + 60]))
+    names = [c.strip() for c in lines[at].strip("|").split("|")]
+    row = next(x for x in lines[at:] if x.startswith(row_start) and row_has in x)
+    return dict(zip(names, [c.strip() for c in row.strip("|").split("|")], strict=True))
+
+
+def test_attention_roofline_from_flop_and_weight_counts(tmp_path):
+    """FLOP-count and weight-bytes tracks give each point its FLOP per byte (cache +
+    weights) and its GFLOP/s from the row's own time; the plot is drawn from them and the
+    rows get their share of the FMA probe beside the matmul peak."""
+    benches = _attention_benches()
+    flops = {"mha": 4.0, "gqa": 4.0, "mla": 200.0}  # FLOP per context token
+    weights = {"mha": 0, "gqa": 0, "mla": 1 << 20}
+    benches["bench_attention.Cost.track_step_flops"] = {
+        "param_names": ["preset", "context"], "params": [list(flops), [1024, 8192]],
+        "values": lambda p: flops[p["preset"]] * p["context"], "type": "track", "unit": "FLOP"}
+    benches["bench_attention.Cost.track_weight_bytes"] = {
+        "param_names": ["preset"], "params": [list(weights)],
+        "values": lambda p: weights[p["preset"]], "type": "track", "unit": "bytes"}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    machine = _machine_json(tmp_path / "machine.json", {"1": 20.0, "2": 32.0}, fma=FMA)
+    text, plots = report.build_report(results, machine, tmp_path / "out")
+    table = next(t for t in _tables(results, "attention"))
+    derived = report.derive(table, json.loads(machine.read_text()))
+    row = table.lookup()[("numba", 8192, 2, (("preset", "mla"),))]
+    d = derived[id(row)]
+    cache = 1152 * 8192
+    assert d.flops == 200.0 * 8192
+    assert d.intensity == pytest.approx(200.0 * 8192 / (cache + (1 << 20)))
+    assert d.gflops == pytest.approx(200.0 * 8192 / row.seconds / 1e9)
+    assert d.fma_fraction == pytest.approx(d.gflops / 320.0)
+    assert d.intensity_bytes == "cache + weights"
+    names = {p.name for p in plots}
+    assert "attention_roofline.png" in names
+    png = next(p for p in plots if p.name == "attention_roofline.png")
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert "Roofline:" in text and "FMA probe (320 GFLOP/s" in text
+    assert "of FMA peak" in text
+    # The machine section gives the probe beside the matmul rate, and its ratio.
+    assert "| FMA probe float32, zmm (GFLOP/s) | 160 | 320 |" in text
+    assert "| FMA probe float32 / matmul | 1.60x | 1.68x |" in text
+    assert "FMA at numba's default width, float32, ymm" in text
+
+
+def _tables(results: Path, kernel: str) -> list[Any]:
+    files = asvresults.find_results(results)
+    merged = asvresults.merge(files).values()
+    tracks = [b for b in merged if b.type == "track"]
+    return [report.build_table(kernel, b, tracks) for b in merged if b.type == "time"]
+
+
+def test_roofline_from_rate_tracks_only_and_its_points(tmp_path):
+    """Without a FLOP count, the GFLOP/s track over the row's GB/s places the point (the
+    suite's Bandwidth.track_gflops today); one point per preset and strategy at the most
+    workers and largest context."""
+    from kernels.harness.report import plots
+
+    benches = _attention_benches()
+    rate = {"mha": 4.0, "gqa": 8.0, "mla": 150.0}
+    benches["bench_attention.Bandwidth.track_gflops"] = {
+        "param_names": ["strategy", "preset", "context", "workers"],
+        "params": [["numpy", "numba"], list(rate), [8192], [1, 2]],
+        "values": lambda p: rate[p["preset"]], "type": "track", "unit": "GFLOP/s"}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    machine = json.loads(_machine_json(tmp_path / "m.json", {"1": 20.0, "2": 32.0},
+                                       fma=FMA).read_text())
+    (table,) = _tables(results, "attention")
+    derived = report.derive(table, machine)
+    size, points = plots.roofline_points(table, derived)
+    assert size == 8192 and len(points) == 6  # 3 presets x 2 strategies, 2 workers
+    gqa = table.lookup()[("numba", 8192, 2, (("preset", "gqa"),))]
+    d = derived[id(gqa)]
+    # numba reaches 16 GB/s at 2 workers by construction: 8 GFLOP/s / 16 GB/s.
+    assert d.intensity == pytest.approx(0.5) and d.intensity_bytes == "cache (from the rates)"
+    assert d.fma_fraction == pytest.approx(8.0 / 320.0)
+    assert plots.plot_roofline(table, derived, machine, tmp_path / "r.png")
+    # An old calibration (no probe) still draws, with the matmul roof alone.
+    old = {k: v for k, v in machine.items() if k != "fma"}
+    assert plots.plot_roofline(table, report.derive(table, old), old, tmp_path / "o.png")
+    assert not plots.plot_roofline(table, derived, None, tmp_path / "none.png")
+
+
+def test_montecarlo_and_mandelbrot_against_the_fma_probe(tmp_path):
+    """Known times give the stated counts' rates: Monte Carlo 17 int64 operations per
+    sample against the float64 probe's lane slots (2 FLOP each), Mandelbrot 8 FLOP per
+    escape iteration over the image's total iterations (its known checksum)."""
+    from kernels import mandelbrot
+    from kernels.harness.report import arithmetic
+
+    benches = {
+        "bench_montecarlo.TimeEstimatePi.time_estimate_pi": {
+            "param_names": ["strategy", "samples", "workers"],
+            "params": [["numpy", "numba"], [10**6, 10**8], [1, 2]],
+            "values": lambda p: p["samples"] * 1e-9 / p["workers"], "type": "time",
+            "unit": "seconds"},
+        "bench_mandelbrot.TimeRender.time_render": {
+            "param_names": ["strategy", "schedule", "size", "workers"],
+            "params": [["numpy", "numba"], ["dynamic"], [1 << 16, 1 << 22], [1, 2]],
+            "values": lambda p: 0.01 * p["size"] / (1 << 16) / p["workers"], "type": "time",
+            "unit": "seconds"},
+    }
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    machine = _machine_json(tmp_path / "machine.json", fma=FMA)
+    text, _ = report.build_report(results, machine, tmp_path / "out")
+    # 1 ns per sample per worker: 17 Gop/s on one core, 2 x 17 / 80 = 42% of float64 FMA.
+    mc = _header_cells(text, "Gint64 op/s", "| numba |", "| 1e8 | 1 |")
+    assert (mc["Gint64 op/s"], mc["of FMA peak"]) == ("17", "42%")
+    mc2 = _header_cells(text, "Gint64 op/s", "| numba |", "| 1e8 | 2 |")
+    assert (mc2["Gint64 op/s"], mc2["of FMA peak"]) == ("34", "42%")
+    # 256x256 = 4,426,010 iterations (the checksum) in 10 ms: 3.54 GFLOP/s, 4.4% of 80.
+    md = _header_cells(text, "GFLOP/s", "| numba | dynamic |", "| 65,536 | 1 |")
+    assert md["GFLOP/s"] == "3.54" and md["of FMA peak"] == "4%"
+    assert mandelbrot.KNOWN_CHECKSUMS[(256, 256, "full")] == 4426010
+    # A side without a known checksum: the mean per pixel of the largest known side.
+    est = arithmetic.mandelbrot_iterations(128 * 128)
+    assert est == pytest.approx(1103031, rel=0.005)  # the render's checksum at 128x128
+    assert "Arithmetic count: *Gint64 op/s* counts 17" in text
+    assert "Arithmetic count: *GFLOP/s* counts 8 float64 operations" in text
+    assert arithmetic.count_for("sieve") is None  # the sieve keeps its anchor

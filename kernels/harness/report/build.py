@@ -16,6 +16,7 @@ from typing import Any
 
 from kernels.harness import asvresults
 from kernels.harness.asvresults import BenchmarkResult, ResultFile, ResultsError
+from kernels.harness.report.arithmetic import count_for
 from kernels.harness.report.derived import BASELINE, Derived, derive
 from kernels.harness.report.model import Table, build_table
 from kernels.harness.report.plots import (
@@ -23,6 +24,7 @@ from kernels.harness.report.plots import (
     plot_bandwidth,
     plot_kv_bytes,
     plot_picture,
+    plot_roofline,
     plot_scaling,
     plot_speedup,
     plot_time_vs_size,
@@ -167,6 +169,9 @@ def _kernel_section(page: _Page, kernel: str, benches: list[BenchmarkResult]) ->
     tables = [t for t in tables if t.rows or t.failed]
     tables.sort(key=lambda t: asvresults.function_of(t.benchmark.name).startswith("timeraw_"))
     page.body += [f"## {kernel}", ""]
+    count = count_for(kernel)
+    if count is not None:
+        page.body += [f"Arithmetic count: {count.explain}", ""]
     main = _main_table([t for t in tables if t.rows])
     for t in tables:
         derived = derive(t, page.machine)
@@ -175,6 +180,8 @@ def _kernel_section(page: _Page, kernel: str, benches: list[BenchmarkResult]) ->
             page.headline += headline_rows(t, derived)
             for path in _main_plots(t, derived, page.machine, page.plots_dir):
                 page.add_plot(path)
+                if path.stem.endswith("_roofline"):
+                    page.body += [roofline_text(page.machine, t.workers[-1]), ""]
     kv_plot = page.plots_dir / f"{kernel}_kv_bytes_per_token.png"
     if plot_kv_bytes(kernel, tracks, main, kv_plot):
         page.add_plot(kv_plot)
@@ -229,6 +236,7 @@ def _main_plots(t: Table, derived: dict[int, Derived], machine: dict[str, Any] |
         plot_speedup(t, derived, path("speedup")) and path("speedup"),
         plot_scaling(t, path("scaling")) and path("scaling"),
         plot_bandwidth(t, machine, path("bandwidth")) and path("bandwidth"),
+        plot_roofline(t, derived, machine, path("roofline")) and path("roofline"),
     ]
     return [p for p in drawn if p]
 
@@ -349,8 +357,12 @@ def _machine_section(machine: dict[str, Any] | None, asv_machine: dict[str, Any]
     if mm.get("gflops"):
         rows.append([f"float32 matmul n={mm.get('n')} (GFLOP/s)"]
                     + [fmt_number(mm["gflops"].get(w)) for w in counts])
+    rows += fma_rows(machine, counts)
     out.append(markdown_table(["limit (GB/s)"] + [f"{w} thread(s)" for w in counts],
                               rows))
+    if machine.get("fma", {}).get("gflops"):
+        out += ["", f"FMA probe: {machine['fma'].get('method', 'independent FMAs')}; "
+                f"peak from {machine['fma'].get('peak_from', 'this process')}."]
     from kernels.harness.machine import busy_note
 
     note = busy_note(machine)
@@ -361,6 +373,59 @@ def _machine_section(machine: dict[str, Any] | None, asv_machine: dict[str, Any]
         out += ["", "Calibrated with `--quick`: arrays near the cache size, so bandwidth "
                 "figures are optimistic."]
     return out + [""]
+
+
+def fma_rows(machine: dict[str, Any], counts: list[str]) -> list[list[str]]:
+    """The machine table's FMA probe rows: the peak per dtype (its register), the float32
+    peak over the matmul rate, and numba's default width where it is narrower. None for a
+    calibration written before the probe."""
+    from kernels.harness.machine import fma_gflops, matmul_gflops
+
+    fma = machine.get("fma") or {}
+    if not fma.get("gflops"):
+        return []
+    regs, rows = fma.get("register") or {}, []
+    for dtype in fma["gflops"]:
+        rows.append([f"FMA probe {dtype}, {regs.get(dtype) or '?'} (GFLOP/s)"]
+                    + [fmt_number(fma_gflops(machine, dtype, int(w))) for w in counts])
+    ratios = [(fma_gflops(machine, "float32", int(w)), matmul_gflops(machine, int(w)))
+              for w in counts]
+    if any(f and m for f, m in ratios):
+        rows.append(["FMA probe float32 / matmul"]
+                    + [f"{f / m:.2f}x" if f and m else "-" for f, m in ratios])
+    default = fma.get("numba_default") or {}
+    dregs = default.get("register") or {}
+    if default.get("gflops") and dregs != regs:
+        for dtype in default["gflops"]:
+            rows.append([f"FMA at numba's default width, {dtype}, {dregs.get(dtype)}"]
+                        + [fmt_number(fma_gflops(machine, dtype, int(w), width="numba"))
+                           for w in counts])
+    return rows
+
+
+def roofline_text(machine: dict[str, Any] | None, workers: int | None) -> str:
+    """The paragraph under a roofline plot: what its roofs are and which one binds."""
+    from kernels.harness.machine import fma_gflops, matmul_gflops
+
+    mm = matmul_gflops(machine, workers) if machine else None
+    fma = fma_gflops(machine, "float32", workers) if machine else None
+    text = ("Roofline: each point is a strategy on a preset (marker) at the most workers "
+            "and the largest size with a FLOP figure; x is FLOP per byte the step reads, "
+            "y its GFLOP/s. Below the ridge the read bandwidth binds (the slope), above it "
+            "the arithmetic. ")
+    if mm and fma:
+        text += (f"Two compute roofs from the calibration: float32 matmul ({mm:.0f} "
+                 f"GFLOP/s, what a tuned GEMM reaches) and the FMA probe ({fma:.0f} GFLOP/s, "
+                 "nothing but independent FMAs in registers: the core's arithmetic). A "
+                 "decode step that is not a GEMM (batch 1: each cached row meets only its "
+                 "group of query heads, so little is reused from registers) is judged "
+                 "against the FMA probe: its *of FMA peak* column. *of roofline* keeps "
+                 "the matmul rate as the compute roof, the fair one for a GEMM-shaped step "
+                 "(MLA absorbed with many heads).")
+    elif mm:
+        text += (f"Compute roof: float32 matmul ({mm:.0f} GFLOP/s); this calibration has no "
+                 "FMA probe (rerun `kernelrace machine`).")
+    return text
 
 
 def _how_to_read() -> list[str]:
@@ -377,6 +442,11 @@ def _how_to_read() -> list[str]:
         "workers divided by this time; 1x is as fast as the anchor.",
         "- *GB/s* and *of read bw*: cache bytes the step reads / time, against the measured "
         "read bandwidth at the same thread count (see Machine).",
+        "- *GFLOP/s*, *of matmul peak*, *of FMA peak*: analytic FLOPs per call (or a "
+        "GFLOP/s track) against the float32 matmul rate and the FMA probe at the same "
+        "thread count; *of roofline* is the larger of *of read bw* and *of matmul peak*, "
+        "and *bound* the one that binds. For Monte Carlo and Mandelbrot the count is "
+        "stated under the kernel's heading.",
         "- Each point ran in its own process, minutes from the others and from the "
         "calibration, and a shared machine's speed drifts in between: a *parallel eff.* or "
         "*of read bw* above 100% is that drift. The paired benchmarks under *Other "

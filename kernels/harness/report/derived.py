@@ -47,6 +47,16 @@ class Derived:
     # limit binds it ("memory" or "compute"). Only where both shares are known.
     roofline: float | None = None
     bound: str | None = None
+    # FLOPs of one call (a FLOP-count track) and the FLOP per byte the call moves (cache
+    # bytes plus weight bytes where a track gives them): the roofline plot's x.
+    flops: float | None = None
+    intensity: float | None = None
+    intensity_bytes: str | None = None  # what the bytes were: "cache + weights", ...
+    # An analytic operation count (:mod:`.arithmetic`) where a kernel has no FLOP track:
+    # its rate in G<unit>/s, and the share of the FMA probe (GFLOP/s, or count x probe
+    # FLOP per operation) at the row's worker count.
+    ops_rate: float | None = None
+    fma_fraction: float | None = None
 
 
 def anchor_of(table: Table) -> str | None:
@@ -96,18 +106,47 @@ def derive(table: Table, machine: dict[str, Any] | None) -> dict[int, Derived]:
     return out
 
 
+def row_dtype(r: Row) -> str:
+    """The row's ``dtype`` parameter (the FMA probe it is set against), else float32."""
+    dtype = next((v for n, v in r.params.items() if n.lower() == "dtype"), None)
+    return dtype if dtype in ("float32", "float64") else "float32"
+
+
+def _intensity(d: Derived, r: Row, nbytes: float | None) -> None:
+    """FLOP per byte: a FLOP count over cache (+ weight) bytes; without a count, the
+    GFLOP/s track over the row's GB/s (the same FLOPs over the same bytes, the two rates
+    timed apart: within the machine's drift)."""
+    weights = r.extra.get("weight_bytes")
+    if d.flops and nbytes:
+        total = nbytes + (weights or 0.0)
+        d.intensity = d.flops / total
+        d.intensity_bytes = "cache + weights" if weights else "cache"
+    elif d.gflops and d.gbps:
+        d.intensity = d.gflops / d.gbps
+        d.intensity_bytes = "cache (from the rates)"
+
+
 def _rates(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> None:
     """GB/s and GFLOP/s of row ``r``, and their shares of the machine's measured limits at
     the row's worker count."""
-    from kernels.harness.machine import bandwidth_gbps, matmul_gflops
+    from kernels.harness.machine import bandwidth_gbps, fma_gflops, matmul_gflops
 
     nbytes = cache_bytes(r, table)
     if nbytes:
         d.gbps = nbytes / r.seconds / 1e9
     elif r.extra.get("gbps") is not None:
         d.gbps = r.extra["gbps"]
-    if r.extra.get("gflops") is not None:
+    if r.extra.get("flops"):  # a count beats a rate timed in another process
+        d.flops = r.extra["flops"]
+        d.gflops = d.flops / r.seconds / 1e9
+    elif r.extra.get("gflops") is not None:
         d.gflops = r.extra["gflops"]
+    _intensity(d, r, nbytes)
+    _op_count(d, r, table, machine)
+    if machine and d.gflops is not None and d.fma_fraction is None:
+        fma = fma_gflops(machine, row_dtype(r), r.workers)
+        if fma:
+            d.fma_fraction = d.gflops / fma
     if machine:
         bw = bandwidth_gbps(machine, "read", r.workers)
         if d.gbps is not None and bw:
@@ -118,6 +157,24 @@ def _rates(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> 
     if d.bw_fraction is not None and d.flops_fraction is not None:
         d.roofline = max(d.bw_fraction, d.flops_fraction)
         d.bound = "memory" if d.bw_fraction >= d.flops_fraction else "compute"
+
+
+def _op_count(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> None:
+    """The rate by the kernel's analytic operation count (:mod:`.arithmetic`) and its share
+    of the FMA probe, for a kernel without FLOP tracks."""
+    from kernels.harness.machine import fma_gflops
+    from kernels.harness.report.arithmetic import count_for
+
+    count = count_for(table.kernel)
+    if count is None or table.size_name is None or d.gflops is not None:
+        return
+    ops = count.ops(r)
+    if not ops:
+        return
+    d.ops_rate = ops / r.seconds / 1e9
+    fma = fma_gflops(machine, count.probe_dtype, r.workers) if machine else None
+    if fma:
+        d.fma_fraction = d.ops_rate * count.probe_flop_per_op / fma
 
 
 def baseline_size(table: Table, derived: dict[int, Derived]) -> Any:

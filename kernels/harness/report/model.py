@@ -77,7 +77,8 @@ class Table:
     failed: list[str]
     skipped: int
     size_name: str | None
-    tracks: dict[str, BenchmarkResult]  # kind (bytes, gbps, per_token, gflops) -> track
+    # kind (bytes, weight_bytes, gbps, per_token, flops, gflops) -> track
+    tracks: dict[str, BenchmarkResult]
 
     def lookup(self) -> dict[tuple[Any, ...], Row]:
         return {(r.strategy, r.size, r.workers, r.facet): r for r in self.rows}
@@ -117,9 +118,12 @@ def classify_track(track: BenchmarkResult) -> str | None:
     if "per_token" in fname or "/token" in unit:
         return "per_token"
     if "flop" in fname or "flop" in unit:
-        return "gflops"
+        # A count per call (unit FLOP) is not a rate (GFLOP/s).
+        return "flops" if unit in ("flop", "flops") else "gflops"
     if "gbps" in fname or "bandwidth" in fname or "gb/s" in unit:
         return "gbps"
+    if "weight" in fname and ("bytes" in fname or unit in ("bytes", "b")):
+        return "weight_bytes"
     if "bytes" in fname or unit in ("bytes", "b"):
         return "bytes"
     return None
@@ -200,14 +204,15 @@ def _subkey(params: dict[str, Any], names: Iterable[str]) -> tuple[Any, ...]:
 def _joinable(kind: str, track: BenchmarkResult, bench: BenchmarkResult) -> bool:
     """Whether a track's values belong to the time benchmark's rows.
 
-    Rates (GB/s, GFLOP/s) are of one configuration: same parameters exactly. Cache bytes
-    do not depend on strategy or workers: a subset will do. Bytes per token is a property
-    of the preset: any shared parameter, the others read at their first value.
+    Rates (GB/s, GFLOP/s) are of one configuration: same parameters exactly. Cache bytes,
+    weight bytes and FLOPs per call do not depend on strategy or workers: a subset will
+    do. Bytes per token is a property of the preset: any shared parameter, the others
+    read at their first value.
     """
     mine, theirs = set(bench.param_names), set(track.param_names)
     if kind in ("gbps", "gflops"):
         return theirs == mine
-    if kind == "bytes":
+    if kind in ("bytes", "weight_bytes", "flops"):
         return theirs <= mine
     return bool(theirs & mine)
 

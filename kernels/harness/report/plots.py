@@ -320,3 +320,71 @@ def plot_picture(kernel: str, image: Any, path: Path) -> bool:
     ax.set_title(f"{kernel}: {array.shape[1]} x {array.shape[0]} (log scale)", fontsize=9)
     _save(fig, path)
     return True
+
+
+def roofline_points(table: Table, derived: dict[int, Derived]) -> tuple[Any, list[Row]]:
+    """The roofline plot's points: at the most workers and the largest size where rows
+    have both a FLOP per byte and a GFLOP/s, one row per preset (facet) and strategy."""
+    wmax = table.workers[-1] if table.workers else None
+    rows = [r for r in table.rows if r.workers == wmax
+            and derived[id(r)].intensity and derived[id(r)].gflops]
+    if not rows:
+        return None, []
+    size = max((r.size for r in rows), key=sort_key)
+    return size, [r for r in rows if r.size == size]
+
+
+def plot_roofline(table: Table, derived: dict[int, Derived], machine: dict[str, Any] | None,
+                  path: Path) -> bool:
+    """Log-log achieved GFLOP/s against FLOP per byte, one point per preset and strategy
+    (:func:`roofline_points`), under the roofs of the calibration at that worker count: the
+    read-bandwidth slope, the float32 matmul rate and the FMA probe's peak."""
+    from kernels.harness.machine import bandwidth_gbps, fma_gflops, matmul_gflops
+
+    size, rows = roofline_points(table, derived)
+    if not rows or not machine:
+        return False
+    wmax = rows[0].workers
+    bw = bandwidth_gbps(machine, "read", wmax)
+    if not bw:
+        return False
+    roofs = [(v, style, label) for v, style, label in (
+        (matmul_gflops(machine, wmax), "-", "float32 matmul"),
+        (fma_gflops(machine, "float32", wmax), "--", "FMA probe, float32"),
+    ) if v]
+    xs = [derived[id(r)].intensity for r in rows]
+    ridges = [v / bw for v, _, _ in roofs]
+    lo, hi = min(xs + ridges) / 4, max(xs + ridges) * 4
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for v, style, label in roofs:
+        ax.plot([lo, v / bw, hi], [lo * bw, v, v], style, color="k", lw=1,
+                label=f"{label} {v:.0f} GFLOP/s / read {bw:.1f} GB/s")
+    if not roofs:
+        ax.plot([lo, hi], [lo * bw, hi * bw], "-", color="k", lw=1,
+                label=f"read {bw:.1f} GB/s")
+    presets = list(dict.fromkeys(preset_of(r, table) for r in rows))
+    markers = "os^Dv<>pPX*h"
+    for i, s in enumerate(table.strategies):
+        for r in (x for x in rows if x.strategy == s):
+            m = markers[presets.index(preset_of(r, table)) % len(markers)]
+            ax.scatter(derived[id(r)].intensity, derived[id(r)].gflops, color=f"C{i % 10}",
+                       marker=m, s=36, zorder=3)
+        ax.scatter([], [], color=f"C{i % 10}", marker="o", label=s)
+    for j, p in enumerate(presets):
+        if p is not None:
+            ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=str(p))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("arithmetic intensity (FLOP per byte: "
+                  + ", ".join(sorted({str(derived[id(r)].intensity_bytes) for r in rows}))
+                  + ")")
+    ax.set_ylabel("achieved GFLOP/s")
+    ax.set_title(f"{table.kernel}: roofline at {wmax} worker(s), "
+                 f"{table.size_name or 'size'} {fmt_size(size)}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    _save(fig, path)
+    return True

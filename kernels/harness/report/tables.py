@@ -124,6 +124,14 @@ def _derived_columns(table: Table, ds: list[Derived]) -> list[Column]:
         cols.append(("GFLOP/s", lambda r, d: fmt_number(d.gflops)))
     if any(d.flops_fraction is not None for d in ds):
         cols.append(("of matmul peak", lambda r, d: fmt_percent(d.flops_fraction)))
+    if any(d.ops_rate is not None for d in ds):
+        from kernels.harness.report.arithmetic import count_for
+
+        count = count_for(table.kernel)
+        unit = count.unit if count else "op"
+        cols.append((f"G{unit}/s", lambda r, d: fmt_number(d.ops_rate)))
+    if any(d.fma_fraction is not None for d in ds):
+        cols.append(("of FMA peak", lambda r, d: fmt_percent(d.fma_fraction)))
     if any(d.roofline is not None for d in ds):
         cols.append(("of roofline", lambda r, d: fmt_percent(d.roofline)))
         cols.append(("bound", lambda r, d: d.bound or "-"))
