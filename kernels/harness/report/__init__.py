@@ -14,12 +14,14 @@ here knows a kernel's benchmarks by name; it finds them by convention:
 - ``time_*``/``timeraw_*`` benchmarks give the tables; ``track_*`` benchmarks
   whose parameters are a subset of a time benchmark's are joined to it by name
   or unit: bytes (``*bytes*``, unit ``bytes``) and GB/s give bandwidth,
-  ``*per_token*`` gives KV bytes per token, ``*flop*`` gives GFLOP/s;
+  ``*per_token*`` gives KV bytes per token, ``*flop*`` gives GFLOP/s (or, with unit
+  ``FLOP``, a FLOP count per call), ``*weight*bytes*`` the weight bytes a call reads;
 - ``numpy`` on 1 worker is the speedup baseline; ``primesieve`` or ``torch``
   strategies are anchors that every strategy is compared with.
 
 The package, by role: :mod:`.model` (rows, parameter roles, track joins),
-:mod:`.derived` (speedup, efficiencies, rates), :mod:`.tables` (formatting, markdown),
+:mod:`.derived` (speedup, efficiencies, rates, FLOP per byte), :mod:`.arithmetic`
+(operation counts of kernels without FLOP tracks), :mod:`.tables` (formatting, markdown),
 :mod:`.plots`, :mod:`.build` (the page, :func:`build_report`) and :mod:`.cli` (options,
 writing all or nothing).
 """
@@ -44,6 +46,7 @@ from kernels.harness.report.model import (
 from kernels.harness.report.plots import (
     plot_bandwidth,
     plot_kv_bytes,
+    plot_roofline,
     plot_scaling,
     plot_speedup,
     plot_time_vs_size,
@@ -61,5 +64,5 @@ __all__ = [
     "add_arguments", "baseline_size", "build_report", "build_table", "cache_bytes",
     "classify_track", "derive", "fmt_bytes", "fmt_seconds", "fmt_size", "kernel_order", "main",
     "markdown_table", "param_roles", "pick_run", "plot_bandwidth", "plot_kv_bytes",
-    "plot_scaling", "plot_speedup", "plot_time_vs_size", "render_table", "run",
+    "plot_roofline", "plot_scaling", "plot_speedup", "plot_time_vs_size", "render_table", "run",
 ]
