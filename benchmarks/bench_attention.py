@@ -74,9 +74,8 @@ def _load_or_build(preset: str, context: int, batch: int) -> attention.Cache:
     root = os.environ.get(DATA_DIR_VAR)
     folder = pathlib.Path(root, f"{preset}-T{context}-B{batch}-float32-seed0") if root else None
     if folder is not None and folder.is_dir():
-        for name, array in cache.arrays().items():
-            array[...] = np.load(folder / f"{name}.npy", mmap_mode="r")
-        cache.length = context
+        cache.load({name: np.load(folder / f"{name}.npy", mmap_mode="r")
+                    for name in cache.arrays()}, context)
         return cache
     attention.fill_random(cache, context, seed=0)
     if folder is not None:  # write aside, then rename: a folder that exists is complete

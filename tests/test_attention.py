@@ -512,10 +512,39 @@ def test_cache_copy_is_independent_and_can_move_to_shared_memory():
     twin = cache.copy(shared=True)
     assert twin.shared and twin.length == cache.length == 5
     np.testing.assert_array_equal(twin.k, cache.k)
-    twin.v[0, 0, 0, 0] += 1.0
-    assert twin.v[0, 0, 0, 0] != cache.v[0, 0, 0, 0]
+    twin.length = cache.length = 4  # room for one more token, written to the twin only
+    c = cache.config
+    token = np.ones((cache.batch, c.n_kv_heads, c.head_dim), np.float32)
+    twin.append(token, token)
+    assert twin.length == 5 and cache.length == 4
+    assert twin.v[0, 0, 4, 0] == 1.0 != cache.v[0, 0, 4, 0]
     twin.close()
     assert set(shared.leftover_segments()) - before == set()
+
+
+def test_cache_arrays_are_read_only_and_writes_are_logged():
+    cache = _filled(A.SMALL_CONFIGS["gqa-small"], 5, capacity=8)
+    for name, array in cache.arrays().items():
+        with pytest.raises(ValueError, match="read-only"):
+            array[...] = 0
+        assert getattr(cache, name) is not None and not getattr(cache, name).flags.writeable
+    gen = cache.generation
+    assert cache.first_write_since(gen) is None
+    A.fill_random(cache, 2, seed=1)  # one extend, from token 5
+    assert cache.generation == gen + 1 and cache.first_write_since(gen) == 5
+    cache.length = 3  # shows a prefix: no write
+    assert cache.generation == gen + 1
+    A.fill_random(cache, 1, seed=2)  # rewrites token 3
+    assert cache.first_write_since(gen) == 3 and cache.first_write_since(gen + 1) == 3
+    with pytest.raises(ValueError, match="length must be in"):
+        cache.length = cache.capacity + 1
+    other = A.make_cache(cache.config, capacity=cache.capacity)
+    assert other.share_id != cache.share_id
+    other.load(cache.arrays(), 4)
+    assert other.length == 4 and other.first_write_since(0) == 0
+    np.testing.assert_array_equal(other.k, cache.k)
+    with pytest.raises(ValueError, match="missing"):
+        other.load({"k": cache.k}, 4)
 
 
 def test_make_case_rejects_bad_options():

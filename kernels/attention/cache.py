@@ -16,10 +16,19 @@ exit if ``close()`` was never called.
 
 Every append validates everything and computes the rotated keys before writing, so a
 refused append leaves the cache exactly as it was.
+
+The arrays a cache shows (``cache.k``, ``cache.c_kv``, :meth:`arrays`...) are read-only
+views: ``append``, ``extend`` and :meth:`load` are the only writes, and each bumps
+:attr:`generation` and logs the first token it wrote. An executor that keeps copies of
+the cache elsewhere (the ``distributed`` strategy keeps shards on its workers across
+decode steps) asks :meth:`first_write_since` which of its copies are stale, so it
+resends only the new tokens. Setting ``length`` writes nothing: it shows a prefix of
+what was written (or zeros past it).
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from typing import Any
 
@@ -33,6 +42,8 @@ from kernels.attention.config import (
     check_cache_dtype,
 )
 from kernels.shared_memory import SegmentSpec, SharedArray
+
+_share_ids = itertools.count(1)
 
 
 def _unlink_all(segments: list[SharedArray]) -> None:
@@ -55,24 +66,72 @@ class _CacheBase:
         self.capacity = _positive_int("capacity", capacity)
         self.batch = _positive_int("batch", batch)
         self.dtype = check_cache_dtype(dtype)
-        self.length = 0
+        self._length = 0
         self.shared = bool(shared)
         check_cache_memory(config, self.capacity, self.batch, self.dtype, shared=self.shared)
         self._segments: list[SharedArray] = []
         self._finalizer = weakref.finalize(self, _unlink_all, self._segments)
+        #: The writable arrays behind the read-only views the cache shows.
+        self._writable: dict[str, np.ndarray] = {}
+        #: Unique for this cache's life (``id()`` is reused after garbage collection).
+        self.share_id = next(_share_ids)
+        #: First token index written by each write, oldest first (one int per write).
+        self._write_log: list[int] = []
 
-    def _alloc(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    @property
+    def length(self) -> int:
+        """Tokens a decode step attends to: those appended (or a prefix, if set lower)."""
+        return self._length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        value = int(value)
+        if not 0 <= value <= self.capacity:
+            raise ValueError(f"length must be in [0, {self.capacity}], got {value}")
+        self._length = value
+
+    @property
+    def generation(self) -> int:
+        """Number of writes so far (appends, extends, loads)."""
+        return len(self._write_log)
+
+    def first_write_since(self, generation: int) -> int | None:
+        """Lowest token index written after ``generation`` writes (None: nothing written).
+        Copies of tokens below it are still exact."""
+        later = self._write_log[generation:]
+        return min(later) if later else None
+
+    def _alloc(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """Allocate array ``name`` (zeros); returns its writable array and sets the
+        attribute ``name`` to a read-only view of it."""
         if not self.shared:
-            return np.zeros(shape, dtype=dtype)
-        try:
-            seg = SharedArray(shape, dtype)
-        except BaseException:
-            self.close()
-            raise
-        self._segments.append(seg)
-        assert seg.array is not None
-        seg.array[...] = 0
-        return seg.array
+            array = np.zeros(shape, dtype=dtype)
+        else:
+            try:
+                seg = SharedArray(shape, dtype)
+            except BaseException:
+                self.close()
+                raise
+            self._segments.append(seg)
+            assert seg.array is not None
+            array = seg.array
+            array[...] = 0
+        view = array.view()
+        view.flags.writeable = False
+        self._writable[name] = array
+        setattr(self, name, view)
+        return array
+
+    def load(self, arrays: dict[str, Any], length: int) -> None:
+        """Overwrite the arrays with ``arrays`` (by name, whole capacity; e.g. saved from
+        another cache's :meth:`arrays`) and set ``length``. One write from token 0."""
+        missing = set(self._names) - set(arrays)
+        if missing:
+            raise ValueError(f"load needs every array of the cache; missing {sorted(missing)}")
+        for name in self._names:
+            self._writable[name][...] = arrays[name]
+        self._write_log.append(0)
+        self.length = length
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays the decode step reads, by name (whole capacity)."""
@@ -125,12 +184,10 @@ class _CacheBase:
         new = make_cache(self.config, capacity=self.capacity, batch=self.batch,
                          dtype=self.dtype, shared=self.shared if shared is None else shared)
         try:
-            for name in self._names:
-                getattr(new, name)[...] = getattr(self, name)
+            new.load(self.arrays(), self.length)
         except BaseException:
             new.close()
             raise
-        new.length = self.length
         return new
 
     def close(self) -> None:
@@ -149,6 +206,10 @@ class KVCache(_CacheBase):
 
     _names = ("k", "v")
     _cache_names = ("k", "v")
+    k: np.ndarray  # read-only views (see the module docstring)
+    v: np.ndarray
+    #: The token axis of each array in :meth:`arrays` (None: not per token).
+    token_axes: dict[str, int | None] = {"k": 2, "v": 2}
 
     def __init__(
         self, config: KVConfig, *, capacity: int, batch: int = 1, dtype: Any = np.float32,
@@ -159,8 +220,8 @@ class KVCache(_CacheBase):
         super().__init__(config, capacity=capacity, batch=batch, dtype=dtype, shared=shared)
         self.config = config
         shape = (self.batch, config.n_kv_heads, self.capacity, config.head_dim)
-        self.k = self._alloc(shape, self.dtype)
-        self.v = self._alloc(shape, self.dtype)
+        self._alloc("k", shape, self.dtype)
+        self._alloc("v", shape, self.dtype)
 
     def _filled(self, a: np.ndarray) -> np.ndarray:
         return a[:, :, : self.length]
@@ -190,8 +251,9 @@ class KVCache(_CacheBase):
         positions = np.arange(self.length, self.length + n)
         rotated = apply_rope(k, positions, c.rope_theta, interleaved=False).astype(self.dtype)
         t0 = self.length
-        self.k[:, :, t0 : t0 + n] = rotated
-        self.v[:, :, t0 : t0 + n] = v
+        self._writable["k"][:, :, t0 : t0 + n] = rotated
+        self._writable["v"][:, :, t0 : t0 + n] = v
+        self._write_log.append(t0)
         self.length += n
 
 
@@ -204,6 +266,12 @@ class MLACache(_CacheBase):
 
     _names = ("c_kv", "k_pe", "w_uk", "w_uv")
     _cache_names = ("c_kv", "k_pe")
+    c_kv: np.ndarray  # read-only views (see the module docstring)
+    k_pe: np.ndarray
+    w_uk: np.ndarray
+    w_uv: np.ndarray
+    #: The token axis of each array in :meth:`arrays` (None: not per token).
+    token_axes: dict[str, int | None] = {"c_kv": 1, "k_pe": 1, "w_uk": None, "w_uv": None}
 
     def __init__(
         self, config: MLAConfig, *, capacity: int, batch: int = 1, dtype: Any = np.float32,
@@ -219,13 +287,14 @@ class MLACache(_CacheBase):
             wkv_b = rng.standard_normal(wshape) * c.kv_lora_rank**-0.5
         elif not isinstance(wkv_b, np.ndarray) or wkv_b.shape != wshape:
             raise ValueError(f"wkv_b must be an array of shape {wshape}")
-        self.c_kv = self._alloc((self.batch, self.capacity, c.kv_lora_rank), self.dtype)
-        self.k_pe = self._alloc((self.batch, self.capacity, c.qk_rope_head_dim), self.dtype)
+        self._alloc("c_kv", (self.batch, self.capacity, c.kv_lora_rank), self.dtype)
+        self._alloc("k_pe", (self.batch, self.capacity, c.qk_rope_head_dim), self.dtype)
         # Split and made contiguous once, so each strategy reads plain [H, out, r] blocks.
-        self.w_uk = self._alloc((c.n_heads, c.qk_nope_head_dim, c.kv_lora_rank), self.dtype)
-        self.w_uv = self._alloc((c.n_heads, c.v_head_dim, c.kv_lora_rank), self.dtype)
-        self.w_uk[...] = wkv_b[:, : c.qk_nope_head_dim]
-        self.w_uv[...] = wkv_b[:, c.qk_nope_head_dim :]
+        # Written here only: a cache's weights never change (load() rewrites them whole).
+        w_uk = self._alloc("w_uk", (c.n_heads, c.qk_nope_head_dim, c.kv_lora_rank), self.dtype)
+        w_uv = self._alloc("w_uv", (c.n_heads, c.v_head_dim, c.kv_lora_rank), self.dtype)
+        w_uk[...] = wkv_b[:, : c.qk_nope_head_dim]
+        w_uv[...] = wkv_b[:, c.qk_nope_head_dim :]
 
     def _filled(self, a: np.ndarray) -> np.ndarray:
         return a[:, : self.length]
@@ -252,8 +321,9 @@ class MLACache(_CacheBase):
         positions = np.arange(self.length, self.length + n)
         rotated = apply_rope(k_pe, positions, c.rope_theta, interleaved=True).astype(self.dtype)
         t0 = self.length
-        self.c_kv[:, t0 : t0 + n] = c_kv
-        self.k_pe[:, t0 : t0 + n] = rotated
+        self._writable["c_kv"][:, t0 : t0 + n] = c_kv
+        self._writable["k_pe"][:, t0 : t0 + n] = rotated
+        self._write_log.append(t0)
         self.length += n
 
 
