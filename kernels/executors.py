@@ -29,9 +29,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 EXECUTOR_KINDS = ("serial", "threads", "processes", "dask")
 
@@ -232,6 +232,35 @@ class Executor:
         """A handle to ``arrays`` for tasks to carry; :func:`shared_arrays` turns it back
         into the arrays inside a task. In-process executors hand the arrays themselves."""
         yield arrays
+
+    @contextlib.contextmanager
+    def share_split(  # noqa: PLR0913
+        self, arrays: dict[str, Any], axes: dict[str, int | None], length: int, parts: int,
+        *, source: Any = None, what: str = "arrays", hint: str = "",
+    ) -> Iterator[list[list[tuple[Any, int, int]]]]:
+        """Share ``arrays`` among tasks that split their first ``length`` items along
+        ``axes[name]`` (an array whose axis is None is read whole by every task).
+
+        Yields one list of pieces ``(handle, lo, hi)`` per task: the task reads items
+        [lo, hi) of each of its pieces' :func:`shared_arrays`, and the pieces of all tasks
+        together cover every item once, in no particular order (a task's result must not
+        depend on the order of items). ``source``, if given, owns the arrays and only
+        appends to them (:class:`GrowingArrays`): an executor that copies the arrays
+        elsewhere may keep its copies from one call to the next and send only new items.
+        Here: :meth:`share` of the whole arrays, and up to ``parts`` contiguous ranges.
+        """
+        with self.share(arrays, what=what, hint=hint) as handle:
+            yield [[(handle, lo, hi)] for lo, hi in split_range(length, min(parts, length))]
+
+    def map_split(  # noqa: PLR0913
+        self, fn: Callable[[Any], Any], arrays: dict[str, Any], axes: dict[str, int | None],
+        length: int, make_task: Callable[[list[tuple[Any, int, int]]], Any], parts: int, *,
+        source: Any = None, what: str = "arrays", hint: str = "",
+    ) -> list[Any]:
+        """:meth:`map` over the tasks ``make_task(pieces)`` of :meth:`share_split`."""
+        with self.share_split(arrays, axes, length, parts, source=source, what=what,
+                              hint=hint) as split:
+            return self.map(fn, [make_task(pieces) for pieces in split])
 
     def __enter__(self) -> Executor:
         return self
@@ -467,6 +496,46 @@ def run_shared(  # noqa: PLR0913
                 return executor.map(fn, make_tasks(None))
             with executor.share(arrays, what=what, hint=hint) as handle:
                 return executor.map(fn, make_tasks(handle))
+
+
+class GrowingArrays(Protocol):
+    """What :meth:`Executor.share_split` may ask of its ``source`` (an attention cache):
+    an identity for the owner's life, a count of its writes, and the lowest item index
+    written since a given count. Arrays read whole (axis None) never change."""
+
+    share_id: Hashable
+    generation: int
+
+    def first_write_since(self, generation: int) -> int | None: ...
+
+
+def split_range(length: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering [0, length), sizes differing by at most 1."""
+    return [(s * length // parts, (s + 1) * length // parts) for s in range(parts)]
+
+
+def run_split(  # noqa: PLR0913
+    kind: str,
+    fn: Callable[[Any], Any],
+    arrays: dict[str, Any],
+    axes: dict[str, int | None],
+    length: int,
+    make_task: Callable[[list[tuple[Any, int, int]]], Any],
+    workers: int,
+    *,
+    source: GrowingArrays | None = None,
+    reuse: bool = True,
+    what: str = "arrays",
+    hint: str = "",
+) -> list[Any]:
+    """:func:`run_shared` for tasks that split ``length`` items of ``arrays`` between
+    them (:meth:`Executor.share_split`): ``make_task(pieces)`` builds one task from its
+    pieces; results come back one per task."""
+    workers = resolve_workers(workers)
+    with executor_for(kind, workers, reuse=reuse) as executor:
+        with limit_threads(executor.thread_limit(workers)):
+            return executor.map_split(fn, arrays, axes, length, make_task, workers,
+                                      source=source, what=what, hint=hint)
 
 
 def shutdown_pools() -> None:

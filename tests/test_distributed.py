@@ -285,22 +285,44 @@ print(sieve.count_primes(10**6, strategy="distributed", workers=2), flush=True)
 """
 
 
-@pytest.mark.parametrize("how", ["script", "stdin"])
+_RESTART = """
+import os, signal, time
+from kernels import executors
+cluster = executors.get_executor("dask", 2)
+victim = cluster.pids()[0]
+os.kill(victim, signal.SIGKILL)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:  # until the nanny has restarted it
+    time.sleep(0.2)
+    try:
+        pids = cluster.pids()
+    except Exception:
+        continue
+    if len(pids) == 2 and victim not in pids:
+        break
+print(sieve.count_primes(10**6, strategy="distributed", workers=2), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "stdin", "restart"])
 def test_distributed_works_without_a_main_guard(tmp_path, how: str) -> None:
     """Dask spawns its workers, and spawn re-runs the caller's main script in each: an
     unguarded script used to start a cluster inside every worker ("Nanny failed to
-    start"). The LocalCluster starts with the main module hidden from its workers."""
+    start"). Nanny workers are spawned with the main module hidden, also when the nanny
+    restarts one that died ("restart": the script kills a worker, then counts again)."""
     pytest.importorskip("distributed")
     script = tmp_path / "unguarded.py"
-    script.write_text(_UNGUARDED)
-    if how == "script":
-        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
+    code = _UNGUARDED + (_RESTART if how == "restart" else "")
+    script.write_text(code)
+    if how == "stdin":
+        done = subprocess.run([sys.executable, "-"], input=code, cwd=tmp_path,
                               capture_output=True, text=True, timeout=180)
     else:
-        done = subprocess.run([sys.executable, "-"], input=_UNGUARDED, cwd=tmp_path,
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
                               capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["78498"]
+    assert done.stdout.split() == ["78498"] * (2 if how == "restart" else 1)
+    assert "failed to start" not in done.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -314,3 +336,118 @@ def test_sieve_1e10_distributed(cluster):
 
     n = 10**10
     assert sieve.count_primes(n, strategy="distributed", workers=WORKERS) == sieve.KNOWN_PI[n]
+
+
+# ---------------------------------------------------------------------------
+# Attention: shards kept on the workers between decode steps
+# ---------------------------------------------------------------------------
+
+
+def test_shard_planning_helpers():
+    from kernels import distributed as D
+
+    assert D.missing_ranges([], 10) == [(0, 10)]
+    assert D.missing_ranges([(0, 4), (6, 8)], 10) == [(4, 6), (8, 10)]
+    assert D.missing_ranges([(6, 12), (0, 6)], 10) == []
+    assert D.fill_levels([0, 0], 7) == [4, 3]
+    assert D.fill_levels([10, 4], 1) == [0, 1]
+    assert D.fill_levels([10, 4], 10) == [2, 8]
+    assert sum(D.fill_levels([3, 9, 1], 5)) == 5
+    assert D.take_ranges([(0, 3), (5, 9)], 5) == ([(0, 3), (5, 7)], [(7, 9)])
+    # A block holding items 100-110 then 0-5: those below 104 sit at offsets 0-4, 10-15.
+    assert D.block_pieces([(100, 110), (0, 5)], 104) == [(0, 4), (10, 15)]
+
+
+def _warm(cluster):
+    """The warm executor now (an earlier test may have replaced the fixture's)."""
+    return executors.get_executor("dask", WORKERS)
+
+
+def _decode_both(cache, query):
+    from kernels import attention as A
+
+    got = A.decode(cache, query, strategy="distributed", inner="numba", workers=WORKERS)
+    want = A.decode(cache, query, strategy="numpy", workers=1)
+    scale = float(abs(want).max())
+    assert abs(got - want).max() <= 2e-5 * max(1.0, scale) + 2e-4 * scale
+
+
+@pytest.mark.parametrize("preset", ["gqa-small", "mla-small"])
+def test_attention_shards_stay_on_the_workers_and_only_new_tokens_travel(cluster, preset):
+    import gc
+
+    from kernels import attention as A
+
+    cluster = _warm(cluster)
+    cache = A.make_cache(A.SMALL_CONFIGS[preset], capacity=200)
+    A.fill_random(cache, 120, seed=0)
+    query = A.random_query(cache, seed=5)
+    _decode_both(cache, query)
+    first = cluster.kept_blocks(cache)
+    assert sorted(len(r) for _, r in first) == [1, 1]  # one shard per worker, not a copy each
+    assert sorted(rs[0] for _, rs in first) == [(0, 60), (60, 120)]
+    _decode_both(cache, query)
+    assert cluster.kept_blocks(cache) == first  # nothing sent again
+    for step in range(5):  # a decode loop: one token per step
+        A.fill_random(cache, 1, seed=10 + step)
+        _decode_both(cache, query)
+    kept = cluster.kept_blocks(cache)
+    ranges = sorted(r for _, rs in kept for r in rs)
+    assert ranges[:2] == [(0, 60), (60, 120)]  # the old shards stayed where they were
+    assert sum(hi - lo for lo, hi in ranges) == 125
+    assert sorted(set(a for a, _ in kept)) == sorted(set(a for a, _ in first))
+    cache.length = 110  # a prefix: no write, the shards serve it
+    _decode_both(cache, query)
+    assert cluster.kept_blocks(cache) == kept
+    A.fill_random(cache, 3, seed=99)  # overwrites tokens 110-112: blocks holding them go
+    _decode_both(cache, query)
+    ranges = sorted(r for _, rs in cluster.kept_blocks(cache) for r in rs)
+    assert ranges[0] == (0, 60) and ranges[-1][1] == 113  # the rest was sent again
+    assert sum(hi - lo for lo, hi in ranges) == 113
+    del cache
+    gc.collect()
+    assert cluster._kept == {}  # the owner is gone: so are its shards
+
+
+def test_attention_shards_are_resent_after_a_worker_dies_between_steps(cluster):
+    from kernels import attention as A
+
+    cluster = _warm(cluster)
+    cache = A.make_cache(A.SMALL_CONFIGS["gqa-small"], capacity=100)
+    A.fill_random(cache, 80, seed=0)
+    query = A.random_query(cache, seed=2)
+    _decode_both(cache, query)
+    os.kill(cluster.pids()[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while cluster.cluster_workers() == WORKERS and time.monotonic() < deadline:
+        time.sleep(0.05)  # the scheduler notices the loss
+    while cluster.cluster_workers() < WORKERS and time.monotonic() < deadline:
+        time.sleep(0.2)  # and the nanny restarts it
+    _decode_both(cache, query)
+
+
+def test_attention_survives_a_worker_killed_during_the_steps(cluster):
+    """Scattered shards cannot be recomputed: the tasks that needed a dead worker's are
+    cancelled, and the step is run once more with the shards sent afresh."""
+    from kernels import attention as A
+
+    cluster = _warm(cluster)
+    cache = A.make_cache(A.SMALL_CONFIGS["gqa-small"], capacity=40_000)
+    A.fill_random(cache, 40_000, seed=0)
+    query = A.random_query(cache, seed=3)
+    want = A.decode(cache, query, strategy="numpy", workers=1)
+    A.decode(cache, query, strategy="distributed", inner="numba", workers=WORKERS)
+    victim = cluster.pids()[0]
+    killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
+    killer.start()
+    steps, t0 = 0, time.monotonic()
+    try:
+        while time.monotonic() - t0 < 2.0 or steps < 5:
+            got = A.decode(cache, query, strategy="distributed", inner="numba",
+                           workers=WORKERS)
+            assert abs(got - want).max() <= 1e-4 * max(1.0, float(abs(want).max()))
+            steps += 1
+    finally:
+        killer.join()
+    with pytest.raises(ProcessLookupError):
+        os.kill(victim, 0)

@@ -117,8 +117,7 @@ def decode(
     if strategy == "numba":
         with executors.limit_threads(workers):
             return problem.fused(min(workers, cache.length), cache.arrays())
-    splits = jit.split_bounds(cache.length, min(workers, cache.length))
-    states = _run_pool(cache, problem, strategy, inner, splits, workers)
+    states = _run_pool(cache, problem, strategy, inner, workers)
     return problem.finish_states(states)
 
 
@@ -244,26 +243,41 @@ class Problem:
 
 
 def _pool_task(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One range on a pool worker: the cache's arrays from the executor's handle (shared
-    memory attached once per name in a process worker, the arrays themselves on a
-    thread), then the ``inner`` chunk kernel."""
-    problem, inner, handle, t0, t1 = task
-    return problem.partial(inner, t0, t1, executors.shared_arrays(handle))
+    """One task on a pool worker: the partial state over each of its pieces (token
+    ranges of the cache arrays from the executor's handle: shared memory attached once
+    per name in a process worker, the arrays themselves on a thread, shards kept on a
+    Dask worker), merged into one state here."""
+    problem, inner, pieces = task
+    states = [problem.partial(inner, t0, t1, executors.shared_arrays(handle))
+              for handle, t0, t1 in pieces if t1 > t0]
+    return states[0] if len(states) == 1 else merge_states(states)
 
 
-def _run_pool(  # noqa: PLR0913
-    cache: Cache, problem: Problem, strategy: str, inner: str,
-    splits: list[tuple[int, int]], workers: int,
+def merge_states(states: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """One (m, l, o) state from several over disjoint token sets (in float64, returned in
+    the states' dtype): the log-sum-exp merge, without the final division."""
+    dt = states[0][2].dtype
+    m = np.stack([s[0] for s in states]).astype(np.float64)
+    top = m.max(axis=0)
+    w = np.exp(m - top)
+    l = (w * np.stack([s[1] for s in states])).sum(axis=0)
+    o = (w[..., None] * np.stack([s[2] for s in states])).sum(axis=0)
+    return top.astype(dt), l.astype(dt), o.astype(dt)
+
+
+def _run_pool(
+    cache: Cache, problem: Problem, strategy: str, inner: str, workers: int,
 ) -> list[tuple[np.ndarray, ...]]:
-    """The ranges' partial states, on the executor of ``strategy``. The executor decides
-    how the cache reaches the tasks: a ``shared=True`` cache's segments travel by name,
-    a private cache is copied to temporary segments for a process pool."""
+    """The tasks' partial states, on the executor of ``strategy``, which decides how the
+    cache reaches them (:meth:`kernels.executors.Executor.share_split`): a ``shared=True``
+    cache's segments travel by name, a private cache is copied to temporary segments for
+    a process pool, and a Dask cluster keeps shards of it on its workers between steps."""
     problem.w_uv = None  # not needed in workers; keeps a pickled task small
     w_uv = cache.w_uv if problem.kind == "absorbed" else None
     try:
-        return executors.run_shared(
-            executors.executor_kind(strategy), _pool_task, cache.arrays(),
-            lambda handle: [(problem, inner, handle, t0, t1) for t0, t1 in splits], workers,
+        return executors.run_split(
+            executors.executor_kind(strategy), _pool_task, cache.arrays(), cache.token_axes,
+            cache.length, lambda pieces: (problem, inner, pieces), workers, source=cache,
             what=f"a private attention cache ({cache.capacity} tokens x batch {cache.batch}) "
             f"for strategy {strategy}",
             hint="make the cache with shared=True (no copy is then made), or lower its "

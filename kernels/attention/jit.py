@@ -415,11 +415,6 @@ def merge_partials(m, l, o, out):
                 out[b, h, i] = acc[i] / total
 
 
-def split_bounds(length: int, splits: int) -> list[tuple[int, int]]:
-    """``splits`` contiguous token ranges covering [0, length), sizes differing by <= 1."""
-    return [(s * length // splits, (s + 1) * length // splits) for s in range(splits)]
-
-
 @njit(parallel=True, nogil=True, cache=True)
 def fused_decode(q1, k1, q2, k2, v, length, splits, out):
     """One decode step: ``splits`` sequence ranges in parallel (prange), then the merge."""
