@@ -212,6 +212,26 @@ class Sizes:
         return attention.kv_bytes_per_token(attention.PRESETS[preset], np.dtype(dtype)) / mha
 
 
+class StepCost:
+    """What one decode step (batch 1, absorbed MLA) costs, by count, not by clock: its
+    FLOPs and the weight bytes it reads (:func:`kernels.attention.step_cost`; the cache
+    bytes are the rows' own). The report's roofline takes its arithmetic intensity from
+    these, the same for every strategy of a preset and context."""
+
+    params = (PRESETS, CONTEXTS)
+    param_names = ["preset", "context"]
+
+    def track_step_flops(self, preset: str, context: int) -> int:
+        return attention.step_cost(attention.PRESETS[preset], context).flops
+
+    track_step_flops.unit = "FLOP"
+
+    def track_weight_bytes(self, preset: str, context: int) -> int:
+        return attention.step_cost(attention.PRESETS[preset], context).weight_bytes
+
+    track_weight_bytes.unit = "bytes"
+
+
 class Bandwidth:
     """Share of the machine's read bandwidth one decode step reaches (%), its GB/s and its
     GFLOP/s (MQA and MLA are compute-bound: issue 15).
