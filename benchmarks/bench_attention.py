@@ -199,7 +199,7 @@ class Sizes:
 
     params = (list(attention.PRESETS), ["float32", "float64"])
     param_names = ["preset", "dtype"]
-    unit = "bytes"
+    unit = "bytes/token"
 
     def track_kv_bytes_per_token(self, preset: str, dtype: str) -> int:
         cache = attention.make_cache(attention.PRESETS[preset], capacity=8, dtype=dtype)
@@ -210,6 +210,8 @@ class Sizes:
     def track_kv_bytes_ratio_to_mha(self, preset: str, dtype: str) -> float:
         mha = attention.kv_bytes_per_token(attention.PRESETS["mha"], np.dtype(dtype))
         return attention.kv_bytes_per_token(attention.PRESETS[preset], np.dtype(dtype)) / mha
+
+    track_kv_bytes_ratio_to_mha.unit = "ratio"
 
 
 class StepCost:
@@ -229,7 +231,7 @@ class StepCost:
     def track_weight_bytes(self, preset: str, context: int) -> int:
         return attention.step_cost(attention.PRESETS[preset], context).weight_bytes
 
-    track_weight_bytes.unit = "bytes"
+    track_weight_bytes.unit = "weight bytes"
 
 
 class Bandwidth:
