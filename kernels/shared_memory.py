@@ -93,10 +93,19 @@ def _live_discard(name: str) -> None:
 
 def spec_of(array: Any) -> SegmentSpec | None:
     """The spec of ``array`` when it is the whole array of a live segment this process
-    created (it can travel by name), else None."""
+    created, or a view of all of it (a read-only view, say): it can travel by name.
+    Else None."""
     with _live_lock:
         segments = list(_live.values())
-    return next((seg.spec for seg in segments if seg.array is array), None)
+    return next((seg.spec for seg in segments if _is_whole(array, seg.array)), None)
+
+
+def _is_whole(array: Any, whole: np.ndarray | None) -> bool:
+    if whole is None or not isinstance(array, np.ndarray):
+        return False
+    return array is whole or (
+        array.base is whole and array.shape == whole.shape and array.dtype == whole.dtype
+        and array.strides == whole.strides and array.ctypes.data == whole.ctypes.data)
 
 
 def live_segments() -> set[str]:

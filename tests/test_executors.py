@@ -338,3 +338,22 @@ def test_ctrl_c_during_a_multiprocess_count_leaves_no_orphans(tmp_path) -> None:
     assert "finished" not in out
     assert "KeyboardInterrupt" in err and "executor.map" in err  # interrupted mid-count
     assert _wait_until_gone(started) == set(), "processes outlived the interrupted script"
+
+
+def test_a_shared_cache_travels_to_process_workers_by_name_not_as_a_copy() -> None:
+    """A ``shared=True`` cache shows read-only views of its segments: the process pool
+    must still send them by name. (Once it did not, and copied a 32k GQA cache, 268 MB,
+    into temporary segments at every decode step.)"""
+    from kernels import attention, shared_memory
+    from kernels.process_pool import ProcessExecutor
+
+    cache = attention.make_cache(attention.SMALL_CONFIGS["gqa-small"], capacity=8,
+                                 shared=True)
+    try:
+        own = {spec.name for spec in cache.segment_specs().values()}
+        with ProcessExecutor.share(None, cache.arrays()) as specs:  # type: ignore[arg-type]
+            assert {spec.name for spec in specs.values()} == own
+        partial = cache.k[:, :, :4]  # not the whole segment: must be copied
+        assert shared_memory.spec_of(partial) is None
+    finally:
+        cache.close()
