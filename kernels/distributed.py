@@ -328,6 +328,12 @@ class DaskExecutor(Executor):
         info = self.client.scheduler_info()
         return sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
 
+    def describe(self) -> dict[str, Any]:
+        """The cluster a row's tasks ran on: ``local`` (a LocalCluster this executor
+        started) or the scheduler's address, and its worker threads then. With an
+        address, ``workers`` is the tasks kept in flight, not the cluster's size."""
+        return {"cluster": self.address or "local", "cluster_workers": self.cluster_workers()}
+
     def pids(self) -> list[int]:
         """Process ids of the cluster's workers (for tests and diagnostics)."""
         return sorted(self.client.run(os.getpid).values())

@@ -252,6 +252,11 @@ class Executor:
         with self.share(arrays, what=what, hint=hint) as handle:
             yield [[(handle, lo, hi)] for lo, hi in split_range(length, min(parts, length))]
 
+    def describe(self) -> dict[str, Any]:
+        """Fields a result row records about where its tasks ran (none by default; the
+        Dask executor gives its cluster and the cluster's size)."""
+        return {}
+
     def map_split(  # noqa: PLR0913
         self, fn: Callable[[Any], Any], arrays: dict[str, Any], axes: dict[str, int | None],
         length: int, make_task: Callable[[list[tuple[Any, int, int]]], Any], parts: int, *,
@@ -446,6 +451,18 @@ def get_executor(kind: str, workers: int | None = None, *, reuse: bool = True) -
     for old in evicted:  # outside the lock: closing waits for running tasks
         old.close()
     return executor
+
+
+def describe_warm(strategy: str, workers: int) -> dict[str, Any]:
+    """:meth:`Executor.describe` of the warm executor ``strategy`` ran on at ``workers``
+    ({} for a strategy without an executor, or none warm)."""
+    kind = POOL_STRATEGIES.get(strategy)
+    if kind is None:
+        return {}
+    key = (kind, _executor_class(kind).warm_key(workers))
+    with _pools_lock:
+        executor = _pools.get(key)
+    return executor.describe() if executor is not None else {}
 
 
 @contextlib.contextmanager

@@ -451,3 +451,15 @@ def test_attention_survives_a_worker_killed_during_the_steps(cluster):
         killer.join()
     with pytest.raises(ProcessLookupError):
         os.kill(victim, 0)
+
+
+def test_a_result_row_records_the_cluster_and_its_size(cluster):
+    from kernels.harness import runner
+
+    point = runner.Point("distributed", "numba", 10**5, WORKERS)
+    row = runner.run_point("sieve", point, repeat=1, warmup=0, options={})
+    assert row["cluster"] == "local" and row["cluster_workers"] == WORKERS
+    assert row["count"] == 9592
+    plain = runner.run_point("sieve", runner.Point("numba", None, 10**5, 1), repeat=1,
+                             warmup=0, options={})
+    assert "cluster" not in plain

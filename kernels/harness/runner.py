@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from kernels import registry
+from kernels import executors, registry
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ def run_point(
     }
     row.update(case.fields)
     row.update(case.describe(result, median))
+    row.update(executors.describe_warm(point.strategy, point.workers))  # e.g. cluster size
     return row
 
 
