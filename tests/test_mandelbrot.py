@@ -384,7 +384,7 @@ def test_make_case_runs_and_describes() -> None:
     assert row["correct"] is True
     assert row["ns_per_iteration_per_core"] == pytest.approx(0.01 / row["checksum"] * 1e9)
     assert case.fields == {"width": 256, "height": 256, "max_iter": 256,
-                           "schedule": "dynamic", "view": "full"}
+                           "schedule": "dynamic", "view": "full", "workers_used": 1}
 
 
 def test_make_case_options() -> None:
@@ -396,7 +396,9 @@ def test_make_case_options() -> None:
     assert np.array_equal(counts, reference.render(100, 100, 64, mandelbrot.VIEWS["seahorse"]))
     row = case.describe(counts, 0.5)
     assert row["correct"] is None  # not a size of KNOWN_CHECKSUMS
-    assert row["ns_per_iteration_per_core"] == pytest.approx(2 * 0.5 / row["checksum"] * 1e9)
+    # threaded:numpy never splits (MIN_GRAIN: the GIL), so one core ran it.
+    assert case.fields["workers_used"] == 1
+    assert row["ns_per_iteration_per_core"] == pytest.approx(0.5 / row["checksum"] * 1e9)
 
 
 @pytest.mark.parametrize("options,match", [
@@ -471,3 +473,61 @@ def test_suite_imbalance_setup_and_track() -> None:
     bench.setup("upper", 2)
     ratio = bench.track_static_imbalance("upper", 2)
     assert ratio >= 1.0
+
+
+# ---------------------------------------------------------------------------
+# The minimum grain (issue 15): a second worker only above MIN_GRAIN worst-case
+# pixel-iterations per worker
+# ---------------------------------------------------------------------------
+
+GRAIN_LABELS = [("numba", None), ("threaded", "numba"), ("threaded", "numpy"),
+                ("multiprocess", "numba")]
+
+
+@pytest.mark.parametrize("schedule", mandelbrot.SCHEDULES)
+@pytest.mark.parametrize(("strategy", "inner"), GRAIN_LABELS)
+def test_below_the_grain_two_workers_run_one_with_the_same_image(
+        monkeypatch, strategy, inner, schedule) -> None:
+    label = registry.label(strategy, inner)
+    width, height, max_iter = 48, 36, 100
+    want = reference.render(width, height, max_iter, mandelbrot.DEFAULT_REGION)
+    kw = dict(max_iter=max_iter, strategy=strategy, inner=inner, schedule=schedule)
+    work = width * height * max_iter
+    monkeypatch.setitem(mandelbrot.MIN_GRAIN, label, work)  # one grain: below two workers'
+    assert mandelbrot.workers_used(width, height, workers=2, **kw) == 1
+    assert np.array_equal(mandelbrot.render(width, height, workers=2, **kw), want)
+    monkeypatch.setitem(mandelbrot.MIN_GRAIN, label, work // 2)
+    assert mandelbrot.workers_used(width, height, workers=2, **kw) == 2
+    assert np.array_equal(mandelbrot.render(width, height, workers=2, **kw), want)
+
+
+def test_below_the_grain_a_pool_gets_one_task_per_worker_used(monkeypatch) -> None:
+    calls = []
+    real = executors.run_shared
+
+    def spy(kind, fn, arrays, make_tasks, workers, **kw):
+        def counted(handle):
+            tasks = make_tasks(handle)
+            calls.append((fn.__name__, len(tasks), workers))
+            return tasks
+        return real(kind, fn, arrays, counted, workers, **kw)
+
+    monkeypatch.setattr(executors, "run_shared", spy)
+    args = dict(max_iter=100, strategy="threaded", inner="numba", workers=2)
+    monkeypatch.setitem(mandelbrot.MIN_GRAIN, "threaded:numba", 64 * 64 * 100)
+    image = mandelbrot.render(64, 64, **args)
+    monkeypatch.setitem(mandelbrot.MIN_GRAIN, "threaded:numba", 1)
+    assert np.array_equal(mandelbrot.render(64, 64, **args), image)
+    tiles = -(-64 // mandelbrot.DYNAMIC_TILE_ROWS)
+    assert calls == [("run_tasks_into", 1, 2), ("run_task_into", tiles, 2)]
+
+
+def test_make_case_records_the_workers_used() -> None:
+    small = mandelbrot.make_case(1 << 14, strategy="numba", workers=2)
+    assert small.fields["workers_used"] == 1  # 128x128: below numba's grain
+    big = mandelbrot.make_case(1 << 20, strategy="numba", workers=2)
+    assert big.fields["workers_used"] == 2
+    assert mandelbrot.make_case(1 << 14, strategy="numpy", workers=1).fields["workers_used"] == 1
+    row = big.describe(big.run(), 1e-2)
+    assert row["correct"] is True
+    assert row["ns_per_iteration_per_core"] == pytest.approx(2 * 1e-2 / row["checksum"] * 1e9)

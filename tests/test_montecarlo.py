@@ -308,7 +308,13 @@ def test_make_case_describes_the_estimate() -> None:
     assert row["pi"] == result.pi and row["stderr"] == result.stderr
     assert row["error_in_stderr"] == pytest.approx((result.pi - math.pi) / result.stderr)
     assert row["ns_per_sample"] == pytest.approx(10.0)
-    assert row["ns_per_sample_per_core"] == pytest.approx(20.0)
+    # One chunk: one worker runs it, and the per-core figure counts that one.
+    assert case.fields["workers_used"] == 1
+    assert row["ns_per_sample_per_core"] == pytest.approx(10.0)
+    split = mc.make_case(200_000, strategy="threaded", inner="numba", workers=2, seed=4,
+                         chunk_size=1 << 14)
+    assert split.fields["workers_used"] == (2 if 200_000 >= 2 * mc.MIN_GRAIN["threaded:numba"]
+                                            else 1)
     serial = mc.make_case(1000, strategy="numpy", workers=1)
     assert serial.describe(serial.run(), 1e-6)["ns_per_sample_per_core"] == pytest.approx(1.0)
 
@@ -396,3 +402,55 @@ def test_process_pool_workers_can_compile_numba_from_scratch(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip()) == mc.serial_hits("numba", 100_003, 0, 4096)
+
+
+# ---------------------------------------------------------------------------
+# The minimum grain (issue 15): a second worker only above MIN_GRAIN samples per worker
+# ---------------------------------------------------------------------------
+
+GRAIN_LABELS = [("numba", None), ("threaded", "numba"), ("threaded", "numpy"),
+                ("multiprocess", "numba")]
+
+
+@pytest.mark.parametrize(("strategy", "inner"), GRAIN_LABELS)
+def test_below_the_grain_two_workers_run_one_with_the_same_hits(monkeypatch, strategy, inner):
+    label = registry.label(strategy, inner)
+    chunk = 1 << 12
+    samples = 40 * chunk + 17  # 41 chunks, a ragged last one
+    monkeypatch.setitem(mc.MIN_GRAIN, label, samples)  # one grain: below two workers' worth
+    kw = dict(strategy=strategy, inner=inner, chunk_size=chunk)
+    assert mc.workers_used(samples, workers=2, **kw) == 1
+    case = mc.make_case(samples, strategy=strategy, inner=inner, workers=2, seed=21,
+                        chunk_size=chunk)
+    assert case.fields["workers_used"] == 1
+    want = mc.serial_hits(inner or strategy, samples, 21, chunk)
+    assert case.run().hits == want
+    assert mc.estimate_pi(samples, workers=1, seed=21, **kw).hits == want
+    # Above it (half the samples per worker), both workers run, and the hits stay.
+    monkeypatch.setitem(mc.MIN_GRAIN, label, samples // 2)
+    assert mc.workers_used(samples, workers=2, **kw) == 2
+    assert mc.estimate_pi(samples, workers=2, seed=21, **kw).hits == want
+
+
+def test_below_the_grain_a_pool_gets_one_task_per_worker_used(monkeypatch) -> None:
+    calls = []
+    real = executors.run_chunks
+
+    def spy(kind, fn, tasks, workers, **kw):
+        calls.append((fn.__name__, len(tasks), workers))
+        return real(kind, fn, tasks, workers, **kw)
+
+    monkeypatch.setattr(executors, "run_chunks", spy)
+    chunk = 1 << 12
+    samples = 64 * chunk
+    monkeypatch.setitem(mc.MIN_GRAIN, "threaded:numba", samples)
+    hits = mc.estimate_pi(samples, strategy="threaded", workers=2, chunk_size=chunk).hits
+    monkeypatch.setitem(mc.MIN_GRAIN, "threaded:numba", 1)
+    assert mc.estimate_pi(samples, strategy="threaded", workers=2, chunk_size=chunk).hits == hits
+    assert calls == [("run_tasks", 1, 2), ("run_task", 2 * mc.TASKS_PER_WORKER, 2)]
+
+
+def test_one_chunk_never_takes_two_workers() -> None:
+    assert mc.workers_used(10**6, strategy="numba", workers=2) == 1  # < one 2**20 chunk
+    assert mc.workers_used(10**6, strategy="python", workers=1) == 1
+    assert mc.workers_used(10**9, strategy="threaded", inner="python", workers=2) == 1  # GIL

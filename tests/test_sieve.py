@@ -444,3 +444,55 @@ def test_bench_multiprocess_numba_warm_1e7(benchmark) -> None:
     sieve.count_primes(10**5, strategy="multiprocess", workers=2)  # pool start out of the timing
     result = benchmark(sieve.count_primes, 10**7, strategy="multiprocess", workers=2)
     assert result == KNOWN_PI[10**7]
+
+
+# ---------------------------------------------------------------------------
+# The minimum grain (issue 15): a second worker only above MIN_GRAIN numbers per worker
+# ---------------------------------------------------------------------------
+
+GRAIN_LABELS = [("numba", None), ("threaded", "numba"), ("threaded", "numpy"),
+                ("multiprocess", "numba")]
+
+
+@pytest.mark.parametrize(("strategy", "inner"), GRAIN_LABELS)
+def test_below_the_grain_two_workers_run_one_with_the_same_count(monkeypatch, strategy, inner):
+    label = registry.label(strategy, inner)
+    n = 10**6
+    monkeypatch.setitem(sieve.MIN_GRAIN, label, n + 1)  # one grain: below two workers' worth
+    assert sieve.workers_used(n, strategy, inner, 2) == 1
+    case = sieve.make_case(n, strategy=strategy, inner=inner, workers=2)
+    assert case.fields["workers_used"] == 1
+    assert case.run() == sieve.KNOWN_PI[n]
+    # Above it (half of [0, n] per worker), both workers run, and the count stays.
+    monkeypatch.setitem(sieve.MIN_GRAIN, label, (n + 1) // 2)
+    assert sieve.workers_used(n, strategy, inner, 2) == 2
+    assert sieve.make_case(n, strategy=strategy, inner=inner, workers=2).fields[
+        "workers_used"] == 2
+    assert sieve.count_primes(n, strategy=strategy, inner=inner, workers=2) == sieve.KNOWN_PI[n]
+
+
+def test_below_the_grain_a_pool_gets_one_task_per_worker_used(monkeypatch) -> None:
+    calls = []
+    real = executors.run_chunks
+
+    def spy(kind, fn, tasks, workers, **kw):
+        calls.append((fn.__name__, len(tasks), workers))
+        return real(kind, fn, tasks, workers, **kw)
+
+    monkeypatch.setattr(executors, "run_chunks", spy)
+    n = 10**6
+    monkeypatch.setitem(sieve.MIN_GRAIN, "threaded:numba", n + 1)
+    assert sieve.count_primes(n, strategy="threaded", workers=2) == sieve.KNOWN_PI[n]
+    monkeypatch.setitem(sieve.MIN_GRAIN, "threaded:numba", 1)
+    assert sieve.count_primes(n, strategy="threaded", workers=2) == sieve.KNOWN_PI[n]
+    assert calls == [("_count_chunks", 1, 2), ("_count_chunk", 2 * sieve.CHUNKS_PER_WORKER, 2)]
+
+
+def test_the_grid_sizes_use_the_workers_the_grains_allow() -> None:
+    # Small inputs stay on one worker; the largest of the grid use two (issue 15).
+    assert sieve.workers_used(10**6, "numba", None, 2) == 1
+    assert sieve.workers_used(10**9, "numba", None, 2) == 2
+    assert sieve.workers_used(10**9, "multiprocess", "numba", 2) == 2
+    assert sieve.workers_used(10**9, "threaded", "python", 2) == 1  # the GIL: never
+    assert sieve.workers_used(10**9, "numpy", None, 1) == 1
+    assert sieve.workers_used(10**5, "numba", None, 3) == 1

@@ -36,6 +36,7 @@ balance), so a static render answers Ctrl-C only when its bands finish.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
     "check_case",
     "checksum",
     "cores_used",
+    "effective_plan",
     "list_extra",
     "reference_image",
     "make_case",
@@ -70,6 +72,7 @@ __all__ = [
     "unavailable_reason",
     "verify",
     "verify_cases",
+    "workers_used",
 ]
 
 STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES)
@@ -115,6 +118,33 @@ DYNAMIC_TILE_ROWS = 8
 MAX_TASK_ITERATIONS = {"numba": 1 << 28, "numpy": 1 << 24, "python": 1 << 21}
 #: The most pixels of one NumPy task (its temporaries: 80 bytes a pixel, 20 MiB).
 MAX_TASK_PIXELS = 1 << 18
+#: A grain no input reaches: the label never splits (a chunk kernel that holds the GIL on
+#: threads: a second thread only takes turns with the first).
+NEVER = 1 << 62
+#: The minimum grain: worst-case pixel-iterations (pixels x max_iter) per worker below
+#: which a second worker costs more than it saves, by strategy label
+#: (``registry.label``). A render runs on ``workers_used`` = min(workers, height,
+#: pixels * max_iter // grain) workers (at least one): the plan of that many workers;
+#: below ``grain * workers`` the pool strategies send one task per worker used, so a
+#: small image pays one round trip instead of one per tile. The image does not change.
+#: Each grain is twice the measured cost of going parallel (a prange launch, a pool
+#: round trip) times the measured worst-case pixel-iterations per second of one worker
+#: on the full view at max_iter 256: docs/mandelbrot.md ("Minimum grain") has the
+#: command and the figures. Worst case, so a view that escapes at once (``outside``)
+#: splits where its real work is far below the grain. A label not listed is split as
+#: asked.
+MIN_GRAIN: dict[str, int] = {
+    "numba": 1 << 24,
+    "threaded:numba": 1 << 19,
+    "threaded:numpy": NEVER,
+    "threaded:python": NEVER,
+    "multiprocess:numba": 1 << 25,
+    "multiprocess:numpy": 1 << 19,
+    "multiprocess:python": 1 << 17,
+    "distributed:numba": 1 << 27,
+    "distributed:numpy": 1 << 21,
+    "distributed:python": 1 << 20,
+}
 
 _SERIAL_STRATEGIES = ("python", "numpy")
 _COUNT_BYTES = np.dtype(np.int32).itemsize
@@ -205,6 +235,27 @@ class _Plan:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def grain(self) -> int | None:
+        """:data:`MIN_GRAIN` of this plan's strategy and chunk kernel (None: not listed)."""
+        if self.strategy in _SERIAL_STRATEGIES:
+            return None
+        return MIN_GRAIN.get(registry.label(self.strategy, self.inner))
+
+    @property
+    def workers_used(self) -> int:
+        """Workers the render runs on: ``workers`` cut to one per grain of worst-case
+        pixel-iterations and one per row, at least one (1 for python and numpy)."""
+        if self.strategy in _SERIAL_STRATEGIES:
+            return 1
+        limit = self.height if self.grain is None else self.pixels * self.max_iter // self.grain
+        return max(1, min(self.workers, self.height, limit))
+
+    @property
+    def below_grain(self) -> bool:
+        """True when the image is below the grain of ``workers`` workers."""
+        return self.grain is not None and self.pixels * self.max_iter < self.grain * self.workers
 
 
 def _plan(
@@ -305,7 +356,8 @@ def tile_rows(plan: _Plan) -> int:
 
 
 def plan_rows(plan: _Plan) -> list[tuple[int, int]]:
-    """The row ranges ``(first, end)`` of the plan's tasks.
+    """The row ranges ``(first, end)`` of the plan's tasks, at the plan's ``workers``
+    (a render runs those of :func:`effective_plan`: fewer workers below the grain).
 
     - ``python`` and ``numpy``, and ``numba`` at 1 worker: the fewest bands that respect
       :func:`rows_per_task` (the schedule changes nothing on one core).
@@ -366,14 +418,40 @@ def run_task_into(task: tuple[dict[str, Any], *Task]) -> int:
     return int(rows.sum(dtype=np.int64))
 
 
+def run_tasks(tasks: list[Task]) -> list[np.ndarray]:
+    """:func:`run_task` of several tasks, one after another: the one task per worker used
+    below the grain, for an executor whose tasks return their rows."""
+    return [run_task(task) for task in tasks]
+
+
+def run_tasks_into(tasks: list[tuple[dict[str, Any], *Task]]) -> list[int]:
+    """:func:`run_task_into` of several tasks, one after another: the one task per worker
+    used below the grain; their checksums in order."""
+    return [run_task_into(task) for task in tasks]
+
+
+def _batches(tasks: list[Any], parts: int) -> list[list[Any]]:
+    """``tasks`` cut into ``parts`` contiguous runs (one per worker used)."""
+    return [tasks[k * len(tasks) // parts : (k + 1) * len(tasks) // parts] for k in range(parts)]
+
+
 def _tasks(plan: _Plan, ranges: list[tuple[int, int]]) -> list[Task]:
     return [(plan.kernel, plan.region, plan.width, plan.height, first, end, plan.max_iter)
             for first, end in ranges]
 
 
+def effective_plan(plan: _Plan) -> _Plan:
+    """The plan a render runs: ``plan`` at its :attr:`~_Plan.workers_used` workers (the
+    same plan when all of them are used). :func:`plan_rows` of it gives the rows of the
+    tasks that really run."""
+    used = plan.workers_used
+    return plan if used == plan.workers else dataclasses.replace(plan, workers=used)
+
+
 def _run_numba(plan: _Plan, image: np.ndarray) -> None:
     from kernels.mandelbrot import jit
 
+    plan = effective_plan(plan)
     x0, dx, y0, dy = pixel_steps(plan.region, plan.width, plan.height)
     ranges = plan_rows(plan)
     if plan.workers == 1:
@@ -401,11 +479,20 @@ def _run_pool(plan: _Plan) -> np.ndarray:
     them where the executor's workers cannot reach this process's memory (a cluster)."""
     from kernels import shared_memory
 
-    ranges = plan_rows(plan)
+    # The rows of the workers really used, on the pool of the workers asked for; below
+    # the grain one task per worker used (its tiles rendered one after another).
+    used = effective_plan(plan)
+    ranges = plan_rows(used)
+    parts = min(used.workers, len(ranges)) if plan.below_grain else None
     kind = executors.executor_kind(plan.strategy)
     if not executors.shares_host_memory(kind):
         image = np.empty((plan.height, plan.width), dtype=np.int32)
-        results = executors.run_chunks(kind, run_task, _tasks(plan, ranges), plan.workers)
+        tasks = _tasks(plan, ranges)
+        if parts is None:
+            results = executors.run_chunks(kind, run_task, tasks, plan.workers)
+        else:
+            results = [rows for batch in executors.run_chunks(
+                kind, run_tasks, _batches(tasks, parts), plan.workers) for rows in batch]
         for (first, end), rows in zip(ranges, results, strict=True):
             image[first:end] = rows
         return image
@@ -413,13 +500,16 @@ def _run_pool(plan: _Plan) -> np.ndarray:
     try:
         image = segment.array
 
-        def make_tasks(handle: dict[str, Any]) -> list[tuple[Any, ...]]:
-            return [(handle, *task) for task in _tasks(plan, ranges)]
+        def make_tasks(handle: dict[str, Any]) -> list[Any]:
+            tasks = [(handle, *task) for task in _tasks(plan, ranges)]
+            return tasks if parts is None else _batches(tasks, parts)
 
-        sums = executors.run_shared(kind, run_task_into,
+        sums = executors.run_shared(kind, run_task_into if parts is None else run_tasks_into,
                                     {"image": image}, make_tasks, plan.workers,
                                     what="the mandelbrot image",
                                     hint="lower width and height (the size)")
+        if parts is not None:
+            sums = [total for batch in sums for total in batch]
         for (first, end), want in zip(ranges, sums, strict=True):
             # An executor that hands tasks a copy of the image (one that scatters it to
             # remote workers) would lose the rows: refuse rather than return zeros.
@@ -501,6 +591,23 @@ def plan(
     errors); :func:`plan_rows` and :func:`plan_tasks` show its bands. For benchmarks
     that time one band alone (timing lives there, not here)."""
     return _plan(width, height, max_iter, region, strategy, inner, workers, schedule)
+
+
+def workers_used(
+    width: int,
+    height: int,
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    region: tuple[float, float, float, float] = DEFAULT_REGION,
+    strategy: str = "numba",
+    workers: int | None = None,
+    schedule: str = DEFAULT_SCHEDULE,
+    inner: str | None = None,
+) -> int:
+    """Workers :func:`render` runs on for these arguments (same checks): fewer than
+    ``workers`` below :data:`MIN_GRAIN` worst-case pixel-iterations per worker or with
+    fewer rows than workers; 1 for python and numpy."""
+    return _plan(width, height, max_iter, region, strategy, inner, workers, schedule).workers_used
 
 
 def plan_tasks(plan: _Plan) -> list[Task]:

@@ -53,7 +53,8 @@ def side_for(size: int) -> int:
 
 
 def cores_used(strategy: str, workers: int) -> int:
-    """Cores a strategy is given: ``workers`` for the parallel ones, 1 for python/numpy."""
+    """Cores a strategy is given: ``workers`` for the parallel ones, 1 for python/numpy.
+    What a render really runs on can be fewer (``_Plan.workers_used``)."""
     return 1 if strategy in _SERIAL_STRATEGIES else workers
 
 
@@ -101,7 +102,7 @@ def make_case(
     def describe(counts: np.ndarray, seconds: float) -> dict[str, Any]:
         total = checksum(counts)
         known = KNOWN_CHECKSUMS.get((plan.width, plan.max_iter, view))
-        cores = cores_used(plan.strategy, plan.workers)
+        cores = plan.workers_used
         return {
             "checksum": total,
             "correct": None if known is None else total == known,
@@ -110,8 +111,9 @@ def make_case(
             "ns_per_iteration_per_core": seconds * cores / total * 1e9,
         }
 
+    # workers_used: the workers that really ran (fewer than asked below MIN_GRAIN).
     fields = {"width": plan.width, "height": plan.height, "max_iter": plan.max_iter,
-              "schedule": plan.schedule, "view": view}
+              "schedule": plan.schedule, "view": view, "workers_used": plan.workers_used}
     return registry.Case(run=run, describe=describe, fields=fields)
 
 

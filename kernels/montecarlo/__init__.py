@@ -39,6 +39,7 @@ __all__ = [
     "unavailable_reason",
     "verify",
     "verify_cases",
+    "workers_used",
 ]
 
 STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES)
@@ -64,6 +65,31 @@ TASKS_PER_WORKER = 8
 # waits; the ``numba`` strategy returns to Python after this many samples per worker.
 # A task is never less than one chunk, so a chunk_size past these bounds sets the wait.
 MAX_TASK_SAMPLES = {"numba": 1 << 26, "numpy": 1 << 25, "python": 1 << 20}
+
+#: A grain no input reaches: the label never splits (a chunk kernel that holds the GIL on
+#: threads: a second thread only takes turns with the first).
+NEVER = 1 << 62
+#: The minimum grain: samples per worker below which a second worker costs more than it
+#: saves, by strategy label (``registry.label``). A call runs on ``workers_used`` =
+#: min(workers, chunks, samples // grain) workers (at least one); below ``grain *
+#: workers`` the pool strategies send one task per worker used (a round trip each, not
+#: TASKS_PER_WORKER), and one worker of the ``numba`` strategy runs without numba's
+#: thread pool. Chunks are keyed by index, so the hits do not change. Each grain is
+#: twice the measured cost of going parallel (a prange launch, a pool round trip) times
+#: the measured samples per second of one worker: docs/montecarlo.md ("Minimum grain")
+#: has the command and the figures. A label not listed is split as asked.
+MIN_GRAIN: dict[str, int] = {
+    "numba": 1 << 22,
+    "threaded:numba": 1 << 19,
+    "threaded:numpy": 1 << 20,
+    "threaded:python": NEVER,
+    "multiprocess:numba": 1 << 22,
+    "multiprocess:numpy": 1 << 20,
+    "multiprocess:python": 1 << 16,
+    "distributed:numba": 1 << 25,
+    "distributed:numpy": 1 << 23,
+    "distributed:python": 1 << 18,
+}
 
 _SERIAL_STRATEGIES = ("python", "numpy")
 
@@ -180,6 +206,28 @@ class _Plan:
     def n_chunks(self) -> int:
         return _n_chunks(self.samples, self.chunk_size)
 
+    @property
+    def grain(self) -> int | None:
+        """:data:`MIN_GRAIN` of this plan's strategy and chunk kernel (None: not listed)."""
+        if self.strategy in _SERIAL_STRATEGIES:
+            return None
+        return MIN_GRAIN.get(registry.label(self.strategy, self.inner))
+
+    @property
+    def workers_used(self) -> int:
+        """Workers the plan runs on: ``workers`` cut to one per grain of samples and one
+        per chunk, at least one (1 for python and numpy)."""
+        if self.strategy in _SERIAL_STRATEGIES:
+            return 1
+        if self.grain is None:
+            return min(self.workers, self.n_chunks)
+        return max(1, min(self.workers, self.n_chunks, self.samples // self.grain))
+
+    @property
+    def below_grain(self) -> bool:
+        """True when the samples are below the grain of ``workers`` workers."""
+        return self.grain is not None and self.samples < self.grain * self.workers
+
 
 def _plan(
     samples: Any,
@@ -274,7 +322,19 @@ def make_tasks(plan: _Plan, n_tasks: int) -> list[Task]:
     return tasks
 
 
+def run_tasks(tasks: list[Task]) -> int:
+    """Hits of several tasks run one after another: the one pool task per worker used
+    below the grain (module level, so that process-pool workers find it)."""
+    return sum(run_task(task) for task in tasks)
+
+
+def _batches(tasks: list[Task], parts: int) -> list[list[Task]]:
+    """``tasks`` cut into ``parts`` contiguous runs (one per worker used)."""
+    return [tasks[k * len(tasks) // parts : (k + 1) * len(tasks) // parts] for k in range(parts)]
+
+
 def _run(plan: _Plan) -> int:
+    used = plan.workers_used
     if plan.strategy == "numba":
         import numpy as np
 
@@ -282,9 +342,17 @@ def _run(plan: _Plan) -> int:
 
         key = np.uint64(jit.seed_key(np.uint64(plan.seed)))
         # Batches of chunks_per_task chunks per worker, so that Ctrl-C is seen between them.
-        batch = chunks_per_task(plan) * plan.workers
+        batch = chunks_per_task(plan) * used
         hits = 0
-        with executors.limit_threads(plan.workers), executors.interrupt_guard() as check:
+        if used == 1:
+            # One worker: the serial kernel, no thread pool to wake or cap.
+            with executors.interrupt_guard() as check:
+                for first in range(0, plan.n_chunks, batch):
+                    count = min(batch, plan.n_chunks - first)
+                    hits += int(jit.range_hits(key, first, count, plan.chunk_size, plan.samples))
+                    check()
+            return hits
+        with executors.limit_threads(used), executors.interrupt_guard() as check:
             for first in range(0, plan.n_chunks, batch):
                 count = min(batch, plan.n_chunks - first)
                 hits += int(jit.parallel_hits(key, first, count, plan.chunk_size, plan.samples))
@@ -292,8 +360,11 @@ def _run(plan: _Plan) -> int:
         return hits
     if plan.strategy in _SERIAL_STRATEGIES:
         return sum(executors.run_chunks("serial", run_task, make_tasks(plan, 1), plan.workers))
-    tasks = make_tasks(plan, TASKS_PER_WORKER * plan.workers)
+    tasks = make_tasks(plan, TASKS_PER_WORKER * used)
     kind = executors.executor_kind(plan.strategy)
+    if plan.below_grain:
+        batches = _batches(tasks, min(used, len(tasks)))
+        return sum(executors.run_chunks(kind, run_tasks, batches, plan.workers))
     return sum(executors.run_chunks(kind, run_task, tasks, plan.workers))
 
 
@@ -335,8 +406,23 @@ _CASE_OPTIONS = ("chunk_size",)
 
 
 def cores_used(strategy: str, workers: int) -> int:
-    """Cores a strategy is given: ``workers`` for the parallel ones, 1 for python/numpy."""
+    """Cores a strategy is given: ``workers`` for the parallel ones, 1 for python/numpy.
+    What a call really runs on can be fewer: :func:`workers_used`."""
     return 1 if strategy in _SERIAL_STRATEGIES else workers
+
+
+def workers_used(
+    samples: int,
+    *,
+    strategy: str = "numba",
+    workers: int | None = None,
+    inner: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Workers ``estimate_pi`` runs on for these arguments (same checks): fewer than
+    ``workers`` below :data:`MIN_GRAIN` samples per worker or with fewer chunks than
+    workers; 1 for python and numpy."""
+    return _plan(samples, strategy, workers, 0, inner, chunk_size).workers_used
 
 
 def check_case(
@@ -400,10 +486,12 @@ def make_case(
             "error_in_stderr": result.error_in_stderr,
             "hits": result.hits,
             "ns_per_sample": ns_per_sample,
-            "ns_per_sample_per_core": ns_per_sample * cores_used(plan.strategy, plan.workers),
+            "ns_per_sample_per_core": ns_per_sample * plan.workers_used,
         }
 
-    return registry.Case(run=run, describe=describe, fields={"seed": plan.seed})
+    # workers_used: the workers that really ran (fewer than asked below MIN_GRAIN).
+    fields = {"seed": plan.seed, "workers_used": plan.workers_used}
+    return registry.Case(run=run, describe=describe, fields=fields)
 
 
 # Small enough for the pure-Python kernel (~0.1 s), with many short chunks and a

@@ -69,6 +69,31 @@ MAX_CHUNK_SPAN = {"numba": 1 << 28, "numpy": 1 << 24, "python": 1 << 24}
 # prange runs this many ranges per worker between two returns to Python.
 RANGES_PER_BATCH = 2
 
+#: A grain no input reaches: the label never splits (a chunk kernel that holds the GIL on
+#: threads: a second thread only takes turns with the first).
+NEVER = 1 << 62
+#: The minimum grain: numbers of [0, n] per worker below which a second worker costs
+#: more than it saves, by strategy label (``registry.label``). A call runs on
+#: ``workers_used`` = min(workers, (n + 1) // grain) workers (at least one), and below
+#: ``grain * workers`` the pool strategies send one task per worker used, so that a
+#: small call pays one round trip instead of one per range. Each grain is about twice
+#: the measured cost of going parallel (a prange launch, a pool round trip) times the
+#: measured numbers per second of one worker: docs/sieve.md ("Minimum grain") has the
+#: command and the figures. A label not listed (a pool strategy registered later) is
+#: split as asked.
+MIN_GRAIN: dict[str, int] = {
+    "numba": 1 << 23,
+    "threaded:numba": 1 << 21,
+    "threaded:numpy": NEVER,
+    "threaded:python": NEVER,
+    "multiprocess:numba": 1 << 23,
+    "multiprocess:numpy": 1 << 23,
+    "multiprocess:python": 1 << 21,
+    "distributed:numba": 1 << 25,
+    "distributed:numpy": 1 << 23,
+    "distributed:python": 1 << 21,
+}
+
 
 SPEC = registry.KernelSpec(
     name="sieve",
@@ -130,6 +155,27 @@ def _check_args(
         hint="lower n: the base primes up to sqrt(n) and each range's offsets grow as sqrt(n)",
     )
     return n, strategy, inner, w
+
+
+def workers_used(n: int, strategy: str, inner: str | None, workers: int) -> int:
+    """Workers ``count_primes(n, strategy=..., inner=..., workers=workers)`` runs on:
+    ``workers`` cut to one per :data:`MIN_GRAIN` numbers and one per MIN_CHUNK_SPAN
+    (the shortest range), at least one; 1 for the one-core strategies; ``workers`` for
+    ``primesieve``, which spreads its own threads. Arguments as checked by
+    :func:`count_primes`."""
+    if strategy in SERIAL_STRATEGIES:
+        return 1
+    grain = MIN_GRAIN.get(registry.label(strategy, inner))
+    if strategy == "primesieve" or grain is None:
+        return workers
+    return max(1, min(workers, (n + 1) // grain, (n + 1) // MIN_CHUNK_SPAN))
+
+
+def _below_grain(n: int, strategy: str, inner: str | None, workers: int) -> bool:
+    """True when ``n`` is below the grain of ``workers`` workers (the call then sends
+    one task per worker used)."""
+    grain = MIN_GRAIN.get(registry.label(strategy, inner))
+    return grain is not None and (n + 1) < grain * workers
 
 
 def _prime_count_bound(x: int) -> int:
@@ -207,6 +253,16 @@ def _count_chunk(task: tuple[str, int, int, np.ndarray]) -> int:
     return CHUNK_KERNELS[inner](lo, hi, primes)
 
 
+def _count_chunks(tasks: list[tuple[str, int, int, np.ndarray]]) -> int:
+    """Pool task below the grain: several ranges counted one after another by one worker."""
+    return sum(_count_chunk(task) for task in tasks)
+
+
+def _batches(tasks: list[Any], parts: int) -> list[list[Any]]:
+    """``tasks`` cut into ``parts`` contiguous runs (one per worker used)."""
+    return [tasks[k * len(tasks) // parts : (k + 1) * len(tasks) // parts] for k in range(parts)]
+
+
 def count_primes(
     n: int,
     *,
@@ -240,10 +296,16 @@ def count_primes(
     if strategy == "numpy":
         with executors.limit_threads(1):
             return vectorized.count_range(0, n + 1, primes)
+    used = workers_used(n, strategy, inner, w)
     if strategy == "numba":
-        return _count_numba(n, w, primes)
+        return _count_numba(n, used, primes)
     kind = executors.executor_kind(strategy)
-    tasks = [(inner, lo, hi, primes) for lo, hi in plan_ranges(n, w, MAX_CHUNK_SPAN[inner])]
+    tasks = [(inner, lo, hi, primes) for lo, hi in plan_ranges(n, used, MAX_CHUNK_SPAN[inner])]
+    if _below_grain(n, strategy, inner, w):
+        # One task per worker used on the pool asked for: a round trip each, not one per
+        # range (the primes are pickled once per task: pickle shares the one array).
+        batches = _batches(tasks, min(used, len(tasks)))
+        return sum(executors.run_chunks(kind, _count_chunks, batches, w, reuse=reuse_pool))
     return sum(executors.run_chunks(kind, _count_chunk, tasks, w, reuse=reuse_pool))
 
 
@@ -308,7 +370,7 @@ def make_case(
 ) -> registry.Case:
     """A prepared ``count_primes(size, ...)`` call for the harness to time."""
     check_case(size, strategy=strategy, inner=inner, workers=workers, **options)
-    n, strategy, inner, _ = _check_args(size, strategy, inner, workers)
+    n, strategy, inner, w = _check_args(size, strategy, inner, workers)
 
     def run() -> int:
         return count_primes(n, strategy=strategy, workers=workers, inner=inner)
@@ -317,7 +379,10 @@ def make_case(
         known = KNOWN_PI.get(n)
         return {"count": count, "correct": None if known is None else count == known}
 
-    return registry.Case(run=run, describe=describe)
+    # workers_used: the workers that really ran (fewer than asked below MIN_GRAIN), for
+    # speed-ups and per-core figures.
+    fields = {"workers_used": workers_used(n, strategy, inner, w)}
+    return registry.Case(run=run, describe=describe, fields=fields)
 
 
 VERIFY_SIZES = (0, 1, 2, 3, 29, 30, 31, 100, 1000, 9973, 10**4, 65_537, 10**6)
