@@ -138,11 +138,11 @@ MIN_GRAIN: dict[str, int] = {
     "threaded:numba": 1 << 19,
     "threaded:numpy": NEVER,
     "threaded:python": NEVER,
-    "multiprocess:numba": 1 << 25,
-    "multiprocess:numpy": 1 << 19,
+    "multiprocess:numba": 1 << 26,
+    "multiprocess:numpy": 1 << 26,
     "multiprocess:python": 1 << 17,
     "distributed:numba": 1 << 27,
-    "distributed:numpy": 1 << 21,
+    "distributed:numpy": 1 << 24,
     "distributed:python": 1 << 20,
 }
 

@@ -83,7 +83,7 @@ MIN_GRAIN: dict[str, int] = {
     "threaded:numba": 1 << 19,
     "threaded:numpy": 1 << 20,
     "threaded:python": NEVER,
-    "multiprocess:numba": 1 << 22,
+    "multiprocess:numba": 1 << 23,
     "multiprocess:numpy": 1 << 20,
     "multiprocess:python": 1 << 16,
     "distributed:numba": 1 << 25,
