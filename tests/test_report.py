@@ -286,7 +286,8 @@ def _attention_benches() -> dict[str, dict[str, Any]]:
             "values": kv_bytes, "type": "track", "unit": "bytes"},
         "bench_attention.Decode.track_kv_bytes_per_token": {
             "param_names": ["preset"], "params": [presets],
-            "values": lambda p: per_token[p["preset"]], "type": "track", "unit": "bytes"},
+            "values": lambda p: per_token[p["preset"]], "type": "track",
+            "unit": "bytes/token"},
     }
 
 
@@ -318,9 +319,13 @@ def test_param_roles_are_found_by_name():
     assert report.fmt_size(10**8) == "1e8" and report.fmt_size(4096) == "4,096"
 
 
-def test_attention_suite_layout_per_token_track_with_dtype(tmp_path):
+@pytest.mark.parametrize("units", [("bytes/token", "ratio"), ("bytes", "bytes")],
+                         ids=["declared", "stored-before-declared"])
+def test_attention_suite_layout_per_token_track_with_dtype(tmp_path, units):
     """The layout of benchmarks/bench_attention.py: bytes per token in its own class with a
-    dtype parameter, a ratio track that is not bytes, a GB/s track on fewer contexts."""
+    dtype parameter, a ratio track that is not bytes, a GB/s track on fewer contexts;
+    with the units the suite declares, and with those stored before (both "bytes")."""
+    per_token_unit, ratio_unit = units
     per_token = {"mha": 16384, "gqa": 4096, "mla": 2304}
     presets = list(per_token)
     dtypes = {"float32": 1, "float64": 2}
@@ -336,11 +341,11 @@ def test_attention_suite_layout_per_token_track_with_dtype(tmp_path):
         "bench_attention.Sizes.track_kv_bytes_per_token": {
             "param_names": ["preset", "dtype"], "params": [presets, list(dtypes)],
             "values": lambda p: per_token[p["preset"]] * dtypes[p["dtype"]],
-            "type": "track", "unit": "bytes"},
+            "type": "track", "unit": per_token_unit},
         "bench_attention.Sizes.track_kv_bytes_ratio_to_mha": {
             "param_names": ["preset", "dtype"], "params": [presets, list(dtypes)],
             "values": lambda p: per_token[p["preset"]] / per_token["mha"],
-            "type": "track", "unit": "bytes"},
+            "type": "track", "unit": ratio_unit},
         "bench_attention.Bandwidth.track_gbps": {
             "param_names": ["preset", "context", "strategy", "workers"],
             "params": [presets, [8192], ["numba"], [1, 2]],
@@ -357,6 +362,93 @@ def test_attention_suite_layout_per_token_track_with_dtype(tmp_path):
     assert "16" in cells and "80%" in cells
     names = {p.name for p in plots}
     assert {"attention_bandwidth.png", "attention_kv_bytes_per_token.png"} <= names
+
+
+# ---------------------------------------------------------------------------
+# Track kinds: declared by asv's unit, not guessed from names (issue 13)
+# ---------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _track(name: str, unit: str) -> asvresults.BenchmarkResult:
+    return asvresults.BenchmarkResult(name=name, param_names=(), params=(), values=(1.0,),
+                                      stats=(None,), samples=(None,), version="v",
+                                      type="track", unit=unit)
+
+
+def test_a_track_kind_is_its_declared_unit_not_its_name():
+    kinds = {unit: report.classify_track(_track("bench_k.T.track_anything", unit))
+             for unit in ("bytes", "bytes/token", "weight bytes", "FLOP", "GB/s", "GFLOP/s",
+                          "ratio", "x", "%", "seconds", "stderr", "unit")}
+    assert kinds == {"bytes": "bytes", "bytes/token": "per_token",
+                     "weight bytes": "weight_bytes", "FLOP": "flops", "GB/s": "gbps",
+                     "GFLOP/s": "gflops", "ratio": None, "x": None, "%": None,
+                     "seconds": None, "stderr": None, "unit": None}
+    # Names say nothing: a "gbps" in percent, a "per_token" in bytes, a "ratio" in GB/s.
+    assert report.classify_track(_track("bench_k.T.track_gbps", "%")) is None
+    assert report.classify_track(_track("bench_k.T.track_kv_per_token", "bytes")) == "bytes"
+    assert report.classify_track(_track("bench_k.T.track_ratio", "GB/s")) == "gbps"
+
+
+def test_legacy_units_apply_only_to_the_units_those_results_were_stored_with():
+    legacy = report.LEGACY_TRACK_UNITS
+    kinds = {name.rsplit(".", 1)[1]: report.classify_track(_track(name, unit))
+             for name, unit in legacy}
+    assert kinds == {"track_kv_bytes_per_token": "per_token",
+                     "track_kv_bytes_ratio_to_mha": None,
+                     "track_weight_bytes": "weight_bytes"}
+    for (name, unit), declared in legacy.items():
+        assert report.declared_unit(_track(name, unit)) == declared
+        # Stored since, with the declared unit, the one table decides alone.
+        assert report.declared_unit(_track(name, declared)) == declared
+        assert report.classify_track(_track(name, declared)) == report.TRACK_KINDS.get(declared)
+    # Another benchmark stored in "bytes" is bytes one call reads, whatever its name.
+    assert report.classify_track(_track("bench_k.T.track_kv_bytes_per_token", "bytes")) == (
+        "bytes")
+
+
+def test_the_suite_declares_the_kinds_the_report_joins():
+    """asv_runner's discovery (what asv writes to benchmarks.json) gives every joined track
+    of the suite its kind by unit alone, with no legacy entry."""
+    discovery = pytest.importorskip("asv_runner.discovery")
+    found = {b.name: b.unit for b in discovery.disc_benchmarks(str(REPO / "benchmarks"))
+             if b.name.split(".")[-1].startswith("track_")}
+    kinds = {name: report.TRACK_KINDS.get(unit) for name, unit in found.items()}
+    assert not {(name, found[name]) for name in found} & set(report.LEGACY_TRACK_UNITS)
+    expected = {
+        "bench_attention.Sizes.track_kv_bytes_per_token": "per_token",
+        "bench_attention.Sizes.track_kv_bytes_ratio_to_mha": None,
+        "bench_attention.StepCost.track_weight_bytes": "weight_bytes",
+        "bench_attention.StepCost.track_step_flops": "flops",
+        "bench_attention.Bandwidth.track_gbps": "gbps",
+        "bench_attention.Bandwidth.track_gflops": "gflops",
+        "bench_attention.Bandwidth.track_share_of_read_bw": None,
+    }
+    assert {n: kinds[n] for n in expected} == expected
+    # Every other track is a figure of its own (speed-ups, seconds, errors), joined to none.
+    assert {n: k for n, k in kinds.items() if n not in expected and k is not None} == {}
+
+
+def test_the_stored_reference_results_keep_their_joins():
+    """results/asv/benchmarks.json was written before units were declared (the per-token
+    track and the ratio to MHA both in "bytes"): read through the legacy table, the
+    reference run's decode table still gets bytes per token and the GB/s track."""
+    results = REPO / "results" / "asv"
+    stored = asvresults.load_benchmarks(results)
+    assert stored["bench_attention.Sizes.track_kv_bytes_per_token"]["unit"] == "bytes"
+    (run,) = asvresults.find_results(results, commit="f94a8c2c")
+    merged = list(run.benchmarks.values())
+    tracks = [b for b in merged if b.type == "track"]
+    kinds = {b.name.rsplit(".", 1)[1]: report.classify_track(b) for b in tracks
+             if asvresults.kernel_of(b.name) == "attention"}
+    assert kinds == {"track_gbps": "gbps", "track_share_of_read_bw": None,
+                     "track_kv_bytes_per_token": "per_token",
+                     "track_kv_bytes_ratio_to_mha": None}
+    (decode,) = [b for b in merged if b.name.endswith("TimeDecode.time_decode")]
+    table = report.build_table("attention", decode, tracks)
+    assert set(table.tracks) == {"gbps", "per_token"}
+    assert all(r.extra["per_token"] for r in table.rows)
 
 
 # ---------------------------------------------------------------------------
@@ -577,7 +669,7 @@ def test_attention_roofline_from_flop_and_weight_counts(tmp_path):
         "values": lambda p: flops[p["preset"]] * p["context"], "type": "track", "unit": "FLOP"}
     benches["bench_attention.Cost.track_weight_bytes"] = {
         "param_names": ["preset"], "params": [list(weights)],
-        "values": lambda p: weights[p["preset"]], "type": "track", "unit": "bytes"}
+        "values": lambda p: weights[p["preset"]], "type": "track", "unit": "weight bytes"}
     results = tmp_path / "asv"
     write_asv_results(results, benches)
     machine = _machine_json(tmp_path / "machine.json", {"1": 20.0, "2": 32.0}, fma=FMA)

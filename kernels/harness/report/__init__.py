@@ -1,7 +1,8 @@
 """The report: asv results + machine calibration -> results/report.md and results/plots/*.png.
 
 Reads, never writes, asv's results (see :mod:`kernels.harness.asvresults`). Nothing
-here knows a kernel's benchmarks by name; it finds them by convention:
+here knows a kernel's benchmarks by name; it finds them by convention and by asv's
+metadata:
 
 - the kernel is the benchmark's module name without ``bench_``
   (``bench_k.TimeRun.time_run`` -> ``k``); known kernels come
@@ -11,11 +12,11 @@ here knows a kernel's benchmarks by name; it finds them by convention:
   problem size (``size``, or a kernel spec's ``size_name``: ``n``, ``samples``,
   ``context``...), ``workers`` and ``preset``; any other parameter is kept as a column
   of its own;
-- ``time_*``/``timeraw_*`` benchmarks give the tables; ``track_*`` benchmarks
-  whose parameters are a subset of a time benchmark's are joined to it by name
-  or unit: bytes (``*bytes*``, unit ``bytes``) and GB/s give bandwidth,
-  ``*per_token*`` gives KV bytes per token, ``*flop*`` gives GFLOP/s (or, with unit
-  ``FLOP``, a FLOP count per call), ``*weight*bytes*`` the weight bytes a call reads;
+- ``time_*``/``timeraw_*`` benchmarks give the tables; a ``track_*`` benchmark declares
+  what it measures by its asv ``unit`` (:data:`.model.TRACK_KINDS`: ``bytes`` one call
+  reads, ``bytes/token``, ``weight bytes``, ``FLOP``, ``GB/s``, ``GFLOP/s``) and is
+  joined by it to the time benchmarks whose parameters it shares; results stored before
+  units were declared are read through :data:`.model.LEGACY_TRACK_UNITS`;
 - ``numpy`` on 1 worker is the speedup baseline; ``primesieve`` or ``torch``
   strategies are anchors that every strategy is compared with.
 
@@ -37,10 +38,13 @@ from kernels.harness.report.derived import (
     derive,
 )
 from kernels.harness.report.model import (
+    LEGACY_TRACK_UNITS,
+    TRACK_KINDS,
     Row,
     Table,
     build_table,
     classify_track,
+    declared_unit,
     param_roles,
 )
 from kernels.harness.report.plots import (
@@ -60,9 +64,10 @@ from kernels.harness.report.tables import (
 )
 
 __all__ = [
-    "anchor_names", "BASELINE", "Derived", "Row", "Table",
+    "anchor_names", "BASELINE", "Derived", "LEGACY_TRACK_UNITS", "Row", "Table", "TRACK_KINDS",
     "add_arguments", "baseline_size", "build_report", "build_table", "cache_bytes",
-    "classify_track", "derive", "fmt_bytes", "fmt_seconds", "fmt_size", "kernel_order", "main",
-    "markdown_table", "param_roles", "pick_run", "plot_bandwidth", "plot_kv_bytes",
-    "plot_roofline", "plot_scaling", "plot_speedup", "plot_time_vs_size", "render_table", "run",
+    "classify_track", "declared_unit", "derive", "fmt_bytes", "fmt_seconds", "fmt_size",
+    "kernel_order", "main", "markdown_table", "param_roles", "pick_run", "plot_bandwidth",
+    "plot_kv_bytes", "plot_roofline", "plot_scaling", "plot_speedup", "plot_time_vs_size",
+    "render_table", "run",
 ]

@@ -77,7 +77,7 @@ class Table:
     failed: list[str]
     skipped: int
     size_name: str | None
-    # kind (bytes, weight_bytes, gbps, per_token, flops, gflops) -> track
+    # kind (a value of TRACK_KINDS: bytes, per_token, weight_bytes, ...) -> track
     tracks: dict[str, BenchmarkResult]
 
     def lookup(self) -> dict[tuple[Any, ...], Row]:
@@ -109,24 +109,49 @@ def sort_key(x: Any) -> tuple[int, Any]:
     return (0, x) if isinstance(x, int | float) else (1, str(x))
 
 
+# What a ``track_`` benchmark measures is declared by the suite in asv's own metadata: the
+# benchmark's ``unit`` (asv stores it in benchmarks.json). The one table from unit to the
+# kind the report joins to a time benchmark's rows; a unit not listed ("x", "%",
+# "ratio", "seconds", "stderr"...) is a figure of its own, listed under "Other
+# measurements" and joined to nothing. docs/report.md explains each kind.
+TRACK_KINDS: dict[str, str] = {
+    "bytes": "bytes",  # bytes one call reads (its cache): GB/s = bytes / the row's time
+    "bytes/token": "per_token",  # KV-cache bytes per token: x context (x batch) = bytes
+    "weight bytes": "weight_bytes",  # weight bytes one call reads (roofline intensity)
+    "FLOP": "flops",  # FLOPs of one call: GFLOP/s = FLOP / the row's time
+    "GB/s": "gbps",  # a rate timed by the track itself
+    "GFLOP/s": "gflops",  # likewise
+}
+
+# Units whose values are byte counts (the report writes them in KiB, MiB, GiB), and those
+# of a bare number.
+BYTE_UNITS = ("bytes", "bytes/token", "weight bytes")
+UNITLESS = ("ratio",)
+
+# Results stored before the suites declared their kinds (issue 13): their benchmarks.json
+# (results/asv/benchmarks.json of the reference runs, and runs of that time) gave these
+# tracks unit "bytes", which TRACK_KINDS reads as bytes one call reads. Each maps
+# (benchmark name, the unit it was stored with) to the unit its benchmark declares now,
+# so an entry applies to those stored results only: a benchmarks.json written since
+# carries the declared unit itself. Add nothing here; a new track declares its unit.
+LEGACY_TRACK_UNITS: dict[tuple[str, str], str] = {
+    ("bench_attention.Sizes.track_kv_bytes_per_token", "bytes"): "bytes/token",
+    ("bench_attention.Sizes.track_kv_bytes_ratio_to_mha", "bytes"): "ratio",
+    ("bench_attention.StepCost.track_weight_bytes", "bytes"): "weight bytes",
+}
+
+
+def declared_unit(bench: BenchmarkResult) -> str:
+    """The unit a benchmark declares: the one asv stored for it, or, for results stored
+    before units were declared, the one in :data:`LEGACY_TRACK_UNITS`."""
+    unit = (bench.unit or "").strip()
+    return LEGACY_TRACK_UNITS.get((bench.name, unit), unit)
+
+
 def classify_track(track: BenchmarkResult) -> str | None:
-    """What a ``track_`` benchmark measures, from its name and unit; None if unknown."""
-    fname = asvresults.function_of(track.name).lower()
-    unit = (track.unit or "").lower()
-    if "ratio" in fname:
-        return None
-    if "per_token" in fname or "/token" in unit:
-        return "per_token"
-    if "flop" in fname or "flop" in unit:
-        # A count per call (unit FLOP) is not a rate (GFLOP/s).
-        return "flops" if unit in ("flop", "flops") else "gflops"
-    if "gbps" in fname or "bandwidth" in fname or "gb/s" in unit:
-        return "gbps"
-    if "weight" in fname and ("bytes" in fname or unit in ("bytes", "b")):
-        return "weight_bytes"
-    if "bytes" in fname or unit in ("bytes", "b"):
-        return "bytes"
-    return None
+    """What a ``track_`` benchmark measures, by its declared unit (:data:`TRACK_KINDS`,
+    :func:`declared_unit`); None for a figure the report joins to nothing."""
+    return TRACK_KINDS.get(declared_unit(track))
 
 
 def build_table(kernel: str, bench: BenchmarkResult,

@@ -10,7 +10,14 @@ from typing import Any
 from kernels.harness import asvresults
 from kernels.harness.asvresults import BenchmarkResult
 from kernels.harness.report.derived import BASELINE, Derived, anchor_of, baseline_size
-from kernels.harness.report.model import Row, Table, sort_key
+from kernels.harness.report.model import (
+    BYTE_UNITS,
+    UNITLESS,
+    Row,
+    Table,
+    declared_unit,
+    sort_key,
+)
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -176,9 +183,8 @@ def other_table(benches: list[BenchmarkResult]) -> str:
             if not p.ok:
                 continue
             params = ", ".join(f"{k}={v}" for k, v in p.params.items())
-            # A class-wide ``unit = "bytes"`` also lands on its ratio tracks.
-            ratio = "ratio" in asvresults.function_of(b.name)
-            value = (fmt_bytes(p.value) if b.unit == "bytes" and not ratio
-                     else f"{p.value:.4g}" + ("" if ratio else f" {b.unit}"))
+            unit = declared_unit(b)
+            value = (fmt_bytes(p.value) if unit in BYTE_UNITS
+                     else f"{p.value:.4g}" + ("" if unit in UNITLESS else f" {unit}"))
             rows.append([f"`{asvresults.function_of(b.name)}`", params, value])
     return markdown_table(["benchmark", "parameters", "value"], rows)
