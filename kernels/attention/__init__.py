@@ -45,8 +45,10 @@ from kernels.attention.decode import (
     decode,
     unavailable_reason,
 )
+from kernels.attention.precision import KV_DTYPES, KVDtype, kv_dtype
 
 __all__ = [
+    "KV_DTYPES", "KVDtype", "kv_dtype",
     "SPEC", "AttentionConfig", "Cache", "DEFAULT_SIZES", "KVCache", "KVConfig", "MLACache",
     "MLAConfig", "MLA_IMPLS", "PRESETS", "STRATEGIES", "cache_nbytes", "check_case", "decode",
     "fill_random",
@@ -113,11 +115,12 @@ def make_case(
         raise
     check_mla_impl(cache, impl)
     cache_bytes = cache.used_nbytes
-    fields: dict[str, Any] = {"preset": preset, "batch": cache.batch, "dtype": str(cache.dtype)}
+    fields: dict[str, Any] = {"preset": preset, "batch": cache.batch,
+                              "dtype": cache.kv_dtype.name}
     if impl is not None:
         fields["mla_impl"] = impl
     fields["cache_bytes"] = cache_bytes
-    cost = step_cost(config, int(size), cache.batch, dtype=cache.dtype, mla_impl=impl)
+    cost = step_cost(config, int(size), cache.batch, dtype=cache.kv_dtype, mla_impl=impl)
     fields["weight_bytes"] = cost.weight_bytes
     fields["flops"] = cost.flops
 
@@ -168,7 +171,7 @@ def step_temp_nbytes(
     if kernel not in ("numpy", "torch") or mla_impl == "naive":
         return 0
     copies = 2 if mla_impl == "absorbed" else 1
-    return copies * int(batch) * config.n_heads * int(length) * np.dtype(dtype).itemsize
+    return copies * int(batch) * config.n_heads * int(length) * kv_dtype(dtype).compute.itemsize
 
 
 def _check_case_memory(  # noqa: PLR0913
@@ -179,8 +182,8 @@ def _check_case_memory(  # noqa: PLR0913
     (in /dev/shm for ``multiprocess``), or the shared copy of a private ``source``, plus
     a step's temporaries."""
     source = options.get("source")
-    dtype = np.dtype(options.get("dtype") or (source.dtype if source is not None
-                                               else np.float32))
+    dtype = kv_dtype(options.get("dtype") or (source.kv_dtype if source is not None
+                                              else np.float32))
     extra = step_temp_nbytes(config, int(size), batch, dtype, strategy, inner, impl)
     shared = strategy == "multiprocess"
     if source is not None and (source.shared or not shared):
@@ -241,7 +244,7 @@ def _check_source(source: Any, config: Any, size: int, batch: int, dtype: Any) -
         raise TypeError(f"source must be a KVCache or MLACache, got {type(source).__name__}")
     wanted = {"config": config, "length": size, "batch": batch}
     if dtype is not None:
-        wanted["dtype"] = np.dtype(dtype)
+        wanted["kv_dtype"] = kv_dtype(dtype)
     for name, value in wanted.items():
         if getattr(source, name) != value:
             raise ValueError(f"source cache has {name} {getattr(source, name)!r}, "
@@ -353,6 +356,8 @@ SPEC = registry.KernelSpec(
         registry.Option("mla_impl", "MLA presets: naive or absorbed (default absorbed)",
                         choices=MLA_IMPLS),
         registry.Option("seed", "seed of the random cache and query", low=0, high=MAX_SEED),
+        registry.Option("dtype", "cache element type (default float32; bf16/fp16/int8 "
+                        "computed in float32)", choices=tuple(KV_DTYPES)),
     ),
     order=30,
 )

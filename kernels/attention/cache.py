@@ -10,6 +10,14 @@ Layouts (C order, capacity along the token axis so each head's rows are contiguo
   [n_heads, v_head_dim, kv_lora_rank] (``wkv_b`` of DeepSeek's code, split), which the
   decode step needs but which are not per-token cache.
 
+Element types (``dtype``, :mod:`kernels.attention.precision`): float32 and float64 are
+stored as they are; a ``bfloat16``, ``float16`` or ``int8`` cache takes float32 K/V and
+rounds them on entry (``cache.dtype`` is float32, ``cache.kv_dtype`` says how it
+stores). An int8 cache holds a float32 scale per token and head beside each quantised
+array (``k_scale``, ``v_scale``; MLA ``c_kv_scale``, ``k_pe_scale``), listed in
+:meth:`arrays` and ``token_axes`` like the values, so everything that ships a cache's
+tokens elsewhere ships them too.
+
 ``shared=True`` allocates the arrays in shared memory (for the ``multiprocess``
 strategy); ``close()`` unlinks them, and so does garbage collection or interpreter
 exit if ``close()`` was never called.
@@ -40,7 +48,9 @@ from kernels.attention.config import (
     MLAConfig,
     apply_rope,
     check_cache_dtype,
+    kv_bytes_per_token,
 )
+from kernels.attention.precision import KVDtype, encode, widen
 from kernels.shared_memory import SegmentSpec, SharedArray
 
 _share_ids = itertools.count(1)
@@ -65,7 +75,10 @@ class _CacheBase:
 
         self.capacity = _positive_int("capacity", capacity)
         self.batch = _positive_int("batch", batch)
-        self.dtype = check_cache_dtype(dtype)
+        #: How the cache stores its elements (float32, float64, bfloat16, float16, int8).
+        self.kv_dtype: KVDtype = check_cache_dtype(dtype)
+        #: What appends take and decode computes in: float32 (float64 for a float64 cache).
+        self.dtype = self.kv_dtype.compute
         self._length = 0
         self.shared = bool(shared)
         check_cache_memory(config, self.capacity, self.batch, self.dtype, shared=self.shared)
@@ -178,11 +191,45 @@ class _CacheBase:
             raise ValueError(f"{name} contains NaN or infinity")
         return x
 
+    def _scaled_names(self, names: tuple[str, ...]) -> None:
+        """Per instance: the value arrays ``names``, and for int8 a scale array after
+        each (``<name>_scale``, the value's shape without its last axis)."""
+        if self.kv_dtype.scaled:
+            self._names = tuple(n for v in self._names
+                                for n in ((v, f"{v}_scale") if v in names else (v,)))
+            self._cache_names = tuple(n for v in self._cache_names for n in (v, f"{v}_scale"))
+            self.token_axes = {n: self.token_axes[n.removesuffix("_scale")]
+                               for n in self._names}
+
+    def _alloc_values(self, name: str, shape: tuple[int, ...]) -> None:
+        self._alloc(name, shape, self.kv_dtype.storage)
+        if self.kv_dtype.scaled:
+            self._alloc(f"{name}_scale", shape[:-1], np.float32)
+
+    def _write(self, name: str, index: tuple, x: np.ndarray) -> None:
+        """Write ``x`` (already encoded by :meth:`_encode`) at ``index`` of ``name``."""
+        values, scale = x
+        self._writable[name][index] = values
+        if scale is not None:
+            self._writable[f"{name}_scale"][index] = scale
+
+    def _encode(self, name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return encode(x, self.kv_dtype, name)
+
+    def dequantized(self, name: str) -> np.ndarray:
+        """Array ``name`` (whole capacity) as the kernels see its values, in the compute
+        dtype: bf16/fp16 widened, int8 times its scales. A new array."""
+        stored = getattr(self, name)
+        scale = getattr(self, f"{name}_scale", None) if self.kv_dtype.scaled else None
+        if name not in self._cache_names:
+            return stored.copy()
+        return widen(stored, self.kv_dtype, scale).copy()
+
     def copy(self, *, shared: bool | None = None) -> Cache:
         """A copy with this config, capacity, batch, dtype, length and contents; in shared
         memory when ``shared`` (default: where this one is)."""
         new = make_cache(self.config, capacity=self.capacity, batch=self.batch,
-                         dtype=self.dtype, shared=self.shared if shared is None else shared)
+                         dtype=self.kv_dtype, shared=self.shared if shared is None else shared)
         try:
             new.load(self.arrays(), self.length)
         except BaseException:
@@ -219,9 +266,10 @@ class KVCache(_CacheBase):
             raise TypeError(f"KVCache needs a KVConfig, got {type(config).__name__}")
         super().__init__(config, capacity=capacity, batch=batch, dtype=dtype, shared=shared)
         self.config = config
+        self._scaled_names(("k", "v"))
         shape = (self.batch, config.n_kv_heads, self.capacity, config.head_dim)
-        self._alloc("k", shape, self.dtype)
-        self._alloc("v", shape, self.dtype)
+        self._alloc_values("k", shape)
+        self._alloc_values("v", shape)
 
     def _filled(self, a: np.ndarray) -> np.ndarray:
         return a[:, :, : self.length]
@@ -250,9 +298,11 @@ class KVCache(_CacheBase):
         self._check_room(n)
         positions = np.arange(self.length, self.length + n)
         rotated = apply_rope(k, positions, c.rope_theta, interleaved=False).astype(self.dtype)
+        k_enc, v_enc = self._encode("k", rotated), self._encode("v", v)
         t0 = self.length
-        self._writable["k"][:, :, t0 : t0 + n] = rotated
-        self._writable["v"][:, :, t0 : t0 + n] = v
+        index = (slice(None), slice(None), slice(t0, t0 + n))
+        self._write("k", index, k_enc)
+        self._write("v", index, v_enc)
         self._write_log.append(t0)
         self.length += n
 
@@ -287,10 +337,12 @@ class MLACache(_CacheBase):
             wkv_b = rng.standard_normal(wshape) * c.kv_lora_rank**-0.5
         elif not isinstance(wkv_b, np.ndarray) or wkv_b.shape != wshape:
             raise ValueError(f"wkv_b must be an array of shape {wshape}")
-        self._alloc("c_kv", (self.batch, self.capacity, c.kv_lora_rank), self.dtype)
-        self._alloc("k_pe", (self.batch, self.capacity, c.qk_rope_head_dim), self.dtype)
+        self._scaled_names(("c_kv", "k_pe"))
+        self._alloc_values("c_kv", (self.batch, self.capacity, c.kv_lora_rank))
+        self._alloc_values("k_pe", (self.batch, self.capacity, c.qk_rope_head_dim))
         # Split and made contiguous once, so each strategy reads plain [H, out, r] blocks.
         # Written here only: a cache's weights never change (load() rewrites them whole).
+        # In the compute dtype: the absorbed fold and W_UV are float32 matmuls.
         w_uk = self._alloc("w_uk", (c.n_heads, c.qk_nope_head_dim, c.kv_lora_rank), self.dtype)
         w_uv = self._alloc("w_uv", (c.n_heads, c.v_head_dim, c.kv_lora_rank), self.dtype)
         w_uk[...] = wkv_b[:, : c.qk_nope_head_dim]
@@ -320,9 +372,11 @@ class MLACache(_CacheBase):
         self._check_room(n)
         positions = np.arange(self.length, self.length + n)
         rotated = apply_rope(k_pe, positions, c.rope_theta, interleaved=True).astype(self.dtype)
+        c_enc, pe_enc = self._encode("c_kv", c_kv), self._encode("k_pe", rotated)
         t0 = self.length
-        self._writable["c_kv"][:, t0 : t0 + n] = c_kv
-        self._writable["k_pe"][:, t0 : t0 + n] = rotated
+        index = (slice(None), slice(t0, t0 + n))
+        self._write("c_kv", index, c_enc)
+        self._write("k_pe", index, pe_enc)
         self._write_log.append(t0)
         self.length += n
 
@@ -333,14 +387,13 @@ Cache = KVCache | MLACache
 def cache_nbytes(config: Any, capacity: int, batch: int = 1, dtype: Any = np.float32) -> int:
     """Bytes of every array a cache of these arguments allocates, at full capacity.
 
-    The per-token arrays (:func:`kv_bytes_per_token` x capacity x batch), plus for MLA
-    the up-projections ``w_uk``/``w_uv`` in the cache dtype. Computed from the arguments
-    alone, so it can be checked before anything is allocated.
+    The per-token arrays (:func:`kv_bytes_per_token` x capacity x batch, int8 scales
+    included), plus for MLA the up-projections ``w_uk``/``w_uv`` in the compute dtype.
+    Computed from the arguments alone, so it can be checked before anything is allocated.
     """
-    itemsize = np.dtype(dtype).itemsize
-    total = int(capacity) * int(batch) * config.elements_per_token() * itemsize
+    total = int(capacity) * int(batch) * kv_bytes_per_token(config, dtype)
     if isinstance(config, MLAConfig):
-        total += _mla_weight_elements(config) * itemsize
+        total += _mla_weight_elements(config) * check_cache_dtype(dtype).compute.itemsize
     return total
 
 
@@ -361,7 +414,7 @@ def check_cache_memory(
     """
     nbytes = cache_nbytes(config, capacity, batch, dtype)
     transient = _mla_weight_elements(config) * 8 if isinstance(config, MLAConfig) else 0
-    label = what or (f"an attention cache ({config.kind}, {np.dtype(dtype)}) of {param}="
+    label = what or (f"an attention cache ({config.kind}, {check_cache_dtype(dtype)}) of {param}="
                      f"{capacity} tokens x batch={batch}")
     memory.check(
         label,

@@ -14,12 +14,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kernels import registry
+from kernels.attention.precision import KV_DTYPES, SCALE_BYTES, KVDtype, kv_dtype
 
-#: Cache dtypes the kernels run on (the analytic table also knows 2-byte types).
-CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-# numpy has no bfloat16; the bytes-per-token table still wants it.
-_TWO_BYTE_NAMES = {"bfloat16": 2, "bf16": 2, "fp16": 2, "half": 2}
+#: Cache element types the kernels run on (names; see :mod:`kernels.attention.precision`).
+CACHE_DTYPES = tuple(KV_DTYPES)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -172,24 +170,30 @@ def get_preset(name: str) -> AttentionConfig:
 
 
 def dtype_itemsize(dtype: Any) -> int:
-    """Bytes per element of ``dtype`` (a numpy dtype, or 'bfloat16'/'bf16'/'fp16')."""
-    if isinstance(dtype, str) and dtype.lower() in _TWO_BYTE_NAMES:
-        return _TWO_BYTE_NAMES[dtype.lower()]
-    try:
-        return np.dtype(dtype).itemsize
-    except TypeError:
-        raise TypeError(f"dtype must be a numpy dtype or 'bfloat16', got {dtype!r}") from None
+    """Bytes per stored element of the cache type ``dtype`` (a numpy dtype, or a name:
+    'bfloat16'/'bf16', 'float16'/'fp16', 'int8', ...), not counting int8's scales."""
+    return kv_dtype(dtype).itemsize
+
+
+def scales_per_token(config: AttentionConfig) -> int:
+    """Scales an int8 cache keeps per token per layer: one per KV head for K and for V
+    (MHA/GQA/MQA), one for the latent and one for the rotary key (MLA)."""
+    return 2 * config.n_kv_heads if isinstance(config, KVConfig) else 2
 
 
 def kv_bytes_per_token(config: AttentionConfig, dtype: Any = np.float32) -> int:
     """Analytic cache size per token per layer, in bytes.
 
     MHA/GQA/MQA: ``2 * n_kv_heads * head_dim`` elements; MLA: ``kv_lora_rank +
-    qk_rope_head_dim`` elements. ``dtype`` is a numpy dtype or 'bfloat16'.
+    qk_rope_head_dim`` elements; times the stored element's bytes. ``int8`` adds its
+    float32 scales (:func:`scales_per_token`). ``dtype``: a numpy dtype or a name
+    ('bfloat16', 'float16', 'int8', ...).
     """
     if not isinstance(config, (KVConfig, MLAConfig)):
         raise TypeError(f"config must be a KVConfig or MLAConfig, got {type(config).__name__}")
-    return config.elements_per_token() * dtype_itemsize(dtype)
+    spec = kv_dtype(dtype)
+    scales = scales_per_token(config) * SCALE_BYTES if spec.scaled else 0
+    return config.elements_per_token() * spec.itemsize + scales
 
 
 class StepCost(NamedTuple):
@@ -229,7 +233,8 @@ def step_cost(config: AttentionConfig, context: int, batch: int = 1, *,
     """
     context = _positive_int("context", context)
     batch = _positive_int("batch", batch)
-    item = dtype_itemsize(dtype)
+    # The weights are kept in the compute dtype (float32 for bf16, fp16 and int8 caches).
+    item = kv_dtype(dtype).compute.itemsize
     cache_bytes = batch * context * kv_bytes_per_token(config, dtype)
     if isinstance(config, KVConfig):
         flops = 4 * config.n_heads * context * config.head_dim
@@ -249,15 +254,11 @@ def step_cost(config: AttentionConfig, context: int, batch: int = 1, *,
     return StepCost(batch * flops, cache_bytes, weight_bytes)
 
 
-def check_cache_dtype(dtype: Any) -> np.dtype:
-    """The cache dtype as a numpy dtype; ValueError unless float32 or float64."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in CACHE_DTYPES:
-        raise ValueError(f"dtype must be float32 or float64, got {dt}")
-    return dt
+def check_cache_dtype(dtype: Any) -> KVDtype:
+    """The cache element type (:class:`kernels.attention.precision.KVDtype`) of ``dtype``:
+    float32, float64, bfloat16 (bf16), float16 (fp16) or int8; ValueError or TypeError,
+    naming the accepted types, for anything else."""
+    return kv_dtype(dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,11 @@ MLA ``absorbed`` runs the generic split-key kernel on the latent cache (keys
 ``[c_kv | k_pe]``, values ``c_kv``) with ``q_latent = q_nope @ W_UK`` and applies
 ``W_UV`` after the merge; ``naive`` up-projects the latents per head in the chunk
 kernels.
+
+A bf16, fp16 or int8 cache (:mod:`kernels.attention.precision`) is computed in float32:
+the query is float32, the numba kernels widen each element as they load it, the NumPy
+kernel widens blocks of tokens, the Python kernels widen their range; the output is
+float32.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from kernels import executors, registry
 from kernels.attention import jit, reference, vectorized
 from kernels.attention.cache import Cache, KVCache, MLACache
 from kernels.attention.config import rotate_query
+from kernels.attention.precision import numba_view, widen
 
 STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES, "torch")
 MLA_IMPLS = ("naive", "absorbed")
@@ -132,6 +138,7 @@ class Problem:
         self.kind = "kv" if impl is None else impl
         self.length = cache.length
         self.dtype = dt
+        self.kv_dtype = cache.kv_dtype
         q = q_rot * c.scale
         if self.kind == "kv":
             self.q1 = q.astype(dt)
@@ -149,41 +156,84 @@ class Problem:
         self.w_uv = cache.w_uv if self.kind == "absorbed" else None
 
     def operands(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        """(k1, k2, v) views for the generic kernel, built from the cache arrays."""
+        """(k1, k2, v, ks1, ks2, vs) views for the generic kernel, built from the cache
+        arrays: keys, rotary keys, values and, for int8, their scales [B, Hkv, cap]
+        (otherwise empty [B, Hkv, 0])."""
         if self.kind == "kv":
             k = arrays["k"]
-            return k, np.zeros(k.shape[:3] + (0,), k.dtype), arrays["v"]
+            none = np.zeros(k.shape[:2] + (0,), np.float32)
+            k2 = np.zeros(k.shape[:3] + (0,), k.dtype)
+            if not self.kv_dtype.scaled:
+                return k, k2, arrays["v"], none, none, none
+            return k, k2, arrays["v"], arrays["k_scale"], none, arrays["v_scale"]
         latent = arrays["c_kv"][:, None]  # one shared "KV head": [B, 1, cap, r]
-        return latent, arrays["k_pe"][:, None], latent
+        if not self.kv_dtype.scaled:
+            none = np.zeros(latent.shape[:2] + (0,), np.float32)
+            return latent, arrays["k_pe"][:, None], latent, none, none, none
+        ls = arrays["c_kv_scale"][:, None]
+        return latent, arrays["k_pe"][:, None], latent, ls, arrays["k_pe_scale"][:, None], ls
+
+    def _latents(self, arrays: dict[str, np.ndarray], t0: int, t1: int) -> tuple:
+        """MLA's c_kv and k_pe over tokens [t0, t1), widened to the compute dtype."""
+        spec = self.kv_dtype
+        return tuple(
+            widen(arrays[n][:, t0:t1], spec,
+                  arrays[f"{n}_scale"][:, t0:t1] if spec.scaled else None)
+            for n in ("c_kv", "k_pe"))
+
+    def _widened(self, ops: tuple[np.ndarray, ...], t0: int, t1: int) -> tuple:
+        """(k1, k2, v) over tokens [t0, t1), widened to the compute dtype."""
+        k1, k2, v, ks1, ks2, vs = ops
+        spec = self.kv_dtype
+        pairs = ((k1, ks1), (k2, ks2), (v, vs))
+        return tuple(widen(a[:, :, t0:t1], spec, sc[:, :, t0:t1] if spec.scaled else None)
+                     for a, sc in pairs)
 
     def partial(
         self, inner: str, t0: int, t1: int, arrays: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Partial state (m, l, o) over tokens [t0, t1) with the ``inner`` chunk kernel."""
+        reduced = self.kv_dtype.reduced
         if self.kind == "naive":
-            args = (
-                self.q1,
-                self.q2,
-                arrays["c_kv"],
-                arrays["k_pe"],
-                arrays["w_uk"],
-                arrays["w_uv"],
-            )
-            if inner == "python":
-                return reference.naive_partial_python(*args, t0, t1)
-            if inner == "numpy":
-                return vectorized.naive_partial_numpy(*args, t0, t1)
+            if inner in ("python", "numpy"):
+                latents = self._latents(arrays, t0, t1) if reduced else (
+                    arrays["c_kv"][:, t0:t1], arrays["k_pe"][:, t0:t1])
+                args = (self.q1, self.q2, *latents, arrays["w_uk"], arrays["w_uv"],
+                        0, t1 - t0)
+                if inner == "python":
+                    return reference.naive_partial_python(*args)
+                return vectorized.naive_partial_numpy(*args)
             m, l, o = self._empty_state(arrays["w_uv"].shape[1])
-            jit.naive_partial_jit(*args, t0, t1, m, l, o)
+            jit.naive_partial_jit(self.q1, self.q2, *self._naive_numba(arrays), t0, t1,
+                                  m, l, o, *self._naive_scales(arrays))
             return m, l, o
-        k1, k2, v = self.operands(arrays)
+        ops = self.operands(arrays)
         if inner == "python":
-            return reference.partial_python(self.q1, k1, self.q2, k2, v, t0, t1)
+            if reduced:
+                k1, k2, v = self._widened(ops, t0, t1)
+                return reference.partial_python(self.q1, k1, self.q2, k2, v, 0, t1 - t0)
+            return reference.partial_python(self.q1, ops[0], self.q2, ops[1], ops[2], t0, t1)
         if inner == "numpy":
-            return vectorized.partial_numpy(self.q1, k1, self.q2, k2, v, t0, t1)
+            if reduced:
+                return vectorized.partial_numpy_blocked(
+                    self.q1, self.q2, t0, t1, lambda a, b: self._widened(ops, a, b))
+            return vectorized.partial_numpy(self.q1, ops[0], self.q2, ops[1], ops[2], t0, t1)
+        k1, k2, v, ks1, ks2, vs = ops
         m, l, o = self._empty_state(v.shape[3])
-        jit.partial_jit(self.q1, k1, self.q2, k2, v, t0, t1, m, l, o)
+        jit.partial_jit(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
+                        t0, t1, m, l, o, ks1, ks2, vs)
         return m, l, o
+
+    @staticmethod
+    def _naive_numba(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        return (numba_view(arrays["c_kv"]), numba_view(arrays["k_pe"]), arrays["w_uk"],
+                arrays["w_uv"])
+
+    def _naive_scales(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self.kv_dtype.scaled:
+            return arrays["c_kv_scale"], arrays["k_pe_scale"]
+        none = np.zeros((arrays["c_kv"].shape[0], 0), np.float32)
+        return none, none
 
     def _empty_state(self, dv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         B, H = self.q1.shape[:2]
@@ -198,21 +248,13 @@ class Problem:
         if self.kind == "naive":
             B, H = self.q1.shape[:2]
             out = np.empty((B, H, arrays["w_uv"].shape[1]), self.dtype)
-            jit.fused_naive(
-                self.q1,
-                self.q2,
-                arrays["c_kv"],
-                arrays["k_pe"],
-                arrays["w_uk"],
-                arrays["w_uv"],
-                self.length,
-                splits,
-                out,
-            )
+            jit.fused_naive(self.q1, self.q2, *self._naive_numba(arrays), self.length,
+                            splits, out, *self._naive_scales(arrays))
             return out
-        k1, k2, v = self.operands(arrays)
+        k1, k2, v, ks1, ks2, vs = self.operands(arrays)
         out = np.empty(self.q1.shape[:2] + (v.shape[3],), self.dtype)
-        jit.fused_decode(self.q1, k1, self.q2, k2, v, self.length, splits, out)
+        jit.fused_decode(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
+                         self.length, splits, out, ks1, ks2, vs)
         return self._project(out)
 
     def finish(self, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:

@@ -14,6 +14,13 @@ every V row once into all the group's accumulators. So each cached byte is read 
 per step whatever the group size (GQA/MQA never repeat K/V). The same kernel runs
 MLA absorbed: one "KV head" whose keys are ``[c_kv | k_pe]`` and whose values are
 ``c_kv``.
+
+Reduced-precision caches (:mod:`kernels.attention.precision`) run the same tiles: each
+cached element is widened to float32 where it is loaded (:func:`_wide`: bfloat16 bits
+shifted into a float32, float16 bits through ``fpext half``, int8 converted), and all
+arithmetic stays float32. An int8 cache's per-(token, head) scales are applied to
+whole dot products, not elements: a key's scale multiplies its score once, and a
+value's scale multiplies its softmax weight once before the value pass.
 """
 
 from __future__ import annotations
@@ -39,18 +46,47 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NEG = -3.0e38
 
 
+@intrinsic
+def _wide(typingctx, x):  # noqa: ARG001 (numba passes the typing context)
+    """One cached element as the kernels compute with it: float32 and float64 as they
+    are; uint16 as bfloat16 bits (``bits << 16`` is the float32, exactly); int16 as
+    float16 bits (``fpext half``: ``vcvtph2ps`` on x86); int8 converted to float32 (the
+    caller applies its scale). Plain IR, so LLVM vectorises the loops it sits in."""
+    f32 = ir.FloatType()
+
+    def same(context, builder, signature, args):  # noqa: ARG001
+        return args[0]
+
+    def bf16(context, builder, signature, args):  # noqa: ARG001
+        i32 = ir.IntType(32)
+        return builder.bitcast(builder.shl(builder.zext(args[0], i32), i32(16)), f32)
+
+    def fp16(context, builder, signature, args):  # noqa: ARG001
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), f32)
+
+    def i8(context, builder, signature, args):  # noqa: ARG001
+        return builder.sitofp(args[0], f32)
+
+    if x in (types.float32, types.float64):
+        return x(x), same
+    table = {types.uint16: bf16, types.int16: fp16, types.int8: i8}
+    if x in table:
+        return types.float32(x), table[x]
+    return None
+
+
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
 def _dot(a, b):
     acc = a.dtype.type(0)
     for i in range(a.shape[0]):
-        acc += a[i] * b[i]
+        acc += a[i] * _wide(b[i])
     return acc
 
 
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
 def _axpy(p, x, y):
     for i in range(x.shape[0]):
-        y[i] += p * x[i]
+        y[i] += p * _wide(x[i])
 
 
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
@@ -116,8 +152,9 @@ def _prefetch_rows(a, r0, r1, hi):
 
 
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
-def _scores(qa, K, tb, n, s, add, hi):  # noqa: PLR0915 (one unrolled register tile)
-    """s[g, t] (+)= qa[g] . K[tb + t] for the G query heads of qa and t < n.
+def _scores(qa, K, tb, n, s, add, hi, sc):  # noqa: PLR0913, PLR0915 (one unrolled tile)
+    """s[g, t] (+)= qa[g] . K[tb + t] (times sc[tb + t], if sc is not empty) for the G
+    query heads of qa and t < n.
 
     Four heads by four tokens at a time: each of the 16 dot products keeps its own
     vector accumulator, so every query load and every key load serves four products.
@@ -125,6 +162,7 @@ def _scores(qa, K, tb, n, s, add, hi):  # noqa: PLR0915 (one unrolled register t
     """
     G, d = qa.shape
     zero = s.dtype.type(0)
+    scaled = sc.shape[0] > 0
     t = 0
     while t + 4 <= n:
         k0 = K[tb + t]
@@ -143,10 +181,10 @@ def _scores(qa, K, tb, n, s, add, hi):  # noqa: PLR0915 (one unrolled register t
             a20 = a21 = a22 = a23 = zero
             a30 = a31 = a32 = a33 = zero
             for i in range(d):
-                x0 = k0[i]
-                x1 = k1[i]
-                x2 = k2[i]
-                x3 = k3[i]
+                x0 = _wide(k0[i])
+                x1 = _wide(k1[i])
+                x2 = _wide(k2[i])
+                x3 = _wide(k3[i])
                 y = q0[i]
                 a00 += y * x0
                 a01 += y * x1
@@ -172,26 +210,29 @@ def _scores(qa, K, tb, n, s, add, hi):  # noqa: PLR0915 (one unrolled register t
             for r in range(4):
                 row = tile[r]
                 for c in range(4):
-                    s[g + r, t + c] = row[c] + s[g + r, t + c] if add else row[c]
+                    val = row[c] * sc[tb + t + c] if scaled else row[c]
+                    s[g + r, t + c] = val + s[g + r, t + c] if add else val
             g += 4
         while g < G:
             qg = qa[g]
             a0 = a1 = a2 = a3 = zero
             for i in range(d):
                 y = qg[i]
-                a0 += y * k0[i]
-                a1 += y * k1[i]
-                a2 += y * k2[i]
-                a3 += y * k3[i]
+                a0 += y * _wide(k0[i])
+                a1 += y * _wide(k1[i])
+                a2 += y * _wide(k2[i])
+                a3 += y * _wide(k3[i])
             row = (a0, a1, a2, a3)
             for c in range(4):
-                s[g, t + c] = row[c] + s[g, t + c] if add else row[c]
+                val = row[c] * sc[tb + t + c] if scaled else row[c]
+                s[g, t + c] = val + s[g, t + c] if add else val
             g += 1
         t += 4
     while t < n:
         kr = K[tb + t]
         for g in range(G):
             a = _dot(qa[g], kr)
+            a = a * sc[tb + t] if scaled else a
             s[g, t] = a + s[g, t] if add else a
         t += 1
 
@@ -220,7 +261,7 @@ def _accumulate(s, V, tb, n, acc, hi):  # noqa: PLR0915 (one unrolled register t
             p20, p21, p22, p23 = s2[t], s2[t + 1], s2[t + 2], s2[t + 3]
             p30, p31, p32, p33 = s3[t], s3[t + 1], s3[t + 2], s3[t + 3]
             for i in range(dv):
-                x0, x1, x2, x3 = v0[i], v1[i], v2[i], v3[i]
+                x0, x1, x2, x3 = _wide(v0[i]), _wide(v1[i]), _wide(v2[i]), _wide(v3[i])
                 a0[i] = (((a0[i] + p00 * x0) + p01 * x1) + p02 * x2) + p03 * x3
                 a1[i] = (((a1[i] + p10 * x0) + p11 * x1) + p12 * x2) + p13 * x3
                 a2[i] = (((a2[i] + p20 * x0) + p21 * x1) + p22 * x2) + p23 * x3
@@ -231,7 +272,8 @@ def _accumulate(s, V, tb, n, acc, hi):  # noqa: PLR0915 (one unrolled register t
             p0, p1, p2, p3 = sg[t], sg[t + 1], sg[t + 2], sg[t + 3]
             ag = acc[g]
             for i in range(dv):
-                ag[i] = (((ag[i] + p0 * v0[i]) + p1 * v1[i]) + p2 * v2[i]) + p3 * v3[i]
+                ag[i] = ((((ag[i] + p0 * _wide(v0[i])) + p1 * _wide(v1[i]))
+                          + p2 * _wide(v2[i])) + p3 * _wide(v3[i]))
             g += 1
         t += 4
     while t < n:
@@ -281,11 +323,13 @@ def _scratch(G, dv, block, like):
 
 
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
-def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
+def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0913
     """Write the partial state over tokens [t0, t1) into m, l [B, H] and o [B, H, dv].
 
     q1 [B, H, d1], k1 [B, Hkv, cap, d1], q2 [B, H, d2], k2 [B, Hkv, cap, d2],
     v [B, Hkv, cap, dv]; queries pre-scaled; query head h reads KV head h // (H // Hkv).
+    K/V elements float32, float64, or stored narrow (see :func:`_wide`); ks1, ks2, vs
+    [B, Hkv, cap] are an int8 cache's scales of k1, k2, v rows ([B, Hkv, 0]: none).
     While it scores (and sums values) it prefetches the K (V) rows ``PREFETCH`` tokens
     ahead, a few per register tile: the hardware prefetchers stop at 4 KiB page edges,
     and without the hints a core waits on memory and computes in turn instead of at once.
@@ -308,14 +352,18 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
             K1 = k1[b, kh]
             K2 = k2[b, kh]
             V = v[b, kh]
+            S1 = ks1[b, kh]
+            S2 = ks2[b, kh]
+            SV = vs[b, kh]
+            vscaled = SV.shape[0] > 0
             mloc[:] = NEG
             lloc[:] = zero
             acc[:] = zero
             for tb in range(t0, t1, BLOCK):
                 n = min(BLOCK, t1 - tb)
-                _scores(qa, K1, tb, n, s, False, t1)
+                _scores(qa, K1, tb, n, s, False, t1, S1)
                 if d2:
-                    _scores(qb, K2, tb, n, s, True, t1)
+                    _scores(qb, K2, tb, n, s, True, t1, S2)
                 for g in range(G):
                     sg = s[g]
                     mx = _max(sg, n, mloc[g])
@@ -332,6 +380,9 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
                         total += sg[t]
                     lloc[g] = lloc[g] * corr + total
                     mloc[g] = mx
+                    if vscaled:  # each value row's scale, once per weight
+                        for t in range(n):
+                            sg[t] *= SV[tb + t]
                     if corr != 1:
                         for i in range(dv):
                             acc[g, i] *= corr
@@ -343,16 +394,23 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o):  # noqa: PLR0913
 
 
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
-def naive_partial_jit(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, t0, t1, m, l, o):  # noqa: PLR0913
+def naive_partial_jit(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, t0, t1, m, l, o,  # noqa: PLR0913
+                      cs, ps):
     """MLA naive partial state over [t0, t1): every cached latent is up-projected to this
     head's key (w_uk[h] @ c_kv[t]) and value (w_uv[h] @ c_kv[t]) before it is used.
+    Each latent and rotary key row is widened (times its int8 scale from cs, ps [B, cap];
+    [B, 0]: none) once per use, O(r) against the O(r (nope + v)) projection.
     """
     B, H, nope = q_nope.shape
     rope = q_pe.shape[2]
     r = c_kv.shape[2]
     dv = w_uv.shape[1]
     zero = o.dtype.type(0)
+    one = o.dtype.type(1)
     acc = np.empty(dv, o.dtype)
+    lat = np.empty(r, o.dtype)
+    pe = np.empty(rope, o.dtype)
+    scaled = cs.shape[1] > 0
     for b in range(B):
         for h in range(H):
             mloc = o.dtype.type(NEG)
@@ -360,14 +418,20 @@ def naive_partial_jit(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, t0, t1, m, l, o):  #
             for i in range(dv):
                 acc[i] = zero
             for t in range(t0, t1):
+                sc = cs[b, t] if scaled else one
+                sp = ps[b, t] if scaled else one
+                for i in range(r):
+                    lat[i] = _wide(c_kv[b, t, i]) * sc
+                for i in range(rope):
+                    pe[i] = _wide(k_pe[b, t, i]) * sp
                 a = zero
                 for j in range(nope):
                     kj = zero
                     for i in range(r):
-                        kj += w_uk[h, j, i] * c_kv[b, t, i]
+                        kj += w_uk[h, j, i] * lat[i]
                     a += q_nope[b, h, j] * kj
                 for i in range(rope):
-                    a += q_pe[b, h, i] * k_pe[b, t, i]
+                    a += q_pe[b, h, i] * pe[i]
                 if a > mloc:
                     corr = np.exp(mloc - a)
                     lloc *= corr
@@ -379,7 +443,7 @@ def naive_partial_jit(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, t0, t1, m, l, o):  #
                 for j in range(dv):
                     vj = zero
                     for i in range(r):
-                        vj += w_uv[h, j, i] * c_kv[b, t, i]
+                        vj += w_uv[h, j, i] * lat[i]
                     acc[j] += p * vj
             m[b, h] = mloc
             l[b, h] = lloc
@@ -416,8 +480,9 @@ def merge_partials(m, l, o, out):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def fused_decode(q1, k1, q2, k2, v, length, splits, out):
-    """One decode step: ``splits`` sequence ranges in parallel (prange), then the merge."""
+def fused_decode(q1, k1, q2, k2, v, length, splits, out, ks1, ks2, vs):  # noqa: PLR0913
+    """One decode step: ``splits`` sequence ranges in parallel (prange), then the merge
+    (scales as in :func:`partial_jit`)."""
     B, H = q1.shape[0], q1.shape[1]
     dv = v.shape[3]
     m = np.empty((splits, B, H), out.dtype)
@@ -425,13 +490,14 @@ def fused_decode(q1, k1, q2, k2, v, length, splits, out):
     o = np.empty((splits, B, H, dv), out.dtype)
     for s in prange(splits):
         partial_jit(
-            q1, k1, q2, k2, v, s * length // splits, (s + 1) * length // splits, m[s], l[s], o[s]
+            q1, k1, q2, k2, v, s * length // splits, (s + 1) * length // splits, m[s], l[s], o[s],
+            ks1, ks2, vs,
         )
     merge_partials(m, l, o, out)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def fused_naive(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, length, splits, out):
+def fused_naive(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, length, splits, out, cs, ps):  # noqa: PLR0913
     """MLA naive decode step: ``splits`` ranges in parallel, then the merge."""
     B, H = q_nope.shape[0], q_nope.shape[1]
     dv = w_uv.shape[1]
@@ -451,5 +517,7 @@ def fused_naive(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, length, splits, out):
             m[s],
             l[s],
             o[s],
+            cs,
+            ps,
         )
     merge_partials(m, l, o, out)

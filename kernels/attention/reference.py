@@ -24,7 +24,9 @@ def reference_decode(cache: Cache, query: np.ndarray, mla_impl: str = "naive") -
     """Attention output [batch, n_heads, out_dim], float64, of ``query`` over the cache.
 
     ``query`` [batch, n_heads, query_dim] is the new token's query before RoPE; it is
-    rotated at position ``cache.length - 1`` (the new token, already appended).
+    rotated at position ``cache.length - 1`` (the new token, already appended). A bf16,
+    fp16 or int8 cache is read as its stored values widened (int8 times its scales), so
+    this is the exact answer for what the cache holds.
     """
     c = cache.config
     L = cache.length
@@ -33,18 +35,20 @@ def reference_decode(cache: Cache, query: np.ndarray, mla_impl: str = "naive") -
     out = np.empty((B, H, c.out_dim))
     if isinstance(cache, KVCache):
         G = c.group
+        keys, values = cache.dequantized("k"), cache.dequantized("v")
         for b in range(B):
             for h in range(H):
-                K = cache.k[b, h // G, :L].astype(np.float64)
-                V = cache.v[b, h // G, :L].astype(np.float64)
+                K = keys[b, h // G, :L].astype(np.float64)
+                V = values[b, h // G, :L].astype(np.float64)
                 out[b, h] = _softmax_weighted(K @ q[b, h] * c.scale, V)
         return out
     nope = c.qk_nope_head_dim
     w_uk = cache.w_uk.astype(np.float64)
     w_uv = cache.w_uv.astype(np.float64)
+    c_kv, k_pe_all = cache.dequantized("c_kv"), cache.dequantized("k_pe")
     for b in range(B):
-        latent = cache.c_kv[b, :L].astype(np.float64)  # [L, r]
-        k_pe = cache.k_pe[b, :L].astype(np.float64)  # [L, rope]
+        latent = c_kv[b, :L].astype(np.float64)  # [L, r]
+        k_pe = k_pe_all[b, :L].astype(np.float64)  # [L, rope]
         for h in range(H):
             q_nope, q_pe = q[b, h, :nope], q[b, h, nope:]
             if mla_impl == "naive":

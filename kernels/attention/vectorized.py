@@ -8,10 +8,17 @@ range; :func:`kernels.attention.jit.merge_partials` combines states.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 #: Tokens up-projected at once by MLA naive (bounds the expanded K/V block in memory).
 NAIVE_BLOCK = 512
+
+#: Tokens of a bf16, fp16 or int8 cache widened to float32 at once by the NumPy kernel:
+#: 1024 GQA tokens are 8 MiB of float32 K and V (the widened cache would be 2-4x the
+#: cache itself, every step).
+WIDEN_BLOCK = 1024
 
 
 def _empty_state(B: int, H: int, dv: int, dtype: np.dtype):
@@ -73,4 +80,28 @@ def naive_partial_numpy(
         l = l * corr + p.sum(axis=-1)
         o = o * corr[..., None] + (p[:, :, None, :] @ V)[:, :, 0, :]
         m = m_new
+    return m, l, o
+
+
+def partial_numpy_blocked(
+    q1: np.ndarray, q2: np.ndarray, t0: int, t1: int,
+    widened: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    block: int = WIDEN_BLOCK,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`partial_numpy` over [t0, t1) of a reduced-precision cache: ``widened(a, b)``
+    gives (k1, k2, v) of tokens [a, b) in float32; each block's state is merged into the
+    running one (log-sum-exp), so only one widened block exists at a time."""
+    m = l = o = None
+    for tb in range(t0, t1, block):
+        k1, k2, v = widened(tb, min(tb + block, t1))
+        mb, lb, ob = partial_numpy(q1, k1, q2, k2, v, 0, k1.shape[2])
+        if m is None:
+            m, l, o = mb, lb, ob
+            continue
+        top = np.maximum(m, mb)
+        wa, wb = np.exp(m - top), np.exp(mb - top)
+        m, l, o = top, l * wa + lb * wb, o * wa[..., None] + ob * wb[..., None]
+    if m is None:  # an empty range
+        B, H = q1.shape[:2]
+        return _empty_state(B, H, widened(t0, t0)[2].shape[3], q1.dtype)
     return m, l, o

@@ -1,0 +1,295 @@
+"""Reduced-precision attention caches (bfloat16, float16, int8 with per-token-head scales):
+rounding on entry, bytes per token, bad dtypes refused, and every strategy against the
+float64 reference, both on what the cache holds (float32 accumulation only) and on the
+unrounded inputs (within the bound that the rounding of the inputs allows, derived in
+docs/attention.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernels.attention as A
+from kernels import executors, registry
+from kernels.attention import precision as P
+from kernels.attention.config import rotate_query
+from kernels.attention.reference import reference_decode
+
+REDUCED = ["bfloat16", "float16", "int8"]
+SMALL = [(name, impl) for name, c in A.SMALL_CONFIGS.items()
+         for impl in (A.MLA_IMPLS if isinstance(c, A.MLAConfig) else (None,))]
+LOCAL = [("python", None), ("numpy", None), ("numba", None), ("threaded", "numba"),
+         ("threaded", "numpy"), ("threaded", "python")]
+
+
+def _pair(config, dtype, length=67, batch=2, *, room=0, seed=5):
+    """A float32 cache and a ``dtype`` cache filled with the same float32 inputs (and
+    ``room`` tokens of capacity to spare)."""
+    exact = A.make_cache(config, capacity=length + room, batch=batch)
+    low = A.make_cache(config, capacity=length + room, batch=batch, dtype=dtype)
+    A.fill_random(exact, length, seed=seed)
+    A.fill_random(low, length, seed=seed)
+    return exact, low
+
+
+def _f32_slack(want: np.ndarray) -> float:
+    """What float32 accumulation may add (the float32 caches' tolerance, tests/test_attention)."""
+    scale = float(np.max(np.abs(want)))
+    return 2e-5 * max(1.0, scale) + 2e-4 * scale
+
+
+def _perturbation(low, exact, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(stored values widened, per-element bound on |stored - exact input|) of ``name``."""
+    spec = low.kv_dtype
+    x = exact.dequantized(name).astype(np.float64)
+    if spec.scaled:
+        half_step = getattr(low, f"{name}_scale").astype(np.float64)[..., None] / 2
+        return low.dequantized(name), np.broadcast_to(half_step, x.shape)
+    return low.dequantized(name), spec.u * np.abs(x) + spec.eta
+
+
+def _bound(low, exact, query) -> np.ndarray:
+    """The bound of docs/attention.md on |decode(low) - reference(exact)| per output
+    element: scores move by at most eps = max_t sum_i |q_i| dk_ti, so each softmax weight
+    by a factor within e^(+-2 eps), and |o~ - o| <= (e^(2 eps) - 1) max_t |v~_t| +
+    max_t dv_t (MLA: in the latent space, then through |W_UV|)."""
+    c = exact.config
+    L = exact.length
+    q = rotate_query(c, query, L - 1) * c.scale
+    if isinstance(exact, A.KVCache):
+        (_, dk), (v_lo, dv) = _perturbation(low, exact, "k"), _perturbation(low, exact, "v")
+        out = np.empty(q.shape)
+        for b in range(q.shape[0]):
+            for h in range(q.shape[1]):
+                kh = h // c.group
+                eps = np.max(dk[b, kh, :L] @ np.abs(q[b, h]))
+                out[b, h] = (np.expm1(2 * eps) * np.abs(v_lo[b, kh, :L]).max(axis=0)
+                             + dv[b, kh, :L].max(axis=0))
+        return out
+    (c_lo, dc), (_, dp) = _perturbation(low, exact, "c_kv"), _perturbation(low, exact, "k_pe")
+    nope = c.qk_nope_head_dim
+    q_lat = np.einsum("bhd,hdr->bhr", q[..., :nope], exact.w_uk.astype(np.float64))
+    out = np.empty(q.shape[:2] + (c.v_head_dim,))
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            eps = np.max(dc[b, :L] @ np.abs(q_lat[b, h]) + dp[b, :L] @ np.abs(q[b, h, nope:]))
+            latent = np.expm1(2 * eps) * np.abs(c_lo[b, :L]).max(axis=0) + dc[b, :L].max(axis=0)
+            out[b, h] = np.abs(exact.w_uv[h].astype(np.float64)) @ latent
+    return out
+
+
+# ---------------------------------------------------------------------------
+# element types: parsing, rounding, bytes
+# ---------------------------------------------------------------------------
+
+
+def test_dtype_names_and_aliases():
+    assert A.kv_dtype("bf16") is A.kv_dtype("bfloat16") is P.BFLOAT16
+    assert A.kv_dtype(np.float16) is A.kv_dtype("fp16") is P.FLOAT16
+    assert A.kv_dtype(np.int8).scaled and A.kv_dtype("float32") is P.FLOAT32
+    assert set(A.KV_DTYPES) == {"float32", "float64", "bfloat16", "float16", "int8"}
+    option = {o.name: o for o in A.SPEC.options}["dtype"]
+    assert set(option.choices) == set(A.KV_DTYPES)
+
+
+@pytest.mark.parametrize("bad,exc", [(np.int32, ValueError), (np.uint16, ValueError),
+                                     ("bf8", ValueError), ("fp8", ValueError),
+                                     (object(), TypeError), (None, TypeError)])
+def test_bad_dtypes_are_refused_naming_the_accepted_ones(bad, exc):
+    match = "dtype must be one of float32, float64, bfloat16, float16, int8"
+    with pytest.raises(exc, match=match):
+        A.make_cache(A.PRESETS["gqa"], capacity=2, dtype=bad)
+    with pytest.raises(exc, match=match):
+        A.kv_bytes_per_token(A.PRESETS["gqa"], bad)
+    if bad is not None:  # dtype=None means the default in make_case
+        with pytest.raises(exc, match=match):
+            A.check_case(8, strategy="numba", preset="gqa", dtype=bad)
+
+
+def test_cli_refuses_a_bad_dtype(capsys):
+    from kernels.harness import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--kernel", "attention", "--dtype", "fp8", "--size", "8"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_bfloat16_rounds_to_nearest_even_and_widens_exactly():
+    one_ulp = np.float32(2.0**-7)  # bf16 spacing at 1.0
+    x = np.array([1.0, 1 + one_ulp / 2, 1 + 1.5 * one_ulp, 1 + one_ulp / 2 + 2**-20,
+                  -3.0e38, 1e-40, 0.0], np.float32)
+    back = P.from_bfloat16(P.to_bfloat16(x))
+    want = np.array([1.0, 1.0, 1 + 2 * one_ulp, 1 + one_ulp, np.nan, np.nan, 0.0])
+    np.testing.assert_array_equal(back[:4], want[:4].astype(np.float32))  # ties to even
+    assert abs(back[4] / x[4] - 1) <= 2.0**-8 and back[6] == 0
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 100_000)
+    rel = np.abs(P.from_bfloat16(P.to_bfloat16(y)).astype(np.float64) / y - 1)
+    assert rel.max() <= 2.0**-8
+    exact = P.to_bfloat16(P.from_bfloat16(P.to_bfloat16(y)))  # representable: unchanged
+    np.testing.assert_array_equal(exact, P.to_bfloat16(y))
+
+
+def test_int8_quantisation_error_is_half_a_step():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 7, 64)) * rng.uniform(0.01, 100, (5, 7, 1))
+    x[0, 0] = 0  # an all-zero row
+    q, scale = P.quantize_int8(x)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (5, 7)
+    assert np.abs(q).max() == 127 and scale[0, 0] == 0 and not q[0, 0].any()
+    err = np.abs(q * scale.astype(np.float64)[..., None] - x)
+    assert np.all(err <= scale[..., None] / 2 * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("preset", list(A.PRESETS))
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_kv_bytes_per_token_is_real_cache_growth(preset, dtype):
+    config = A.PRESETS[preset]
+    cache = A.make_cache(config, capacity=4, dtype=dtype)
+    per_token = A.kv_bytes_per_token(config, dtype)
+    before = cache.used_nbytes
+    A.fill_random(cache, 3)
+    assert cache.used_nbytes - before == 3 * per_token
+    assert cache.nbytes == 4 * per_token
+    assert A.cache_nbytes(config, 4, 1, dtype) == sum(a.nbytes for a in cache.arrays().values())
+    f32 = A.kv_bytes_per_token(config, np.float32)
+    if dtype == "int8":  # one byte per element plus a float32 scale per token and head
+        heads = 2 * config.n_kv_heads if isinstance(config, A.KVConfig) else 2
+        assert per_token == f32 // 4 + 4 * heads
+    else:
+        assert per_token == f32 // 2
+    cost = A.step_cost(config, 100, dtype=dtype)
+    assert cost.cache_bytes == 100 * per_token
+    assert cost.weight_bytes == A.step_cost(config, 100).weight_bytes  # weights stay f32
+
+
+def test_deepseek_93_percent_figure():
+    """DeepSeek-V2 (60 layers of MLA, 576 cached values per token at ~6 bits) against
+    DeepSeek 67B (95 layers of GQA, 8 KV heads x 128, bf16): 93.3% smaller."""
+    v2 = 60 * A.PRESETS["mla"].elements_per_token() * 6 / 8
+    dense = 95 * A.kv_bytes_per_token(A.KVConfig(64, 8, 128), "bfloat16")
+    assert round(100 * (1 - v2 / dense), 1) == 93.3
+
+
+def test_reduced_cache_takes_float32_and_refuses_overflow_unchanged():
+    c = A.SMALL_CONFIGS["gqa-small"]
+    cache = A.make_cache(c, capacity=4, dtype="float16")
+    assert cache.dtype == np.float32 and cache.kv_dtype is P.FLOAT16
+    k = np.ones((1, 2, 16), np.float32)
+    with pytest.raises(TypeError, match="k must have dtype float32"):
+        cache.append(k.astype(np.float16), k)
+    with pytest.raises(ValueError, match="v has values beyond the float16 range"):
+        cache.append(k, k * 1e5)
+    assert cache.length == 0 and cache.generation == 0 and not cache.v.any()
+    cache.append(k, k)
+    assert cache.length == 1 and cache.v.dtype == np.float16
+
+
+def test_int8_cache_ships_its_scales_with_the_tokens():
+    for name in ("gqa-small", "mla-small"):
+        cache = A.make_cache(A.SMALL_CONFIGS[name], capacity=5, dtype="int8")
+        values = ("k", "v") if name == "gqa-small" else ("c_kv", "k_pe")
+        for v in values:
+            scale = f"{v}_scale"
+            assert scale in cache.arrays() and cache.token_axes[scale] == cache.token_axes[v]
+            assert not getattr(cache, scale).flags.writeable
+        A.fill_random(cache, 5)
+        copy = cache.copy(shared=True)
+        with copy:
+            for n, a in cache.arrays().items():
+                np.testing.assert_array_equal(copy.arrays()[n], a)
+    assert "k_scale" not in A.make_cache(A.SMALL_CONFIGS["gqa-small"], capacity=1).arrays()
+
+
+# ---------------------------------------------------------------------------
+# correctness: every preset's small config, every local strategy, the pools
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("small", SMALL, ids=lambda s: f"{s[0]}-{s[1] or 'kv'}")
+def test_local_strategies_match_the_float64_reference(dtype, small):
+    """On the stored values: float32-accumulation close. On the unrounded inputs: within
+    the rounding bound (docs/attention.md)."""
+    name, impl = small
+    exact, low = _pair(A.SMALL_CONFIGS[name], dtype)
+    q = A.random_query(exact, seed=9)
+    on_stored = reference_decode(low, q, "naive")
+    truth = reference_decode(exact, q, "naive")
+    bound = _bound(low, exact, q)
+    for strategy, inner in LOCAL:
+        got = A.decode(low, q, strategy=strategy, inner=inner, workers=2, mla_impl=impl)
+        assert got.dtype == (np.float64 if strategy == "python" else np.float32)
+        np.testing.assert_allclose(got, on_stored, rtol=0, atol=_f32_slack(on_stored))
+        assert np.all(np.abs(got - truth) <= bound + _f32_slack(truth)), (strategy, inner)
+    # The bound is not vacuous: the rounding error is there, and inside it.
+    err = np.abs(on_stored - truth)
+    assert 0 < err.max() and np.all(err <= bound)
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("preset", list(A.PRESETS))
+def test_real_presets_tiny_context(dtype, preset):
+    exact, low = _pair(A.PRESETS[preset], dtype, length=5, batch=1)
+    q = A.random_query(exact)
+    truth = reference_decode(exact, q, "naive")
+    got = A.decode(low, q, strategy="numba", workers=2)
+    assert np.all(np.abs(got - truth) <= _bound(low, exact, q) + _f32_slack(truth))
+
+
+POOLS = [("multiprocess", "numba"), ("distributed", "numba")]
+
+
+@pytest.fixture(scope="module")
+def pools():
+    """The Dask executor these tests warm, closed when the module's tests end."""
+    yield
+    if "distributed" in _available():
+        executors.get_executor("dask", 2).close()
+
+
+def _available() -> set[str]:
+    return {s for s, _ in registry.variants("attention")}
+
+
+@pytest.mark.parametrize("variant", POOLS, ids=lambda v: registry.label(*v))
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("name", ["gqa-small", "mla-small"])
+def test_pool_strategies_ship_reduced_caches(pools, variant, dtype, name):
+    strategy, inner = variant
+    if strategy not in _available():
+        pytest.skip(registry.unavailable_reason(A, strategy) or f"{strategy} unavailable")
+    exact, low = _pair(A.SMALL_CONFIGS[name], dtype, length=41, batch=1, room=1)
+    q = A.random_query(exact)
+    want = reference_decode(low, q, "naive")
+    got = A.decode(low, q, strategy=strategy, inner=inner, workers=2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=_f32_slack(want))
+    # A token appended after the first step reaches the workers too (shards resent).
+    rng = np.random.default_rng(3)
+    c = low.config
+    if isinstance(low, A.KVCache):
+        shape = (1, c.n_kv_heads, c.head_dim)
+        low.append(rng.standard_normal(shape).astype(np.float32),
+                   rng.standard_normal(shape).astype(np.float32) * 50)
+    else:
+        low.append(rng.standard_normal((1, c.kv_lora_rank)).astype(np.float32) * 50,
+                   rng.standard_normal((1, c.qk_rope_head_dim)).astype(np.float32))
+    want = reference_decode(low, q, "naive")
+    got = A.decode(low, q, strategy=strategy, inner=inner, workers=2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=_f32_slack(want))
+
+
+def test_make_case_and_fields_follow_the_dtype():
+    case = A.make_case(64, strategy="numba", preset="gqa", dtype="bf16")
+    try:
+        assert case.fields["dtype"] == "bfloat16"
+        assert case.fields["cache_bytes"] == 64 * A.kv_bytes_per_token(A.PRESETS["gqa"], "bf16")
+        assert case.run().dtype == np.float32
+    finally:
+        case.close()
+    source = A.make_cache(A.PRESETS["gqa"], capacity=16, dtype="int8")
+    A.fill_random(source, 16)
+    with pytest.raises(ValueError, match="kv_dtype"):
+        A.make_case(16, strategy="numba", preset="gqa", dtype="bf16", source=source)
+    case = A.make_case(16, strategy="numba", preset="gqa", dtype="int8", source=source)
+    assert case.fields["dtype"] == "int8"
