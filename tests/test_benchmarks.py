@@ -50,3 +50,19 @@ def test_compiling_variant_alone_gives_numba_an_empty_cache(suite: str) -> None:
     assert "NUMBA_CACHE_DIR" not in warm.timeraw_cold_start("numba", 1)
     fresh = compiling.timeraw_cold_start("numba", 1)
     assert fresh.index("NUMBA_CACHE_DIR") < fresh.index("from kernels")
+
+
+def test_alternating_speedup_is_the_median_of_paired_ratios(monkeypatch) -> None:
+    """The paired figures (Scaling, Anchor, ScheduleSpeedup) time both sides call by call
+    through kernels.harness.timing: baseline/other per round, median over the rounds."""
+    from kernels.harness import timing
+
+    common = _suite("common")
+    now = [0.0]
+    costs = iter([4.0, 1.0, 6.0, 2.0, 9.0, 1.0])  # rounds: 4x, 3x, 9x
+
+    def call() -> None:
+        now[0] += next(costs)
+
+    monkeypatch.setattr(timing, "perf_counter", lambda: now[0])
+    assert common.alternating_speedup(call, call, 3) == 4.0

@@ -210,3 +210,68 @@ def test_other_cpu_share_sees_a_busy_child_and_not_this_process():
             break
     assert own < idle + 0.3 / cores + 0.1
     assert other > idle + 0.5 / cores
+
+
+# ---------------------------------------------------------------------------
+# The one timing loop (kernels/harness/timing.py): runner, probes, paired ratios
+# ---------------------------------------------------------------------------
+
+
+class _Clock:
+    """A fake perf_counter: each call of a timed function moves it by that function's
+    cost, so seconds per call are exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.log: list[str] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def call(self, name: str, cost: float):
+        def fn() -> str:
+            self.log.append(name)
+            self.now += cost
+            return name
+        return fn
+
+
+def test_time_calls_warms_up_untimed_then_times_each_call(monkeypatch):
+    from kernels.harness import timing
+
+    clock = _Clock()
+    monkeypatch.setattr(timing, "perf_counter", clock)
+    result, times = timing.time_calls(clock.call("f", 2.0), repeat=3, warmup=2)
+    assert result == "f" and clock.log == ["f"] * 5 and times == [2.0, 2.0, 2.0]
+    assert timing.time_once(lambda x: x * 2, 21) == (42, 0.0)
+
+
+def test_alternate_times_callables_in_turn_with_shared_clock_reads(monkeypatch):
+    from kernels.harness import timing
+
+    clock = _Clock()
+    monkeypatch.setattr(timing, "perf_counter", clock)
+    fns = [clock.call("a", 3.0), clock.call("b", 1.0), clock.call("c", 0.5)]
+    times = timing.alternate(fns, rounds=2, warmup=1)
+    assert clock.log == ["a", "b", "c"] * 3
+    assert times == [[3.0, 3.0], [1.0, 1.0], [0.5, 0.5]]
+    with pytest.raises(ValueError, match="at least one callable"):
+        timing.alternate([], rounds=1)
+
+
+def test_alternate_measures_real_sleeps():
+    from kernels.harness import timing
+
+    slow, fast = timing.alternate([lambda: time.sleep(0.02), lambda: time.sleep(0.005)], 3)
+    assert len(slow) == len(fast) == 3
+    assert all(s >= 0.02 and f >= 0.005 for s, f in zip(slow, fast, strict=True))
+
+
+def test_runner_and_probes_time_through_the_one_loop(monkeypatch):
+    from kernels.harness import probes, runner, timing
+
+    clock = _Clock()
+    monkeypatch.setattr(timing, "perf_counter", clock)
+    assert runner.time_call(clock.call("run", 0.25), repeat=2, warmup=1) == ("run", [0.25, 0.25])
+    median, times = probes._median_seconds(clock.call("probe", 0.5), repeats=3)
+    assert (median, times) == (0.5, [0.5, 0.5, 0.5]) and clock.log.count("probe") == 4

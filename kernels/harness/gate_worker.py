@@ -5,7 +5,11 @@ asks them in turn for short rounds of samples, so that both commits are timed wi
 the same seconds. This file runs as a script by path, from the checkout that runs the
 gate, and imports nothing of kernelrace itself: the commit under test may be older
 than the gate (or not have it at all), so the worker takes ``benchmarks`` and
-``kernels`` from ``--root`` alone and checks that it did.
+``kernels`` from ``--root`` alone and checks that it did. For the same reason its
+timing loop (``TIMER``, the ``sample`` command) stays here, written out, and does not
+use :mod:`kernels.harness.timing`, the loop the rest of the harness shares: a commit
+from before that module would not have it. Keep the two alike (``perf_counter``, one
+call per reading unless ``number`` says more).
 
 The benchmarks are asv's: module ``benchmarks.bench_*``, classes or functions with
 ``time_*`` methods, ``params`` / ``param_names``, ``setup`` / ``teardown`` (asv skips a
@@ -34,6 +38,7 @@ import sys
 import time
 import traceback
 
+# Standalone on purpose (see the docstring): not kernels.harness.timing.
 TIMER = time.perf_counter
 
 

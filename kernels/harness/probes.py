@@ -25,9 +25,10 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
+
+from kernels.harness import timing
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -78,12 +79,8 @@ def _kernels() -> dict[str, Callable[..., Any]]:
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up: compile, fault in pages, spin up the thread pool
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    # One warm-up call: compile, fault in pages, spin up the thread pool.
+    _, times = timing.time_calls(fn, max(1, repeats), warmup=1)
     return statistics.median(times), times
 
 
@@ -146,9 +143,7 @@ class ReadStream:
         from kernels.executors import limit_threads
 
         with limit_threads(self.workers):
-            t0 = time.perf_counter()
-            self._read(self.array)
-            seconds = time.perf_counter() - t0
+            _, seconds = timing.time_once(self._read, self.array)
         return self.nbytes / seconds / 1e9
 
 
@@ -313,12 +308,15 @@ def _fma_rounds_for(dtype: str, seconds: float) -> int:
     kernel(acc, m, c, 1)  # compile first: the compile time is no measure of the loop
     rounds = 256
     while True:
-        t0 = time.perf_counter()
-        kernel(acc, m, c, rounds)
-        took = time.perf_counter() - t0
+        _, took = timing.time_once(kernel, acc, m, c, rounds)
         if took > 0.02 or rounds >= 1 << 40:
             return max(1, int(rounds * seconds / took))
         rounds *= 8
+
+
+def _join_all(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join()
 
 
 def _fma_wall_seconds(dtype: str, workers: int, rounds: int) -> float:
@@ -340,10 +338,7 @@ def _fma_wall_seconds(dtype: str, workers: int, rounds: int) -> float:
     for t in threads:
         t.start()
     barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - t0
+    _, seconds = timing.time_once(_join_all, threads)
     if errors:
         raise errors[0]
     return seconds

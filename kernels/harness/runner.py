@@ -2,18 +2,19 @@
 
 This is what ``kernelrace run`` uses; asv is the tool for history. Each point is
 prepared by the kernel's ``make_case`` (untimed), run ``warmup`` times (JIT compile,
-pool start, first touch), then timed ``repeat`` times with ``perf_counter``.
+pool start, first touch), then timed ``repeat`` times with ``perf_counter``
+(:mod:`kernels.harness.timing`).
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from kernels import executors, registry
+from kernels.harness import timing
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,9 @@ def grid(
 
 
 def time_call(fn: Callable[[], Any], repeat: int, warmup: int) -> tuple[Any, list[float]]:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeat`` times timed; seconds per run."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return result, times
+    """Run ``fn`` ``warmup`` times untimed, then ``repeat`` times timed; seconds per run
+    (the harness's one loop, :func:`kernels.harness.timing.time_calls`)."""
+    return timing.time_calls(fn, repeat, warmup)
 
 
 def run_point(
