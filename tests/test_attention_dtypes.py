@@ -293,3 +293,30 @@ def test_make_case_and_fields_follow_the_dtype():
         A.make_case(16, strategy="numba", preset="gqa", dtype="bf16", source=source)
     case = A.make_case(16, strategy="numba", preset="gqa", dtype="int8", source=source)
     assert case.fields["dtype"] == "int8"
+
+
+def test_torch_refuses_int8_before_any_work():
+    P.check_torch_dtype("numba", "int8")
+    P.check_torch_dtype("torch", "bf16")
+    with pytest.raises(ValueError, match="strategy torch .* takes dtype"):
+        P.check_torch_dtype("torch", "int8")
+    if not A.unavailable_reason("torch"):
+        with pytest.raises(ValueError, match="strategy torch .* takes dtype"):
+            A.check_case(8, strategy="torch", preset="gqa", dtype="int8")
+
+
+@pytest.mark.anchors
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("small", SMALL[:1] + SMALL[-1:], ids=lambda s: s[0])
+def test_torch_anchor_in_reduced_precision(dtype, small):
+    """torch computes with a query rounded to the cache's type, so it is held to the bound
+    with the query's rounding added (twice the element bound, loosely)."""
+    if A.unavailable_reason("torch"):
+        pytest.skip(A.unavailable_reason("torch"))
+    name, _ = small
+    exact, low = _pair(A.SMALL_CONFIGS[name], dtype, batch=1)
+    q = A.random_query(exact)
+    truth = reference_decode(exact, q, "naive")
+    got = A.decode(low, q, strategy="torch", workers=1)
+    assert got.dtype == np.float32
+    assert np.all(np.abs(got - truth) <= 3 * _bound(low, exact, q) + _f32_slack(truth))

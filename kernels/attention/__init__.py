@@ -45,7 +45,7 @@ from kernels.attention.decode import (
     decode,
     unavailable_reason,
 )
-from kernels.attention.precision import KV_DTYPES, KVDtype, kv_dtype
+from kernels.attention.precision import KV_DTYPES, KVDtype, check_torch_dtype, kv_dtype
 
 __all__ = [
     "KV_DTYPES", "KVDtype", "kv_dtype",
@@ -225,7 +225,7 @@ def _check_case_args(  # noqa: PLR0913
     else:
         impl = None
     if options.get("dtype") is not None:
-        check_cache_dtype(options["dtype"])
+        check_torch_dtype(strategy, check_cache_dtype(options["dtype"]))
     seed = _check_seed(options.get("seed", 0))
     return strategy, inner, workers, config, impl, seed
 

@@ -33,7 +33,7 @@ from kernels import executors, registry
 from kernels.attention import jit, reference, vectorized
 from kernels.attention.cache import Cache, KVCache, MLACache
 from kernels.attention.config import rotate_query
-from kernels.attention.precision import numba_view, widen
+from kernels.attention.precision import check_torch_dtype, numba_view, widen
 
 STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES, "torch")
 MLA_IMPLS = ("naive", "absorbed")
@@ -107,6 +107,7 @@ def decode(
     registry.require_available(_module(), strategy)
     impl = check_mla_impl(cache, mla_impl)
     check_query(cache, query)
+    check_torch_dtype(strategy, cache.kv_dtype)
 
     if strategy == "python":
         return reference.reference_decode(cache, query, impl or "naive")

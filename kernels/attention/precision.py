@@ -77,6 +77,8 @@ _ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "f
 SCALE_BYTES = 4
 #: Largest int8 magnitude used (symmetric: -127..127, -128 never stored).
 QMAX = 127
+#: Cache element types the torch anchor runs (torch has no int8 attention on the CPU).
+TORCH_DTYPES = ("float32", "float64", "bfloat16", "float16")
 _ACCEPTED = ", ".join(KV_DTYPES) + " (aliases bf16, fp16)"
 
 
@@ -101,6 +103,14 @@ def kv_dtype(dtype: Any) -> KVDtype:
     if dt.name in KV_DTYPES:
         return KV_DTYPES[dt.name]
     raise ValueError(f"dtype must be one of {_ACCEPTED}; got {dt}")
+
+
+def check_torch_dtype(strategy: str, dtype: Any) -> None:
+    """ValueError if ``strategy`` is the torch anchor and ``dtype`` a type it cannot run."""
+    name = kv_dtype(dtype).name
+    if strategy == "torch" and name not in TORCH_DTYPES:
+        raise ValueError(f"strategy torch (the anchor) takes dtype {', '.join(TORCH_DTYPES)}; "
+                         f"got {name}")
 
 
 def to_bfloat16(x: np.ndarray) -> np.ndarray:
