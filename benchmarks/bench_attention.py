@@ -14,6 +14,9 @@
   ``Bandwidth.track_gbps``: the step's cache-read GB/s alone.
 - ``PeakMemory.peakmem_decode``: resident set of a process holding the cache and
   running a step; repeating K/V per query head would show up here.
+- ``TimeDecodeDtype.time_decode_dtype``: the warm step with the cache stored in float32,
+  bfloat16, float16 or int8 (per token-head scales), computed in float32 (issue 15);
+  ``benchmarks/dtype_speedup.py`` gives the speed-ups over float32 paired in alternation.
 """
 
 from __future__ import annotations
@@ -58,21 +61,23 @@ FAST_LABELS = ["numpy", "numba", "threaded:numba", "multiprocess:numba", "torch"
 # first process that needs a cache also saves its arrays there and later processes
 # (every strategy x workers point of the same preset and context) load them instead.
 DATA_DIR_VAR = "KERNELRACE_BENCH_DATA"
-_SOURCES: dict[tuple[str, int, int], attention.Cache] = {}
+_SOURCES: dict[tuple[str, int, int, str], attention.Cache] = {}
 
 
-def _source(preset: str, context: int, batch: int) -> attention.Cache:
-    key = (preset, context, batch)
+def _source(preset: str, context: int, batch: int, dtype: str = "float32") -> attention.Cache:
+    key = (preset, context, batch, dtype)
     if key not in _SOURCES:
         _SOURCES.clear()  # one at a time: a process times one point
-        _SOURCES[key] = _load_or_build(preset, context, batch)
+        _SOURCES[key] = _load_or_build(preset, context, batch, dtype)
     return _SOURCES[key]
 
 
-def _load_or_build(preset: str, context: int, batch: int) -> attention.Cache:
-    cache = attention.make_cache(attention.PRESETS[preset], capacity=context, batch=batch)
+def _load_or_build(preset: str, context: int, batch: int,
+                   dtype: str = "float32") -> attention.Cache:
+    cache = attention.make_cache(attention.PRESETS[preset], capacity=context, batch=batch,
+                                 dtype=dtype)
     root = os.environ.get(DATA_DIR_VAR)
-    folder = pathlib.Path(root, f"{preset}-T{context}-B{batch}-float32-seed0") if root else None
+    folder = pathlib.Path(root, f"{preset}-T{context}-B{batch}-{dtype}-seed0") if root else None
     if folder is not None and folder.is_dir():
         cache.load({name: np.load(folder / f"{name}.npy", mmap_mode="r")
                     for name in cache.arrays()}, context)
@@ -91,7 +96,7 @@ def _load_or_build(preset: str, context: int, batch: int) -> attention.Cache:
 
 
 def _case(label: str, context: int, workers: int, preset: str, batch: int = 1,
-          mla_impl: str | None = None) -> registry.Case:
+          mla_impl: str | None = None, dtype: str = "float32") -> registry.Case:
     strategy, inner = skip_unless_raced("attention", label, context, workers)
     # The Python reference is also too slow as an inner kernel at more than one worker.
     if (inner or strategy) in SERIAL and workers > 1:
@@ -99,8 +104,8 @@ def _case(label: str, context: int, workers: int, preset: str, batch: int = 1,
     if mla_impl == "naive" and context > MAX_NAIVE_CONTEXT[preset]:
         skip(f"MLA naive on {preset} is too slow at context {context}")
     case = attention.make_case(context, strategy=strategy, inner=inner, workers=workers,
-                               preset=preset, batch=batch, mla_impl=mla_impl,
-                               source=_source(preset, context, batch))
+                               preset=preset, batch=batch, mla_impl=mla_impl, dtype=dtype,
+                               source=_source(preset, context, batch, dtype))
     try:
         case.run()  # JIT / pool start / first touch, untimed
     except BaseException:
@@ -302,4 +307,25 @@ class PeakMemory:
         _close(self)
 
     def peakmem_decode(self, preset: str, context: int, label: str) -> None:
+        self.case.run()
+
+
+class TimeDecodeDtype(WarmTime):
+    """Warm time of one decode step at batch 1 with the cache stored in each element type
+    (seconds): bf16 and fp16 halve the bytes a step reads, int8 (a float32 scale per token
+    and head) takes them to about a quarter; every kernel computes in float32."""
+
+    params = (["gqa", "mla"], [8192, 32768], ["float32", "bfloat16", "float16", "int8"],
+              ["numba"], WORKERS)
+    param_names = ["preset", "context", "dtype", "strategy", "workers"]
+    timeout = 300
+
+    def setup(self, preset: str, context: int, dtype: str, label: str, workers: int) -> None:
+        self.case = _case(label, context, workers, preset, dtype=dtype)
+
+    def teardown(self, *args: object) -> None:
+        _close(self)
+
+    def time_decode_dtype(self, preset: str, context: int, dtype: str, label: str,
+                          workers: int) -> None:
         self.case.run()
