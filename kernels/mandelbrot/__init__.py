@@ -255,7 +255,9 @@ class _Plan:
     @property
     def below_grain(self) -> bool:
         """True when the image is below the grain of ``workers`` workers."""
-        return self.grain is not None and self.pixels * self.max_iter < self.grain * self.workers
+        # NEVER means one worker, not small: tiles stay separate tasks (Ctrl-C between).
+        return (self.grain is not None and self.grain < NEVER
+                and self.pixels * self.max_iter < self.grain * self.workers)
 
 
 def _plan(
@@ -489,7 +491,7 @@ def _run_pool(plan: _Plan) -> np.ndarray:
         image = np.empty((plan.height, plan.width), dtype=np.int32)
         tasks = _tasks(plan, ranges)
         if parts is None:
-            results = executors.run_chunks(kind, run_task, tasks, plan.workers)
+            results = executors.run_chunks(kind, run_task, tasks, used.workers)
         else:
             results = [rows for batch in executors.run_chunks(
                 kind, run_tasks, _batches(tasks, parts), plan.workers) for rows in batch]
@@ -505,7 +507,8 @@ def _run_pool(plan: _Plan) -> np.ndarray:
             return tasks if parts is None else _batches(tasks, parts)
 
         sums = executors.run_shared(kind, run_task_into if parts is None else run_tasks_into,
-                                    {"image": image}, make_tasks, plan.workers,
+                                    {"image": image}, make_tasks,
+                                    plan.workers if parts is not None else used.workers,
                                     what="the mandelbrot image",
                                     hint="lower width and height (the size)")
         if parts is not None:

@@ -226,7 +226,9 @@ class _Plan:
     @property
     def below_grain(self) -> bool:
         """True when the samples are below the grain of ``workers`` workers."""
-        return self.grain is not None and self.samples < self.grain * self.workers
+        # NEVER means one worker, not small: tasks stay cut (Ctrl-C between them).
+        return (self.grain is not None and self.grain < NEVER
+                and self.samples < self.grain * self.workers)
 
 
 def _plan(
@@ -365,7 +367,7 @@ def _run(plan: _Plan) -> int:
     if plan.below_grain:
         batches = _batches(tasks, min(used, len(tasks)))
         return sum(executors.run_chunks(kind, run_tasks, batches, plan.workers))
-    return sum(executors.run_chunks(kind, run_task, tasks, plan.workers))
+    return sum(executors.run_chunks(kind, run_task, tasks, used))
 
 
 # ---------------------------------------------------------------------------

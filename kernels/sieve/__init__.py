@@ -175,7 +175,9 @@ def _below_grain(n: int, strategy: str, inner: str | None, workers: int) -> bool
     """True when ``n`` is below the grain of ``workers`` workers (the call then sends
     one task per worker used)."""
     grain = MIN_GRAIN.get(registry.label(strategy, inner))
-    return grain is not None and (n + 1) < grain * workers
+    # A NEVER grain means "one worker", not "small": such a call is still cut into ranges
+    # (one task each, on a pool of one), so that Ctrl-C is honoured between them.
+    return grain is not None and grain < NEVER and (n + 1) < grain * workers
 
 
 def _prime_count_bound(x: int) -> int:
@@ -306,7 +308,7 @@ def count_primes(
         # range (the primes are pickled once per task: pickle shares the one array).
         batches = _batches(tasks, min(used, len(tasks)))
         return sum(executors.run_chunks(kind, _count_chunks, batches, w, reuse=reuse_pool))
-    return sum(executors.run_chunks(kind, _count_chunk, tasks, w, reuse=reuse_pool))
+    return sum(executors.run_chunks(kind, _count_chunk, tasks, used, reuse=reuse_pool))
 
 
 def _count_numba(n: int, w: int, primes: np.ndarray) -> int:
