@@ -516,7 +516,7 @@ def run_shared(  # noqa: PLR0913
 
 
 class GrowingArrays(Protocol):
-    """What :meth:`Executor.share_split` may ask of its ``source`` (an attention cache):
+    """What :meth:`Executor.share_split` may ask of its ``source`` (a KV cache, say):
     an identity for the owner's life, a count of its writes, and the lowest item index
     written since a given count. Arrays read whole (axis None) never change."""
 

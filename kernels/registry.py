@@ -68,6 +68,42 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Arithmetic:
+    """An analytic count of a kernel's arithmetic, for a kernel without a FLOP track: the
+    report sets the rate it gives against the machine's FMA probe (``kernelrace
+    machine``). The probe counts 2 FLOP per FMA per vector lane, so an unfused multiply
+    or add is worth 1 FLOP (a kernel of those alone tops out at half the probe), and a
+    64-bit integer operation takes a 64-bit lane slot, as a float64 FMA does (worth 2).
+
+    - ``unit``: what is counted (``FLOP``, ``int64 op``); ``per``: one unit of work
+      (``sample``, ``iteration``); ``ops_per_unit``: operations per unit of work.
+    - ``probe_flop_per_op``: the probe's FLOP one operation is worth; ``probe_dtype``:
+      the probe it is set against (``float32`` or ``float64``).
+    - ``units_of(size)``: units of work in one call at the asv size parameter (None
+      where the size says nothing); ``explain``: what is counted and why, for the report.
+    """
+
+    unit: str
+    per: str
+    ops_per_unit: float
+    probe_flop_per_op: float
+    probe_dtype: str
+    units_of: Callable[[Any], float | None]
+    explain: str
+
+    def ops(self, size: Any) -> float | None:
+        """Operations in one call at ``size``."""
+        units = self.units_of(size)
+        return None if units is None else units * self.ops_per_unit
+
+
+def size_units(size: Any) -> float | None:
+    """The size itself as units of work (a positive number), else None."""
+    ok = isinstance(size, int | float) and not isinstance(size, bool) and size > 0
+    return float(size) if ok else None
+
+
+@dataclass(frozen=True)
 class KernelSpec:
     """What a kernel declares: the data the CLI, the report and the asv suites read.
 
@@ -87,6 +123,8 @@ class KernelSpec:
     - ``picture``: a function returning a small 2-D array that shows what the kernel
       computes (the report draws it as an image), or None.
     - ``options``: extra case arguments, with their types and help.
+    - ``arithmetic``: an analytic :class:`Arithmetic` count, for a kernel whose suite
+      has no FLOP track (the report sets it against the FMA probe).
     - ``order``: where the kernel sorts in listings and reports.
     """
 
@@ -104,6 +142,7 @@ class KernelSpec:
     anchors: tuple[str, ...] = ()
     per_item: bool = False
     picture: Callable[[], Any] | None = None
+    arithmetic: Arithmetic | None = None
     order: int = 100
 
     def inners(self, strategy: str) -> tuple[str, ...]:

@@ -158,6 +158,11 @@ MIN_GRAIN: dict[str, int] = {
 _SERIAL_STRATEGIES = ("python", "numpy")
 _COUNT_BYTES = np.dtype(np.int32).itemsize
 
+#: FLOP per escape iteration (jit.py): zr*zr, zi*zi, their sum, 2*zr, *zi, +ci,
+#: zr2-zi2, +cr: 4 multiplies and 4 adds or subtracts, none fused (the exactness rule
+#: forbids FMA); the compare with 4.0 is not counted (benchmarks/mandelbrot_peak.py).
+FLOP_PER_ITERATION = 8
+
 SPEC = registry.KernelSpec(
     name="mandelbrot",
     title="Mandelbrot: escape counts of an image of the complex plane",
@@ -180,6 +185,19 @@ SPEC = registry.KernelSpec(
                         + f" (default {DEFAULT_VIEW})", choices=tuple(VIEWS)),
     ),
     picture=lambda: _picture(),  # defined below, with render
+    arithmetic=registry.Arithmetic(
+        unit="FLOP", per="iteration", ops_per_unit=FLOP_PER_ITERATION,
+        probe_flop_per_op=1.0, probe_dtype="float64",
+        units_of=lambda size: _cases.render_iterations(size),
+        explain=(
+            f"*GFLOP/s* counts {FLOP_PER_ITERATION} float64 operations per escape "
+            "iteration (4 multiplies, 4 adds or subtracts; the compare is not counted) "
+            "over the iterations of the image (its checksum: about 67.5 a pixel for the "
+            "whole set at max_iter 256). *of FMA peak* is that rate over the float64 FMA "
+            "probe's at the same thread count. The kernel may not fuse a multiply and an "
+            "add (every strategy must give the reference's counts bit for bit), so 50% is "
+            "its ceiling; the escape test and the select of escaped lanes take issue "
+            "slots too.")),
     order=40,
 )
 

@@ -93,6 +93,11 @@ MIN_GRAIN: dict[str, int] = {
 
 _SERIAL_STRATEGIES = ("python", "numpy")
 
+#: 64-bit integer operations per sample (jit.chunk_hits): the counter z + j*GAMMA (2),
+#: SplitMix64's mix64 (3 shifts, 3 xors, 2 multiplies: 8), then x = r & mask,
+#: y = r >> 32, x*x, y*y, ~(x*x), the compare and the sum of hits (7).
+OPS_PER_SAMPLE = 17
+
 SPEC = registry.KernelSpec(
     name="montecarlo",
     title="Monte Carlo pi: points in the quarter circle",
@@ -112,6 +117,17 @@ SPEC = registry.KernelSpec(
         registry.Option("chunk_size", "samples per chunk, each drawn from its own stream "
                         f"(default {DEFAULT_CHUNK_SIZE})", low=1, high=MAX_CHUNK_SIZE),
     ),
+    arithmetic=registry.Arithmetic(
+        unit="int64 op", per="sample", ops_per_unit=OPS_PER_SAMPLE, probe_flop_per_op=2.0,
+        probe_dtype="float64", units_of=registry.size_units,
+        explain=(
+            f"*Gint64 op/s* counts {OPS_PER_SAMPLE} 64-bit integer operations per sample "
+            "(the counter's multiply and add, SplitMix64's 3 shifts, 3 xors and 2 "
+            "multiplies, then the mask, shift, 2 squares, not, compare and sum of the hit "
+            "test); there is no floating-point arithmetic. *of FMA peak* sets these "
+            "against the float64 FMA probe's lane slots (one 64-bit operation for one "
+            "float64 FMA, 2 FLOP): a ratio of issue rates, optimistic for the 4 "
+            "multiplies, which AVX-512 issues as 3 micro-ops each.")),
     order=20,
 )
 

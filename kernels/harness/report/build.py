@@ -445,8 +445,8 @@ def _how_to_read() -> list[str]:
         "- *GFLOP/s*, *of matmul peak*, *of FMA peak*: analytic FLOPs per call (or a "
         "GFLOP/s track) against the float32 matmul rate and the FMA probe at the same "
         "thread count; *of roofline* is the larger of *of read bw* and *of matmul peak*, "
-        "and *bound* the one that binds. For Monte Carlo and Mandelbrot the count is "
-        "stated under the kernel's heading.",
+        "and *bound* the one that binds. A kernel without FLOP tracks that declares an "
+        "arithmetic count has it stated under its heading.",
         "- Each point ran in its own process, minutes from the others and from the "
         "calibration, and a shared machine's speed drifts in between: a *parallel eff.* or "
         "*of read bw* above 100% is that drift. The paired benchmarks under *Other "

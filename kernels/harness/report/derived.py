@@ -168,7 +168,7 @@ def _op_count(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) 
     count = count_for(table.kernel)
     if count is None or table.size_name is None or d.gflops is not None:
         return
-    ops = count.ops(r)
+    ops = count.ops(r.size)
     if not ops:
         return
     d.ops_rate = ops / r.seconds / 1e9
