@@ -48,33 +48,43 @@ def _perturbation(low, exact, name: str) -> tuple[np.ndarray, np.ndarray]:
     return low.dequantized(name), spec.u * np.abs(x) + spec.eta
 
 
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    p = np.exp(scores - scores.max())
+    return p / p.sum()
+
+
 def _bound(low, exact, query) -> np.ndarray:
     """The bound of docs/attention.md on |decode(low) - reference(exact)| per output
-    element: scores move by at most eps = max_t sum_i |q_i| dk_ti, so each softmax weight
-    by a factor within e^(+-2 eps), and |o~ - o| <= (e^(2 eps) - 1) max_t |v~_t| +
-    max_t dv_t (MLA: in the latent space, then through |W_UV|)."""
+    element. Rounding moves each score by at most eps = max_t sum_i |q_i| dk_ti, so each
+    softmax weight by a factor within e^(+-2 eps); with p the exact weights,
+    |o~ - o| <= (e^(2 eps) - 1) sum_t p_t |v~_t| + sum_t p_t dv_t (MLA: in the latent
+    space, then through |W_UV|)."""
     c = exact.config
     L = exact.length
     q = rotate_query(c, query, L - 1) * c.scale
     if isinstance(exact, A.KVCache):
         (_, dk), (v_lo, dv) = _perturbation(low, exact, "k"), _perturbation(low, exact, "v")
+        keys = exact.dequantized("k").astype(np.float64)
         out = np.empty(q.shape)
         for b in range(q.shape[0]):
             for h in range(q.shape[1]):
                 kh = h // c.group
+                p = _softmax(keys[b, kh, :L] @ q[b, h])
                 eps = np.max(dk[b, kh, :L] @ np.abs(q[b, h]))
-                out[b, h] = (np.expm1(2 * eps) * np.abs(v_lo[b, kh, :L]).max(axis=0)
-                             + dv[b, kh, :L].max(axis=0))
+                out[b, h] = np.expm1(2 * eps) * (p @ np.abs(v_lo[b, kh, :L])) + p @ dv[b, kh, :L]
         return out
     (c_lo, dc), (_, dp) = _perturbation(low, exact, "c_kv"), _perturbation(low, exact, "k_pe")
+    latent = exact.dequantized("c_kv").astype(np.float64)
+    rope = exact.dequantized("k_pe").astype(np.float64)
     nope = c.qk_nope_head_dim
     q_lat = np.einsum("bhd,hdr->bhr", q[..., :nope], exact.w_uk.astype(np.float64))
     out = np.empty(q.shape[:2] + (c.v_head_dim,))
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
+            p = _softmax(latent[b, :L] @ q_lat[b, h] + rope[b, :L] @ q[b, h, nope:])
             eps = np.max(dc[b, :L] @ np.abs(q_lat[b, h]) + dp[b, :L] @ np.abs(q[b, h, nope:]))
-            latent = np.expm1(2 * eps) * np.abs(c_lo[b, :L]).max(axis=0) + dc[b, :L].max(axis=0)
-            out[b, h] = np.abs(exact.w_uv[h].astype(np.float64)) @ latent
+            x = np.expm1(2 * eps) * (p @ np.abs(c_lo[b, :L])) + p @ dc[b, :L]
+            out[b, h] = np.abs(exact.w_uv[h].astype(np.float64)) @ x
     return out
 
 
