@@ -125,6 +125,9 @@ class KernelSpec:
     - ``options``: extra case arguments, with their types and help.
     - ``arithmetic``: an analytic :class:`Arithmetic` count, for a kernel whose suite
       has no FLOP track (the report sets it against the FMA probe).
+    - ``workers_used(size, strategy, inner, workers, **options)``: the workers a call
+      really runs on (fewer than asked below the kernel's minimum grain); options it
+      does not know are ignored. The report's parallel efficiency divides by it.
     - ``order``: where the kernel sorts in listings and reports.
     """
 
@@ -143,6 +146,7 @@ class KernelSpec:
     per_item: bool = False
     picture: Callable[[], Any] | None = None
     arithmetic: Arithmetic | None = None
+    workers_used: Callable[..., int] | None = None
     order: int = 100
 
     def inners(self, strategy: str) -> tuple[str, ...]:

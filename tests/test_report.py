@@ -773,3 +773,28 @@ def test_montecarlo_and_mandelbrot_against_the_fma_probe(tmp_path):
     assert "Arithmetic count: *Gint64 op/s* counts 17" in text
     assert "Arithmetic count: *GFLOP/s* counts 8 float64 operations" in text
     assert arithmetic.count_for("sieve") is None  # the sieve keeps its anchor
+
+
+def test_parallel_efficiency_divides_by_the_workers_a_call_really_ran_on(tmp_path):
+    """Below the sieve's minimum grain, workers=2 runs 1 worker (the kernel's spec says
+    so): the table shows what it ran on, and the efficiency is not halved for a worker
+    that never ran."""
+    from kernels import sieve
+
+    small, large = 10**6, 10**9
+    assert sieve.SPEC.workers_used(small, "numba", None, 2) == 1
+    assert sieve.SPEC.workers_used(large, "numba", None, 2) == 2
+    benches = {
+        "bench_sieve.TimeCountPrimes.time_count_primes": {
+            "param_names": ["strategy", "n", "workers"],
+            "params": [["numpy", "numba"], [small, large], [1, 2]],
+            "values": lambda p: (1.0 if p["n"] == small else 1000.0) / (
+                p["workers"] if p["n"] == large else 1), "type": "time", "unit": "seconds"},
+    }
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    text, _ = report.build_report(results, _machine_json(tmp_path / "m.json"), tmp_path / "o")
+    below = _header_cells(text, "ran on", "| numba |", f"| {report.fmt_size(small)} | 2 |")
+    above = _header_cells(text, "ran on", "| numba |", f"| {report.fmt_size(large)} | 2 |")
+    assert (below["ran on"], below["parallel eff."]) == ("1", "100%")
+    assert (above["ran on"], above["parallel eff."]) == ("2", "100%")

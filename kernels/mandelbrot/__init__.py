@@ -199,6 +199,8 @@ SPEC = registry.KernelSpec(
             "its ceiling; the escape test and the select of escaped lanes take issue "
             "slots too.")),
     order=40,
+    workers_used=lambda size, strategy, inner, workers, **options: (
+        _cases.workers_used_at(size, strategy, inner, workers, **options)),
 )
 
 

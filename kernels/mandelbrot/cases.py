@@ -205,3 +205,12 @@ def render_iterations(size: Any) -> float | None:
         return None
     largest = max(known)
     return known[largest] / largest**2 * side**2
+
+
+def workers_used_at(size: int, strategy: str, inner: str | None, workers: int,
+                    **options: Any) -> int:
+    """The workers a render of the harness's square image of ``size`` pixels runs on
+    (:class:`kernels.registry.KernelSpec` ``workers_used``); options it does not know
+    are ignored."""
+    known = {k: v for k, v in options.items() if k in _CASE_OPTIONS}
+    return _case_plan(int(size), strategy, inner, workers, known)[0].workers_used

@@ -129,6 +129,9 @@ SPEC = registry.KernelSpec(
             "float64 FMA, 2 FLOP): a ratio of issue rates, optimistic for the 4 "
             "multiplies, which AVX-512 issues as 3 micro-ops each.")),
     order=20,
+    workers_used=lambda size, strategy, inner, workers, chunk_size=DEFAULT_CHUNK_SIZE, **_: (
+        workers_used(size, strategy=strategy, workers=workers, inner=inner,
+                     chunk_size=chunk_size)),
 )
 
 

@@ -110,6 +110,8 @@ SPEC = registry.KernelSpec(
     size_limits={"pipeline": PIPELINE_MAX_N, "python": 10**7},
     anchors=("primesieve",),
     order=10,
+    workers_used=lambda size, strategy, inner, workers, **_: workers_used(
+        *_check_args(size, strategy, inner, workers)),
 )
 
 

@@ -57,6 +57,9 @@ class Derived:
     # FLOP per operation) at the row's worker count.
     ops_rate: float | None = None
     fma_fraction: float | None = None
+    # Workers the call really ran on, by the kernel's spec (fewer than asked below its
+    # minimum grain); parallel efficiency divides by this.
+    workers_used: int | None = None
 
 
 def anchor_of(table: Table) -> str | None:
@@ -90,9 +93,10 @@ def derive(table: Table, machine: dict[str, Any] | None) -> dict[int, Derived]:
         if base is not None:
             d.speedup = base.seconds / r.seconds
         if table.has_workers and r.workers:
+            d.workers_used = _workers_used(spec, r)
             one = look.get((r.strategy, r.size, 1, r.facet))
             if one is not None:
-                d.efficiency = one.seconds / (r.workers * r.seconds)
+                d.efficiency = one.seconds / ((d.workers_used or r.workers) * r.seconds)
         if anchor is not None:
             a = look.get((anchor, r.size, r.workers, r.facet)) or next(
                 (x for x in table.rows
@@ -104,6 +108,23 @@ def derive(table: Table, machine: dict[str, Any] | None) -> dict[int, Derived]:
         _rates(d, r, table, machine)
         out[id(r)] = d
     return out
+
+
+def _workers_used(spec: Any, r: Row) -> int | None:
+    """The spec's ``workers_used`` for the row's parameters, or None (no hook, or
+    parameters the kernel does not take)."""
+    from kernels import registry
+
+    hook = getattr(spec, "workers_used", None)
+    if hook is None or not isinstance(r.size, int) or not r.workers:
+        return None
+    options = {k: v for k, v in r.params.items()
+               if k not in ("strategy", spec.size_name, "workers")}
+    try:
+        strategy, inner = registry.parse_label(r.strategy)
+        return int(hook(r.size, strategy, inner, r.workers, **options))
+    except (ValueError, TypeError, RuntimeError, KeyError):
+        return None
 
 
 def row_dtype(r: Row) -> str:

@@ -116,6 +116,10 @@ def _derived_columns(table: Table, ds: list[Derived]) -> list[Column]:
     cols: list[Column] = []
     if any(d.speedup is not None for d in ds):
         cols.append((f"speedup vs {BASELINE}@1", lambda r, d: fmt_ratio(d.speedup)))
+    if any(d.workers_used is not None and d.workers_used != r.workers
+           for r, d in zip(table.rows, ds, strict=False)):
+        cols.append(("ran on", lambda r, d: "-" if d.workers_used is None
+                     else f"{d.workers_used}"))
     if any(d.efficiency is not None for d in ds) and len(table.workers) > 1:
         cols.append(("parallel eff.", lambda r, d: fmt_percent(d.efficiency)))
     if anchor is not None:
