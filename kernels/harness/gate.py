@@ -28,7 +28,6 @@ HEAD; 2 an error, or points that could not be judged (machine too busy).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -39,12 +38,19 @@ import statistics
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kernels.harness import pairedstats
+from kernels.harness.gate_env import (  # re-exported: the gate's environment API
+    CpuMeter,
+    GateError,
+    checkout,
+    environment,
+    requirements,
+)
+from kernels.harness.gate_env import satisfied_here as satisfied_here  # re-exported
 from kernels.harness.pairedstats import PointStats, Verdict
 
 WORKER_SCRIPT = Path(__file__).with_name("gate_worker.py")
@@ -54,160 +60,6 @@ ROUND_SECONDS = 0.15  # each side's share of a round (samples, in pairs), at lea
 SAMPLE_SECONDS = 0.01  # one sample (``number`` calls), at least
 SETUP_TIMEOUT = 300.0
 BUSY_PATIENCE_S = 60.0  # how long a run of busy rounds may last before a point gives up
-
-
-class GateError(RuntimeError):
-    """The gate could not run (no checkout, no environment, a worker that died)."""
-
-
-# ---------------------------------------------------------------------------
-# Checkouts and environments
-# ---------------------------------------------------------------------------
-
-
-def _git(repo: Path, *args: str, timeout: float = 120) -> str:
-    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                         timeout=timeout)
-    if out.returncode != 0:
-        raise GateError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout.strip()
-
-
-def checkout(repo: Path, slot: Path, commit: str) -> Path:
-    """A detached worktree of ``commit`` at ``slot``, made once and moved between commits.
-
-    Moving the same worktree (rather than one per commit) rewrites only the files that
-    differ, so the unchanged ones keep their times and numba's cache stays valid.
-    """
-    if (slot / ".git").exists():
-        _git(slot, "checkout", "--quiet", "--detach", "--force", commit)
-        _git(slot, "clean", "-fdq")
-    else:
-        _git(repo, "worktree", "prune")
-        slot.parent.mkdir(parents=True, exist_ok=True)
-        if slot.exists():
-            shutil.rmtree(slot)
-        _git(repo, "worktree", "add", "--quiet", "--detach", str(slot), commit)
-    return slot
-
-
-def requirements(root: Path) -> list[str]:
-    """The commit's runtime requirements (``[project].dependencies`` of its pyproject)."""
-    path = root / "pyproject.toml"
-    if not path.exists():
-        return []
-    try:
-        project = tomllib.loads(path.read_text()).get("project", {})
-    except tomllib.TOMLDecodeError as exc:
-        raise GateError(f"{path}: {exc}") from None
-    return sorted(project.get("dependencies", []))
-
-
-def satisfied_here(reqs: list[str]) -> bool:
-    """Whether this interpreter already has every requirement, at an accepted version."""
-    try:
-        from importlib import metadata
-
-        from packaging.requirements import Requirement
-    except ImportError:
-        return not reqs
-    for text in reqs:
-        req = Requirement(text)
-        if req.marker is not None and not req.marker.evaluate():
-            continue
-        try:
-            version = metadata.version(req.name)
-        except metadata.PackageNotFoundError:
-            return False
-        if not req.specifier.contains(version, prereleases=True):
-            return False
-    return True
-
-
-def environment(reqs: list[str], envs_dir: Path, log: Callable[[str], None]) -> str:
-    """The Python to run a commit with: this one if it fits, else a venv per requirement set."""
-    if satisfied_here(reqs):
-        return sys.executable
-    key = hashlib.sha256("\n".join([sys.version, *reqs]).encode()).hexdigest()[:12]
-    env = envs_dir / f"env-{key}"
-    python = env / "bin" / "python"
-    if (env / ".complete").exists():
-        return str(python)
-    log(f"gate: building an environment for {', '.join(reqs)} in {env} (once per "
-        "requirement set)")
-    shutil.rmtree(env, ignore_errors=True)
-    started = time.monotonic()
-    for cmd in ([sys.executable, "-m", "venv", str(env)],
-                [str(python), "-m", "pip", "install", "--quiet", *reqs]):
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            shutil.rmtree(env, ignore_errors=True)
-            raise GateError(f"{' '.join(cmd[:4])} ... failed:\n{out.stderr[-2000:]}")
-    (env / ".complete").write_text("\n".join(reqs) + "\n")
-    log(f"gate: environment built in {time.monotonic() - started:.0f} s")
-    return str(python)
-
-
-# ---------------------------------------------------------------------------
-# CPU time of others
-# ---------------------------------------------------------------------------
-
-
-def _proc_stat_jiffies() -> tuple[int, int]:
-    """(all cores' busy + steal jiffies, all cores' total jiffies) since boot."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    total = sum(fields[:8])
-    return total - idle, total
-
-
-def _tree_jiffies(root_pid: int) -> int:
-    """utime + stime of ``root_pid`` and every process descended from it."""
-    children: dict[int, list[int]] = {}
-    times: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        rest = text[text.rfind(")") + 2:].split()
-        pid = int(entry)
-        children.setdefault(int(rest[1]), []).append(pid)
-        times[pid] = int(rest[11]) + int(rest[12])
-    total, todo = 0, [root_pid]
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0)
-        todo.extend(children.get(pid, ()))
-    return total
-
-
-class CpuMeter:
-    """The share of all cores' time that processes other than the gate's used."""
-
-    def __init__(self) -> None:
-        self.available = os.path.exists("/proc/stat")
-        self._start: tuple[int, int, int] | None = None
-
-    def start(self) -> None:
-        if self.available:
-            busy, total = _proc_stat_jiffies()
-            self._start = (busy, total, _tree_jiffies(os.getpid()))
-
-    def other_share(self) -> float:
-        """Since :meth:`start`; 0.0 where /proc is absent."""
-        if not self.available or self._start is None:
-            return 0.0
-        busy, total = _proc_stat_jiffies()
-        own = _tree_jiffies(os.getpid())
-        b0, t0, o0 = self._start
-        if total <= t0:
-            return 0.0
-        return max(0, (busy - b0) - (own - o0)) / (total - t0)
 
 
 # ---------------------------------------------------------------------------
