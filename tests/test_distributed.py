@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _procs import alive as _alive
 
 from kernels import executors, registry
 
@@ -231,18 +232,6 @@ print(*executors.get_executor('dask', 2).pids(), flush=True)
 sieve.count_primes(4 * 10**11, strategy='distributed', workers=2)  # minutes of work
 print("finished", flush=True)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone in all but name
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_ctrl_c_cancels_and_leaves_no_worker_behind():

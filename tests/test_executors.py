@@ -16,6 +16,8 @@ import _workers
 import numba
 import numpy as np
 import pytest
+from _procs import alive as _alive
+from _procs import descendants as _descendants
 from threadpoolctl import threadpool_info
 
 from kernels import executors
@@ -29,41 +31,6 @@ def _close_pools():
     executors.shutdown_pools()
     yield
     executors.shutdown_pools()
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def _children_by_parent() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            out.setdefault(ppid, []).append(int(entry))
-    return out
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` in the process tree."""
-    tree = _children_by_parent()
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _wait_until_gone(pids, timeout: float = 15.0) -> set[int]:

@@ -9,6 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from _procs import alive as _alive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -263,14 +264,6 @@ def test_numpy_integers_are_accepted() -> None:
 # ---------------------------------------------------------------------------
 # Resources
 # ---------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
