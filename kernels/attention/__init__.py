@@ -255,7 +255,7 @@ def list_extra() -> str:
     """A text table: each preset's KV-cache bytes per token per layer, and ratio to MHA."""
     mha = kv_bytes_per_token(PRESETS["mha"], np.float32)
     headers = ["preset", "kind", "heads", "cached per token", "B/token f32",
-               "B/token bf16", "vs mha", "MiB @32k f32"]
+               "bf16/fp16", "int8+scales", "vs mha", "MiB @32k f32"]
     rows = []
     for name, c in PRESETS.items():
         if isinstance(c, KVConfig):
@@ -264,7 +264,8 @@ def list_extra() -> str:
             what = f"c_kv {c.kv_lora_rank} + k_pe {c.qk_rope_head_dim}"
         f32 = kv_bytes_per_token(c, np.float32)
         rows.append([name, c.kind, str(c.n_heads), what, str(f32),
-                     str(kv_bytes_per_token(c, "bfloat16")), f"{f32 / mha:.4f}",
+                     str(kv_bytes_per_token(c, "bfloat16")), str(kv_bytes_per_token(c, "int8")),
+                     f"{f32 / mha:.4f}",
                      f"{f32 * 32768 / 2**20:.0f}"])
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["attention: KV cache per token per layer (batch 1)"]
