@@ -44,7 +44,7 @@ ALL_LABELS = [
     registry.label(s, i) for s, i in registry.variants("attention", available_only=False)
 ]
 LABELS = ["python", "numpy", "numba", "threaded:numpy", "threaded:numba",
-          "multiprocess:numba", "torch"]
+          "multiprocess:numba", "distributed:numba", "torch"]
 assert set(LABELS) <= set(ALL_LABELS)
 PRESETS = ["mha", "gqa", "mqa", "mla"]
 CONTEXTS = [1024, 8192, 32768]

@@ -572,6 +572,9 @@ class DaskExecutor(Executor):
         """Close the client; stop the LocalCluster if this executor started it."""
         if self._closed:
             return
+        kept, self._kept = list(self._kept.values()), {}
+        for shards in kept:  # released first: a cluster closing with them logs lost data
+            self._release(shards)
         self._closed = True
         _forget(self)
         with contextlib.suppress(Exception):
