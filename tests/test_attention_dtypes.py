@@ -140,6 +140,13 @@ def test_bfloat16_rounds_to_nearest_even_and_widens_exactly():
     np.testing.assert_array_equal(exact, P.to_bfloat16(y))
 
 
+def test_a_dtype_pickled_to_a_worker_is_the_same_object():
+    import pickle
+
+    for spec in A.KV_DTYPES.values():
+        assert pickle.loads(pickle.dumps(spec)) is spec
+
+
 def test_int8_quantisation_error_is_half_a_step():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 7, 64)) * rng.uniform(0.01, 100, (5, 7, 1))
@@ -247,7 +254,7 @@ def test_real_presets_tiny_context(dtype, preset):
     assert np.all(np.abs(got - truth) <= _bound(low, exact, q) + _f32_slack(truth))
 
 
-POOLS = [("multiprocess", "numba"), ("distributed", "numba")]
+POOLS = [("multiprocess", "numba"), ("multiprocess", "numpy"), ("distributed", "numba")]
 
 
 @pytest.fixture(scope="module")

@@ -290,8 +290,13 @@ SMALL_CONFIGS: dict[str, AttentionConfig] = {
 }
 
 
+#: The reduced cache types :func:`verify` also checks, on one case per small config.
+VERIFY_DTYPES = ("bfloat16", "float16", "int8")
+
+
 def verify_cases() -> list[tuple[str, dict]]:
-    """The inputs :func:`verify` checks: (name, dict of config, length, batch, mla_impl)."""
+    """The inputs :func:`verify` checks: (name, dict of config, length, batch, mla_impl,
+    dtype)."""
     cases = []
     for name, c in SMALL_CONFIGS.items():
         impls = MLA_IMPLS if isinstance(c, MLAConfig) else (None,)
@@ -299,19 +304,25 @@ def verify_cases() -> list[tuple[str, dict]]:
             for length, batch in ((1, 1), (7, 1), (33, 2), (300, 1)):
                 tag = f"{name}{'/' + impl if impl else ''} T={length} B={batch}"
                 cases.append((tag, {"config": c, "length": length, "batch": batch,
-                                    "mla_impl": impl}))
+                                    "mla_impl": impl, "dtype": "float32"}))
+            for dtype in VERIFY_DTYPES:
+                tag = f"{name}{'/' + impl if impl else ''} {dtype} T=33 B=2"
+                cases.append((tag, {"config": c, "length": 33, "batch": 2,
+                                    "mla_impl": impl, "dtype": dtype}))
     for name, c in PRESETS.items():
         impls = MLA_IMPLS if isinstance(c, MLAConfig) else (None,)
         for impl in impls:
             tag = f"{name}{'/' + impl if impl else ''} T=5 B=1"
-            cases.append((tag, {"config": c, "length": 5, "batch": 1, "mla_impl": impl}))
+            cases.append((tag, {"config": c, "length": 5, "batch": 1, "mla_impl": impl,
+                                "dtype": "float32"}))
     return cases
 
 
 def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Check]:
     """Check ``strategy`` against the float64 reference (MLA: its naive definition) on
-    :func:`verify_cases`; float32 caches, tolerance rtol 2e-4 / atol 2e-5 relative to the
-    output scale.
+    :func:`verify_cases`: float32 caches, and bf16, fp16 and int8 ones against the
+    reference on the values they hold (the torch anchor skips int8, which it refuses);
+    tolerance rtol 2e-4 / atol 2e-5 relative to the output scale.
     """
     from kernels.attention.reference import reference_decode
 
@@ -319,8 +330,10 @@ def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Chec
     workers = executors.resolve_workers(workers)
     checks = []
     for tag, spec in verify_cases():
+        if strategy == "torch" and spec["dtype"] == "int8":
+            continue
         cache = make_cache(spec["config"], capacity=spec["length"], batch=spec["batch"],
-                           shared=strategy == "multiprocess")
+                           dtype=spec["dtype"], shared=strategy == "multiprocess")
         try:
             fill_random(cache, spec["length"], seed=len(tag))
             query = random_query(cache, seed=spec["length"])

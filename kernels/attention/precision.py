@@ -62,6 +62,11 @@ class KVDtype:
     def __str__(self) -> str:
         return self.name
 
+    def __reduce__(self) -> tuple:
+        # One object per type in every process: a KVDtype pickled to a pool worker (inside
+        # a decode step's Problem) comes back as that process's own, so ``is`` holds.
+        return kv_dtype, (self.name,)
+
 
 FLOAT32 = KVDtype("float32", np.dtype(np.float32), np.dtype(np.float32), u=2.0**-24)
 FLOAT64 = KVDtype("float64", np.dtype(np.float64), np.dtype(np.float64), u=2.0**-53)
