@@ -128,6 +128,15 @@ def decode(
     return problem.finish_states(states)
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """``a`` marked read-only. The placeholders (no rotary key, no scales) then have the
+    numba type of the cache's own read-only views, so an MHA/GQA/MQA step and an MLA step,
+    or a float and an int8 cache, share compiled specialisations instead of each
+    compiling its own (each ``fused_decode`` compile takes tens of seconds)."""
+    a.flags.writeable = False
+    return a
+
+
 class Problem:
     """The query side of one step, prepared once: rotated, scaled, and (MLA absorbed)
     multiplied by W_UK. Small; pickled whole to process workers.
@@ -162,14 +171,14 @@ class Problem:
         (otherwise empty [B, Hkv, 0])."""
         if self.kind == "kv":
             k = arrays["k"]
-            none = np.zeros(k.shape[:2] + (0,), np.float32)
-            k2 = np.zeros(k.shape[:3] + (0,), k.dtype)
+            none = _read_only(np.zeros(k.shape[:2] + (0,), np.float32))
+            k2 = _read_only(np.zeros(k.shape[:3] + (0,), k.dtype))
             if not self.kv_dtype.scaled:
                 return k, k2, arrays["v"], none, none, none
             return k, k2, arrays["v"], arrays["k_scale"], none, arrays["v_scale"]
         latent = arrays["c_kv"][:, None]  # one shared "KV head": [B, 1, cap, r]
         if not self.kv_dtype.scaled:
-            none = np.zeros(latent.shape[:2] + (0,), np.float32)
+            none = _read_only(np.zeros(latent.shape[:2] + (0,), np.float32))
             return latent, arrays["k_pe"][:, None], latent, none, none, none
         ls = arrays["c_kv_scale"][:, None]
         return latent, arrays["k_pe"][:, None], latent, ls, arrays["k_pe_scale"][:, None], ls
@@ -233,7 +242,7 @@ class Problem:
     def _naive_scales(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if self.kv_dtype.scaled:
             return arrays["c_kv_scale"], arrays["k_pe_scale"]
-        none = np.zeros((arrays["c_kv"].shape[0], 0), np.float32)
+        none = _read_only(np.zeros((arrays["c_kv"].shape[0], 0), np.float32))
         return none, none
 
     def _empty_state(self, dv: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
