@@ -124,6 +124,20 @@ def test_cli_refuses_a_bad_dtype(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_cli_runs_each_dtype(capsys, dtype):
+    import json
+
+    from kernels.harness import cli
+
+    rc = cli.main(["run", "--kernel", "attention", "--preset", "gqa", "--size", "256",
+                   "--strategy", "numba", "--dtype", dtype, "--repeat", "1", "--json"])
+    assert rc == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["dtype"] == dtype
+    assert row["cache_bytes"] == 256 * A.kv_bytes_per_token(A.PRESETS["gqa"], dtype)
+
+
 def test_bfloat16_rounds_to_nearest_even_and_widens_exactly():
     one_ulp = np.float32(2.0**-7)  # bf16 spacing at 1.0
     x = np.array([1.0, 1 + one_ulp / 2, 1 + 1.5 * one_ulp, 1 + one_ulp / 2 + 2**-20,
