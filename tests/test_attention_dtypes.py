@@ -283,9 +283,19 @@ def _available() -> set[str]:
     return {s for s, _ in registry.variants("attention")}
 
 
-@pytest.mark.parametrize("variant", POOLS, ids=lambda v: registry.label(*v))
-@pytest.mark.parametrize("dtype", REDUCED)
-@pytest.mark.parametrize("name", ["gqa-small", "mla-small"])
+# Each (type, config) of a numba inner compiles its chunk kernel afresh in every pool
+# worker (~9 s on 2 cores with an empty numba cache): the default run keeps one type per
+# pool and config, every pair runs with `make test-slow`.
+_POOL_DEFAULT = {("gqa-small", "bfloat16"), ("mla-small", "int8")}
+POOL_CASES = [
+    pytest.param(name, dtype, variant, id=f"{name}-{dtype}-{registry.label(*variant)}",
+                 marks=() if (name, dtype) in _POOL_DEFAULT or variant[1] != "numba"
+                 else pytest.mark.slow)
+    for name in ("gqa-small", "mla-small") for dtype in REDUCED for variant in POOLS
+]
+
+
+@pytest.mark.parametrize(("name", "dtype", "variant"), POOL_CASES)
 def test_pool_strategies_ship_reduced_caches(pools, variant, dtype, name):
     strategy, inner = variant
     if strategy not in _available():

@@ -300,9 +300,18 @@ def _pool_task(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     per name in a process worker, the arrays themselves on a thread, shards kept on a
     Dask worker), merged into one state here."""
     problem, inner, pieces = task
-    states = [problem.partial(inner, t0, t1, executors.shared_arrays(handle))
+    states = [problem.partial(inner, t0, t1, _read_only_views(executors.shared_arrays(handle)))
               for handle, t0, t1 in pieces if t1 > t0]
     return states[0] if len(states) == 1 else merge_states(states)
+
+
+def _read_only_views(arrays: dict[str, Any]) -> dict[str, Any]:
+    """Read-only views of the arrays, as the cache shows them in this process: numba
+    compiles a kernel once per argument type, and read-only is part of the type, so a
+    worker handed writable arrays (attached segments, Dask's shards) would compile its
+    own variant instead of loading the one this process cached on disk."""
+    return {name: _read_only(a.view()) if isinstance(a, np.ndarray) and a.flags.writeable
+            else a for name, a in arrays.items()}
 
 
 def merge_states(states: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
