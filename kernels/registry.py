@@ -332,6 +332,27 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return int(value)
 
 
+#: A minimum grain no input reaches: the strategy never splits (a chunk kernel that holds
+#: the GIL on threads: a second thread only takes turns with the first).
+NEVER_SPLIT = 1 << 62
+
+
+def grain_workers(workers: int, work: int, grain: int | None, pieces: int) -> int:
+    """The minimum-grain rule (each kernel's ``MIN_GRAIN``): ``workers`` cut to one per
+    ``grain`` units of ``work`` and to one per piece the work can be cut into, at least
+    one; without a grain, cut to the pieces only."""
+    if grain is None:
+        return max(1, min(workers, pieces))
+    return max(1, min(workers, pieces, work // grain))
+
+
+def below_grain(work: int, grain: int | None, workers: int) -> bool:
+    """Whether ``work`` is under the grain of ``workers`` workers, so that a pool call
+    sends one task per worker used (a round trip each). :data:`NEVER_SPLIT` means one
+    worker, not a small input: such a call stays cut into tasks, Ctrl-C between them."""
+    return grain is not None and grain < NEVER_SPLIT and work < grain * workers
+
+
 def check_workers(strategy: str, workers: Any, serial: tuple[str, ...]) -> int:
     """``workers`` for ``strategy`` of a kernel whose one-core strategies are ``serial``:
     those take 1 or None; the others an int in [1, :func:`kernels.executors.max_workers`]

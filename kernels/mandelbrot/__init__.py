@@ -127,9 +127,8 @@ DYNAMIC_TILE_ROWS = 8
 MAX_TASK_ITERATIONS = {"numba": 1 << 28, "numpy": 1 << 24, "python": 1 << 21}
 #: The most pixels of one NumPy task (its temporaries: 80 bytes a pixel, 20 MiB).
 MAX_TASK_PIXELS = 1 << 18
-#: A grain no input reaches: the label never splits (a chunk kernel that holds the GIL on
-#: threads: a second thread only takes turns with the first).
-NEVER = 1 << 62
+#: A grain no input reaches: this label never splits (:data:`kernels.registry.NEVER_SPLIT`).
+NEVER = registry.NEVER_SPLIT
 #: The minimum grain: worst-case pixel-iterations (pixels x max_iter) per worker below
 #: which a second worker costs more than it saves, by strategy label
 #: (``registry.label``). A render runs on ``workers_used`` = min(workers, height,
@@ -278,15 +277,13 @@ class _Plan:
         pixel-iterations and one per row, at least one (1 for python and numpy)."""
         if self.strategy in _SERIAL_STRATEGIES:
             return 1
-        limit = self.height if self.grain is None else self.pixels * self.max_iter // self.grain
-        return max(1, min(self.workers, self.height, limit))
+        return registry.grain_workers(self.workers, self.pixels * self.max_iter, self.grain,
+                                      self.height)
 
     @property
     def below_grain(self) -> bool:
         """True when the image is below the grain of ``workers`` workers."""
-        # NEVER means one worker, not small: tiles stay separate tasks (Ctrl-C between).
-        return (self.grain is not None and self.grain < NEVER
-                and self.pixels * self.max_iter < self.grain * self.workers)
+        return registry.below_grain(self.pixels * self.max_iter, self.grain, self.workers)
 
 
 def _plan(
@@ -550,21 +547,11 @@ def plan(
     return _plan(width, height, max_iter, region, strategy, inner, workers, schedule)
 
 
-def workers_used(
-    width: int,
-    height: int,
-    *,
-    max_iter: int = DEFAULT_MAX_ITER,
-    region: tuple[float, float, float, float] = DEFAULT_REGION,
-    strategy: str = "numba",
-    workers: int | None = None,
-    schedule: str = DEFAULT_SCHEDULE,
-    inner: str | None = None,
-) -> int:
-    """Workers :func:`render` runs on for these arguments (same checks): fewer than
-    ``workers`` below :data:`MIN_GRAIN` worst-case pixel-iterations per worker or with
-    fewer rows than workers; 1 for python and numpy."""
-    return _plan(width, height, max_iter, region, strategy, inner, workers, schedule).workers_used
+def workers_used(width: int, height: int, **options: Any) -> int:
+    """Workers :func:`render` runs on for these arguments (the keywords of :func:`plan`,
+    same checks): fewer than ``workers`` below :data:`MIN_GRAIN` worst-case
+    pixel-iterations per worker or with fewer rows than workers; 1 for python and numpy."""
+    return plan(width, height, **options).workers_used
 
 
 def plan_tasks(plan: _Plan) -> list[Task]:

@@ -67,9 +67,8 @@ TASKS_PER_WORKER = 8
 # A task is never less than one chunk, so a chunk_size past these bounds sets the wait.
 MAX_TASK_SAMPLES = {"numba": 1 << 26, "numpy": 1 << 25, "python": 1 << 20}
 
-#: A grain no input reaches: the label never splits (a chunk kernel that holds the GIL on
-#: threads: a second thread only takes turns with the first).
-NEVER = 1 << 62
+#: A grain no input reaches: this label never splits (:data:`kernels.registry.NEVER_SPLIT`).
+NEVER = registry.NEVER_SPLIT
 #: The minimum grain: samples per worker below which a second worker costs more than it
 #: saves, by strategy label (``registry.label``). A call runs on ``workers_used`` =
 #: min(workers, chunks, samples // grain) workers (at least one); below ``grain *
@@ -239,16 +238,12 @@ class _Plan:
         per chunk, at least one (1 for python and numpy)."""
         if self.strategy in _SERIAL_STRATEGIES:
             return 1
-        if self.grain is None:
-            return min(self.workers, self.n_chunks)
-        return max(1, min(self.workers, self.n_chunks, self.samples // self.grain))
+        return registry.grain_workers(self.workers, self.samples, self.grain, self.n_chunks)
 
     @property
     def below_grain(self) -> bool:
         """True when the samples are below the grain of ``workers`` workers."""
-        # NEVER means one worker, not small: tasks stay cut (Ctrl-C between them).
-        return (self.grain is not None and self.grain < NEVER
-                and self.samples < self.grain * self.workers)
+        return registry.below_grain(self.samples, self.grain, self.workers)
 
 
 def _plan(

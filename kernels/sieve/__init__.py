@@ -69,9 +69,8 @@ MAX_CHUNK_SPAN = {"numba": 1 << 28, "numpy": 1 << 24, "python": 1 << 24}
 # prange runs this many ranges per worker between two returns to Python.
 RANGES_PER_BATCH = 2
 
-#: A grain no input reaches: the label never splits (a chunk kernel that holds the GIL on
-#: threads: a second thread only takes turns with the first).
-NEVER = 1 << 62
+#: A grain no input reaches: this label never splits (:data:`kernels.registry.NEVER_SPLIT`).
+NEVER = registry.NEVER_SPLIT
 #: The minimum grain: numbers of [0, n] per worker below which a second worker costs
 #: more than it saves, by strategy label (``registry.label``). A call runs on
 #: ``workers_used`` = min(workers, (n + 1) // grain) workers (at least one), and below
@@ -170,16 +169,13 @@ def workers_used(n: int, strategy: str, inner: str | None, workers: int) -> int:
     grain = MIN_GRAIN.get(registry.label(strategy, inner))
     if strategy == "primesieve" or grain is None:
         return workers
-    return max(1, min(workers, (n + 1) // grain, (n + 1) // MIN_CHUNK_SPAN))
+    return registry.grain_workers(workers, n + 1, grain, (n + 1) // MIN_CHUNK_SPAN)
 
 
 def _below_grain(n: int, strategy: str, inner: str | None, workers: int) -> bool:
     """True when ``n`` is below the grain of ``workers`` workers (the call then sends
     one task per worker used)."""
-    grain = MIN_GRAIN.get(registry.label(strategy, inner))
-    # A NEVER grain means "one worker", not "small": such a call is still cut into ranges
-    # (one task each, on a pool of one), so that Ctrl-C is honoured between them.
-    return grain is not None and grain < NEVER and (n + 1) < grain * workers
+    return registry.below_grain(n + 1, MIN_GRAIN.get(registry.label(strategy, inner)), workers)
 
 
 def _prime_count_bound(x: int) -> int:
