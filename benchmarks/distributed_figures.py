@@ -27,27 +27,16 @@ import contextlib
 import math
 import os
 import pickle
-import platform
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from kernels import attention, executors, montecarlo, sieve
 from kernels.harness import pairedstats
+from kernels.harness.machine import cpu_model
 
 #: pi(10^12) (the sieve package knows the powers of ten it tests).
 PI_1E12 = 37_607_912_018
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -186,7 +175,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=9)
     args = ap.parse_args()
-    print(f"# {_cpu()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"# {cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
     if args.what == "start":
         start(args.workers)
     elif args.what == "pairs":

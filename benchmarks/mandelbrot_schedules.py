@@ -17,17 +17,7 @@ import statistics
 import time
 
 from kernels import mandelbrot
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+from kernels.harness.machine import cpu_model
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -51,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", default="full,upper")
     args = parser.parse_args(argv)
     side = args.side
-    print(f"CPU: {_cpu_name()}, {os.cpu_count()} logical CPUs; load average "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; load average "
           f"{os.getloadavg()[0]:.2f}; {side}x{side} pixels, max_iter "
           f"{mandelbrot.DEFAULT_MAX_ITER}, {args.rounds} rounds")
     for view in args.views.split(","):
