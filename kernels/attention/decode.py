@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from kernels import executors, registry
-from kernels.attention import jit, reference, vectorized
+from kernels.attention import jit, reference, vectorized, wide
 from kernels.attention.cache import Cache, KVCache, MLACache
 from kernels.attention.config import rotate_query
 from kernels.attention.precision import check_torch_dtype, numba_view, widen
@@ -230,7 +230,8 @@ class Problem:
             return vectorized.partial_numpy(self.q1, ops[0], self.q2, ops[1], ops[2], t0, t1)
         k1, k2, v, ks1, ks2, vs = ops
         m, l, o = self._empty_state(v.shape[3])
-        jit.partial_jit(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
+        kernel = wide.partial_wide if self._wide(k1, v) else jit.partial_jit
+        kernel(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
                         t0, t1, m, l, o, ks1, ks2, vs)
         return m, l, o
 
@@ -263,9 +264,15 @@ class Problem:
             return out
         k1, k2, v, ks1, ks2, vs = self.operands(arrays)
         out = np.empty(self.q1.shape[:2] + (v.shape[3],), self.dtype)
-        jit.fused_decode(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
+        kernel = wide.fused_wide if self._wide(k1, v) else jit.fused_decode
+        kernel(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
                          self.length, splits, out, ks1, ks2, vs)
         return self._project(out)
+
+    def _wide(self, k1: np.ndarray, v: np.ndarray) -> bool:
+        """Whether the group GEMM kernels (:mod:`kernels.attention.wide`) fit this step."""
+        return wide.fits(self.q1.shape[1], k1.shape[1],
+                         (self.q1.shape[2], self.q2.shape[2], v.shape[3]), self.dtype)
 
     def finish(self, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         """Output of a single state covering every token: o / l, projected for absorbed."""

@@ -30,6 +30,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from kernels import simd
+
 #: Tokens per online-softmax block (scores for a block stay in L1).
 BLOCK = 128
 
@@ -334,6 +336,7 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     ahead, a few per register tile: the hardware prefetchers stop at 4 KiB page edges,
     and without the hints a core waits on memory and computes in turn instead of at once.
     """
+    simd.widest()
     B, H, d1 = q1.shape
     d2 = q2.shape[2]
     Hkv = k1.shape[1]

@@ -1,0 +1,304 @@
+"""Register-tiled float32 micro-kernels for numba code, in the CPU's widest vectors.
+
+numba vectorises loops by itself, but only the loop innermost in the source, and on an
+AVX-512 CPU only 256 bits wide (LLVM's default preference there, process-wide). A
+product shaped like a small GEMM, where every loaded value should serve many
+multiply-adds from registers, is out of its reach. :func:`tile` builds that product
+directly in LLVM IR: a block of ``rows x vectors`` accumulators held in registers over
+the whole reduction, one vector load of ``a`` serving every row, one broadcast of ``b``
+serving every vector. The function that calls it is marked to use the widest vectors
+(:data:`LANES` float32 lanes: 16 with AVX-512, else 8), so each accumulator is one
+register.
+
+It is a building block, shared by any kernel: it knows arrays only as addresses.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+
+def _host_has_avx512() -> bool:
+    try:
+        import llvmlite.binding as ll
+
+        return "+avx512f" in ll.get_host_cpu_features().flatten().split(",")
+    except (ImportError, RuntimeError):
+        return False
+
+
+def _lanes() -> int:
+    """16 with AVX-512, else 8; ``KERNELRACE_SIMD_LANES=8`` (or 16) chooses, so that the
+    8-lane kernels (an AVX2 CPU's) can be run and tested on an AVX-512 one."""
+    forced = os.environ.get("KERNELRACE_SIMD_LANES", "").strip()
+    if forced:
+        if forced not in ("8", "16"):
+            raise ValueError(f"KERNELRACE_SIMD_LANES must be 8 or 16, got {forced!r}")
+        return int(forced)
+    return 16 if _host_has_avx512() else 8
+
+
+#: float32 lanes in one vector register: 16 with AVX-512 (zmm), else 8 (ymm; LLVM splits
+#: or narrows them where the CPU has less).
+LANES = _lanes()
+
+#: Vector registers the CPU has for accumulators and operands (32 zmm with AVX-512,
+#: 16 ymm with AVX2).
+REGISTERS = 32 if LANES == 16 else 16
+
+_F32 = ir.FloatType()
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+
+
+def _vec() -> ir.VectorType:
+    return ir.VectorType(_F32, LANES)
+
+
+def _mark_widest(builder: ir.IRBuilder) -> None:
+    """Let the function being built use :data:`LANES`-wide vectors, whatever numba's
+    process-wide preference (on AVX-512 LLVM otherwise splits 512-bit vectors in two)."""
+    attrs = builder.function.attributes
+    for attr in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
+        set.add(attrs, attr)  # string attributes; llvmlite's add() knows only keywords
+
+
+@intrinsic
+def widest(typingctx: Any) -> Any:  # noqa: ARG001
+    """Mark the numba function that calls it to vectorise with :data:`LANES`-wide
+    vectors (its own loops too, not only the tiles); compiles to nothing."""
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+def _pointer(builder: ir.IRBuilder, addr: ir.Value, index: ir.Value, ty: ir.Type) -> ir.Value:
+    """Pointer to element ``index`` (float32s) past byte address ``addr``, as ``ty*``."""
+    base = builder.inttoptr(addr, _F32.as_pointer())
+    return builder.bitcast(builder.gep(base, [index]), ty.as_pointer())
+
+
+class _Vector(types.Type):
+    """A float32 vector of :data:`LANES` lanes, as a value in numba code (in a register
+    once LLVM is done)."""
+
+    def __init__(self) -> None:
+        super().__init__(name=f"f32x{LANES}")
+
+
+vector = _Vector()
+
+
+@register_model(_Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm: Any, fe_type: Any) -> None:
+        super().__init__(dmm, fe_type, _vec())
+
+
+def _unary(name: str, doc: str, build: Any, arg: Any = vector) -> Any:
+    def typer(typingctx: Any, x: Any) -> Any:  # noqa: ARG001
+        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+            return build(builder, args[0])
+
+        return vector(arg), codegen
+
+    typer.__name__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+def _binary(name: str, doc: str, build: Any) -> Any:
+    def typer(typingctx: Any, x: Any, y: Any) -> Any:  # noqa: ARG001
+        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+            return build(builder, args[0], args[1])
+
+        return vector(vector, vector), codegen
+
+    typer.__name__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+def _call(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
+    fnty = ir.FunctionType(_vec(), [_vec()] * len(args))
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{name}.v{LANES}f32")
+    return builder.call(fn, list(args))
+
+
+def _load(builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
+    return builder.load(builder.inttoptr(addr, _vec().as_pointer()), align=4)
+
+
+load = _unary("load", "The vector at byte address ``addr`` (any alignment).", _load,
+              types.uintp)
+splat = _unary("splat", "``x`` in every lane.", lambda b, x: _splat(b, x), types.float32)
+vmax = _binary("vmax", "Lane-wise maximum.", lambda b, x, y: _call(b, "maxnum", x, y))
+add = _binary("add", "Lane-wise sum.", lambda b, x, y: b.fadd(x, y))
+mul = _binary("mul", "Lane-wise product.", lambda b, x, y: b.fmul(x, y))
+sub = _binary("sub", "Lane-wise difference.", lambda b, x, y: b.fsub(x, y))
+
+
+@intrinsic
+def load_as_float(typingctx: Any, addr: Any, like: Any) -> Any:  # noqa: ARG001
+    """The :data:`LANES` elements at byte address ``addr``, of the type of ``like`` (a
+    scalar of the array read), as float32: float32 as is; uint16 as bfloat16 bits
+    (shifted into the top half); int16 as float16 bits (``vcvtph2ps``); int8 converted."""
+    n = LANES
+    if like == types.float32:
+        def widen(builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
+            return _load(builder, addr)
+    elif like in (types.uint16, types.int16, types.int8):
+        bits = 8 if like == types.int8 else 16
+
+        def widen(builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
+            raw_t = ir.VectorType(ir.IntType(bits), n)
+            raw = builder.load(builder.inttoptr(addr, raw_t.as_pointer()), align=1)
+            if like == types.int8:
+                return builder.sitofp(raw, _vec())
+            if like == types.int16:
+                return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), n)),
+                                     _vec())
+            wide = builder.shl(builder.zext(raw, ir.VectorType(_I32, n)),
+                               ir.Constant(ir.VectorType(_I32, n), [16] * n))
+            return builder.bitcast(wide, _vec())
+    else:
+        return None
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        return widen(builder, args[0])
+
+    return vector(types.uintp, like), codegen
+
+
+@intrinsic
+def store(typingctx: Any, addr: Any, v: Any) -> Any:  # noqa: ARG001
+    """Store vector ``v`` at byte address ``addr`` (any alignment)."""
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        builder.store(args[1], builder.inttoptr(args[0], _vec().as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(types.uintp, vector), codegen
+
+
+def _exp_nonpositive(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """e**x lane-wise for x <= 0: ``2**r * P(z)``, ``r = round(x / ln 2)``, P the
+    degree-7 Taylor polynomial of e**z on |z| <= ln2/2 (relative error about 1e-8);
+    lanes below -64 ln 2 give exactly 0 (as :func:`kernels.attention.jit._exp_neg`)."""
+    def const(v: float) -> ir.Constant:
+        return ir.Constant(_vec(), [v] * LANES)
+
+    y = builder.fmul(x, const(1.4426950408889634))
+    low = builder.fcmp_ordered("<", y, const(-64.0))
+    y = builder.select(low, const(-127.0), y)
+    r = _call(builder, "floor", builder.fadd(y, const(0.5)))
+    z = builder.fmul(builder.fsub(y, r), const(0.6931471805599453))
+    p = const(1.0 / 5040)
+    for c in (1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
+        p = _call(builder, "fma", p, z, const(c))
+    ivec = ir.VectorType(_I32, LANES)
+    bits = builder.shl(builder.add(builder.fptosi(r, ivec), ir.Constant(ivec, [127] * LANES)),
+                       ir.Constant(ivec, [23] * LANES))
+    return builder.fmul(p, builder.bitcast(bits, _vec()))
+
+
+exp_nonpositive = _unary("exp_nonpositive", _exp_nonpositive.__doc__, _exp_nonpositive)
+
+
+@intrinsic
+def zero(typingctx: Any) -> Any:  # noqa: ARG001
+    """The vector of zeros."""
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        return ir.Constant(_vec(), None)
+
+    return vector(), codegen
+
+
+def _splat(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    v = builder.insert_element(ir.Constant(_vec(), ir.Undefined), x, _I32(0))
+    mask = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+    return builder.shuffle_vector(v, v, mask)
+
+
+def _prefetch(builder: ir.IRBuilder, addr: ir.Value) -> None:
+    """``llvm.prefetch`` of the line at byte address ``addr`` into L2 (read, locality 1:
+    ``prefetcht2`` on x86)."""
+    ptr_t = ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [ptr_t, _I32, _I32, _I32])
+    fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr_t], fnty)
+    builder.call(fn, [builder.inttoptr(addr, ptr_t), _I32(0), _I32(1), _I32(1)])
+
+
+@functools.cache
+def tile(rows: int, vectors: int) -> Any:
+    """The micro-kernel for a block of ``rows`` x ``vectors`` accumulators.
+
+    ``tile(a, lda, b, ldb_r, ldb_i, k, c, ldc, add, pf, npf)``, every argument an
+    integer (addresses in bytes, strides in float32 elements), computes for
+    ``r < rows`` and the ``vectors * LANES`` columns ``j``::
+
+        c[r * ldc + j] = (c[r * ldc + j] if add else 0)
+                         + sum over i < k of b[r * ldb_r + i * ldb_i] * a[i * lda + j]
+
+    ``a``, ``b`` and ``c`` are the byte addresses of float32 data the caller keeps
+    alive; rows of ``a`` and ``c`` need no alignment. While it computes, it asks for the
+    ``npf`` cache lines from address ``pf`` on into L2 (one per step of ``i``; a hint,
+    which never faults): the caller names the data of its next tiles, so that memory
+    streams in beside the arithmetic instead of stalling it. Call it from a numba
+    function compiled with ``nogil``; the call is inlined and marks that function to
+    use the widest vectors.
+    """
+    if rows < 1 or vectors < 1 or rows * vectors + vectors + 1 > REGISTERS:
+        raise ValueError(f"a {rows} x {vectors} tile does not fit in {REGISTERS} registers")
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
+        a, lda, b, ldb_r, ldb_i, k, c, ldc, add, pf, npf = args
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_vec(), None))
+                 for _ in range(vectors)] for _ in range(rows)]
+        with cgutils.for_range(builder, k) as loop:
+            i = loop.index
+            with builder.if_then(builder.icmp_signed("<", i, npf), likely=True):
+                _prefetch(builder, builder.add(pf, builder.mul(i, _I64(64))))
+            arow = builder.mul(i, lda)
+            avs = [builder.load(_pointer(builder, a, builder.add(arow, _I64(j * LANES)), _vec()),
+                                align=4) for j in range(vectors)]
+            bcol = builder.mul(i, ldb_i)
+            vfma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_vec(), [_vec()] * 3), f"llvm.fma.v{LANES}f32")
+            for r in range(rows):
+                idx = builder.add(bcol, builder.mul(_I64(r), ldb_r))
+                x = _splat(builder, builder.load(_pointer(builder, b, idx, _F32), align=4))
+                for j in range(vectors):
+                    acc = accs[r][j]
+                    builder.store(builder.call(vfma, [avs[j], x, builder.load(acc)]), acc)
+        for r in range(rows):
+            crow = builder.mul(_I64(r), ldc)
+            for j in range(vectors):
+                ptr = _pointer(builder, c, builder.add(crow, _I64(j * LANES)), _vec())
+                total = builder.load(accs[r][j])
+                old = builder.load(ptr, align=4)
+                builder.store(builder.select(add, builder.fadd(old, total), total), ptr,
+                              align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx: Any, a: Any, lda: Any, b: Any, ldb_r: Any, ldb_i: Any, k: Any,  # noqa: ARG001, PLR0913
+              c: Any, ldc: Any, add: Any, pf: Any, npf: Any) -> Any:
+        sig = types.void(types.uintp, types.intp, types.uintp, types.intp, types.intp,
+                         types.intp, types.uintp, types.intp, types.boolean, types.uintp,
+                         types.intp)
+        return sig, codegen
+
+    typer.__name__ = f"tile_{rows}x{vectors}"
+    return intrinsic(typer)

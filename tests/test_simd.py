@@ -1,0 +1,168 @@
+"""The register-tiled micro-kernels of kernels.simd against NumPy, and the group-GEMM
+attention kernels (kernels.attention.wide) against the generic ones, at both vector
+widths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import njit
+
+import kernels.attention as A
+from kernels import simd
+from kernels.attention import jit, wide
+from kernels.attention.config import rotate_query
+from kernels.attention.decode import Problem
+from kernels.attention.precision import numba_view, widen
+
+L = simd.LANES
+TILES = [(1, 1), (4, 2), (8, 1), (3, 3), (4, 4)]
+_KERNELS = {shape: simd.tile(*shape) for shape in TILES}
+
+
+def _make_runner(shape):
+    kernel = _KERNELS[shape]
+
+    @njit(nogil=True)
+    def run(a, lda, b, ldb_r, ldb_i, k, c, ldc, add, pf, npf):
+        kernel(a.ctypes.data, lda, b.ctypes.data, ldb_r, ldb_i, k, c.ctypes.data, ldc, add,
+               pf.ctypes.data, npf)
+
+    return run
+
+
+_RUNNERS = {shape: _make_runner(shape) for shape in TILES}
+
+
+@pytest.mark.parametrize("shape", TILES)
+@pytest.mark.parametrize("add", [False, True])
+@pytest.mark.parametrize("transposed_b", [False, True])
+def test_tile_is_the_product_it_says(shape, add, transposed_b):
+    rows, vectors = shape
+    rng = np.random.default_rng(rows * 10 + vectors)
+    k, cols = 37, vectors * L
+    lda, ldc = cols + 5, cols + 3  # rows of a and c need no alignment
+    a = rng.standard_normal((k, lda)).astype(np.float32)
+    if transposed_b:  # b[r, i] at r + i * ldb_i (the value pass reads weights this way)
+        bt = rng.standard_normal((k, rows + 2)).astype(np.float32)
+        b, ldb_r, ldb_i, want_b = bt, 1, rows + 2, bt[:, :rows].T
+    else:
+        b = rng.standard_normal((rows, k + 7)).astype(np.float32)
+        ldb_r, ldb_i, want_b = k + 7, 1, b[:, :k]
+    c0 = rng.standard_normal((rows, ldc)).astype(np.float32)
+    c = c0.copy()
+    _RUNNERS[shape](a, lda, b, ldb_r, ldb_i, k, c, ldc, add, a, 3)
+    want = want_b.astype(np.float64) @ a[:, :cols].astype(np.float64)
+    if add:
+        want += c0[:, :cols]
+    np.testing.assert_allclose(c[:, :cols], want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(c[:, cols:], c0[:, cols:])  # nothing past the tile
+
+
+def test_a_tile_too_large_for_the_registers_is_refused():
+    with pytest.raises(ValueError, match="registers"):
+        simd.tile(simd.REGISTERS, 2)
+
+
+@njit(nogil=True)
+def _widen_and_exp(x, bits, out_w, out_e):
+    simd.widest()
+    for j in range(0, bits.shape[0], L):
+        simd.store(out_w.ctypes.data + 4 * j,
+                   simd.load_as_float(bits.ctypes.data + bits.itemsize * j, bits[0]))
+    for j in range(0, x.shape[0], L):
+        simd.store(out_e.ctypes.data + 4 * j,
+                   simd.exp_nonpositive(simd.load(x.ctypes.data + 4 * j)))
+
+
+@pytest.mark.parametrize("name", ["float32", "bfloat16", "float16", "int8"])
+def test_vector_loads_widen_like_the_scalar_kernels(name):
+    spec = A.check_cache_dtype(name)
+    values = np.random.default_rng(2).standard_normal(4 * L).astype(np.float32) * 50
+    stored = {"float32": values,
+              "bfloat16": (values.view(np.uint32) >> 16).astype(np.uint16),
+              "float16": values.astype(np.float16),
+              "int8": np.clip(np.round(values), -127, 127).astype(np.int8)}[name]
+    got = np.empty(4 * L, np.float32)
+    x = -np.linspace(0, 100, 4 * L).astype(np.float32)
+    e = np.empty_like(x)
+    _widen_and_exp(x, numba_view(stored), got, e)
+    scale = np.ones((), np.float32) if spec.scaled else None
+    np.testing.assert_array_equal(got, widen(stored, spec, scale))
+    exact = np.exp(x.astype(np.float64))
+    kept = x > -64 * np.log(2)
+    # x * log2(e) rounds to float32 first: about |x| * 6e-8 of relative error on top of
+    # the polynomial's 1e-8 (the scalar kernel's exp has the same)
+    assert np.all(np.abs(e[kept] / exact[kept] - 1) <= 3e-7 + 1e-7 * np.abs(x[kept]))
+    assert np.all(e[~kept] == 0)
+
+
+def _operands(name, length, dtype, batch=2):
+    cache = A.make_cache(A.SMALL_CONFIGS[name], capacity=length, batch=batch, dtype=dtype)
+    A.fill_random(cache, length, seed=4)
+    q = A.random_query(cache, seed=5)
+    impl = "absorbed" if isinstance(cache.config, A.MLAConfig) else None
+    problem = Problem(cache, rotate_query(cache.config, q, length - 1), impl)
+    k1, k2, v, ks1, ks2, vs = problem.operands(cache.arrays())
+    return cache, problem, (numba_view(k1), numba_view(k2), numba_view(v), ks1, ks2, vs)
+
+
+@pytest.mark.parametrize("name", ["mqa-wide", "mla-wide"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("t0,t1", [(0, 1), (5, 300), (128, 256), (3, 11)])
+def test_group_gemm_kernel_equals_the_generic_one(name, dtype, t0, t1):
+    cache, problem, (k1, k2, v, ks1, ks2, vs) = _operands(name, 300, dtype)
+    with cache:
+        assert wide.fits(problem.q1.shape[1], k1.shape[1],
+                         (k1.shape[3], k2.shape[3], v.shape[3]), problem.dtype)
+        states = []
+        for kernel in (wide.partial_wide, jit.partial_jit):
+            m, l, o = problem._empty_state(v.shape[3])
+            kernel(problem.q1, k1, problem.q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs)
+            states.append((m, l, o))
+        (m1, l1, o1), (m2, l2, o2) = states
+        np.testing.assert_allclose(m1, m2, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(l1, l2, rtol=1e-5)
+        np.testing.assert_allclose(o1, o2, rtol=2e-5, atol=2e-5 * float(np.abs(o2).max()))
+
+
+def test_which_shapes_take_the_group_gemm_kernel():
+    assert wide.fits(32, 1, (128, 0, 128), np.float32)  # MQA
+    assert wide.fits(16, 1, (512, 64, 512), np.float32)  # MLA absorbed
+    assert not wide.fits(32, 8, (128, 0, 128), np.float32)  # GQA: 4 heads a group
+    assert not wide.fits(32, 1, (128, 0, 128), np.float64)  # float64: the generic kernel
+    assert not wide.fits(32, 1, (128, 0, L + 1), np.float32)  # part of a vector
+    assert not wide.fits(16, 1, (512, 8, 512), np.float32)  # a rotary key of 8
+
+
+def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
+    """The 8-lane kernels (an AVX2 CPU's) give the reference's answers here too, in a
+    process of their own (numba's cache in a fresh folder, so nothing compiled for
+    another width is loaded)."""
+    code = (
+        "import numpy as np, kernels.attention as A\n"
+        "from kernels import simd\n"
+        "from kernels.attention.reference import reference_decode\n"
+        "assert simd.LANES == 8, simd.LANES\n"
+        "for name in ('mqa-wide', 'mla-wide'):\n"
+        "    c = A.make_cache(A.SMALL_CONFIGS[name], capacity=150, batch=1, dtype='bfloat16')\n"
+        "    A.fill_random(c, 150, seed=1)\n"
+        "    q = A.random_query(c)\n"
+        "    want = reference_decode(c, q)\n"
+        "    got = A.decode(c, q, strategy='threaded', inner='numba', workers=2)\n"
+        "    err = np.abs(got - want).max() / np.abs(want).max()\n"
+        "    assert err < 1e-5, (name, err)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "KERNELRACE_SIMD_LANES": "8", "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+    env["KERNELRACE_SIMD_LANES"] = "12"
+    done = subprocess.run([sys.executable, "-c", "import kernels.simd"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and "must be 8 or 16" in done.stderr
