@@ -672,3 +672,32 @@ def test_a_case_reports_its_flops_and_gflops():
         assert row["gflops"] == pytest.approx(case.fields["flops"] / 0.5 / 1e9)
     finally:
         case.close()
+
+
+@pytest.mark.skipif(TORCH_MISSING is not None, reason=str(TORCH_MISSING))
+@pytest.mark.parametrize("torch_first", [False, True])
+def test_torch_loaded_after_numba_openmp_is_warned_about(torch_first):
+    """torch loaded after numba's OpenMP threads started runs on numba's libgomp, up to
+    20x slower: asking for the torch strategy then warns; asking first does not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, numpy as np, kernels.attention as A\n"
+        "warnings.simplefilter('error', RuntimeWarning)\n"
+        + ("A.unavailable_reason('torch')\n" if torch_first else "")
+        + "c = A.make_cache(A.PRESETS['gqa'], capacity=64); A.fill_random(c, 64)\n"
+        "A.decode(c, A.random_query(c), strategy='numba', workers=2)\n"
+        "import numba\n"
+        "if numba.threading_layer() != 'omp': print('not omp'); raise SystemExit(0)\n"
+        "A.unavailable_reason('torch')\n"
+        "print('quiet')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    if "not omp" in done.stdout:
+        pytest.skip("numba's threading layer here is not OpenMP")
+    if torch_first:
+        assert done.returncode == 0 and "quiet" in done.stdout, done.stderr[-1500:]
+    else:
+        assert done.returncode != 0 and "numba's libgomp" in done.stderr

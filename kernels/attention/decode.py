@@ -25,6 +25,8 @@ float32.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -40,10 +42,33 @@ MLA_IMPLS = ("naive", "absorbed")
 
 
 def unavailable_reason(strategy: str) -> str | None:
-    """Why ``strategy`` cannot run here (torch not installed), else None."""
+    """Why ``strategy`` cannot run here (torch not installed), else None. Loads torch
+    (checking that it imports), with a warning if that is too late (:func:`_late_torch`)."""
     if strategy == "torch":
+        _late_torch()
         return registry.module_available("torch")
     return None
+
+
+def _late_torch() -> None:
+    """Warn when torch is about to load after numba's parallel kernels started OpenMP
+    threads: torch's own libgomp then never loads (numba's has the same soname) and
+    torch's steps run up to 20x slower (measured: MQA at 32k, 25 ms -> 420-670 ms).
+    Every case and decode call with strategy ``torch`` asks for torch first, so a run
+    that makes its cases before timing them is safe."""
+    numba = sys.modules.get("numba")
+    if "torch" in sys.modules or numba is None:
+        return
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel numba call yet
+        return
+    if layer == "omp":
+        warnings.warn(
+            "torch is loaded after numba started its OpenMP threads, so torch runs on "
+            "numba's libgomp and its steps can be 20x slower: load torch (make the torch "
+            "case) before the first parallel numba call, or set "
+            "NUMBA_THREADING_LAYER=workqueue", RuntimeWarning, stacklevel=3)
 
 
 def _module() -> Any:

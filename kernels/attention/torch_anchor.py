@@ -14,6 +14,7 @@ float32. torch has no int8 attention on the CPU: an int8 cache is refused
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,9 +28,11 @@ from kernels.attention.precision import check_torch_dtype
 def _tensor(cache: Cache, name: str) -> torch.Tensor:
     """The cache array ``name`` as a tensor of its element type, without a copy."""
     a = getattr(cache, name)
-    if cache.kv_dtype.name == "bfloat16":
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
+    with warnings.catch_warnings():  # the cache is read-only; torch never writes to it
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        if cache.kv_dtype.name == "bfloat16":
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
 
 
 def _out(t: torch.Tensor, cache: Cache) -> np.ndarray:
