@@ -701,3 +701,25 @@ def test_torch_loaded_after_numba_openmp_is_warned_about(torch_first):
         assert done.returncode == 0 and "quiet" in done.stdout, done.stderr[-1500:]
     else:
         assert done.returncode != 0 and "numba's libgomp" in done.stderr
+
+
+def test_pool_steps_below_the_minimum_grain_run_on_fewer_workers():
+    """A 1k-token MQA step is below multiprocess's grain (one worker's round trip costs
+    more than half the step); 32k tokens are not; numba (prange) splits as asked."""
+    from kernels.attention.decode import workers_used
+
+    mqa = A.PRESETS["mqa"]
+    assert workers_used(mqa, 1024, 1, np.float32, "multiprocess", "numba", 2) == 1
+    assert workers_used(mqa, 32768, 1, np.float32, "multiprocess", "numba", 2) == 2
+    assert workers_used(mqa, 1024, 1, np.float32, "numba", None, 2) == 2
+    assert workers_used(mqa, 1, 1, np.float32, "numba", None, 2) == 1  # one token
+    assert workers_used(mqa, 1024, 1, np.float32, "python", None, 2) == 1
+    assert workers_used(A.PRESETS["mha"], 32768, 1, "bfloat16", "distributed", "numba", 2) == 2
+    case = A.make_case(1024, strategy="multiprocess", inner="numba", workers=2, preset="mqa")
+    try:
+        assert case.fields["workers_used"] == 1
+        case.run()
+    finally:
+        case.close()
+    assert A.SPEC.workers_used(1024, "multiprocess", "numba", 2, preset="mqa") == 1
+    assert A.SPEC.workers_used(32768, "multiprocess", "numba", 2, preset="mqa") == 2

@@ -44,6 +44,7 @@ from kernels.attention.decode import (
     check_mla_impl,
     decode,
     unavailable_reason,
+    workers_used,
 )
 from kernels.attention.precision import KV_DTYPES, KVDtype, check_torch_dtype, kv_dtype
 
@@ -123,6 +124,9 @@ def make_case(
     cost = step_cost(config, int(size), cache.batch, dtype=cache.kv_dtype, mla_impl=impl)
     fields["weight_bytes"] = cost.weight_bytes
     fields["flops"] = cost.flops
+    # workers_used: the workers a step really runs on (fewer than asked below MIN_GRAIN)
+    fields["workers_used"] = workers_used(config, int(size), cache.batch, cache.kv_dtype,
+                                          strategy, inner, workers, impl)
 
     def run() -> np.ndarray:
         return decode(cache, query, strategy=strategy, workers=workers, inner=inner,
@@ -375,6 +379,9 @@ SPEC = registry.KernelSpec(
     # The float64 Python reference takes seconds per step past this context.
     size_limits={"python": 1024},
     anchors=("torch",),
+    workers_used=lambda size, strategy, inner, workers, preset="gqa", batch=1, mla_impl=None,
+    dtype=np.float32, **_: workers_used(get_preset(preset), size, batch, dtype, strategy, inner,
+                                        workers, mla_impl),
     options=(
         registry.Option("preset", "config preset (default gqa)", choices=tuple(PRESETS)),
         registry.Option("batch", "sequences decoded together (default 1)", low=1, high=1 << 20),

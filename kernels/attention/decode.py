@@ -34,11 +34,47 @@ import numpy as np
 from kernels import executors, registry
 from kernels.attention import jit, reference, vectorized, wide
 from kernels.attention.cache import Cache, KVCache, MLACache
-from kernels.attention.config import rotate_query
+from kernels.attention.config import rotate_query, step_cost
 from kernels.attention.precision import check_torch_dtype, numba_view, widen
 
 STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES, "torch")
 MLA_IMPLS = ("naive", "absorbed")
+
+#: Minimum grain of the pool strategies, in :func:`work_units` per worker: below it a
+#: second worker's round trip (a task to another process or host, its result back) costs
+#: more than the half step it saves, and the step runs on fewer workers
+#: (:func:`workers_used`). Set from ``python -m benchmarks.workers_penalty --kernel
+#: attention`` on the 2-core Xeon: at 1k tokens, 2 workers were 1.20-1.35x slower than 1
+#: with multiprocess:numba/numpy (MQA, MLA), 1.36-1.79x with distributed:numba/numpy, and
+#: 1.09x with threaded:numba on MQA. The python chunk kernel is about 100x slower than
+#: the estimate assumes, so its grains are 100x smaller. ``numba`` (prange) and the other
+#: threaded labels split as asked: no penalty measured.
+MIN_GRAIN: dict[str, int] = {
+    "threaded:numba": 300,
+    "multiprocess:numba": 2_000,
+    "multiprocess:numpy": 2_000,
+    "multiprocess:python": 20,
+    "distributed:numba": 20_000,
+    "distributed:numpy": 20_000,
+    "distributed:python": 200,
+}
+
+
+def work_units(cost: Any) -> int:
+    """A step's work as estimated microseconds on one core: its bytes at 10 GB/s plus its
+    FLOPs at 50 GFLOP/s (:class:`kernels.attention.config.StepCost`)."""
+    return int(cost.bytes // 10_000 + cost.flops // 50_000)
+
+
+def workers_used(config: Any, context: int, batch: int, dtype: Any, strategy: str,  # noqa: PLR0913
+                 inner: str | None, workers: int, mla_impl: str | None = None) -> int:
+    """The workers a step over ``context`` cached tokens runs on: ``workers`` cut to one
+    per :data:`MIN_GRAIN` of :func:`work_units` and one per token; 1 for ``python``."""
+    if strategy == "python":
+        return 1
+    grain = MIN_GRAIN.get(registry.label(strategy, inner))
+    cost = step_cost(config, context, batch, dtype=dtype, mla_impl=mla_impl)
+    return registry.grain_workers(workers, work_units(cost), grain, context)
 
 
 def unavailable_reason(strategy: str) -> str | None:
@@ -146,9 +182,11 @@ def decode(
     if strategy == "numpy":
         with executors.limit_threads(workers):
             return problem.finish(problem.partial("numpy", 0, cache.length, cache.arrays()))
+    workers = workers_used(cache.config, cache.length, cache.batch, cache.kv_dtype, strategy,
+                           inner, workers, impl)
     if strategy == "numba":
         with executors.limit_threads(workers):
-            return problem.fused(min(workers, cache.length), cache.arrays())
+            return problem.fused(workers, cache.arrays())
     states = _run_pool(cache, problem, strategy, inner, workers)
     return problem.finish_states(states)
 
