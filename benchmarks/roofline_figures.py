@@ -1,0 +1,135 @@
+"""Each attention preset against its roofline, with the roofline measured in the same
+rounds as the step (issue 15).
+
+    python -m benchmarks.roofline_figures [ROUNDS] [CONTEXT] [WORKERS] [PRESETS]
+
+Defaults: 9 rounds, 32768 tokens, 2 workers, every preset. Each round times, in turn
+(the order rotating from round to round): one ``numba`` decode step, one ``torch`` step
+(where torch is installed), one float32 2048 x 2048 matmul through BLAS and one read
+pass over 1 GiB, all at WORKERS threads. A round's roofline time is the larger of the
+step's bytes (cache read plus weights) over that round's read bandwidth and its FLOPs
+over that round's matmul rate, so the share of roofline compares measurements taken
+within a second of each other, not a calibration from another hour of a shared
+machine. Printed per preset: median step times, the median share of roofline with
+its interquartile range over the rounds, which bound applies, and numba's speed-up
+over torch (paired per round) with its interquartile range. Then the FMA probe's peak
+beside the matmul rate (``kernelrace machine`` measures both).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from kernels import attention as A
+from kernels.harness.machine import cpu_model
+from kernels.harness.probes import (
+    ReadStream,
+    measure_fma_gflops,
+    measure_fma_widest,
+    measure_matmul_gflops,
+)
+
+MATMUL_N = 2048
+#: Seconds to wait after the matmul: OpenBLAS's threads spin for about 0.1 s after a call
+#: (2^28 cycles) before they sleep, and would steal a core from whatever the round times
+#: next (a torch step took 2-3x longer right after one). Shortening the spin instead
+#: (OPENBLAS_THREAD_TIMEOUT) made the matmul itself 10-15% slower.
+BLAS_SPIN_SECONDS = 0.2
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = np.percentile(values, [25, 50, 75])
+    return float(q[1]), float(q[0]), float(q[2])
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def preset_rounds(preset: str, context: int, workers: int, rounds: int,
+                  stream: ReadStream) -> dict:
+    """The per-round times of each side and the per-round roofline shares of one preset."""
+    cases = {s: A.make_case(context, strategy=s, workers=workers, preset=preset)
+             for s in ("numba", "torch") if not A.unavailable_reason(s)}
+    try:
+        for case in cases.values():  # compile, first touch
+            case.run()
+            case.run()
+        fields = cases["numba"].fields
+        nbytes = fields["cache_bytes"] + fields["weight_bytes"]
+        flops = fields["flops"]
+        sides = {**{s: c.run for s, c in cases.items()},
+                 "matmul": lambda: measure_matmul_gflops(MATMUL_N, workers, 1),
+                 "read": stream.gbps}
+        names = list(sides)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        gflops, gbps = [], []
+        for r in range(rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                if name == "matmul":
+                    gflops.append(sides[name]()[0])
+                    time.sleep(BLAS_SPIN_SECONDS)
+                elif name == "read":
+                    gbps.append(sides[name]())
+                else:
+                    times[name].append(_timed(sides[name]))
+        rates = list(zip(gbps, gflops, strict=True))
+        roof = [max(nbytes / bw / 1e9, flops / mm / 1e9) for bw, mm in rates]
+        bound = ["memory" if nbytes / bw > flops / mm else "compute"
+                 for bw, mm in rates]
+        out = {"preset": preset, "bytes": nbytes, "flops": flops,
+               "numba_ms": _quartiles([t * 1e3 for t in times["numba"]]),
+               "roofline_share": _quartiles(
+                   [r / t for r, t in zip(roof, times["numba"], strict=True)]),
+               "bound": statistics.mode(bound),
+               "matmul_gflops": _quartiles(gflops), "read_gbps": _quartiles(gbps)}
+        if "torch" in times:
+            out["torch_ms"] = _quartiles([t * 1e3 for t in times["torch"]])
+            out["vs_torch"] = _quartiles(
+                [t / n for t, n in zip(times["torch"], times["numba"], strict=True)])
+        return out
+    finally:
+        for case in cases.values():
+            case.close()
+
+
+def main(argv: list[str]) -> int:
+    rounds = int(argv[0]) if argv else 9
+    context = int(argv[1]) if len(argv) > 1 else 32768
+    workers = int(argv[2]) if len(argv) > 2 else 2
+    presets = argv[3].split(",") if len(argv) > 3 else list(A.PRESETS)
+    print(f"CPU: {cpu_model()}; context {context}, {workers} workers, {rounds} rounds")
+    A.unavailable_reason("torch")  # torch loads before numba's OpenMP threads start
+    stream = ReadStream(1 << 30, workers)
+    print("| preset | numba ms | of roofline [IQR] | bound | torch ms | vs torch [IQR] "
+          "| matmul GFLOP/s | read GB/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for preset in presets:
+        r = preset_rounds(preset, context, workers, rounds, stream)
+        share = r["roofline_share"]
+        torch = ("-", "-")
+        if "vs_torch" in r:
+            v = r["vs_torch"]
+            torch = (f"{r['torch_ms'][0]:.2f}", f"{v[0]:.2f}x [{v[1]:.2f}, {v[2]:.2f}]")
+        print(f"| {preset} | {r['numba_ms'][0]:.2f} | {share[0]:.0%} [{share[1]:.0%}, "
+              f"{share[2]:.0%}] | {r['bound']} | {torch[0]} | {torch[1]} | "
+              f"{r['matmul_gflops'][0]:.0f} | {r['read_gbps'][0]:.1f} |", flush=True)
+    fma = statistics.median(measure_fma_gflops("float32", workers, 5))
+    widest = measure_fma_widest([workers], 5)
+    wide = (f", {statistics.median(widest['samples_gflops']['float32'][str(workers)]):.0f} "
+            "in the widest vectors" if widest else "")
+    mm = statistics.median(measure_matmul_gflops(MATMUL_N, workers, 5))
+    print(f"float32 FMA probe at {workers} threads: {fma:.0f} GFLOP/s in numba's default "
+          f"vectors{wide}; matmul {mm:.0f} GFLOP/s (one after the other, after the rounds)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
