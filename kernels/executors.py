@@ -560,14 +560,18 @@ def run_split(  # noqa: PLR0913
     reuse: bool = True,
     what: str = "arrays",
     hint: str = "",
+    parts: int | None = None,
 ) -> list[Any]:
     """:func:`run_shared` for tasks that split ``length`` items of ``arrays`` between
     them (:meth:`Executor.share_split`): ``make_task(pieces)`` builds one task from its
-    pieces; results come back one per task."""
+    pieces; results come back one per task. ``parts`` (default ``workers``): how many
+    ways to split, fewer than the pool's workers below a kernel's minimum grain (the
+    pool stays the one of ``workers``, warm, not a second one of another size)."""
     workers = resolve_workers(workers)
+    parts = workers if parts is None else max(1, min(int(parts), workers))
     with executor_for(kind, workers, reuse=reuse) as executor:
         with limit_threads(executor.thread_limit(workers)):
-            return executor.map_split(fn, arrays, axes, length, make_task, workers,
+            return executor.map_split(fn, arrays, axes, length, make_task, parts,
                                       source=source, what=what, hint=hint)
 
 

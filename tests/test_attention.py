@@ -715,11 +715,16 @@ def test_pool_steps_below_the_minimum_grain_run_on_fewer_workers():
     assert workers_used(mqa, 1, 1, np.float32, "numba", None, 2) == 1  # one token
     assert workers_used(mqa, 1024, 1, np.float32, "python", None, 2) == 1
     assert workers_used(A.PRESETS["mha"], 32768, 1, "bfloat16", "distributed", "numba", 2) == 2
+    from kernels import executors
+
     case = A.make_case(1024, strategy="multiprocess", inner="numba", workers=2, preset="mqa")
+    before = set(executors._pools)
     try:
         assert case.fields["workers_used"] == 1
         case.run()
     finally:
         case.close()
+    # one task on the warm pool of 2, not a second pool of 1 started for it
+    assert set(executors._pools) - before <= {("processes", 2)}
     assert A.SPEC.workers_used(1024, "multiprocess", "numba", 2, preset="mqa") == 1
     assert A.SPEC.workers_used(32768, "multiprocess", "numba", 2, preset="mqa") == 2

@@ -8,6 +8,7 @@ cache) and is shut down at the end; Dask tests are skipped where it is not insta
 
 from __future__ import annotations
 
+import importlib
 import os
 import select
 import signal
@@ -25,6 +26,15 @@ from kernels import executors, registry
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 2
+
+
+@pytest.fixture(autouse=True)
+def _split_as_asked(monkeypatch):
+    """These tests are about how a split cache travels: every attention step is split as
+    asked, whatever attention's minimum grain says for such small caches (one test below
+    checks the grain itself)."""
+    decode = importlib.import_module("kernels.attention.decode")  # the module, not decode()
+    monkeypatch.setattr(decode, "MIN_GRAIN", {})
 
 
 @pytest.fixture(scope="module")
@@ -452,3 +462,20 @@ def test_a_result_row_records_the_cluster_and_its_size(cluster):
     plain = runner.run_point("sieve", runner.Point("numba", None, 10**5, 1), repeat=1,
                              warmup=0, options={})
     assert "cluster" not in plain
+
+
+def test_a_step_below_the_grain_runs_as_one_task_on_the_warm_cluster(cluster, monkeypatch):
+    """Below the minimum grain the step is one task on the same warm 2-worker cluster:
+    no second cluster of one worker is started for it."""
+    from kernels import attention as A
+
+    decode = importlib.import_module("kernels.attention.decode")
+    monkeypatch.setattr(decode, "MIN_GRAIN", {"distributed:numba": 10**9})
+    cluster = _warm(cluster)
+    cache = A.make_cache(A.SMALL_CONFIGS["gqa-small"], capacity=64)
+    A.fill_random(cache, 64, seed=0)
+    query = A.random_query(cache, seed=1)
+    before = set(executors._pools)
+    _decode_both(cache, query)
+    assert set(executors._pools) == before
+    assert [len(r) for _, r in cluster.kept_blocks(cache)] == [1]  # one shard, one task

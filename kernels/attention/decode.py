@@ -182,12 +182,12 @@ def decode(
     if strategy == "numpy":
         with executors.limit_threads(workers):
             return problem.finish(problem.partial("numpy", 0, cache.length, cache.arrays()))
-    workers = workers_used(cache.config, cache.length, cache.batch, cache.kv_dtype, strategy,
-                           inner, workers, impl)
+    used = workers_used(cache.config, cache.length, cache.batch, cache.kv_dtype, strategy,
+                        inner, workers, impl)
     if strategy == "numba":
-        with executors.limit_threads(workers):
-            return problem.fused(workers, cache.arrays())
-    states = _run_pool(cache, problem, strategy, inner, workers)
+        with executors.limit_threads(used):
+            return problem.fused(used, cache.arrays())
+    states = _run_pool(cache, problem, strategy, inner, workers, used)
     return problem.finish_states(states)
 
 
@@ -397,9 +397,10 @@ def merge_states(states: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]
 
 
 def _run_pool(
-    cache: Cache, problem: Problem, strategy: str, inner: str, workers: int,
+    cache: Cache, problem: Problem, strategy: str, inner: str, workers: int, parts: int,
 ) -> list[tuple[np.ndarray, ...]]:
-    """The tasks' partial states, on the executor of ``strategy``, which decides how the
+    """The tasks' partial states, ``parts`` of them (fewer than ``workers`` below
+    :data:`MIN_GRAIN`) on the warm executor of ``strategy`` and ``workers``, which decides how the
     cache reaches them (:meth:`kernels.executors.Executor.share_split`): a ``shared=True``
     cache's segments travel by name, a private cache is copied to temporary segments for
     a process pool, and a Dask cluster keeps shards of it on its workers between steps."""
@@ -408,7 +409,8 @@ def _run_pool(
     try:
         return executors.run_split(
             executors.executor_kind(strategy), _pool_task, cache.arrays(), cache.token_axes,
-            cache.length, lambda pieces: (problem, inner, pieces), workers, source=cache,
+            cache.length, lambda pieces: (problem, inner, pieces), workers, parts=parts,
+            source=cache,
             what=f"a private attention cache ({cache.capacity} tokens x batch {cache.batch}) "
             f"for strategy {strategy}",
             hint="make the cache with shared=True (no copy is then made), or lower its "
