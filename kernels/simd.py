@@ -302,3 +302,129 @@ def tile(rows: int, vectors: int) -> Any:
 
     typer.__name__ = f"tile_{rows}x{vectors}"
     return intrinsic(typer)
+
+
+def _widen_vector(builder: ir.IRBuilder, addr: ir.Value, like: Any) -> ir.Value:
+    """The LANES elements of type ``like`` at byte address ``addr`` as float32."""
+    n = LANES
+    if like == types.float32:
+        return _load(builder, addr)
+    if like == types.float64:  # typed for generic callers; rounded, never fast
+        vt = ir.VectorType(ir.DoubleType(), n)
+        return builder.fptrunc(builder.load(builder.inttoptr(addr, vt.as_pointer()), align=8),
+                               _vec())
+    bits = 8 if like == types.int8 else 16
+    raw_t = ir.VectorType(ir.IntType(bits), n)
+    raw = builder.load(builder.inttoptr(addr, raw_t.as_pointer()), align=1)
+    if like == types.int8:
+        return builder.sitofp(raw, _vec())
+    if like == types.int16:
+        return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), n)), _vec())
+    wide = builder.shl(builder.zext(raw, ir.VectorType(_I32, n)),
+                       ir.Constant(ir.VectorType(_I32, n), [16] * n))
+    return builder.bitcast(wide, _vec())
+
+
+def _reduce_tree(builder: ir.IRBuilder, vs: list[ir.Value]) -> list[ir.Value]:
+    """Horizontal sums of many vectors at once: pairs of vectors are folded into one
+    holding half as many partial sums of each, until every lane is one vector's total.
+    16 vectors of 16 lanes take 15 folds (two shuffles and an add each) instead of 16
+    separate reductions of 8 operations. Returns the totals, LANES per vector, in the
+    order of ``vs``."""
+    n = LANES
+    k = 1  # accumulators per vector; each has n // k contiguous partial lanes
+    while len(vs) > 1 and k < n:
+        p = n // k
+        lo = [j * p + m for j in range(k) for m in range(p // 2)]
+        hi = [j * p + p // 2 + m for j in range(k) for m in range(p // 2)]
+        out = []
+        for a, b in zip(vs[0::2], vs[1::2], strict=True):
+            mask_lo = ir.Constant(ir.VectorType(_I32, n), lo + [n + i for i in lo])
+            mask_hi = ir.Constant(ir.VectorType(_I32, n), hi + [n + i for i in hi])
+            out.append(builder.fadd(builder.shuffle_vector(a, b, mask_lo),
+                                    builder.shuffle_vector(a, b, mask_hi)))
+        vs = out
+        k *= 2
+    return vs
+
+
+@functools.cache
+def dots(rows: int, cols: int) -> Any:
+    """The micro-kernel of ``rows`` x ``cols`` dot products over whole vectors.
+
+    ``dots(q, ldq, k, ldk, like, d, s, lds, add, sc, scaled)`` computes, for ``r < rows``
+    and ``c < cols``::
+
+        s[r * lds + c] = (s[r * lds + c] if add else 0) + (sc[c] if scaled else 1)
+                         * sum over i < d of q[r * ldq + i] * k[c * ldk + i]
+
+    ``q`` (float32 rows), ``k`` (rows of ``like``'s type: float32, or bf16/fp16/int8 bits,
+    widened as :func:`load_as_float`) and ``s`` (float32) are byte addresses, strides in
+    elements; ``d`` a multiple of LANES. Each product keeps a vector accumulator over
+    ``d``; the ``rows * cols`` horizontal sums are then folded together
+    (:func:`_reduce_tree`). ``rows * cols`` must be a multiple of LANES or LANES of it.
+    """
+    total = rows * cols
+    if total % LANES and LANES % total:
+        raise ValueError(f"{rows} x {cols} dot products do not fold into {LANES} lanes")
+    if total + rows + cols > REGISTERS:
+        raise ValueError(f"a {rows} x {cols} dot tile does not fit in {REGISTERS} registers")
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
+        q, ldq, k, ldk, _like, d, s, lds, add, sc, scaled = args
+        like = signature.args[4]
+        size = _I64(like.bitwidth // 8)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_vec(), None))
+                 for _ in range(cols)] for _ in range(rows)]
+        steps = builder.sdiv(d, _I64(LANES))
+        with cgutils.for_range(builder, steps) as loop:
+            i = builder.mul(loop.index, _I64(LANES))
+            qs = [builder.load(_pointer(builder, q, builder.add(builder.mul(_I64(r), ldq), i),
+                                        _vec()), align=4) for r in range(rows)]
+            ks = [_widen_vector(builder, builder.add(
+                k, builder.mul(builder.add(builder.mul(_I64(c), ldk), i), size)), like)
+                for c in range(cols)]
+            vfma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_vec(), [_vec()] * 3), f"llvm.fma.v{LANES}f32")
+            for r in range(rows):
+                for c in range(cols):
+                    acc = accs[r][c]
+                    builder.store(builder.call(vfma, [qs[r], ks[c], builder.load(acc)]), acc)
+        flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(cols)]
+        sums = _reduce_tree(builder, flat)
+        per = LANES if total >= LANES else total
+        for index in range(total):
+            r, c = divmod(index, cols)
+            vec, lane = divmod(index, per)
+            val = builder.extract_element(sums[vec], _I32(lane * (LANES // per)))
+            if per < LANES:  # fewer products than lanes: their partials are still apart
+                parts = [builder.extract_element(sums[vec], _I32(lane * (LANES // per) + j))
+                         for j in range(1, LANES // per)]
+                for part in parts:
+                    val = builder.fadd(val, part)
+            scale_ptr = _pointer(builder, sc, _I64(c), _F32)
+            with builder.if_else(scaled) as (yes, no):
+                with yes:
+                    scaled_val = builder.fmul(val, builder.load(scale_ptr, align=4))
+                    yes_block = builder.block
+                with no:
+                    no_block = builder.block
+            phi = builder.phi(_F32)
+            phi.add_incoming(scaled_val, yes_block)
+            phi.add_incoming(val, no_block)
+            out = _pointer(builder, s, builder.add(builder.mul(_I64(r), lds), _I64(c)), _F32)
+            old = builder.load(out, align=4)
+            builder.store(builder.select(add, builder.fadd(old, phi), phi), out, align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx: Any, q: Any, ldq: Any, k: Any, ldk: Any, like: Any, d: Any,  # noqa: ARG001, PLR0913
+              s: Any, lds: Any, add: Any, sc: Any, scaled: Any) -> Any:
+        if like not in (types.float32, types.float64, types.uint16, types.int16, types.int8):
+            return None
+        sig = types.void(types.uintp, types.intp, types.uintp, types.intp, like, types.intp,
+                         types.uintp, types.intp, types.boolean, types.uintp, types.boolean)
+        return sig, codegen
+
+    typer.__name__ = f"dots_{rows}x{cols}"
+    return intrinsic(typer)

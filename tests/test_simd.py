@@ -63,6 +63,57 @@ def test_tile_is_the_product_it_says(shape, add, transposed_b):
     np.testing.assert_array_equal(c[:, cols:], c0[:, cols:])  # nothing past the tile
 
 
+DOTS = [(4, 4), (1, 1), (1, 4), (2, 8)]
+_DOT_KERNELS = {shape: simd.dots(*shape) for shape in DOTS}
+
+
+def _make_dots_runner(shape):
+    kernel = _DOT_KERNELS[shape]
+
+    @njit(nogil=True)
+    def run(q, k, s, add, sc, scaled):
+        kernel(q.ctypes.data, q.strides[0] // 4, k.ctypes.data, k.strides[0] // k.itemsize,
+               k[0, 0], q.shape[1], s.ctypes.data, s.strides[0] // 4, add, sc.ctypes.data,
+               scaled)
+
+    return run
+
+
+_DOT_RUNNERS = {shape: _make_dots_runner(shape) for shape in DOTS}
+
+
+@pytest.mark.parametrize("shape", DOTS)
+@pytest.mark.parametrize("name", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("add,scaled", [(False, False), (True, True)])
+def test_dots_are_the_products_they_say(shape, name, add, scaled):
+    rows, cols = shape
+    rng = np.random.default_rng(rows * 7 + cols)
+    d = 3 * L
+    q = rng.standard_normal((rows, d + 5)).astype(np.float32)[:, :d]  # strided rows
+    values = rng.standard_normal((cols, d + 3)).astype(np.float32) * 20
+    stored = {"float32": values,
+              "bfloat16": (values.view(np.uint32) >> 16).astype(np.uint16),
+              "int8": np.clip(np.round(values), -127, 127).astype(np.int8)}[name]
+    spec = A.check_cache_dtype(name)
+    k = stored[:, :d]
+    widened = widen(np.ascontiguousarray(k), spec,
+                    np.ones(cols, np.float32) if spec.scaled else None)
+    sc = rng.random(cols).astype(np.float32)
+    s0 = rng.standard_normal((rows, cols + 2)).astype(np.float32)
+    s = s0.copy()
+    _DOT_RUNNERS[shape](q, k, s, add, sc, scaled)
+    want = q.astype(np.float64) @ widened.astype(np.float64).T
+    want = want * sc if scaled else want
+    want = want + s0[:, :cols] if add else want
+    np.testing.assert_allclose(s[:, :cols], want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_array_equal(s[:, cols:], s0[:, cols:])
+
+
+def test_a_dot_tile_that_does_not_fold_is_refused():
+    with pytest.raises(ValueError, match="fold"):
+        simd.dots(3, 5)
+
+
 def test_a_tile_too_large_for_the_registers_is_refused():
     with pytest.raises(ValueError, match="registers"):
         simd.tile(simd.REGISTERS, 2)
@@ -140,15 +191,15 @@ def test_which_shapes_take_the_group_gemm_kernel():
 
 
 def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
-    """The 8-lane kernels (an AVX2 CPU's) give the reference's answers here too, in a
-    process of their own (numba's cache in a fresh folder, so nothing compiled for
-    another width is loaded)."""
+    """The 8-lane kernels (an AVX2 CPU's: group GEMMs, 2 x 4 dot tiles) give the
+    reference's answers here too, in a process of their own (numba's cache in a fresh
+    folder, so nothing compiled for another width is loaded)."""
     code = (
         "import numpy as np, kernels.attention as A\n"
         "from kernels import simd\n"
         "from kernels.attention.reference import reference_decode\n"
         "assert simd.LANES == 8, simd.LANES\n"
-        "for name in ('mqa-wide', 'mla-wide'):\n"
+        "for name in ('mqa-wide', 'mla-wide', 'gqa-small'):\n"
         "    c = A.make_cache(A.SMALL_CONFIGS[name], capacity=150, batch=1, dtype='bfloat16')\n"
         "    A.fill_random(c, 150, seed=1)\n"
         "    q = A.random_query(c)\n"

@@ -239,6 +239,43 @@ def _scores(qa, K, tb, n, s, add, hi, sc):  # noqa: PLR0913, PLR0915 (one unroll
         t += 1
 
 
+#: Heads per dots tile: 4 x 4 products need 16 accumulators and 8 operands, which
+#: AVX-512's 32 registers hold and AVX2's 16 do not (2 x 4 there).
+_DOT_HEADS = 4 if simd.REGISTERS >= 32 else 2
+_dots = simd.dots(_DOT_HEADS, 4)
+_dots11 = simd.dots(1, 1)
+
+
+@njit(nogil=True, inline="always")
+def _scores_tiled(qa, K, tb, n, s, add, hi, sc):
+    """:func:`_scores` with :func:`kernels.simd.dots` tiles (float32 queries, widths of
+    whole vectors, groups of a multiple of ``_DOT_HEADS`` heads): that many heads by four
+    tokens, the sums folded together instead of reduced one by one; a last token or
+    three, one head at a time."""
+    G, d = qa.shape
+    scaled = sc.shape[0] > 0
+    like = K[tb, 0]
+    ldk = K.strides[0] // K.itemsize
+    ldq = qa.strides[0] // 4
+    lds = s.strides[0] // 4
+    sca = sc.ctypes.data
+    t = 0
+    while t < n:
+        four = t + 4 <= n
+        if four:
+            _prefetch_rows(K, tb + t + PREFETCH, tb + t + PREFETCH + 4, hi)
+        kb = K.ctypes.data + (tb + t) * K.strides[0]
+        sa = sca + (tb + t) * 4 if scaled else sca
+        for g in range(0, G, _DOT_HEADS if four else 1):
+            qb = qa.ctypes.data + g * qa.strides[0]
+            out = s.ctypes.data + g * s.strides[0] + t * 4
+            if four:
+                _dots(qb, ldq, kb, ldk, like, d, out, lds, add, sa, scaled)
+            else:
+                _dots11(qb, ldq, kb, ldk, like, d, out, lds, add, sa, scaled)
+        t += 4 if four else 1
+
+
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
 def _accumulate(s, V, tb, n, acc, hi):  # noqa: PLR0915 (one unrolled register tile)
     """acc[g] += sum over t < n of s[g, t] * V[tb + t], four heads by four V rows at a
@@ -344,6 +381,10 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     dv = v.shape[3]
     zero = o.dtype.type(0)
     acc, s = _scratch(G, dv, BLOCK, o)
+    # GQA-like groups (4, 8 heads): dots tiles, 6-11% faster on GQA, paired; MHA (one
+    # head) keeps _scores: a 1 x 4 tile is 4 latency-bound chains (3% slower, paired)
+    tiled1 = o.itemsize == 4 and d1 % simd.LANES == 0 and G % _DOT_HEADS == 0 and G > 1
+    tiled2 = tiled1 and d2 % simd.LANES == 0
     mloc = np.empty(G, o.dtype)
     lloc = np.empty(G, o.dtype)
     ibuf = np.empty(BLOCK, np.int32)
@@ -364,8 +405,13 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
             acc[:] = zero
             for tb in range(t0, t1, BLOCK):
                 n = min(BLOCK, t1 - tb)
-                _scores(qa, K1, tb, n, s, False, t1, S1)
-                if d2:
+                if tiled1:
+                    _scores_tiled(qa, K1, tb, n, s, False, t1, S1)
+                else:
+                    _scores(qa, K1, tb, n, s, False, t1, S1)
+                if d2 and tiled2:
+                    _scores_tiled(qb, K2, tb, n, s, True, t1, S2)
+                elif d2:
                     _scores(qb, K2, tb, n, s, True, t1, S2)
                 for g in range(G):
                     sg = s[g]
