@@ -153,7 +153,8 @@ def test_vector_loads_widen_like_the_scalar_kernels(name):
 
 
 def _operands(name, length, dtype, batch=2):
-    cache = A.make_cache(A.SMALL_CONFIGS[name], capacity=length, batch=batch, dtype=dtype)
+    config = A.SMALL_CONFIGS.get(name) or A.PRESETS[name]
+    cache = A.make_cache(config, capacity=length, batch=batch, dtype=dtype)
     A.fill_random(cache, length, seed=4)
     q = A.random_query(cache, seed=5)
     impl = "absorbed" if isinstance(cache.config, A.MLAConfig) else None
@@ -162,7 +163,7 @@ def _operands(name, length, dtype, batch=2):
     return cache, problem, (numba_view(k1), numba_view(k2), numba_view(v), ks1, ks2, vs)
 
 
-@pytest.mark.parametrize("name", ["mqa-wide", "mla-wide"])
+@pytest.mark.parametrize("name", ["mqa-wide", "mla-wide", "mqa"])  # mqa: 32 heads a group
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("t0,t1", [(0, 1), (5, 300), (128, 256), (3, 11)])
 def test_group_gemm_kernel_equals_the_generic_one(name, dtype, t0, t1):
@@ -190,6 +191,7 @@ def test_which_shapes_take_the_group_gemm_kernel():
     assert not wide.fits(16, 1, (512, 8, 512), np.float32)  # a rotary key of 8
 
 
+@pytest.mark.slow  # 25-45 s of compiling; on a CPU without AVX-512 every test runs 8 lanes
 def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
     """The 8-lane kernels (an AVX2 CPU's: group GEMMs, 2 x 4 dot tiles) give the
     reference's answers here too, in a process of their own (numba's cache in a fresh

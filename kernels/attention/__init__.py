@@ -291,11 +291,11 @@ SMALL_CONFIGS: dict[str, AttentionConfig] = {
     "mqa-small": KVConfig(n_heads=4, n_kv_heads=1, head_dim=16),
     "mla-small": MLAConfig(n_heads=4, kv_lora_rank=32, qk_nope_head_dim=16,
                            qk_rope_head_dim=8, v_head_dim=12),
-    # Groups of 32 and 16 heads per KV row: the group-GEMM kernels of
-    # kernels.attention.wide (two and one vectors of heads; two KV heads; a value width
-    # below one value tile).
-    "mqa-wide": KVConfig(n_heads=64, n_kv_heads=2, head_dim=32),
-    "mla-wide": MLAConfig(n_heads=16, kv_lora_rank=64, qk_nope_head_dim=16,
+    # Groups of 16 heads per KV row: the group-GEMM kernels of kernels.attention.wide
+    # (two KV heads; value widths below one value tile). Groups of 32, two vectors of
+    # heads, are the mqa preset's (tests/test_simd.py).
+    "mqa-wide": KVConfig(n_heads=32, n_kv_heads=2, head_dim=16),
+    "mla-wide": MLAConfig(n_heads=16, kv_lora_rank=32, qk_nope_head_dim=16,
                           qk_rope_head_dim=16, v_head_dim=16),
 }
 
