@@ -41,6 +41,9 @@ from kernels.executors import Executor, _forget, resolve_workers
 SCHEDULER_ENV = "KERNELRACE_SCHEDULER"
 #: Seconds to wait for a scheduler to answer before giving up with a RuntimeError.
 CONNECT_TIMEOUT_S = 10.0
+#: How long a step waits for a cluster that has no worker at the moment (a nanny
+#: restarting lost ones) before it fails.
+WORKER_WAIT_S = 60.0
 #: A NumPy array this large (bytes) in a task tuple is scattered once, not pickled per task.
 SCATTER_BYTES = 64 * 1024
 #: Owners (attention caches) whose shards an executor keeps on its workers at once; the
@@ -431,7 +434,18 @@ class DaskExecutor(Executor):
     # -- shards kept between calls -------------------------------------------------
 
     def _addresses(self, parts: int) -> tuple[str, ...]:
+        """The first ``parts`` workers' addresses. A cluster that has none at this moment
+        (its nannies restarting lost workers) is waited for, up to
+        :data:`WORKER_WAIT_S`, instead of failing on an empty list."""
         workers = self.client.scheduler_info().get("workers", {})
+        if not workers:
+            try:
+                self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+            except (TimeoutError, OSError) as exc:
+                raise RuntimeError(
+                    f"the Dask cluster ({self.address or 'local'}) has no worker (waited "
+                    f"{WORKER_WAIT_S:g} s)") from exc
+            workers = self.client.scheduler_info().get("workers", {})
         return tuple(sorted(workers))[:max(1, parts)]
 
     @contextlib.contextmanager

@@ -728,3 +728,24 @@ def test_pool_steps_below_the_minimum_grain_run_on_fewer_workers():
     assert set(executors._pools) - before <= {("processes", 2)}
     assert A.SPEC.workers_used(1024, "multiprocess", "numba", 2, preset="mqa") == 1
     assert A.SPEC.workers_used(32768, "multiprocess", "numba", 2, preset="mqa") == 2
+
+
+def test_the_late_torch_warning_needs_torch_installed(monkeypatch):
+    """No warning about loading torch late where torch is not installed (nothing will
+    load); the warning where it is and numba's OpenMP threads run."""
+    import importlib
+    import sys
+    import warnings
+
+    import numba
+
+    decode = importlib.import_module("kernels.attention.decode")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "omp")
+    for installed in (False, True):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, installed=installed: object() if installed else None)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            decode._late_torch()
+        assert [w.category for w in seen] == ([RuntimeWarning] if installed else [])

@@ -479,3 +479,34 @@ def test_a_step_below_the_grain_runs_as_one_task_on_the_warm_cluster(cluster, mo
     _decode_both(cache, query)
     assert set(executors._pools) == before
     assert [len(r) for _, r in cluster.kept_blocks(cache)] == [1]  # one shard, one task
+
+
+def test_a_cluster_with_no_worker_for_a_moment_is_waited_for(monkeypatch):
+    """Its nannies restarting lost workers, a cluster has none for a moment: a step waits
+    for one instead of failing on an empty list, and says so when none comes."""
+    pytest.importorskip("distributed")
+    D = importlib.import_module("kernels.distributed")
+
+    class Client:
+        def __init__(self, arrive: bool):
+            self.arrive, self.waited = arrive, False
+
+        def scheduler_info(self):
+            return {"workers": {"tcp://w:1": {}} if self.waited and self.arrive else {}}
+
+        def wait_for_workers(self, n, timeout):
+            self.waited = True
+            if not self.arrive:
+                raise TimeoutError
+
+    executor = object.__new__(D.DaskExecutor)
+    executor.address = None
+    for arrive in (True, False):
+        client = Client(arrive)
+        monkeypatch.setattr(D.DaskExecutor, "client", property(lambda self, c=client: c))
+        if arrive:
+            assert executor._addresses(2) == ("tcp://w:1",)
+        else:
+            with pytest.raises(RuntimeError, match="has no worker"):
+                executor._addresses(2)
+        assert client.waited

@@ -25,6 +25,7 @@ float32.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import warnings
 from typing import Any
@@ -93,7 +94,7 @@ def _late_torch() -> None:
     Every case and decode call with strategy ``torch`` asks for torch first, so a run
     that makes its cases before timing them is safe."""
     numba = sys.modules.get("numba")
-    if "torch" in sys.modules or numba is None:
+    if "torch" in sys.modules or numba is None or importlib.util.find_spec("torch") is None:
         return
     try:
         layer = numba.threading_layer()
