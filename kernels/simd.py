@@ -135,17 +135,44 @@ def _call(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
     return builder.call(fn, list(args))
 
 
+def _splat(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    v = builder.insert_element(ir.Constant(_vec(), ir.Undefined), x, _I32(0))
+    mask = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+    return builder.shuffle_vector(v, v, mask)
+
+
 def _load(builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
     return builder.load(builder.inttoptr(addr, _vec().as_pointer()), align=4)
 
 
 load = _unary("load", "The vector at byte address ``addr`` (any alignment).", _load,
               types.uintp)
-splat = _unary("splat", "``x`` in every lane.", lambda b, x: _splat(b, x), types.float32)
+splat = _unary("splat", "``x`` in every lane.", _splat, types.float32)
 vmax = _binary("vmax", "Lane-wise maximum.", lambda b, x, y: _call(b, "maxnum", x, y))
 add = _binary("add", "Lane-wise sum.", lambda b, x, y: b.fadd(x, y))
 mul = _binary("mul", "Lane-wise product.", lambda b, x, y: b.fmul(x, y))
 sub = _binary("sub", "Lane-wise difference.", lambda b, x, y: b.fsub(x, y))
+
+
+def _widen_vector(builder: ir.IRBuilder, addr: ir.Value, like: Any) -> ir.Value:
+    """The LANES elements of type ``like`` at byte address ``addr`` as float32."""
+    n = LANES
+    if like == types.float32:
+        return _load(builder, addr)
+    if like == types.float64:  # typed for generic callers; rounded, never fast
+        vt = ir.VectorType(ir.DoubleType(), n)
+        return builder.fptrunc(builder.load(builder.inttoptr(addr, vt.as_pointer()), align=8),
+                               _vec())
+    bits = 8 if like == types.int8 else 16
+    raw_t = ir.VectorType(ir.IntType(bits), n)
+    raw = builder.load(builder.inttoptr(addr, raw_t.as_pointer()), align=1)
+    if like == types.int8:
+        return builder.sitofp(raw, _vec())
+    if like == types.int16:
+        return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), n)), _vec())
+    wide = builder.shl(builder.zext(raw, ir.VectorType(_I32, n)),
+                       ir.Constant(ir.VectorType(_I32, n), [16] * n))
+    return builder.bitcast(wide, _vec())
 
 
 @intrinsic
@@ -153,29 +180,11 @@ def load_as_float(typingctx: Any, addr: Any, like: Any) -> Any:  # noqa: ARG001
     """The :data:`LANES` elements at byte address ``addr``, of the type of ``like`` (a
     scalar of the array read), as float32: float32 as is; uint16 as bfloat16 bits
     (shifted into the top half); int16 as float16 bits (``vcvtph2ps``); int8 converted."""
-    n = LANES
-    if like == types.float32:
-        def widen(builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
-            return _load(builder, addr)
-    elif like in (types.uint16, types.int16, types.int8):
-        bits = 8 if like == types.int8 else 16
-
-        def widen(builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
-            raw_t = ir.VectorType(ir.IntType(bits), n)
-            raw = builder.load(builder.inttoptr(addr, raw_t.as_pointer()), align=1)
-            if like == types.int8:
-                return builder.sitofp(raw, _vec())
-            if like == types.int16:
-                return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), n)),
-                                     _vec())
-            wide = builder.shl(builder.zext(raw, ir.VectorType(_I32, n)),
-                               ir.Constant(ir.VectorType(_I32, n), [16] * n))
-            return builder.bitcast(wide, _vec())
-    else:
+    if like not in (types.float32, types.uint16, types.int16, types.int8):
         return None
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
-        return widen(builder, args[0])
+        return _widen_vector(builder, args[0], like)
 
     return vector(types.uintp, like), codegen
 
@@ -225,12 +234,6 @@ def zero(typingctx: Any) -> Any:  # noqa: ARG001
     return vector(), codegen
 
 
-def _splat(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    v = builder.insert_element(ir.Constant(_vec(), ir.Undefined), x, _I32(0))
-    mask = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
-    return builder.shuffle_vector(v, v, mask)
-
-
 def _prefetch(builder: ir.IRBuilder, addr: ir.Value) -> None:
     """``llvm.prefetch`` of the line at byte address ``addr`` into L2 (read, locality 1:
     ``prefetcht2`` on x86)."""
@@ -275,14 +278,12 @@ def tile(rows: int, vectors: int) -> Any:
             avs = [builder.load(_pointer(builder, a, builder.add(arow, _I64(j * LANES)), _vec()),
                                 align=4) for j in range(vectors)]
             bcol = builder.mul(i, ldb_i)
-            vfma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_vec(), [_vec()] * 3), f"llvm.fma.v{LANES}f32")
             for r in range(rows):
                 idx = builder.add(bcol, builder.mul(_I64(r), ldb_r))
                 x = _splat(builder, builder.load(_pointer(builder, b, idx, _F32), align=4))
                 for j in range(vectors):
                     acc = accs[r][j]
-                    builder.store(builder.call(vfma, [avs[j], x, builder.load(acc)]), acc)
+                    builder.store(_call(builder, "fma", avs[j], x, builder.load(acc)), acc)
         for r in range(rows):
             crow = builder.mul(_I64(r), ldc)
             for j in range(vectors):
@@ -302,27 +303,6 @@ def tile(rows: int, vectors: int) -> Any:
 
     typer.__name__ = f"tile_{rows}x{vectors}"
     return intrinsic(typer)
-
-
-def _widen_vector(builder: ir.IRBuilder, addr: ir.Value, like: Any) -> ir.Value:
-    """The LANES elements of type ``like`` at byte address ``addr`` as float32."""
-    n = LANES
-    if like == types.float32:
-        return _load(builder, addr)
-    if like == types.float64:  # typed for generic callers; rounded, never fast
-        vt = ir.VectorType(ir.DoubleType(), n)
-        return builder.fptrunc(builder.load(builder.inttoptr(addr, vt.as_pointer()), align=8),
-                               _vec())
-    bits = 8 if like == types.int8 else 16
-    raw_t = ir.VectorType(ir.IntType(bits), n)
-    raw = builder.load(builder.inttoptr(addr, raw_t.as_pointer()), align=1)
-    if like == types.int8:
-        return builder.sitofp(raw, _vec())
-    if like == types.int16:
-        return builder.fpext(builder.bitcast(raw, ir.VectorType(ir.HalfType(), n)), _vec())
-    wide = builder.shl(builder.zext(raw, ir.VectorType(_I32, n)),
-                       ir.Constant(ir.VectorType(_I32, n), [16] * n))
-    return builder.bitcast(wide, _vec())
 
 
 def _reduce_tree(builder: ir.IRBuilder, vs: list[ir.Value]) -> list[ir.Value]:
@@ -385,12 +365,10 @@ def dots(rows: int, cols: int) -> Any:
             ks = [_widen_vector(builder, builder.add(
                 k, builder.mul(builder.add(builder.mul(_I64(c), ldk), i), size)), like)
                 for c in range(cols)]
-            vfma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_vec(), [_vec()] * 3), f"llvm.fma.v{LANES}f32")
             for r in range(rows):
                 for c in range(cols):
                     acc = accs[r][c]
-                    builder.store(builder.call(vfma, [qs[r], ks[c], builder.load(acc)]), acc)
+                    builder.store(_call(builder, "fma", qs[r], ks[c], builder.load(acc)), acc)
         flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(cols)]
         sums = _reduce_tree(builder, flat)
         per = LANES if total >= LANES else total

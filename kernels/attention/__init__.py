@@ -44,6 +44,7 @@ from kernels.attention.decode import (
     check_mla_impl,
     decode,
     unavailable_reason,
+    workers_for_cost,
     workers_used,
 )
 from kernels.attention.precision import KV_DTYPES, KVDtype, check_torch_dtype, kv_dtype
@@ -125,8 +126,7 @@ def make_case(
     fields["weight_bytes"] = cost.weight_bytes
     fields["flops"] = cost.flops
     # workers_used: the workers a step really runs on (fewer than asked below MIN_GRAIN)
-    fields["workers_used"] = workers_used(config, int(size), cache.batch, cache.kv_dtype,
-                                          strategy, inner, workers, impl)
+    fields["workers_used"] = workers_for_cost(cost, int(size), strategy, inner, workers)
 
     def run() -> np.ndarray:
         return decode(cache, query, strategy=strategy, workers=workers, inner=inner,

@@ -71,10 +71,16 @@ def workers_used(config: Any, context: int, batch: int, dtype: Any, strategy: st
                  inner: str | None, workers: int, mla_impl: str | None = None) -> int:
     """The workers a step over ``context`` cached tokens runs on: ``workers`` cut to one
     per :data:`MIN_GRAIN` of :func:`work_units` and one per token; 1 for ``python``."""
+    cost = step_cost(config, context, batch, dtype=dtype, mla_impl=mla_impl)
+    return workers_for_cost(cost, context, strategy, inner, workers)
+
+
+def workers_for_cost(cost: Any, context: int, strategy: str, inner: str | None,
+                     workers: int) -> int:
+    """:func:`workers_used` for a step whose :class:`StepCost` is already known."""
     if strategy == "python":
         return 1
     grain = MIN_GRAIN.get(registry.label(strategy, inner))
-    cost = step_cost(config, context, batch, dtype=dtype, mla_impl=mla_impl)
     return registry.grain_workers(workers, work_units(cost), grain, context)
 
 
@@ -296,7 +302,7 @@ class Problem:
         m, l, o = self._empty_state(v.shape[3])
         kernel = wide.partial_wide if self._wide(k1, v) else jit.partial_jit
         kernel(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
-                        t0, t1, m, l, o, ks1, ks2, vs)
+               t0, t1, m, l, o, ks1, ks2, vs)
         return m, l, o
 
     @staticmethod
@@ -330,7 +336,7 @@ class Problem:
         out = np.empty(self.q1.shape[:2] + (v.shape[3],), self.dtype)
         kernel = wide.fused_wide if self._wide(k1, v) else jit.fused_decode
         kernel(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
-                         self.length, splits, out, ks1, ks2, vs)
+               self.length, splits, out, ks1, ks2, vs)
         return self._project(out)
 
     def _wide(self, k1: np.ndarray, v: np.ndarray) -> bool:

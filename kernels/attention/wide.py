@@ -139,30 +139,26 @@ def _values_block(sT, n, V, t, O, pf, lines):  # noqa: PLR0913
     c = 0
     for j0 in range(0, dv, width):
         full = j0 + width <= dv
+        a = _addr(V, t) + j0 * 4
         g = 0
         while g < G:
             p, np_ = _share(pf, lines, calls, c)
             b = sT.ctypes.data + g * 4
-            if g + hr <= G:
-                if full:
-                    _value(_addr(V, t) + j0 * 4, ldv, b, 1, lds, n, _addr(O, g) + j0 * 4, ldo,
-                           True, p, np_)
-                else:
-                    for j in range(j0, dv, LANES):
-                        _value_v(_addr(V, t) + j * 4, ldv, b, 1, lds, n, _addr(O, g) + j * 4,
-                                 ldo, True, p, np_)
-                        np_ = 0
-                g += hr
-            else:
-                if full:
-                    _value_1(_addr(V, t) + j0 * 4, ldv, b, 1, lds, n, _addr(O, g) + j0 * 4,
-                             ldo, True, p, np_)
-                else:
-                    for j in range(j0, dv, LANES):
-                        _value_1v(_addr(V, t) + j * 4, ldv, b, 1, lds, n, _addr(O, g) + j * 4,
-                                  ldo, True, p, np_)
-                        np_ = 0
-                g += 1
+            out = _addr(O, g) + j0 * 4
+            rows = hr if g + hr <= G else 1
+            if full and rows == hr:
+                _value(a, ldv, b, 1, lds, n, out, ldo, True, p, np_)
+            elif full:
+                _value_1(a, ldv, b, 1, lds, n, out, ldo, True, p, np_)
+            else:  # the last, narrower columns: one vector at a time
+                for j in range(0, dv - j0, LANES):
+                    if rows == hr:
+                        _value_v(a + j * 4, ldv, b, 1, lds, n, out + j * 4, ldo, True, p, np_)
+                    else:
+                        _value_1v(a + j * 4, ldv, b, 1, lds, n, out + j * 4, ldo, True, p,
+                                  np_)
+                    np_ = 0
+            g += rows
             c += 1
 
 
@@ -305,7 +301,9 @@ def partial_wide(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR
 
 @njit(parallel=True, nogil=True, cache=True)
 def fused_wide(q1, k1, q2, k2, v, length, splits, out, ks1, ks2, vs):  # noqa: PLR0913
-    """:func:`kernels.attention.jit.fused_decode` with :func:`partial_wide`."""
+    """:func:`kernels.attention.jit.fused_decode` with :func:`partial_wide`. Written out
+    again rather than made by one factory for both: numba's on-disk cache never hit for
+    such closures (each process compiled them afresh, tens of seconds each)."""
     B, H = q1.shape[0], q1.shape[1]
     dv = v.shape[3]
     m = np.empty((splits, B, H), out.dtype)
