@@ -79,8 +79,9 @@ def _load_or_build(preset: str, context: int, batch: int,
     root = os.environ.get(DATA_DIR_VAR)
     folder = pathlib.Path(root, f"{preset}-T{context}-B{batch}-{dtype}-seed0") if root else None
     if folder is not None and folder.is_dir():
-        cache.load({name: np.load(folder / f"{name}.npy", mmap_mode="r")
-                    for name in cache.arrays()}, context)
+        # Paths, read straight into the cache: a copy from np.load's memory map would
+        # map the file into this process as well, and PeakMemory would count it.
+        cache.load({name: folder / f"{name}.npy" for name in cache.arrays()}, context)
         return cache
     attention.fill_random(cache, context, seed=0)
     if folder is not None:  # write aside, then rename: a folder that exists is complete

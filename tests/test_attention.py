@@ -547,6 +547,29 @@ def test_cache_arrays_are_read_only_and_writes_are_logged():
         other.load({"k": cache.k}, 4)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("shared_target", [False, True])
+def test_cache_loads_saved_npy_files_in_place(tmp_path, dtype, shared_target):
+    """A saved cache is read straight into the cache's own memory (private or shared),
+    byte for byte; a file of another shape or type is refused by name."""
+    cache = A.make_cache(A.SMALL_CONFIGS["gqa-small"], capacity=8, dtype=dtype)
+    A.fill_random(cache, 8, seed=3)
+    for name, array in cache.arrays().items():
+        np.save(tmp_path / f"{name}.npy", array)
+    other = A.make_cache(cache.config, capacity=8, dtype=dtype, shared=shared_target)
+    try:
+        other.load({name: tmp_path / f"{name}.npy" for name in cache.arrays()}, 8)
+        assert other.length == 8 and other.first_write_since(0) == 0
+        for name, array in cache.arrays().items():
+            np.testing.assert_array_equal(getattr(other, name).view(np.uint8),
+                                          array.view(np.uint8))
+        np.save(tmp_path / "k.npy", np.zeros((1, 2, 3), np.float64))
+        with pytest.raises(ValueError, match="k.npy: holds float64"):
+            other.load({name: tmp_path / f"{name}.npy" for name in cache.arrays()}, 8)
+    finally:
+        other.close()
+
+
 def test_make_case_rejects_bad_options():
     with pytest.raises(ValueError, match="unknown attention option"):
         A.make_case(10, strategy="numba", colour="red")

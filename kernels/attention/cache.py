@@ -37,6 +37,7 @@ what was written (or zeros past it).
 from __future__ import annotations
 
 import itertools
+import os
 import weakref
 from typing import Any
 
@@ -137,12 +138,21 @@ class _CacheBase:
 
     def load(self, arrays: dict[str, Any], length: int) -> None:
         """Overwrite the arrays with ``arrays`` (by name, whole capacity; e.g. saved from
-        another cache's :meth:`arrays`) and set ``length``. One write from token 0."""
+        another cache's :meth:`arrays`) and set ``length``. One write from token 0.
+
+        A value may also be the path of a ``.npy`` file (``np.save`` of such an array):
+        it is read straight into the cache's memory, so loading a saved cache costs no
+        second copy of it (an ``np.load(..., mmap_mode="r")`` copy would map the file's
+        pages into this process too, and its peak resident set would count them).
+        """
         missing = set(self._names) - set(arrays)
         if missing:
             raise ValueError(f"load needs every array of the cache; missing {sorted(missing)}")
         for name in self._names:
-            self._writable[name][...] = arrays[name]
+            if isinstance(arrays[name], str | os.PathLike):
+                read_npy_into(arrays[name], self._writable[name])
+            else:
+                self._writable[name][...] = arrays[name]
         self._write_log.append(0)
         self.length = length
 
@@ -422,6 +432,34 @@ def check_cache_memory(
         shared=nbytes if shared else 0,
         hint=f"lower {param} (the context length) or batch, or free memory",
     )
+
+
+def read_npy_into(path: str | os.PathLike[str], out: np.ndarray) -> None:
+    """Read the ``.npy`` file at ``path`` into the C-contiguous array ``out``; its shape
+    and dtype must be ``out``'s. Raises ValueError otherwise."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"{path}: .npy format version {version} is not supported")
+        if tuple(shape) != out.shape or np.dtype(dtype) != out.dtype or (
+                fortran and out.ndim > 1):
+            raise ValueError(f"{path}: holds {np.dtype(dtype)} {tuple(shape)}"
+                             f"{' (Fortran order)' if fortran else ''}, not the cache's "
+                             f"{out.dtype} {out.shape}")
+        if not out.flags.c_contiguous:
+            raise ValueError("read_npy_into needs a C-contiguous array")
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            n = f.readinto(view[done:])
+            if not n:
+                raise ValueError(f"{path}: ends after {done} of {len(view)} bytes")
+            done += n
 
 
 def aligned_zeros(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.ndarray:
