@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import statistics
 import tempfile
 import time
 
@@ -33,7 +32,15 @@ import numpy as np
 from kernels import attention, registry
 from kernels.harness.machine import ReadStream
 
-from .common import COLD_START_LABELS, WORKERS, ColdStartBase, WarmTime, skip, skip_unless_raced
+from .common import (
+    COLD_START_LABELS,
+    WORKERS,
+    ColdStartBase,
+    WarmTime,
+    rounds_result,
+    skip,
+    skip_unless_raced,
+)
 
 # The grid is sized so that `make bench` stays near 15 minutes on 2 cores: building a
 # cache costs seconds at 32k (1 GiB for MHA) in every benchmark process, so the inner
@@ -244,10 +251,11 @@ class Bandwidth:
     """Share of the machine's read bandwidth one decode step reaches (%), its GB/s and its
     GFLOP/s (MQA and MLA are compute-bound: issue 15).
 
-    Each of 7 rounds times one step, then one read pass over a 1 GiB array on the same
+    Each of 12 rounds times one step, then one read pass over a 1 GiB array on the same
     number of threads (:class:`kernels.harness.machine.ReadStream`, what ``kernelrace
-    machine`` measures); the figure is the median over the rounds of the step's GB/s
-    (cache bytes / time) over the read's. Calibrating once and benchmarking minutes
+    machine`` measures); each round gives the step's GB/s (cache bytes / time) over the
+    read's, and asv stores the rounds' median with its interval
+    (:func:`benchmarks.common.rounds_result`). Calibrating once and benchmarking minutes
     later lets the machine's drift (tens of percent here) pass for the kernel's.
     """
 
@@ -255,7 +263,7 @@ class Bandwidth:
     param_names = ["preset", "context", "strategy", "workers"]
     unit = "%"
     timeout = 300
-    ROUNDS = 7
+    ROUNDS = 12
 
     def setup(self, preset: str, context: int, label: str, workers: int) -> None:
         self.case = _case(label, context, workers, preset)
@@ -264,32 +272,37 @@ class Bandwidth:
     def teardown(self, *args: object) -> None:
         _close(self)
 
+    def _step_times(self) -> list[float]:
+        times = []
+        for _ in range(self.ROUNDS):
+            t0 = time.perf_counter()
+            self.case.run()
+            times.append(time.perf_counter() - t0)
+        return times
+
     def _step_gbps(self) -> float:
         t0 = time.perf_counter()
         self.case.run()
         return self.case.fields["cache_bytes"] / (time.perf_counter() - t0) / 1e9
 
     def track_share_of_read_bw(self, preset: str, context: int, label: str,
-                               workers: int) -> float:
-        return statistics.median(
-            100 * self._step_gbps() / self.stream.gbps() for _ in range(self.ROUNDS)
-        )
+                               workers: int) -> dict:
+        return rounds_result([100 * self._step_gbps() / self.stream.gbps()
+                              for _ in range(self.ROUNDS)])
 
-    def track_gbps(self, preset: str, context: int, label: str, workers: int) -> float:
-        """The step's achieved cache-read bandwidth alone: median GB/s of ROUNDS steps."""
-        return statistics.median(self._step_gbps() for _ in range(self.ROUNDS))
+    def track_gbps(self, preset: str, context: int, label: str, workers: int) -> dict:
+        """The step's achieved cache-read bandwidth alone: GB/s of ROUNDS steps (asv
+        stores their median and its interval)."""
+        nbytes = self.case.fields["cache_bytes"]
+        return rounds_result([nbytes / t / 1e9 for t in self._step_times()])
 
     track_gbps.unit = "GB/s"
 
-    def track_gflops(self, preset: str, context: int, label: str, workers: int) -> float:
+    def track_gflops(self, preset: str, context: int, label: str, workers: int) -> dict:
         """The step's arithmetic rate: analytic FLOPs (``attention.step_cost``, in the
-        case's fields) over the median time of ROUNDS steps, in GFLOP/s."""
-        times = []
-        for _ in range(self.ROUNDS):
-            t0 = time.perf_counter()
-            self.case.run()
-            times.append(time.perf_counter() - t0)
-        return self.case.fields["flops"] / statistics.median(times) / 1e9
+        case's fields) over each of ROUNDS steps' time, in GFLOP/s."""
+        flops = self.case.fields["flops"]
+        return rounds_result([flops / t / 1e9 for t in self._step_times()])
 
     track_gflops.unit = "GFLOP/s"
 

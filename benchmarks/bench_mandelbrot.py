@@ -110,7 +110,6 @@ class ScheduleSpeedup(Paired):
     params = (["numba", "threaded:numba", "multiprocess:numba"], ["full", "upper"])
     param_names = ["strategy", "view"]
     SIDE = 1024
-    ROUNDS = 7
 
     def setup(self, label: str, view: str) -> None:
         self.pair = []
@@ -119,7 +118,7 @@ class ScheduleSpeedup(Paired):
             mandelbrot.render(self.SIDE, self.SIDE, **kwargs)  # JIT, pool start
             self.pair.append(lambda kw=kwargs: mandelbrot.render(self.SIDE, self.SIDE, **kw))
 
-    def track_dynamic_over_static(self, label: str, view: str) -> float:
+    def track_dynamic_over_static(self, label: str, view: str) -> dict:
         return self.ratio()
 
 

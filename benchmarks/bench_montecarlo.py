@@ -72,13 +72,12 @@ class Scaling(Paired):
 
     As the sieve's ``Scaling``: ``TimeEstimatePi`` times 1 and 2 workers minutes apart,
     and on a drifting machine their ratio is partly the drift; this pairs the calls
-    round by round (median of 5 rounds). Parallel efficiency = this / 2.
+    round by round (``Paired.ROUNDS`` rounds). Parallel efficiency = this / 2.
     """
 
     params = (["numba", "threaded:numba", "multiprocess:numba"],)
     param_names = ["strategy"]
     SAMPLES = 10**9
-    ROUNDS = 5
 
     def setup(self, label: str) -> None:
         self.pair = []
@@ -87,7 +86,7 @@ class Scaling(Paired):
             _warm_up(kwargs)
             self.pair.append(lambda kw=kwargs: montecarlo.estimate_pi(self.SAMPLES, **kw))
 
-    def track_speedup_2_workers(self, label: str) -> float:
+    def track_speedup_2_workers(self, label: str) -> dict:
         return self.ratio()
 
 

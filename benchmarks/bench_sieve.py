@@ -75,8 +75,8 @@ class Scaling(Paired):
     """Speed-up of 2 workers over 1 at n = 10**9 (x), the two timed in alternation.
 
     ``TimeCountPrimes`` times 1 and 2 workers in separate processes, minutes apart; this
-    pairs them call by call (:func:`benchmarks.common.alternating_speedup`, median of
-    7 rounds), so that the machine's drift does not pass for parallel efficiency.
+    pairs them call by call (:func:`benchmarks.common.paired_ratios`, median of
+    12 rounds and its interval), so that the machine's drift does not pass for parallel efficiency.
     """
 
     params = (["numba", "threaded:numba", "multiprocess:numba"],)
@@ -85,14 +85,15 @@ class Scaling(Paired):
     def setup(self, label: str) -> None:
         self.pair = [_checked_call(_check_runs(label, N_PAIRED, w), N_PAIRED) for w in (1, 2)]
 
-    def track_speedup_2_workers(self, label: str) -> float:
+    def track_speedup_2_workers(self, label: str) -> dict:
         return self.ratio()
 
 
 class Anchor(Paired):
     """``numba`` on 1 worker against ``primesieve`` on 1 thread at n = 10**9: how many
     times primesieve's time numba takes (x), the two timed in alternation (median of
-    7 paired ratios), so that the machine's drift between two asv points cannot move it.
+    12 paired ratios and its interval), so that the machine's drift between two asv
+    points cannot move it.
     """
 
     params = (["numba"],)
@@ -102,7 +103,7 @@ class Anchor(Paired):
         self.pair = [_checked_call(_check_runs(name, N_PAIRED, 1), N_PAIRED)
                      for name in (label, "primesieve")]
 
-    def track_time_over_primesieve(self, label: str) -> float:
+    def track_time_over_primesieve(self, label: str) -> dict:
         return self.ratio()
 
 

@@ -4,7 +4,6 @@ asv imports this suite from the installed ``kernels`` package (under
 ``--python=same`` PYTHONPATH is dropped), so everything here imports ``kernels``.
 """
 
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -91,16 +90,17 @@ class ColdStartBase:
         return cold_start_code(self.body(label, workers), fresh_jit_cache=self.fresh_jit_cache)
 
 
-def alternating_speedup(baseline: Callable[[], Any], other: Callable[[], Any],
-                        rounds: int) -> float:
-    """How many times faster ``other`` runs than ``baseline``, timed in alternation.
+def paired_ratios(baseline: Callable[[], Any], other: Callable[[], Any],
+                  rounds: int) -> list[float]:
+    """How many times faster ``other`` runs than ``baseline`` in each of ``rounds``
+    rounds, timed in alternation.
 
-    Each round times one call of each, back to back; the result is the median over the
-    rounds of baseline time / other time. On a shared machine whose speed drifts by tens
-    of percent within minutes, two benchmarks timed minutes apart (asv runs every point
-    in its own process) give a ratio of the drift as much as of the code; pairing the
-    calls cancels what drifts slower than a round. The clock is read as it always was:
-    once before the baseline, once between the two calls, once after the other
+    Each round times one call of each, back to back, and gives baseline time / other
+    time. On a shared machine whose speed drifts by tens of percent within minutes, two
+    benchmarks timed minutes apart (asv runs every point in its own process) give a
+    ratio of the drift as much as of the code; pairing the calls cancels what drifts
+    slower than a round. The clock is read as it always was: once before the baseline,
+    once between the two calls, once after the other
     (:func:`kernels.harness.timing.alternate`).
     """
     # Imported here, not at the top: asv runs this suite against the kernels package of
@@ -109,19 +109,35 @@ def alternating_speedup(baseline: Callable[[], Any], other: Callable[[], Any],
     from kernels.harness.timing import alternate
 
     base_times, other_times = alternate([baseline, other], rounds)
-    return statistics.median(b / o for b, o in zip(base_times, other_times, strict=True))
+    return [b / o for b, o in zip(base_times, other_times, strict=True)]
+
+
+def rounds_result(values: list[float]) -> dict[str, Any]:
+    """A ``track_`` benchmark's value with its rounds, as asv stores a timing.
+
+    asv takes a result of the form ``{"samples": [...], "number": n}`` from any
+    benchmark as a sampled one: the stored value is the samples' median, and its
+    ``stats`` keep the interquartile range and a 99% interval for that median
+    (``stats_ci_99_a`` / ``_b``, from the order statistics, widened by asv's Laplace
+    posterior when there are too few rounds for them). So a paired ratio reaches the
+    report with the spread of its own rounds, not as one bare number. Twelve rounds is
+    the fewest whose 99% interval is the order statistics' alone (the 2nd smallest to
+    the 2nd largest round, 99.4%); with 7, one odd round can widen it several-fold.
+    """
+    return {"samples": [float(v) for v in values], "number": 1}
 
 
 class Paired:
     """Base of the ratio benchmarks: ``setup`` warms both sides (JIT, pool start) and
-    sets ``pair`` to the two calls (baseline, other); ``ratio()`` is
-    :func:`alternating_speedup` over ``ROUNDS`` rounds. Not a benchmark itself."""
+    sets ``pair`` to the two calls (baseline, other); ``ratio()`` is the per-round
+    :func:`paired_ratios` over ``ROUNDS`` rounds, returned as :func:`rounds_result`
+    (asv stores their median and its interval). Not a benchmark itself."""
 
     unit = "x"
     timeout = 300
-    ROUNDS = 7
+    ROUNDS = 12
     pair: list[Callable[[], Any]]
 
-    def ratio(self) -> float:
+    def ratio(self) -> dict[str, Any]:
         baseline, other = self.pair
-        return alternating_speedup(baseline, other, self.ROUNDS)
+        return rounds_result(paired_ratios(baseline, other, self.ROUNDS))

@@ -52,17 +52,31 @@ def test_compiling_variant_alone_gives_numba_an_empty_cache(suite: str) -> None:
     assert fresh.index("NUMBA_CACHE_DIR") < fresh.index("from kernels")
 
 
-def test_alternating_speedup_is_the_median_of_paired_ratios(monkeypatch) -> None:
+def test_paired_ratios_are_kept_per_round_and_asv_stores_their_median(monkeypatch) -> None:
     """The paired figures (Scaling, Anchor, ScheduleSpeedup) time both sides call by call
-    through kernels.harness.timing: baseline/other per round, median over the rounds."""
+    through kernels.harness.timing: baseline/other per round. They return every round,
+    in the form asv reads as samples, so the stored value is the median and its stats
+    carry the rounds' spread and an interval."""
+    from asv_runner.statistics import compute_stats
+
     from kernels.harness import timing
 
     common = _suite("common")
     now = [0.0]
-    costs = iter([4.0, 1.0, 6.0, 2.0, 9.0, 1.0])  # rounds: 4x, 3x, 9x
+    costs = iter([4.0, 1.0, 6.0, 2.0, 9.0, 1.0] * 2)  # rounds: 4x, 3x, 9x
 
     def call() -> None:
         now[0] += next(costs)
 
     monkeypatch.setattr(timing, "perf_counter", lambda: now[0])
-    assert common.alternating_speedup(call, call, 3) == 4.0
+    assert common.paired_ratios(call, call, 3) == [4.0, 3.0, 9.0]
+
+    class Pair(common.Paired):
+        ROUNDS = 3
+        pair = [call, call]
+
+    result = Pair().ratio()
+    assert result == {"samples": [4.0, 3.0, 9.0], "number": 1}
+    value, stats = compute_stats(result["samples"], result["number"])
+    assert value == 4.0
+    assert stats["repeat"] == 3 and stats["ci_99_a"] <= 3.0 and stats["ci_99_b"] >= 9.0

@@ -184,7 +184,8 @@ def write_asv_results(results: Path, benches: dict[str, dict[str, Any]], *,
     """Write benchmarks.json and one result file in asv 0.6's layout.
 
     ``benches``: name -> {"param_names", "params" (python values), "values" (a function of
-    the params dict), "type", "unit"}.
+    the params dict), "type", "unit"}; a track with ``"rounds": n`` is stored as asv
+    stores one that returned its rounds (stats, 99% interval 0.9x - 1.1x the value).
     """
     columns = ["result", "params", "version", "started_at", "duration", "stats_ci_99_a",
                "stats_ci_99_b", "stats_q_25", "stats_q_75", "stats_number", "stats_repeat",
@@ -196,12 +197,12 @@ def write_asv_results(results: Path, benches: dict[str, dict[str, Any]], *,
                   for combo in itertools.product(*b["params"])]
         described[name] = {"name": name, "param_names": b["param_names"], "params": reprs,
                            "type": b["type"], "unit": b["unit"], "version": "v1"}
-        if b["type"] == "time":
+        if b["type"] == "time" or b.get("rounds"):
             stats = [[v * 0.9 if v else None for v in values],
                      [v * 1.1 if v else None for v in values],
                      [v * 0.95 if v else None for v in values],
                      [v * 1.05 if v else None for v in values],
-                     [1] * len(values), [5] * len(values)]
+                     [1] * len(values), [b.get("rounds", 5)] * len(values)]
             rows[name] = [values, reprs, "v1", 1_700_000_000_000, 1.0, *stats]
         else:
             rows[name] = [values, reprs, "v1", 1_700_000_000_000, 1.0]
@@ -246,6 +247,29 @@ def _sieve_benches() -> dict[str, dict[str, Any]]:
                              else speed[p["strategy"]] * p["n"] * 1e-9
                              / (p["workers"] if p["strategy"] != "numpy" else 1)),
         "type": "time", "unit": "seconds"}}
+
+
+def test_paired_ratios_are_quoted_with_their_interval(tmp_path):
+    """A paired track that stored its rounds (benchmarks.common.rounds_result) appears
+    under "Paired ratios" and in "Other measurements" with asv's 99% interval; a plain
+    track has no interval and no paired row."""
+    benches = _sieve_benches()
+    benches["bench_sieve.Scaling.track_speedup_2_workers"] = {
+        "param_names": ["strategy"], "params": [["numba", "threaded:numba"]],
+        "values": lambda p: 1.8, "type": "track", "unit": "x", "rounds": 12}
+    benches["bench_sieve.Plain.track_something"] = {
+        "param_names": [], "params": [], "values": lambda p: 3.0, "type": "track",
+        "unit": "x"}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    text, _ = report.build_report(results, _machine_json(tmp_path / "m.json"), tmp_path / "o")
+    paired = text[text.index("## Paired ratios"):text.index("## Machine")]
+    assert ("| sieve | `track_speedup_2_workers` | strategy=numba | 1.8x | "
+            "[1.62x, 1.98x] (12 rounds) |") in paired
+    assert "track_something" not in paired
+    other = text[text.index("### Other measurements"):]
+    assert "| `track_something` |  | 3x | - |" in other
+    assert "[1.62x, 1.98x] (12 rounds)" in other
 
 
 def test_sieve_anchor_column_and_skips(tmp_path):
@@ -307,6 +331,28 @@ def test_attention_bandwidth_fraction_and_plots(tmp_path):
     for p in plots:
         assert p.read_bytes()[:8] == PNG_MAGIC
     assert "track_kv_bytes_per_token" in text  # listed under other measurements
+
+
+def test_one_quantity_measured_twice_is_checked_for_agreement(tmp_path):
+    """A step's GB/s from time_decode (cache bytes / time, asv's 99% interval) against the
+    rate track of the same point with its rounds: the report names the points whose two
+    intervals do not overlap, and only those."""
+    benches = _attention_benches()
+    bw = {1: 10.0, 2: 16.0}  # what the time benchmark's fake kernel reaches, GB/s
+    benches["bench_attention.Decode.track_gbps"] = {
+        "param_names": ["strategy", "preset", "context", "workers"],
+        "params": [["numba"], ["gqa"], [8192], [1, 2]],
+        # agrees at 1 worker (10.5 within the intervals), half the figure at 2
+        "values": lambda p: 10.5 if p["workers"] == 1 else 8.0,
+        "type": "track", "unit": "GB/s", "rounds": 12}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    text, _ = report.build_report(results, tmp_path / "none.json", tmp_path / "out")
+    assert "disagrees beyond both 99% intervals at 1 point(s)" in text
+    line = next(x for x in text.splitlines() if x.startswith("- strategy=numba, preset=gqa"))
+    assert "workers=2" in line and f"{bw[2]:.3g} GB/s" in line and "8 GB/s" in line
+    assert "track_gbps" in line
+    assert "1 point(s) of bench_attention.Decode.time_decode disagree" in text
 
 
 def test_param_roles_are_found_by_name():

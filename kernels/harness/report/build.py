@@ -17,7 +17,7 @@ from typing import Any
 from kernels.harness import asvresults
 from kernels.harness.asvresults import BenchmarkResult, ResultFile, ResultsError
 from kernels.harness.report.arithmetic import count_for
-from kernels.harness.report.derived import BASELINE, Derived, derive
+from kernels.harness.report.derived import BASELINE, Derived, cache_bytes, derive
 from kernels.harness.report.model import Table, build_table
 from kernels.harness.report.plots import (
     plot_bands,
@@ -35,7 +35,9 @@ from kernels.harness.report.tables import (
     headline_rows,
     markdown_table,
     other_table,
+    paired_rows,
     render_table,
+    rounds_interval,
 )
 
 
@@ -49,6 +51,7 @@ class _Page:
     notes: list[str]
     body: list[str] = field(default_factory=list)
     headline: list[list[str]] = field(default_factory=list)
+    paired: list[list[str]] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
 
     def add_plot(self, path: Path) -> None:
@@ -78,6 +81,7 @@ def build_report(results_dir: Path, machine_path: Path, out_dir: Path, *,
     for kernel in kernel_order(by_kernel):
         _kernel_section(page, kernel, sorted(by_kernel[kernel], key=lambda b: b.name))
     md += _headline_section(page.headline)
+    md += _paired_section(page.paired)
     md += _machine_section(machine, asv_info, machine_path, page.notes)
     md += _how_to_read()
     md += page.body
@@ -186,6 +190,7 @@ def _kernel_section(page: _Page, kernel: str, benches: list[BenchmarkResult]) ->
     if plot_kv_bytes(kernel, tracks, main, kv_plot):
         page.add_plot(kv_plot)
     _kernel_figures(page, kernel, tracks)
+    page.paired += paired_rows(kernel, benches)
     others = [b for b in benches if b.type != "time"]
     if others:
         page.body += ["### Other measurements", ""]
@@ -208,13 +213,52 @@ def _kernel_figures(page: _Page, kernel: str, tracks: list[BenchmarkResult]) -> 
             page.add_plot(path)
 
 
+def disagreements(t: Table) -> list[str]:
+    """Where the suite measures one quantity twice: a step's GB/s from the table's own
+    time (cache bytes / median, with asv's 99% interval of that median) and from the
+    rate track of the same point (``Bandwidth.track_gbps``, its rounds' interval). One
+    line per point whose two intervals do not overlap; nothing for points without both."""
+    track = t.tracks.get("gbps")
+    if track is None:
+        return []
+    names = list(t.benchmark.param_names)
+    points = {tuple(p.params.get(n) for n in names): p for p in track.points() if p.ok}
+    lines = []
+    for r in t.rows:
+        p = points.get(tuple(r.params.get(n) for n in names))
+        ci = rounds_interval(p) if p is not None else None
+        nbytes = cache_bytes(r, t)
+        if ci is None or not nbytes or not r.ci_lo or not r.ci_hi:
+            continue
+        lo, hi = nbytes / r.ci_hi / 1e9, nbytes / r.ci_lo / 1e9
+        if hi < ci[0] or lo > ci[1]:
+            lines.append(
+                f"{', '.join(f'{k}={v}' for k, v in r.params.items())}: "
+                f"{nbytes / r.seconds / 1e9:.3g} GB/s [{lo:.3g}, {hi:.3g}] from "
+                f"`{asvresults.function_of(t.benchmark.name)}`, {p.value:.3g} GB/s "
+                f"[{ci[0]:.3g}, {ci[1]:.3g}] from `{asvresults.function_of(track.name)}`")
+    return lines
+
+
 def _table_section(page: _Page, t: Table, derived: dict[int, Derived]) -> None:
-    """One time benchmark: its table, its skipped and failed points."""
+    """One time benchmark: its table, its skipped and failed points, and where its
+    figures disagree with another benchmark's measure of the same quantity."""
     fname = asvresults.function_of(t.benchmark.name)
     kind = "cold (timeraw)" if fname.startswith("timeraw_") else "steady state"
     page.body += [f"### `{t.benchmark.name}` ({kind})", ""]
     if t.rows:
         page.body += [render_table(t, derived), ""]
+    apart = disagreements(t)
+    if apart:
+        page.body += [
+            f"The same step's GB/s, measured twice, disagrees beyond both 99% intervals "
+            f"at {len(apart)} point(s). Both benchmarks time warm steps back to back after "
+            "the same setup, so the likely cause is the machine's speed between their "
+            "processes, which ran minutes apart; the paired share of read bandwidth "
+            "(*Paired ratios*) is the figure to quote.", ""]
+        page.body += [f"- {line}" for line in apart] + [""]
+        page.notes.append(f"{len(apart)} point(s) of {t.benchmark.name} disagree with "
+                          "their rate track beyond both intervals")
     if t.skipped:
         page.body.append(f"{t.skipped} combination(s) skipped by the benchmark "
                          "(unavailable strategy or size too large for it).")
@@ -249,6 +293,20 @@ def _headline_section(headline: list[list[str]]) -> list[str]:
             "",
             markdown_table(["kernel", "benchmark", "size", "workers", "fastest",
                             "median", f"speedup vs {BASELINE}@1"], headline), ""]
+
+
+def _paired_section(rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return []
+    return ["## Paired ratios, with their intervals", "",
+            "Both sides of each ratio timed in alternation, round by round, in one process "
+            "(the drift of a shared machine cancels); the value is the median over the "
+            "rounds and the interval asv's 99% interval of that median (from the rounds' "
+            "order statistics, widened by a Laplace posterior when there are too few). "
+            "These are the figures to quote for a speed-up, a scaling or a share of "
+            "bandwidth; the tables below divide medians timed minutes apart.", "",
+            markdown_table(["kernel", "benchmark", "parameters", "median", "99% interval"],
+                           rows), ""]
 
 
 def pick_run(files: list[ResultFile], commit: str | None) -> list[ResultFile]:
@@ -449,9 +507,11 @@ def _how_to_read() -> list[str]:
         "arithmetic count has it stated under its heading.",
         "- Each point ran in its own process, minutes from the others and from the "
         "calibration, and a shared machine's speed drifts in between: a *parallel eff.* or "
-        "*of read bw* above 100% is that drift. The paired benchmarks under *Other "
-        "measurements* (`track_speedup_2_workers`, `track_time_over_primesieve`, "
-        "`track_share_of_read_bw`) time the two sides in alternation, call by call, and "
-        "are the figures to trust for those ratios.",
+        "*of read bw* above 100% is that drift, and these columns carry no interval. The "
+        "paired benchmarks (*Paired ratios* above, and under *Other measurements*: "
+        "`track_speedup_2_workers`, `track_time_over_primesieve`, "
+        "`track_share_of_read_bw`) time the two sides in alternation, call by call, give "
+        "each ratio with the interval of its rounds, and are the figures to trust for "
+        "those ratios.",
         "",
     ]

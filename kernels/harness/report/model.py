@@ -63,6 +63,8 @@ class Row:
     q25: float | None
     q75: float | None
     repeat: int | None = None  # samples behind the median (1 with asv --quick)
+    ci_lo: float | None = None  # asv's 99% interval of the median (stats_ci_99_a / _b)
+    ci_hi: float | None = None
     extra: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -218,6 +220,8 @@ def _row(p: Point, bench: BenchmarkResult, roles: dict[str, str], by_role: dict[
         q25=stats.get("q_25"),
         q75=stats.get("q_75"),
         repeat=int(stats["repeat"]) if "repeat" in stats else None,
+        ci_lo=stats.get("ci_99_a"),
+        ci_hi=stats.get("ci_99_b"),
         extra=extra,
     )
 

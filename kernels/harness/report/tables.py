@@ -179,8 +179,40 @@ def headline_rows(t: Table, derived: dict[int, Derived]) -> list[list[str]]:
     return out
 
 
+def _fmt_value(value: float, unit: str) -> str:
+    """A track's value in its unit (binary units for bytes)."""
+    if unit in BYTE_UNITS:
+        return fmt_bytes(value)
+    if unit in ("x", "%"):
+        return f"{value:.3g}{unit}"
+    return f"{value:.4g}" + ("" if unit in UNITLESS else f" {unit}")
+
+
+def rounds_interval(p: asvresults.Point) -> tuple[float, float, int] | None:
+    """(low, high, rounds) of a point asv stored with samples (a paired ``track_`` that
+    returns its rounds, :func:`benchmarks.common.rounds_result`): the 99% interval of
+    the median that asv computed from them. None for a single value."""
+    st = p.stats or {}
+    lo, hi, n = st.get("ci_99_a"), st.get("ci_99_b"), st.get("repeat")
+    if lo is None or hi is None or not n or n < 2:
+        return None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return float(lo), float(hi), int(n)
+
+
+def fmt_interval(p: asvresults.Point, unit: str) -> str:
+    """``[low, high] (n rounds)``, or ``-`` for a point without rounds."""
+    ci = rounds_interval(p)
+    if ci is None:
+        return "-"
+    lo, hi, n = ci
+    return f"[{_fmt_value(lo, unit)}, {_fmt_value(hi, unit)}] ({n} rounds)"
+
+
 def other_table(benches: list[BenchmarkResult]) -> str:
-    """Every point of benchmarks that give no table of their own (``track_``, ``peakmem_``)."""
+    """Every point of benchmarks that give no table of their own (``track_``, ``peakmem_``),
+    with the 99% interval of the median where the benchmark stored its rounds."""
     rows = []
     for b in benches:
         for p in b.points():
@@ -188,7 +220,23 @@ def other_table(benches: list[BenchmarkResult]) -> str:
                 continue
             params = ", ".join(f"{k}={v}" for k, v in p.params.items())
             unit = declared_unit(b)
-            value = (fmt_bytes(p.value) if unit in BYTE_UNITS
-                     else f"{p.value:.4g}" + ("" if unit in UNITLESS else f" {unit}"))
-            rows.append([f"`{asvresults.function_of(b.name)}`", params, value])
-    return markdown_table(["benchmark", "parameters", "value"], rows)
+            rows.append([f"`{asvresults.function_of(b.name)}`", params,
+                         _fmt_value(p.value, unit), fmt_interval(p, unit)])
+    return markdown_table(["benchmark", "parameters", "value", "99% interval"], rows)
+
+
+def paired_rows(kernel: str, benches: list[BenchmarkResult]) -> list[list[str]]:
+    """The ratios a kernel's suite timed in alternation (``track_`` points in ``x`` or
+    ``%`` that stored their rounds), one row each: kernel, benchmark, parameters,
+    median, interval. Rates with rounds (GB/s, GFLOP/s) stay under Other measurements."""
+    rows = []
+    for b in benches:
+        unit = declared_unit(b)
+        if b.type != "track" or unit not in ("x", "%"):
+            continue
+        for p in b.points():
+            if p.ok and rounds_interval(p) is not None:
+                params = ", ".join(f"{k}={v}" for k, v in p.params.items())
+                rows.append([kernel, f"`{asvresults.function_of(b.name)}`", params,
+                             _fmt_value(p.value, unit), fmt_interval(p, unit)])
+    return rows
