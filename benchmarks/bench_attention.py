@@ -312,6 +312,9 @@ class PeakMemory:
 
     params = (["gqa", "mla"], [32768], ["numpy", "numba", "torch"])
     param_names = ["preset", "context", "strategy"]
+    # The regression gate's points: each sample is a fresh process (about 3 s, the cache
+    # loaded from the side's bench-data folder after the first).
+    gate_params = (["gqa"], [32768], ["numpy", "numba"])
     timeout = 300
 
     def setup(self, preset: str, context: int, label: str) -> None:

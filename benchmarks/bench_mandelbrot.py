@@ -225,6 +225,8 @@ class PeakMemory:
 
     params = (["numpy", "numba"], [1 << 18, 1 << 20])
     param_names = ["strategy", "size"]
+    # The regression gate's points: each sample is a fresh process (about 1-2 s).
+    gate_params = (["numpy", "numba"], [1 << 18])
     timeout = 120
 
     def setup(self, label: str, size: int) -> None:

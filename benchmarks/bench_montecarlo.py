@@ -124,6 +124,8 @@ class PeakMemory:
 
     params = (["numpy", "numba"], [10**6, 10**8])
     param_names = ["strategy", "samples"]
+    # The regression gate's points: each sample is a fresh process (about 1-2 s).
+    gate_params = (["numpy", "numba"], [10**6])
     timeout = 120
 
     def setup(self, label: str, samples: int) -> None:

@@ -152,6 +152,8 @@ class PeakMemory:
 
     params = (["numpy", "numba"], [10**7, 10**9])
     param_names = ["strategy", "n"]
+    # The regression gate's points: each sample is a fresh process (about 1-2 s).
+    gate_params = (["numpy", "numba"], [10**7])
     timeout = 120
 
     def setup(self, label: str, n: int) -> None:

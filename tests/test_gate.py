@@ -2,7 +2,8 @@
 
 The tiny suite spins a pure-Python loop whose length lives in a module of its own, so
 a commit can make it exactly twice as slow (exit 1), leave it alone and change only a
-README (exit 0), or break it (exit 1, failed at HEAD). ``--busy-threshold 1`` keeps
+README (exit 0), or break it (exit 1, failed at HEAD); a ``peakmem_`` benchmark holds
+a block whose size lives there too, so a commit can double it (exit 1). ``--busy-threshold 1`` keeps
 every round: the test must pass on a busy machine, and the thresholds it checks (a
 factor of 1.25 against a 2x slowdown) leave room for that.
 """
@@ -43,10 +44,25 @@ class TimeTiny:
 class TimeOther:
     def time_other(self):
         _work.spin(1)
+
+
+class PeakTiny:
+    params = ([1, 2],)
+    param_names = ["size"]
+    gate_params = [([1],)]
+
+    def peakmem_hold(self, size):
+        _work.hold(size)
 '''
 
 WORK = '''
 LOOPS = {loops}
+MEGABYTES = {mb}
+
+
+def hold(size):
+    block = b"\\x01" * (MEGABYTES * size << 20)  # written, so resident
+    return len(block)
 
 
 def spin(size):
@@ -75,7 +91,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     (root / "benchmarks").mkdir()
     (root / "benchmarks" / "__init__.py").write_text("")
     (root / "benchmarks" / "bench_tiny.py").write_text(textwrap.dedent(BENCH))
-    (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=20_000))
+    (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=20_000, mb=40))
     (root / "README.md").write_text("tiny\n")
     (root / ".gitignore").write_text(".asv/\n__pycache__/\n")
     _git(root, "init", "-q", "-b", "main")
@@ -86,8 +102,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     commits["base"] = _commit(root, "base")
     (root / "README.md").write_text("tiny, documented\n")
     commits["docs"] = _commit(root, "docs only")
-    (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=40_000))
+    (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=40_000, mb=40))
     commits["slow"] = _commit(root, "twice the loop")
+    _git(root, "checkout", "-q", commits["docs"])
+    (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=20_000, mb=80))
+    commits["fat"] = _commit(root, "twice the block")
     _git(root, "checkout", "-q", commits["docs"])
     (root / "benchmarks" / "_work.py").write_text("def spin(size):\n    raise OSError('x')\n")
     commits["broken"] = _commit(root, "broken benchmark")
@@ -113,11 +132,18 @@ def test_docs_only_commit_passes(repo, tmp_path, capsys):
     assert rows["method"] == "paired" and rows["exit_code"] == 0
     labels = {p["label"]: p for p in rows["points"]}
     # the regression set: gate_params, not the whole grid, and not TimeOther
-    assert set(labels) == {"bench_tiny.TimeTiny.time_work(1)", "bench_tiny.TimeTiny.time_work(2)"}
-    for p in labels.values():
-        # 8 rounds, or up to 16 where the interval was still wider than the factor
-        assert 8 <= p["rounds"] <= 16 and p["ci_low"] <= p["ratio"] <= p["ci_high"]
+    peak = "bench_tiny.PeakTiny.peakmem_hold(1)"
+    assert set(labels) == {"bench_tiny.TimeTiny.time_work(1)",
+                           "bench_tiny.TimeTiny.time_work(2)", peak}
+    for label, p in labels.items():
+        assert p["ci_low"] <= p["ratio"] <= p["ci_high"]
         assert len(p["round_log_ratios"]) == p["rounds"]
+        if label == peak:  # one fresh process a side per sample, five a side
+            assert p["kind"] == "peakmem" and p["unit"] == "bytes"
+            assert p["rounds"] == gate.PEAKMEM_SAMPLES
+            assert 40 << 20 < min(p["base_round_s"] + p["head_round_s"]) < 200 << 20
+        else:  # 8 rounds, or up to 16 where the interval was still wider than the factor
+            assert p["kind"] == "time" and 8 <= p["rounds"] <= 16
 
 
 def test_twice_as_slow_fails_with_every_point_flagged(repo, tmp_path, capsys):
@@ -125,12 +151,23 @@ def test_twice_as_slow_fails_with_every_point_flagged(repo, tmp_path, capsys):
     assert _gate(repo, repo["slow"], "--split", json_path=path) == 1
     out = capsys.readouterr().out
     assert "REGRESSED" in out and "FAIL (exit 1)" in out
-    points = json.loads(path.read_text())["points"]
+    points = [p for p in json.loads(path.read_text())["points"] if p["kind"] == "time"]
     assert [p["status"] for p in points] == ["regressed", "regressed"]
     for p in points:
         assert 1.5 < p["ratio"] < 2.6 and p["ci_low"] > 1.25
         assert p["confirmation"]["rounds"] >= 8  # seen again by new worker processes
         assert any("confirmed by new processes" in n for n in p["notes"])
+
+
+def test_twice_the_memory_fails_on_the_peakmem_point_alone(repo, tmp_path, capsys):
+    path = tmp_path / "fat.json"
+    assert _gate(repo, repo["fat"], json_path=path) == 1
+    assert "REGRESSED" in capsys.readouterr().out
+    points = {p["label"]: p for p in json.loads(path.read_text())["points"]}
+    peak = points.pop("bench_tiny.PeakTiny.peakmem_hold(1)")
+    assert peak["status"] == "regressed" and peak["ci_low"] > 1.25
+    assert peak["confirmation"] is None  # fresh processes already: nothing to confirm
+    assert all(p["status"] != "regressed" for p in points.values())
 
 
 def test_bench_regex_picks_from_the_whole_grid(repo, tmp_path):
@@ -145,7 +182,7 @@ def test_bench_regex_picks_from_the_whole_grid(repo, tmp_path):
 def test_a_base_older_than_the_regression_set_is_compared_on_heads(repo, tmp_path):
     path = tmp_path / "old.json"
     assert _gate(repo, repo["docs"], json_path=path, base="old") == 0
-    assert len(json.loads(path.read_text())["points"]) == 2
+    assert len(json.loads(path.read_text())["points"]) == 3
 
 
 def test_a_benchmark_that_fails_at_head_is_a_failure(repo, capsys):

@@ -140,3 +140,44 @@ def test_judge_needs_factor_and_significance():
 def test_mann_whitney():
     assert ps.mann_whitney_p([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]) > 0.9
     assert ps.mann_whitney_p(list(range(20)), list(range(100, 120))) < 1e-6
+
+
+def test_exact_u_test_counts_the_splits():
+    # Every BASE sample below every HEAD one: 1 of the C(10, 5) = 252 splits.
+    assert ps.exact_u_greater([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(1 / 252)
+    assert ps.exact_u_greater([6, 7, 8, 9, 10], [1, 2, 3, 4, 5]) == 1.0
+    # All tied: every split gives the same U, so nothing is shifted.
+    assert ps.exact_u_greater([3, 3, 3], [3, 3, 3]) == 1.0
+    # Against a brute force on random data with ties (small groups).
+    rng = random.Random(5)
+    for _ in range(20):
+        a = [rng.choice([1, 2, 3, 4]) for _ in range(4)]
+        b = [rng.choice([1, 2, 3, 4, 5]) for _ in range(3)]
+        pooled = a + b
+
+        def u(x, y):
+            return sum((yy > xx) + 0.5 * (yy == xx) for xx in x for yy in y)
+
+        splits = [([pooled[i] for i in c],
+                   [pooled[i] for i in range(len(pooled)) if i not in c])
+                  for c in itertools.combinations(range(len(pooled)), len(a))]
+        brute = sum(u(x, y) >= u(a, b) for x, y in splits) / len(splits)
+        assert ps.exact_u_greater(a, b) == pytest.approx(brute)
+
+
+def test_two_sample_stats_for_peak_memory():
+    base = [100.0, 101.0, 100.5, 99.8, 100.2]
+    head = [115.0, 116.0, 114.8, 115.5, 115.1]
+    s = ps.two_sample_stats(base, head)
+    assert s.rounds == 5 and 1.13 < s.lo < s.ratio < s.hi < 1.16
+    assert s.p_slower == pytest.approx(1 / 252) and s.p_faster == 1.0
+    same = ps.two_sample_stats(base, list(base))
+    assert same.ratio == pytest.approx(1.0) and same.lo < 1.0 < same.hi
+    assert same.p_slower > 0.5
+    # The 95% interval of 5 + 5 is the 3rd to the 23rd of the 25 differences (the
+    # exact U distribution: P(U <= 2) = 4/252 <= 0.025 < P(U <= 3) = 7/252).
+    diffs = sorted(math.log(h / b) for b in base for h in head)
+    assert math.log(s.lo) == pytest.approx(diffs[2])
+    assert math.log(s.hi) == pytest.approx(diffs[22])
+    # Five a side is enough for a single regressed point among 12 after correction.
+    assert ps.benjamini_hochberg([s.p_slower] + [1.0] * 11)[0] < 0.05

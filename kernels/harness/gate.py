@@ -15,6 +15,12 @@ A point flagged as regressed is measured again by two new worker processes, and
 stays flagged only if they see it too (a process can be a few percent slower for its
 whole life: its pools' placement, its memory layout).
 
+``peakmem_*`` points are measured as asv measures them, each sample in a fresh process
+(setup, one call, the process's peak resident set), BASE's and HEAD's at the same
+time. Peak memory does not drift with the machine's speed, so their samples are
+compared as two independent groups (exact Mann-Whitney, two-sample Hodges-Lehmann),
+and their false alarms are controlled as a family of their own.
+
 A round during which other processes used the CPU (``/proc/stat`` busy and steal time
 less the gate's own processes' CPU time) is discarded and taken again after a pause
 that grows while the machine stays busy; a point still busy after a minute keeps the
@@ -60,6 +66,10 @@ ROUND_SECONDS = 0.15  # each side's share of a round (samples, in pairs), at lea
 SAMPLE_SECONDS = 0.01  # one sample (``number`` calls), at least
 SETUP_TIMEOUT = 300.0
 BUSY_PATIENCE_S = 60.0  # how long a run of busy rounds may last before a point gives up
+# Fresh processes per side for a peakmem_ point. Five a side is the fewest whose exact
+# one-sided p-value (1/252 when every HEAD sample is above every BASE one) stays below
+# 0.05 after Benjamini-Hochberg over the regression set's peakmem points (up to 12).
+PEAKMEM_SAMPLES = 5
 
 
 # ---------------------------------------------------------------------------
@@ -77,18 +87,21 @@ class Side:
         self.data_dir = state / "bench-data" / label
         self.proc: subprocess.Popen[str] | None = None
 
+    def _popen(self, *extra: str, stdin: int | None) -> subprocess.Popen[str]:
+        """The worker script in this side's checkout, environment and session of its own
+        (so that stopping it ends its pools with it)."""
+        env = dict(os.environ, PYTHONPATH=str(self.root), KERNELRACE_BENCH_DATA=str(
+            self.data_dir), PYTHONUNBUFFERED="1")
+        return subprocess.Popen(
+            [self.python, str(WORKER_SCRIPT), "--root", str(self.root), *extra],
+            cwd=self.root, stdin=stdin, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            env=env, start_new_session=True)
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        env = dict(os.environ, PYTHONPATH=str(self.root), KERNELRACE_BENCH_DATA=str(
-            self.data_dir), PYTHONUNBUFFERED="1")
-        log = open(self.log_path, "w")  # noqa: SIM115 - the worker's stderr, closed in stop()
-        self._log = log
-        # A session of its own: stop() can end the worker's pools with it.
-        self.proc = subprocess.Popen(
-            [self.python, str(WORKER_SCRIPT), "--root", str(self.root)], cwd=self.root,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-            env=env, start_new_session=True)
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - the worker's stderr, closed in stop()
+        self.proc = self._popen(stdin=subprocess.PIPE)
         hello = self._read(120.0)
         if "error" in hello:
             raise GateError(f"{self.label} ({self.commit[:8]}): {hello['error']}")
@@ -140,6 +153,60 @@ class Side:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def peak_pair(sides: tuple[Side, Side], name: str, key: list[str], timeout: float
+              ) -> list[dict[str, Any]]:
+    """One peakmem sample of each side, in two fresh processes run at the same time
+    (peak memory does not depend on the CPU they share); their replies."""
+    procs = [side._popen("--peakmem", name, "--key", json.dumps(key), stdin=None)
+             for side in sides]
+    try:
+        deadline = time.monotonic() + timeout
+        answers = []
+        for side, proc in zip(sides, procs, strict=True):
+            try:
+                out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                answers.append({"error": f"no answer within {timeout:.0f} s"})
+                continue
+            line = out.strip().splitlines()[-1] if out.strip() else ""
+            answers.append(json.loads(line) if line else {
+                "error": f"exited with code {proc.returncode}; its log: {side.log_path}\n"
+                         + side.log_tail()})
+        return answers
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                _kill_group(proc)
+
+
+def measure_peakmem(point: Point, sides: tuple[Side, Side]) -> None:
+    """``PEAKMEM_SAMPLES`` peak resident sets of each side, each in a fresh process."""
+    for _ in range(PEAKMEM_SAMPLES):
+        base, head = peak_pair(sides, point.name, point.key, SETUP_TIMEOUT + point.timeout)
+        if "skip" in base or "skip" in head:
+            point.skip = base.get("skip") or head.get("skip")
+            return
+        if "error" in base:
+            point.error = "base: " + base["error"].strip().splitlines()[-1]
+            point.verdict = Verdict("skipped", notes=["fails at BASE"])
+            return
+        if "error" in head:
+            point.error = "head: " + head["error"]
+            point.verdict = Verdict("failed")
+            return
+        point.base_s.append(float(base["bytes"]))
+        point.head_s.append(float(head["bytes"]))
+        point.d.append(math.log(point.head_s[-1] / point.base_s[-1]))
+
+
 # ---------------------------------------------------------------------------
 # Points
 # ---------------------------------------------------------------------------
@@ -152,6 +219,7 @@ class Point:
     name: str
     key: list[str]
     timeout: float = 60.0
+    kind: str = "time"  # "time" (seconds, paired rounds) or "peakmem" (bytes, fresh processes)
     base_s: list[float] = dataclasses.field(default_factory=list)  # per clean round: median
     head_s: list[float] = dataclasses.field(default_factory=list)  # of the round's samples
     d: list[float] = dataclasses.field(default_factory=list)  # per round: median ln(HEAD/BASE)
@@ -170,10 +238,23 @@ class Point:
         """One per clean round: the median over its pairs of ln(HEAD sample / BASE sample)."""
         return self.d
 
+    def enough(self) -> bool:
+        """Whether the point has the samples a verdict needs."""
+        if self.kind == "peakmem":
+            return min(len(self.base_s), len(self.head_s)) >= PEAKMEM_SAMPLES
+        return len(self.base_s) >= pairedstats.MIN_ROUNDS
+
+    def stats(self) -> PointStats:
+        """Ratio, interval and p-values: paired rounds for time, two groups for memory."""
+        if self.kind == "peakmem":
+            return pairedstats.two_sample_stats(self.base_s, self.head_s)
+        return pairedstats.point_stats(self.d)
+
     def row(self) -> dict[str, Any]:
         s = self.verdict.stats if self.verdict else None
         return {
             "benchmark": self.name, "params": self.key, "label": self.label(),
+            "kind": self.kind, "unit": "bytes" if self.kind == "peakmem" else "s",
             "status": self.verdict.status if self.verdict else None,
             "ratio": s.ratio if s else None, "ci_low": s.lo if s else None,
             "ci_high": s.hi if s else None, "p_slower": s.p_slower if s else None,
@@ -286,7 +367,8 @@ def select_points(base_list: list[dict[str, Any]], head_list: list[dict[str, Any
     at_base = {(p["name"], tuple(p["key"])) for p in base_list}
     points, new = [], []
     for p in head_list:
-        point = Point(p["name"], p["key"], float(p.get("timeout") or 60))
+        point = Point(p["name"], p["key"], float(p.get("timeout") or 60),
+                      p.get("kind", "time"))
         if (p["name"], tuple(p["key"])) in at_base:
             points.append(point)
         else:
@@ -295,14 +377,14 @@ def select_points(base_list: list[dict[str, Any]], head_list: list[dict[str, Any
 
 
 def judge_points(points: list[Point], *, factor: float, alpha: float) -> None:
-    """Set every point's verdict: paired statistics over the points with enough rounds."""
-    timed = [p for p in points if p.verdict is None and p.skip is None]
-    stats: list[PointStats | None] = [
-        pairedstats.point_stats(p.log_ratios()) if len(p.base_s) >= pairedstats.MIN_ROUNDS
-        else None for p in timed
-    ]
-    for p, v in zip(timed, pairedstats.judge(stats, factor=factor, alpha=alpha), strict=True):
-        p.verdict = v
+    """Set every point's verdict, the time points and the peakmem points each a family of
+    their own for the false-alarm control (over the points with enough samples)."""
+    for kind in ("time", "peakmem"):
+        timed = [p for p in points if p.kind == kind and p.verdict is None and p.skip is None]
+        stats: list[PointStats | None] = [p.stats() if p.enough() else None for p in timed]
+        for p, v in zip(timed, pairedstats.judge(stats, factor=factor, alpha=alpha),
+                        strict=True):
+            p.verdict = v
 
 
 def exit_code(points: list[Point]) -> int:
@@ -407,7 +489,9 @@ def run_gate(repo: Path, base: str, head: str, opts: GateOptions,
         for i, point in enumerate(points, 1):
             _measure_logged(point, sides, opts, meter, log, f"[{i:>3}/{len(points)}]")
         judge_points(points, factor=opts.factor, alpha=opts.alpha)
-        flagged = [p for p in points if p.verdict and p.verdict.status == "regressed"]
+        # Peak memory comes from fresh processes already: nothing to confirm.
+        flagged = [p for p in points if p.verdict and p.verdict.status == "regressed"
+                   and p.kind == "time"]
         if flagged:
             # A worker process (its pools, its memory layout) can be a few percent
             # slower for its whole life; a flag is confirmed by new processes.
@@ -452,11 +536,15 @@ def _list_points(sides: tuple[Side, ...], opts: GateOptions, log: Callable[[str]
 def _measure_logged(point: Point, sides: tuple[Side, ...], opts: GateOptions, meter: CpuMeter,
                     log: Callable[[str], None], prefix: str) -> None:
     t0 = time.monotonic()
-    measure(point, sides, rounds=opts.rounds, busy=opts.busy, meter=meter,  # type: ignore[arg-type]
-            factor=opts.factor)
+    if point.kind == "peakmem":
+        measure_peakmem(point, sides)  # type: ignore[arg-type]
+    else:
+        measure(point, sides, rounds=opts.rounds, busy=opts.busy, meter=meter,  # type: ignore[arg-type]
+                factor=opts.factor)
     if point.d:
-        s = pairedstats.point_stats(point.d)
-        status = f"{s.ratio:.3f}x [{s.lo:.3f}, {s.hi:.3f}] {len(point.d)} rounds"
+        s = point.stats()
+        what = "fresh processes a side" if point.kind == "peakmem" else "rounds"
+        status = f"{s.ratio:.3f}x [{s.lo:.3f}, {s.hi:.3f}] {len(point.d)} {what}"
         if point.busy_rounds:
             status += f", {point.busy_rounds} busy discarded"
     else:

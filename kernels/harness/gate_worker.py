@@ -12,8 +12,9 @@ from before that module would not have it. Keep the two alike (``perf_counter``,
 call per reading unless ``number`` says more).
 
 The benchmarks are asv's: module ``benchmarks.bench_*``, classes or functions with
-``time_*`` methods, ``params`` / ``param_names``, ``setup`` / ``teardown`` (asv skips a
-point whose setup raises ``NotImplementedError``; so does the gate). A class may
+``time_*`` and ``peakmem_*`` methods, ``params`` / ``param_names``, ``setup`` /
+``teardown`` (asv skips a point whose setup raises ``NotImplementedError``; so does the
+gate). A class may
 declare ``gate_params``, a grid (or list of grids) of values from its ``params``: the
 points of the gate's default regression set. asv ignores the attribute.
 
@@ -21,6 +22,12 @@ Protocol: one JSON object per line on stdin, one reply per line on the original
 stdout (the benchmarks' own prints go to stderr). Commands: ``list``, ``setup``,
 ``sample``, ``teardown``, ``quit``. A reply is ``{"ok": true, ...}``,
 ``{"skip": reason}`` or ``{"error": text}``.
+
+A ``peakmem_*`` point is measured as asv measures it, in a process of its own: with
+``--peakmem NAME --key JSON`` this script imports only that benchmark's module, runs
+``setup`` and the method once, and replies once with the process's peak resident set
+(``{"ok": true, "bytes": ...}``, the memory map's high-water mark), then exits. The
+long-lived worker never runs one: its pools and earlier points would be in its peak.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import sys
 import time
 import traceback
@@ -54,16 +62,24 @@ def _grids(spec):
     return [(list(spec),)]  # one parameter, a list of values
 
 
+GATED = ("time_", "peakmem_")  # the benchmark kinds the gate judges
+
+
+def _module_benchmarks(stem: str):
+    """(name, owner, method name) of the gated benchmarks of ``benchmarks/<stem>.py``."""
+    module = importlib.import_module(f"benchmarks.{stem}")
+    for cls_name, cls in sorted(vars(module).items()):
+        if not inspect.isclass(cls) or cls.__module__ != module.__name__:
+            continue
+        for attr in sorted(dir(cls)):
+            if attr.startswith(GATED) and callable(getattr(cls, attr)):
+                yield f"{stem}.{cls_name}.{attr}", cls, attr
+
+
 def _benchmarks(root: pathlib.Path):
-    """(name, owner, method name) of every ``time_*`` benchmark in ``benchmarks/bench_*.py``."""
+    """(name, owner, method name) of every gated benchmark in ``benchmarks/bench_*.py``."""
     for path in sorted((root / "benchmarks").glob("bench_*.py")):
-        module = importlib.import_module(f"benchmarks.{path.stem}")
-        for cls_name, cls in sorted(vars(module).items()):
-            if not inspect.isclass(cls) or cls.__module__ != module.__name__:
-                continue
-            for attr in sorted(dir(cls)):
-                if attr.startswith("time_") and callable(getattr(cls, attr)):
-                    yield f"{path.stem}.{cls_name}.{attr}", cls, attr
+        yield from _module_benchmarks(path.stem)
 
 
 def _points(cls, grids_spec):
@@ -77,6 +93,56 @@ def _points(cls, grids_spec):
             yield combo, [repr(v) for v in combo]
 
 
+def _find(table: dict, name: str, key: list[str]):
+    """(owner, method name, parameter values) of the point ``name(key)``."""
+    cls, attr = table[name]
+    for combo, k in _points(cls, getattr(cls, "params", None)):
+        if k == key:
+            return cls, attr, combo
+    raise KeyError(f"{name}{tuple(key)} is not a point of this suite")
+
+
+def peak_rss() -> int:
+    """This process's peak resident set in bytes.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own
+    memory map. Not ``ru_maxrss``: Linux carries that across ``execve`` from the parent
+    the process was forked from, so a fresh process started by a large one (the gate,
+    a test run) would report at least its parent's size. Elsewhere ``ru_maxrss`` (KiB on
+    Linux and the BSDs, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def peak_memory(name: str, key: list[str]) -> dict:
+    """One ``peakmem_`` sample, as asv takes it: setup, one call, this process's peak
+    resident set in bytes (:func:`peak_rss`). Only the benchmark's own module is
+    imported, so the other suites' imports are not in the figure."""
+    table = {n: (cls, attr) for n, cls, attr in _module_benchmarks(name.split(".")[0])}
+    cls, attr, combo = _find(table, name, key)
+    obj = cls()
+    try:
+        if hasattr(obj, "setup"):
+            obj.setup(*combo)
+    except NotImplementedError as exc:
+        return {"skip": str(exc) or "setup raised NotImplementedError"}
+    try:
+        getattr(obj, attr)(*combo)
+        peak = peak_rss()
+    finally:
+        if hasattr(obj, "teardown"):
+            obj.teardown(*combo)
+    return {"ok": True, "bytes": peak}
+
+
 class Worker:
     def __init__(self, root: pathlib.Path):
         self.root = root
@@ -87,7 +153,7 @@ class Worker:
         # bench: a regex searched in the label ``name(param reprs)``, over the full grid.
         regex = re.compile(bench) if bench else None
         points = []
-        for name, (cls, _attr) in self.table.items():
+        for name, (cls, attr) in self.table.items():
             all_keys = {tuple(k) for _, k in _points(cls, getattr(cls, "params", None))}
             spec = getattr(cls, "gate_params", None) if gate_only else getattr(
                 cls, "params", None)
@@ -100,15 +166,12 @@ class Worker:
                 if regex is not None and not regex.search(label):
                     continue
                 points.append({"name": name, "key": key,
-                               "timeout": getattr(cls, "timeout", 60)})
+                               "timeout": getattr(cls, "timeout", 60),
+                               "kind": "peakmem" if attr.startswith("peakmem_") else "time"})
         return {"ok": True, "points": points}
 
     def _find(self, name: str, key: list[str]):
-        cls, attr = self.table[name]
-        for combo, k in _points(cls, getattr(cls, "params", None)):
-            if k == key:
-                return cls, attr, combo
-        raise KeyError(f"{name}{tuple(key)} is not a point of this suite")
+        return _find(self.table, name, key)
 
     def setup(self, name: str, key: list[str]) -> dict:
         self.teardown()
@@ -172,6 +235,9 @@ def _check_imports(root: pathlib.Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description="one side of kernelrace's regression gate")
     parser.add_argument("--root", required=True, help="the commit's checkout")
+    parser.add_argument("--peakmem", metavar="NAME",
+                        help="measure this peakmem_ benchmark once and exit")
+    parser.add_argument("--key", default="[]", help="its parameter reprs, a JSON list")
     args = parser.parse_args()
     root = pathlib.Path(args.root).resolve()
     # Replies go to the real stdout; anything the suite prints goes to stderr.
@@ -185,6 +251,14 @@ def main() -> int:
     def reply(obj: dict) -> None:
         out.write(json.dumps(obj) + "\n")
 
+    if args.peakmem:
+        try:
+            _check_imports(root)
+            reply(peak_memory(args.peakmem, json.loads(args.key)))
+        except BaseException as exc:  # noqa: BLE001 - reported to the gate, which decides
+            reply({"error": "".join(traceback.format_exception(exc, limit=8))})
+            return 1
+        return 0
     try:
         _check_imports(root)
         worker = Worker(root)
