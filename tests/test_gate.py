@@ -108,6 +108,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=20_000, mb=80))
     commits["fat"] = _commit(root, "twice the block")
     _git(root, "checkout", "-q", commits["docs"])
+    (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=10_000, mb=40))
+    commits["fast"] = _commit(root, "half the loop")
+    _git(root, "checkout", "-q", commits["docs"])
     (root / "benchmarks" / "_work.py").write_text("def spin(size):\n    raise OSError('x')\n")
     commits["broken"] = _commit(root, "broken benchmark")
     _git(root, "checkout", "-q", "main")
@@ -156,6 +159,16 @@ def test_twice_as_slow_fails_with_every_point_flagged(repo, tmp_path, capsys):
     for p in points:
         assert 1.5 < p["ratio"] < 2.6 and p["ci_low"] > 1.25
         assert p["confirmation"]["rounds"] >= 8  # seen again by new worker processes
+        assert any("confirmed by new processes" in n for n in p["notes"])
+
+
+def test_twice_as_fast_is_an_improvement_seen_again_by_new_processes(repo, tmp_path):
+    path = tmp_path / "fast.json"
+    assert _gate(repo, repo["fast"], json_path=path) == 0
+    points = [p for p in json.loads(path.read_text())["points"] if p["kind"] == "time"]
+    assert [p["status"] for p in points] == ["improved", "improved"]
+    for p in points:
+        assert p["ci_high"] < 1 / 1.25 and p["confirmation"]["rounds"] >= 8
         assert any("confirmed by new processes" in n for n in p["notes"])
 
 
