@@ -12,8 +12,8 @@ HEAD / BASE; :mod:`kernels.harness.pairedstats` turns a point's rounds into a ra
 an interval and a p-value, and controls the false alarms over all the points.
 
 A point flagged as regressed (or improved) is measured again by two new worker
-processes, and stays flagged only if they see it too (a process can be a few percent slower for its
-whole life: its pools' placement, its memory layout).
+processes, and stays flagged only if they see it too (a process can be a few percent
+slower for its whole life: its pools' placement, its memory layout).
 
 ``peakmem_*`` points are measured as asv measures them, each sample in a fresh process
 (setup, one call, the process's peak resident set), BASE's and HEAD's at the same
