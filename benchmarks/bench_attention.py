@@ -272,18 +272,13 @@ class Bandwidth:
     def teardown(self, *args: object) -> None:
         _close(self)
 
-    def _step_times(self) -> list[float]:
-        times = []
-        for _ in range(self.ROUNDS):
-            t0 = time.perf_counter()
-            self.case.run()
-            times.append(time.perf_counter() - t0)
-        return times
-
-    def _step_gbps(self) -> float:
+    def _step_seconds(self) -> float:
         t0 = time.perf_counter()
         self.case.run()
-        return self.case.fields["cache_bytes"] / (time.perf_counter() - t0) / 1e9
+        return time.perf_counter() - t0
+
+    def _step_gbps(self) -> float:
+        return self.case.fields["cache_bytes"] / self._step_seconds() / 1e9
 
     def track_share_of_read_bw(self, preset: str, context: int, label: str,
                                workers: int) -> dict:
@@ -293,8 +288,7 @@ class Bandwidth:
     def track_gbps(self, preset: str, context: int, label: str, workers: int) -> dict:
         """The step's achieved cache-read bandwidth alone: GB/s of ROUNDS steps (asv
         stores their median and its interval)."""
-        nbytes = self.case.fields["cache_bytes"]
-        return rounds_result([nbytes / t / 1e9 for t in self._step_times()])
+        return rounds_result([self._step_gbps() for _ in range(self.ROUNDS)])
 
     track_gbps.unit = "GB/s"
 
@@ -302,7 +296,7 @@ class Bandwidth:
         """The step's arithmetic rate: analytic FLOPs (``attention.step_cost``, in the
         case's fields) over each of ROUNDS steps' time, in GFLOP/s."""
         flops = self.case.fields["flops"]
-        return rounds_result([flops / t / 1e9 for t in self._step_times()])
+        return rounds_result([flops / self._step_seconds() / 1e9 for _ in range(self.ROUNDS)])
 
     track_gflops.unit = "GFLOP/s"
 

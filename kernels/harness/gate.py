@@ -195,16 +195,7 @@ def measure_peakmem(point: Point, sides: tuple[Side, Side]) -> None:
     benchmark's data, which later processes load."""
     for i in range(PEAKMEM_SAMPLES + 1):
         base, head = peak_pair(sides, point.name, point.key, SETUP_TIMEOUT + point.timeout)
-        if "skip" in base or "skip" in head:
-            point.skip = base.get("skip") or head.get("skip")
-            return
-        if "error" in base:
-            point.error = "base: " + base["error"].strip().splitlines()[-1]
-            point.verdict = Verdict("skipped", notes=["fails at BASE"])
-            return
-        if "error" in head:
-            point.error = "head: " + head["error"]
-            point.verdict = Verdict("failed")
+        if _not_answered(point, base, head):
             return
         if i == 0:
             continue
@@ -277,6 +268,23 @@ class Point:
         }
 
 
+def _not_answered(point: Point, base: dict[str, Any], head: dict[str, Any]) -> bool:
+    """Record a skip (either side) or an error (at BASE: not judged; at HEAD: failed)
+    from the two sides' replies; True when there was one."""
+    if "skip" in base or "skip" in head:
+        point.skip = base.get("skip") or head.get("skip")
+        return True
+    if "error" in base:
+        point.error = "base: " + base["error"].strip().splitlines()[-1]
+        point.verdict = Verdict("skipped", notes=["fails at BASE"])
+        return True
+    if "error" in head:
+        point.error = "head: " + head["error"]
+        point.verdict = Verdict("failed")
+        return True
+    return False
+
+
 def _setup_both(point: Point, sides: tuple[Side, Side]) -> tuple[float, float] | None:
     """Run ``setup`` on both sides; the warm call's seconds, or None (point skipped/failed)."""
     answers = []
@@ -285,16 +293,7 @@ def _setup_both(point: Point, sides: tuple[Side, Side]) -> tuple[float, float] |
                            key=point.key)
         answers.append(ans)
     base, head = answers
-    if "skip" in base or "skip" in head:
-        point.skip = base.get("skip") or head.get("skip")
-        return None
-    if "error" in base:
-        point.error = "base: " + base["error"].strip().splitlines()[-1]
-        point.verdict = Verdict("skipped", notes=["fails at BASE"])
-        return None
-    if "error" in head:
-        point.error = "head: " + head["error"]
-        point.verdict = Verdict("failed")
+    if _not_answered(point, base, head):
         return None
     return base["seconds"], head["seconds"]
 

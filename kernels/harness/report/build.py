@@ -30,6 +30,7 @@ from kernels.harness.report.plots import (
     plot_time_vs_size,
 )
 from kernels.harness.report.tables import (
+    facet_title,
     fmt_bytes,
     fmt_number,
     headline_rows,
@@ -233,7 +234,7 @@ def disagreements(t: Table) -> list[str]:
         lo, hi = nbytes / r.ci_hi / 1e9, nbytes / r.ci_lo / 1e9
         if hi < ci[0] or lo > ci[1]:
             lines.append(
-                f"{', '.join(f'{k}={v}' for k, v in r.params.items())}: "
+                f"{facet_title(r.params.items())}: "
                 f"{nbytes / r.seconds / 1e9:.3g} GB/s [{lo:.3g}, {hi:.3g}] from "
                 f"`{asvresults.function_of(t.benchmark.name)}`, {p.value:.3g} GB/s "
                 f"[{ci[0]:.3g}, {ci[1]:.3g}] from `{asvresults.function_of(track.name)}`")

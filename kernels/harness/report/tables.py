@@ -4,7 +4,7 @@ rows, the headline, other measurements)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kernels.harness import asvresults
@@ -68,7 +68,7 @@ def fmt_number(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}g}"
 
 
-def facet_title(facet: tuple[tuple[str, Any], ...]) -> str:
+def facet_title(facet: Iterable[tuple[str, Any]]) -> str:
     """``preset=gqa, dtype=float32``: a facet's parameters as text."""
     return ", ".join(f"{k}={v}" for k, v in facet)
 
@@ -218,7 +218,7 @@ def other_table(benches: list[BenchmarkResult]) -> str:
         for p in b.points():
             if not p.ok:
                 continue
-            params = ", ".join(f"{k}={v}" for k, v in p.params.items())
+            params = facet_title(p.params.items())
             unit = declared_unit(b)
             rows.append([f"`{asvresults.function_of(b.name)}`", params,
                          _fmt_value(p.value, unit), fmt_interval(p, unit)])
@@ -236,7 +236,7 @@ def paired_rows(kernel: str, benches: list[BenchmarkResult]) -> list[list[str]]:
             continue
         for p in b.points():
             if p.ok and rounds_interval(p) is not None:
-                params = ", ".join(f"{k}={v}" for k, v in p.params.items())
+                params = facet_title(p.params.items())
                 rows.append([kernel, f"`{asvresults.function_of(b.name)}`", params,
                              _fmt_value(p.value, unit), fmt_interval(p, unit)])
     return rows
