@@ -12,6 +12,9 @@
 - ``Bandwidth.track_share_of_read_bw``: the step's cache-read GB/s as a share of the
   machine's read bandwidth, the two timed in alternation in one process;
   ``Bandwidth.track_gbps``: the step's cache-read GB/s alone.
+- ``VersusNumpy.track_speedup_over_numpy``: numpy's step on 1 worker over each fast
+  strategy's at 1 and 2 workers, every preset at 32k, paired in alternation: the
+  report's "speedup vs numpy@1" there, with its interval.
 - ``PeakMemory.peakmem_decode``: resident set of a process holding the cache and
   running a step; repeating K/V per query head would show up here.
 - ``TimeDecodeDtype.time_decode_dtype``: the warm step with the cache stored in float32,
@@ -36,6 +39,7 @@ from .common import (
     COLD_START_LABELS,
     WORKERS,
     ColdStartBase,
+    Paired,
     WarmTime,
     rounds_result,
     skip,
@@ -299,6 +303,32 @@ class Bandwidth:
         return rounds_result([flops / self._step_seconds() / 1e9 for _ in range(self.ROUNDS)])
 
     track_gflops.unit = "GFLOP/s"
+
+
+class VersusNumpy(Paired):
+    """How many times faster than ``numpy`` on 1 worker each fast strategy runs one decode
+    step at 32k (x), the two timed in alternation in one process on the same cache
+    (median of 12 paired ratios and its interval): the headline's "speedup vs numpy@1"
+    with an interval, where ``TimeDecode`` divides two medians timed minutes apart.
+    """
+
+    params = (PRESETS, [32768], ["numba", "threaded:numba", "multiprocess:numba", "torch"],
+              WORKERS)
+    param_names = ["preset", "context", "strategy", "workers"]
+
+    def setup(self, preset: str, context: int, label: str, workers: int) -> None:
+        self.cases: list[registry.Case] = []
+        for name, w in (("numpy", 1), (label, workers)):
+            self.cases.append(_case(name, context, w, preset))
+        self.pair = [case.run for case in self.cases]
+
+    def teardown(self, *args: object) -> None:
+        for case in getattr(self, "cases", []):
+            case.close()
+
+    def track_speedup_over_numpy(self, preset: str, context: int, label: str,
+                                 workers: int) -> dict:
+        return self.ratio()
 
 
 class PeakMemory:

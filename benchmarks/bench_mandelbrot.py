@@ -6,6 +6,9 @@
   pool's start, first touch) and checks its checksum, so a wrong image is never timed.
 - ``ScheduleSpeedup.track_dynamic_over_static``: static time / dynamic time at 2
   workers on 2**20 pixels, the calls paired in alternation in one process (drift cancels).
+- ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each fast
+  strategy's at 1 and 2 workers, 2**20 pixels, paired in alternation: the report's
+  "speedup vs numpy@1" there, with its interval.
 - ``StaticImbalance.track_static_imbalance``: the static schedule's bands, each timed
   alone on one core: the slowest band's time over the mean (1.0 is a perfect split;
   the static schedule's wall time at k workers is at least that many times its ideal).
@@ -119,6 +122,33 @@ class ScheduleSpeedup(Paired):
             self.pair.append(lambda kw=kwargs: mandelbrot.render(self.SIDE, self.SIDE, **kw))
 
     def track_dynamic_over_static(self, label: str, view: str) -> dict:
+        return self.ratio()
+
+
+class VersusNumpy(Paired):
+    """How many times faster than ``numpy`` on 1 worker each fast strategy renders 2**20
+    pixels, numpy's largest (x), under the default schedule, the two timed in alternation
+    (median of 12 paired ratios and its interval): the headline's "speedup vs numpy@1"
+    with an interval, where ``TimeRender`` divides two medians timed minutes apart.
+    Both images are checked first.
+    """
+
+    params = (["numba", "threaded:numba", "multiprocess:numba"],
+              [mandelbrot.DEFAULT_SCHEDULE], [1 << 20], WORKERS)
+    param_names = ["strategy", "schedule", "size", "workers"]
+
+    def setup(self, label: str, schedule: str, size: int, workers: int) -> None:
+        self.pair = []
+        for name, w in (("numpy", 1), (label, workers)):
+            reason = skip_reason(name, schedule, size, w)
+            if reason:
+                skip(reason)
+            side, kwargs = mandelbrot.side_for(size), _kwargs(name, w, schedule)
+            _render_checked(side, kwargs)
+            self.pair.append(lambda s=side, kw=kwargs: mandelbrot.render(s, s, **kw))
+
+    def track_speedup_over_numpy(self, label: str, schedule: str, size: int,
+                                 workers: int) -> dict:
         return self.ratio()
 
 

@@ -5,6 +5,9 @@
   start are out of the timing.
 - ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers at 10**9 samples, the
   calls paired in alternation in one process (drift cancels).
+- ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each fast
+  strategy's at 1 and 2 workers, 10**8 samples (numpy's largest), paired in
+  alternation: the report's "speedup vs numpy@1" there, with its interval.
 - ``ColdStart.timeraw_*``: a fresh interpreter imports kernels and runs a small
   estimate: import + JIT (from numba's on-disk cache, or compiled from scratch) +
   pool start + the run.
@@ -15,6 +18,8 @@
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from kernels import montecarlo, registry
 
@@ -46,6 +51,13 @@ def _warm_up(kwargs: dict) -> None:
     montecarlo.estimate_pi(samples, **kwargs)
 
 
+def _warmed_call(label: str, samples: int, workers: int) -> Callable[[], float]:
+    """``estimate_pi(samples)`` of ``label`` at ``workers`` as a call, warmed up first."""
+    kwargs = _kwargs(label, workers)
+    _warm_up(kwargs)
+    return lambda: montecarlo.estimate_pi(samples, **kwargs)
+
+
 class TimeEstimatePi(WarmTime):
     """Warm time of one ``estimate_pi`` call (seconds)."""
 
@@ -75,18 +87,32 @@ class Scaling(Paired):
     round by round (``Paired.ROUNDS`` rounds). Parallel efficiency = this / 2.
     """
 
-    params = (["numba", "threaded:numba", "multiprocess:numba"],)
-    param_names = ["strategy"]
-    SAMPLES = 10**9
+    # samples is a parameter of one value so that the report can put the ratio in the
+    # row of TimeEstimatePi it belongs to (strategy, samples, 2 workers).
+    params = (["numba", "threaded:numba", "multiprocess:numba"], [10**9])
+    param_names = ["strategy", "samples"]
 
-    def setup(self, label: str) -> None:
-        self.pair = []
-        for workers in (1, 2):
-            kwargs = _kwargs(label, workers)
-            _warm_up(kwargs)
-            self.pair.append(lambda kw=kwargs: montecarlo.estimate_pi(self.SAMPLES, **kw))
+    def setup(self, label: str, samples: int) -> None:
+        self.pair = [_warmed_call(label, samples, workers) for workers in (1, 2)]
 
-    def track_speedup_2_workers(self, label: str) -> dict:
+    def track_speedup_2_workers(self, label: str, samples: int) -> dict:
+        return self.ratio()
+
+
+class VersusNumpy(Paired):
+    """How many times faster than ``numpy`` on 1 worker each fast strategy runs at 10**8
+    samples, numpy's largest (x), the two timed in alternation (median of 12 paired
+    ratios and its interval): the headline's "speedup vs numpy@1" with an interval,
+    where ``TimeEstimatePi`` divides two medians timed minutes apart.
+    """
+
+    params = (["numba", "threaded:numba", "multiprocess:numba"], [10**8], WORKERS)
+    param_names = ["strategy", "samples", "workers"]
+
+    def setup(self, label: str, samples: int, workers: int) -> None:
+        self.pair = [_warmed_call("numpy", samples, 1), _warmed_call(label, samples, workers)]
+
+    def track_speedup_over_numpy(self, label: str, samples: int, workers: int) -> dict:
         return self.ratio()
 
 

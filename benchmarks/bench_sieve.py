@@ -8,6 +8,9 @@
   drift cannot fake).
 - ``Anchor.track_time_over_primesieve``: numba's time at 1 worker in primesieve's on
   1 thread, the two paired in alternation.
+- ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each fast
+  strategy's at 1 and 2 workers, n = 10**9, paired in alternation: the report's
+  "speedup vs numpy@1" at that size, with its interval.
 - ``TimePipeline.time_count_primes``: the Go-style thread chain at the small n it
   accepts, to show what that pattern costs next to the segmented sieves.
 - ``ColdStart.timeraw_cold_start``: a fresh interpreter imports kernels and counts the
@@ -79,13 +82,15 @@ class Scaling(Paired):
     12 rounds and its interval), so that the machine's drift does not pass for parallel efficiency.
     """
 
-    params = (["numba", "threaded:numba", "multiprocess:numba"],)
-    param_names = ["strategy"]
+    # n is a parameter of one value so that the report can put the ratio in the row of
+    # TimeCountPrimes it belongs to (strategy, n, 2 workers).
+    params = (["numba", "threaded:numba", "multiprocess:numba"], [N_PAIRED])
+    param_names = ["strategy", "n"]
 
-    def setup(self, label: str) -> None:
-        self.pair = [_checked_call(_check_runs(label, N_PAIRED, w), N_PAIRED) for w in (1, 2)]
+    def setup(self, label: str, n: int) -> None:
+        self.pair = [_checked_call(_check_runs(label, n, w), n) for w in (1, 2)]
 
-    def track_speedup_2_workers(self, label: str) -> dict:
+    def track_speedup_2_workers(self, label: str, n: int) -> dict:
         return self.ratio()
 
 
@@ -96,14 +101,32 @@ class Anchor(Paired):
     points cannot move it.
     """
 
-    params = (["numba"],)
-    param_names = ["strategy"]
+    params = (["numba"], [N_PAIRED])
+    param_names = ["strategy", "n"]
 
-    def setup(self, label: str) -> None:
-        self.pair = [_checked_call(_check_runs(name, N_PAIRED, 1), N_PAIRED)
-                     for name in (label, "primesieve")]
+    def setup(self, label: str, n: int) -> None:
+        self.pair = [_checked_call(_check_runs(name, n, 1), n) for name in (label, "primesieve")]
 
-    def track_time_over_primesieve(self, label: str) -> dict:
+    def track_time_over_primesieve(self, label: str, n: int) -> dict:
+        return self.ratio()
+
+
+class VersusNumpy(Paired):
+    """How many times faster than ``numpy`` on 1 worker each fast strategy runs at
+    n = 10**9 (x), the two timed in alternation (median of 12 paired ratios and its
+    interval): the headline's "speedup vs numpy@1" with an interval, where
+    ``TimeCountPrimes`` divides two medians timed minutes apart.
+    """
+
+    params = (["numba", "threaded:numba", "multiprocess:numba", "primesieve"], [N_PAIRED],
+              WORKERS)
+    param_names = ["strategy", "n", "workers"]
+
+    def setup(self, label: str, n: int, workers: int) -> None:
+        other = _check_runs(label, n, workers)
+        self.pair = [_checked_call(_check_runs("numpy", n, 1), n), _checked_call(other, n)]
+
+    def track_speedup_over_numpy(self, label: str, n: int, workers: int) -> dict:
         return self.ratio()
 
 
