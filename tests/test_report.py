@@ -272,6 +272,63 @@ def test_paired_ratios_are_quoted_with_their_interval(tmp_path):
     assert "[1.62x, 1.98x] (12 rounds)" in other
 
 
+def _cells(text: str, start: str, has: str) -> list[str]:
+    row = next(x for x in text.splitlines() if x.startswith(start) and has in x)
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def test_paired_figures_stand_in_for_the_ratios_of_medians_in_their_rows(tmp_path):
+    """A paired track with rounds (PAIRED_RATIOS) puts its median and 99% interval in the
+    row it belongs to, in the column's scale: a speed-up over numpy@1 as is, a 2-worker
+    speed-up as an efficiency (half), a time over the anchor as a speed against it
+    (inverse); its parameters are the time benchmark's, less the workers where the
+    ratio names them. Rows without one keep the bare ratio of medians."""
+    benches = _sieve_benches()
+    benches["bench_sieve.VersusNumpy.track_speedup_over_numpy"] = {
+        "param_names": ["strategy", "n", "workers"], "params": [["numba"], [10**8], [2]],
+        "values": lambda p: 3.0, "type": "track", "unit": "x", "rounds": 12}
+    benches["bench_sieve.Scaling.track_speedup_2_workers"] = {
+        "param_names": ["strategy", "n"], "params": [["numba"], [10**8]],
+        "values": lambda p: 1.6, "type": "track", "unit": "x", "rounds": 12}
+    benches["bench_sieve.Anchor.track_time_over_primesieve"] = {
+        "param_names": ["strategy", "n"], "params": [["numba"], [10**8]],
+        "values": lambda p: 5.0, "type": "track", "unit": "x", "rounds": 12}
+    # Without rounds, a bare value: no better than the table's own ratio.
+    benches["bench_sieve.Other.track_speedup_over_numpy"] = {
+        "param_names": ["strategy", "n", "workers"],
+        "params": [["threaded:numba"], [10**8], [2]],
+        "values": lambda p: 9.0, "type": "track", "unit": "x"}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    text, _ = report.build_report(results, tmp_path / "none.json", tmp_path / "out")
+    # numba at 2 workers, 10^8: speed-up paired 3x [2.7, 3.3] (medians alone: 4x);
+    # efficiency 1.6 / 2 = 80% [72, 88] (medians alone: 100%).
+    two = _cells(text, "| numba |", "| 1e8 | 2 |")
+    assert "3x [2.7, 3.3]" in two and "80% [72, 88]" in two
+    # numba at 1 worker: 1 / 5 of primesieve's speed, interval [1/5.5, 1/4.5].
+    one = _cells(text, "| numba |", "| 1e8 | 1 |")
+    assert "0.2x [0.182, 0.222]" in one and "2x" in one  # speed-up unpaired: bare
+    threaded = _cells(text, "| threaded:numba |", "| 1e8 | 2 |")
+    assert "4x" in threaded and not any("[" in c for c in threaded)
+    assert "| sieve | time_count | 1e8 | 2 | primesieve |" in text  # headline: unpaired
+
+
+def test_paired_share_of_read_bw_sets_the_row_and_its_roofline(tmp_path):
+    """``track_share_of_read_bw`` (percent) stands in for *of read bw* in the time
+    benchmark's row with the same parameters."""
+    benches = _attention_benches()
+    benches["bench_attention.Bandwidth.track_share_of_read_bw"] = {
+        "param_names": ["strategy", "preset", "context", "workers"],
+        "params": [["numba"], ["gqa"], [8192], [2]],
+        "values": lambda p: 40.0, "type": "track", "unit": "%", "rounds": 12}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    machine = _machine_json(tmp_path / "machine.json", {"1": 20.0, "2": 32.0})
+    text, _ = report.build_report(results, machine, tmp_path / "out")
+    assert "40% [36, 44]" in _cells(text, "| numba | gqa |", "| 8,192 | 2 |")
+    assert "50%" in _cells(text, "| numba | gqa |", "| 1,024 | 2 |")  # unpaired row
+
+
 def test_sieve_anchor_column_and_skips(tmp_path):
     results = tmp_path / "asv"
     write_asv_results(results, _sieve_benches())

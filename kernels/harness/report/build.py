@@ -18,7 +18,7 @@ from kernels.harness import asvresults
 from kernels.harness.asvresults import BenchmarkResult, ResultFile, ResultsError
 from kernels.harness.report.arithmetic import count_for
 from kernels.harness.report.derived import BASELINE, Derived, cache_bytes, derive
-from kernels.harness.report.model import Table, build_table
+from kernels.harness.report.model import PAIRED_RATIOS, Table, build_table
 from kernels.harness.report.plots import (
     plot_bands,
     plot_bandwidth,
@@ -290,7 +290,9 @@ def _headline_section(headline: list[list[str]]) -> list[str]:
     if not headline:
         return []
     return ["## Headline: fastest strategy per kernel", "",
-            f"At the largest size where `{BASELINE}` on 1 worker ran (else the largest).",
+            f"At the largest size where `{BASELINE}` on 1 worker ran (else the largest); the "
+            "fastest by the medians below. A speed-up with *[low, high]* is paired in "
+            "alternation with its 99% interval (see How to read).",
             "",
             markdown_table(["kernel", "benchmark", "size", "workers", "fastest",
                             "median", f"speedup vs {BASELINE}@1"], headline), ""]
@@ -506,13 +508,14 @@ def _how_to_read() -> list[str]:
         "thread count; *of roofline* is the larger of *of read bw* and *of matmul peak*, "
         "and *bound* the one that binds. A kernel without FLOP tracks that declares an "
         "arithmetic count has it stated under its heading.",
-        "- Each point ran in its own process, minutes from the others and from the "
-        "calibration, and a shared machine's speed drifts in between: a *parallel eff.* or "
-        "*of read bw* above 100% is that drift, and these columns carry no interval. The "
-        "paired benchmarks (*Paired ratios* above, and under *Other measurements*: "
-        "`track_speedup_2_workers`, `track_time_over_primesieve`, "
-        "`track_share_of_read_bw`) time the two sides in alternation, call by call, give "
-        "each ratio with the interval of its rounds, and are the figures to trust for "
-        "those ratios.",
+        "- A ratio followed by *[low, high]* was timed in alternation with its "
+        "baseline, call by call in one process, by a paired benchmark ("
+        + ", ".join(f"`{name}`" for name in PAIRED_RATIOS) + "): the median of its "
+        "rounds and asv's 99% interval of that median, in the column's scale. A bare "
+        "ratio divides two medians timed in separate processes, minutes apart from each "
+        "other and from the calibration; a shared machine's speed drifts in between, so "
+        "it carries no interval, and a *parallel eff.* or *of read bw* above 100% is that "
+        "drift. Where a paired figure exists it is in the cell, and *of roofline* follows "
+        "a paired *of read bw*.",
         "",
     ]

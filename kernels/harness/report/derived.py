@@ -5,10 +5,10 @@ measured limits (:mod:`kernels.harness.machine`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from kernels.harness.report.model import Row, Table, sort_key
+from kernels.harness.report.model import PairedFigure, Row, Table, sort_key
 
 BASELINE = "numpy"
 
@@ -60,6 +60,9 @@ class Derived:
     # Workers the call really ran on, by the kernel's spec (fewer than asked below its
     # minimum grain); parallel efficiency divides by this.
     workers_used: int | None = None
+    # The ratios a paired track gives this row (field name -> median, interval, rounds);
+    # the field holds that median instead of the ratio of two medians timed apart.
+    paired: dict[str, PairedFigure] = field(default_factory=dict)
 
 
 def anchor_of(table: Table) -> str | None:
@@ -106,8 +109,22 @@ def derive(table: Table, machine: dict[str, Any] | None) -> dict[int, Derived]:
         if per_item and isinstance(r.size, int | float) and r.size > 0:
             d.ns_per_item = r.seconds / r.size * 1e9
         _rates(d, r, table, machine)
+        _paired(d, r, table)
         out[id(r)] = d
     return out
+
+
+def _paired(d: Derived, r: Row, table: Table) -> None:
+    """Put the paired figures of row ``r`` (:attr:`Table.paired`) in place of the ratios of
+    medians timed apart; the roofline share follows a paired share of read bandwidth."""
+    key = (r.strategy, r.size, r.workers, r.facet)
+    for name, figures in table.paired.items():
+        fig = figures.get(key)
+        if fig is not None:
+            d.paired[name] = fig
+            setattr(d, name, fig.value)
+    if "bw_fraction" in d.paired:
+        _roofline(d)
 
 
 def _workers_used(spec: Any, r: Row) -> int | None:
@@ -175,6 +192,11 @@ def _rates(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> 
         peak = matmul_gflops(machine, r.workers)
         if d.gflops is not None and peak:
             d.flops_fraction = d.gflops / peak
+    _roofline(d)
+
+
+def _roofline(d: Derived) -> None:
+    """The larger of the row's two shares, and which limit it is; unset without both."""
     if d.bw_fraction is not None and d.flops_fraction is not None:
         d.roofline = max(d.bw_fraction, d.flops_fraction)
         d.bound = "memory" if d.bw_fraction >= d.flops_fraction else "compute"

@@ -81,6 +81,8 @@ class Table:
     size_name: str | None
     # kind (a value of TRACK_KINDS: bytes, per_token, weight_bytes, ...) -> track
     tracks: dict[str, BenchmarkResult]
+    # A Derived field (PAIRED_RATIOS) -> {row key (Table.lookup's): the paired figure}
+    paired: dict[str, dict[tuple[Any, ...], PairedFigure]] = field(default_factory=dict)
 
     def lookup(self) -> dict[tuple[Any, ...], Row]:
         return {(r.strategy, r.size, r.workers, r.facet): r for r in self.rows}
@@ -143,6 +145,46 @@ LEGACY_TRACK_UNITS: dict[tuple[str, str], str] = {
 }
 
 
+@dataclass(frozen=True)
+class PairedRatio:
+    """How a paired ``track_`` (both sides timed in alternation, its rounds stored) gives a
+    table's ratio column its figure: the Derived field it stands in for, the worker
+    count of the rows it belongs to when the track has no ``workers`` parameter, and the
+    map from its value to the field's (``value / scale``, or ``scale / value`` when
+    ``inverse``: a time over the anchor's is the inverse of a speed against it)."""
+
+    field: str
+    workers: int | None = None
+    scale: float = 1.0
+    inverse: bool = False
+
+    def convert(self, v: float) -> float:
+        return self.scale / v if self.inverse else v / self.scale
+
+
+# The paired tracks that stand in for a table's ratio columns, by function name (the suites
+# name them alike in every kernel): the report puts their median and 99% interval in the
+# rows they belong to, in place of the ratio of two medians timed minutes apart. A track
+# belongs to a time benchmark's rows when its parameters are the benchmark's, less at most
+# the workers (then ``workers`` says which rows).
+PAIRED_RATIOS: dict[str, PairedRatio] = {
+    "track_speedup_over_numpy": PairedRatio("speedup"),
+    "track_speedup_2_workers": PairedRatio("efficiency", workers=2, scale=2.0),
+    "track_time_over_primesieve": PairedRatio("anchor", workers=1, inverse=True),
+    "track_share_of_read_bw": PairedRatio("bw_fraction", scale=100.0),
+}
+
+
+@dataclass(frozen=True)
+class PairedFigure:
+    """A paired ratio in a table's terms: median, 99% interval, and the rounds behind it."""
+
+    value: float
+    lo: float
+    hi: float
+    rounds: int
+
+
 def declared_unit(bench: BenchmarkResult) -> str:
     """The unit a benchmark declares: the one asv stored for it, or, for results stored
     before units were declared, the one in :data:`LEGACY_TRACK_UNITS`."""
@@ -175,8 +217,41 @@ def build_table(kernel: str, bench: BenchmarkResult,
             continue
         extra = {kind: idx.get(_subkey(p.params, _shared(chosen[kind], bench.param_names)))
                  for kind, idx in track_values.items()}
-        rows.append(_row(p, bench, roles, by_role, extra))
-    return Table(kernel, bench, roles, rows, failed, skipped, by_role.get("size"), chosen)
+        rows.append(_row(p, bench, roles, extra))
+    table = Table(kernel, bench, roles, rows, failed, skipped, by_role.get("size"), chosen)
+    table.paired = _paired_figures(bench, roles, tracks)
+    return table
+
+
+def _paired_figures(bench: BenchmarkResult, roles: dict[str, str],
+                    tracks: list[BenchmarkResult],
+                    ) -> dict[str, dict[tuple[Any, ...], PairedFigure]]:
+    """Derived field -> {row key: figure} from the paired tracks (:data:`PAIRED_RATIOS`)
+    that belong to ``bench``'s rows. Only points that stored their rounds count: a bare
+    value has no interval, and is no better than the ratio of the table's medians."""
+    out: dict[str, dict[tuple[Any, ...], PairedFigure]] = {}
+    workers_name = next((n for n, role in roles.items() if role == "workers"), None)
+    for track in tracks:
+        how = PAIRED_RATIOS.get(asvresults.function_of(track.name))
+        if how is None:
+            continue
+        missing = set(bench.param_names) - set(track.param_names)
+        if (set(track.param_names) - set(bench.param_names) or missing - {workers_name}
+                or (missing and how.workers is None)):
+            continue
+        for p in track.points():
+            st = p.stats or {}
+            lo, hi, n = st.get("ci_99_a"), st.get("ci_99_b"), st.get("repeat")
+            if not p.ok or lo is None or hi is None or not n or n < 2 or not p.value:
+                continue
+            params = dict(p.params)
+            if missing:
+                params[workers_name] = how.workers
+            key = _row_key(params, bench, roles)
+            lo, hi = sorted((how.convert(lo), how.convert(hi)))
+            out.setdefault(how.field, {})[key] = PairedFigure(how.convert(p.value), lo, hi,
+                                                              int(n))
+    return out
 
 
 def _choose_tracks(bench: BenchmarkResult,
@@ -197,23 +272,15 @@ def _choose_tracks(bench: BenchmarkResult,
     return chosen
 
 
-def _row(p: Point, bench: BenchmarkResult, roles: dict[str, str], by_role: dict[str, str],
+def _row(p: Point, bench: BenchmarkResult, roles: dict[str, str],
          extra: dict[str, float | None]) -> Row:
     """The row of one measured point."""
-    strategy = str(p.params.get(by_role.get("strategy", ""), bench.name.rsplit(".", 1)[-1]))
-    inner = p.params.get(by_role.get("inner", ""))
-    if inner not in (None, "", "-", "none"):
-        strategy = f"{strategy}:{inner}"
-    workers = p.params.get(by_role.get("workers", ""))
-    facet = tuple(
-        (name, value) for name, value in p.params.items()
-        if roles[name] not in ("strategy", "inner", "size", "workers")
-    )
+    strategy, size, workers, facet = _row_key(p.params, bench, roles)
     stats = p.stats or {}
     return Row(
         strategy=strategy,
-        size=p.params.get(by_role.get("size", "")),
-        workers=int(workers) if isinstance(workers, int | float) else None,
+        size=size,
+        workers=workers,
         facet=facet,
         params=p.params,
         seconds=float(p.value),
@@ -224,6 +291,23 @@ def _row(p: Point, bench: BenchmarkResult, roles: dict[str, str], by_role: dict[
         ci_hi=stats.get("ci_99_b"),
         extra=extra,
     )
+
+
+def _row_key(params: dict[str, Any], bench: BenchmarkResult,
+             roles: dict[str, str]) -> tuple[Any, ...]:
+    """(strategy, size, workers, facet) of a point's parameters: a row's key in
+    :meth:`Table.lookup`. The strategy joins its inner kernel (``threaded:numba``); the
+    facet is every parameter without a role (preset and the like)."""
+    by_role = {role: name for name, role in roles.items()}
+    strategy = str(params.get(by_role.get("strategy", ""), bench.name.rsplit(".", 1)[-1]))
+    inner = params.get(by_role.get("inner", ""))
+    if inner not in (None, "", "-", "none"):
+        strategy = f"{strategy}:{inner}"
+    workers = params.get(by_role.get("workers", ""))
+    facet = tuple((name, params[name]) for name in bench.param_names
+                  if roles[name] not in ("strategy", "inner", "size", "workers"))
+    return (strategy, params.get(by_role.get("size", "")),
+            int(workers) if isinstance(workers, int | float) else None, facet)
 
 
 def _subkey(params: dict[str, Any], names: Iterable[str]) -> tuple[Any, ...]:

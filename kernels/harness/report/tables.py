@@ -63,6 +63,18 @@ def fmt_percent(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.0f}%"
 
 
+def fmt_paired(d: Derived, name: str, fmt: Callable[[float | None], str]) -> str:
+    """A row's ratio ``name`` (a :class:`Derived` field) in ``fmt``: with ``[low, high]``
+    (the 99% interval, in the same scale) where a paired track gave it, bare where it is
+    the ratio of two medians timed apart."""
+    value, fig = getattr(d, name), d.paired.get(name)
+    if fig is None:
+        return fmt(value)
+    if fmt is fmt_percent:
+        return f"{fmt(value)} [{100 * fig.lo:.0f}, {100 * fig.hi:.0f}]"
+    return f"{fmt(value)} [{fig.lo:.3g}, {fig.hi:.3g}]"
+
+
 def fmt_number(v: float | None, digits: int = 3) -> str:
     """A number to ``digits`` significant digits; ``-`` when missing."""
     return "-" if v is None else f"{v:.{digits}g}"
@@ -115,22 +127,23 @@ def _derived_columns(table: Table, ds: list[Derived]) -> list[Column]:
     anchor = anchor_of(table)
     cols: list[Column] = []
     if any(d.speedup is not None for d in ds):
-        cols.append((f"speedup vs {BASELINE}@1", lambda r, d: fmt_ratio(d.speedup)))
+        cols.append((f"speedup vs {BASELINE}@1",
+                     lambda r, d: fmt_paired(d, "speedup", fmt_ratio)))
     if any(d.workers_used is not None and d.workers_used != r.workers
            for r, d in zip(table.rows, ds, strict=False)):
         cols.append(("ran on", lambda r, d: "-" if d.workers_used is None
                      else f"{d.workers_used}"))
     if any(d.efficiency is not None for d in ds) and len(table.workers) > 1:
-        cols.append(("parallel eff.", lambda r, d: fmt_percent(d.efficiency)))
+        cols.append(("parallel eff.", lambda r, d: fmt_paired(d, "efficiency", fmt_percent)))
     if anchor is not None:
-        cols.append((f"speed vs {anchor}", lambda r, d: fmt_ratio(d.anchor)))
+        cols.append((f"speed vs {anchor}", lambda r, d: fmt_paired(d, "anchor", fmt_ratio)))
     if any(d.ns_per_item is not None for d in ds):
         unit = (table.size_name or "item").rstrip("s")
         cols.append((f"ns/{unit}", lambda r, d: fmt_number(d.ns_per_item)))
     if any(d.gbps is not None for d in ds):
         cols.append(("GB/s", lambda r, d: fmt_number(d.gbps)))
     if any(d.bw_fraction is not None for d in ds):
-        cols.append(("of read bw", lambda r, d: fmt_percent(d.bw_fraction)))
+        cols.append(("of read bw", lambda r, d: fmt_paired(d, "bw_fraction", fmt_percent)))
     if any(d.gflops is not None for d in ds):
         cols.append(("GFLOP/s", lambda r, d: fmt_number(d.gflops)))
     if any(d.flops_fraction is not None for d in ds):
@@ -175,7 +188,8 @@ def headline_rows(t: Table, derived: dict[int, Derived]) -> list[list[str]]:
         if facet:
             name += f" [{facet_title(facet)}]"
         out.append([t.kernel, name, fmt_size(size), str(best.workers or "-"), best.strategy,
-                    fmt_seconds(best.seconds), fmt_ratio(derived[id(best)].speedup)])
+                    fmt_seconds(best.seconds), fmt_paired(derived[id(best)], "speedup",
+                                                          fmt_ratio)])
     return out
 
 
