@@ -317,10 +317,13 @@ class VersusNumpy(Paired):
     param_names = ["preset", "context", "strategy", "workers"]
 
     def setup(self, preset: str, context: int, label: str, workers: int) -> None:
+        # The other side's case first: numpy's step sets numba's thread count, which
+        # starts numba's OpenMP threads, and torch loaded after that runs on numba's
+        # libgomp, 5-8x slower (measured here at 2 workers: 0.13x numpy's speed on GQA).
         self.cases: list[registry.Case] = []
-        for name, w in (("numpy", 1), (label, workers)):
+        for name, w in ((label, workers), ("numpy", 1)):
             self.cases.append(_case(name, context, w, preset))
-        self.pair = [case.run for case in self.cases]
+        self.pair = [self.cases[1].run, self.cases[0].run]
 
     def teardown(self, *args: object) -> None:
         for case in getattr(self, "cases", []):
