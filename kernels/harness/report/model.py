@@ -7,6 +7,7 @@ size parameter's name comes from the kernels' specs (:mod:`kernels.registry`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -185,6 +186,19 @@ class PairedFigure:
     rounds: int
 
 
+def rounds_interval(p: Point) -> tuple[float, float, int] | None:
+    """(low, high, rounds) of a point asv stored with samples (a paired ``track_`` that
+    returns its rounds, :func:`benchmarks.common.rounds_result`): the 99% interval of
+    the median that asv computed from them. None for a single value."""
+    st = p.stats or {}
+    lo, hi, n = st.get("ci_99_a"), st.get("ci_99_b"), st.get("repeat")
+    if lo is None or hi is None or not n or n < 2:
+        return None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return float(lo), float(hi), int(n)
+
+
 def declared_unit(bench: BenchmarkResult) -> str:
     """The unit a benchmark declares: the one asv stored for it, or, for results stored
     before units were declared, the one in :data:`LEGACY_TRACK_UNITS`."""
@@ -240,17 +254,16 @@ def _paired_figures(bench: BenchmarkResult, roles: dict[str, str],
                 or (missing and how.workers is None)):
             continue
         for p in track.points():
-            st = p.stats or {}
-            lo, hi, n = st.get("ci_99_a"), st.get("ci_99_b"), st.get("repeat")
-            if not p.ok or lo is None or hi is None or not n or n < 2 or not p.value:
+            ci = rounds_interval(p)
+            if not p.ok or ci is None or not p.value:
                 continue
+            lo, hi, n = ci
             params = dict(p.params)
             if missing:
                 params[workers_name] = how.workers
             key = _row_key(params, bench, roles)
             lo, hi = sorted((how.convert(lo), how.convert(hi)))
-            out.setdefault(how.field, {})[key] = PairedFigure(how.convert(p.value), lo, hi,
-                                                              int(n))
+            out.setdefault(how.field, {})[key] = PairedFigure(how.convert(p.value), lo, hi, n)
     return out
 
 

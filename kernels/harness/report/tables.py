@@ -16,6 +16,7 @@ from kernels.harness.report.model import (
     Row,
     Table,
     declared_unit,
+    rounds_interval,
     sort_key,
 )
 
@@ -200,19 +201,6 @@ def _fmt_value(value: float, unit: str) -> str:
     if unit in ("x", "%"):
         return f"{value:.3g}{unit}"
     return f"{value:.4g}" + ("" if unit in UNITLESS else f" {unit}")
-
-
-def rounds_interval(p: asvresults.Point) -> tuple[float, float, int] | None:
-    """(low, high, rounds) of a point asv stored with samples (a paired ``track_`` that
-    returns its rounds, :func:`benchmarks.common.rounds_result`): the 99% interval of
-    the median that asv computed from them. None for a single value."""
-    st = p.stats or {}
-    lo, hi, n = st.get("ci_99_a"), st.get("ci_99_b"), st.get("repeat")
-    if lo is None or hi is None or not n or n < 2:
-        return None
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return None
-    return float(lo), float(hi), int(n)
 
 
 def fmt_interval(p: asvresults.Point, unit: str) -> str:
