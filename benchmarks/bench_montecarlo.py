@@ -51,7 +51,7 @@ def _warm_up(kwargs: dict) -> None:
     montecarlo.estimate_pi(samples, **kwargs)
 
 
-def _warmed_call(label: str, samples: int, workers: int) -> Callable[[], float]:
+def _warmed_call(label: str, samples: int, workers: int) -> Callable[[], montecarlo.PiEstimate]:
     """``estimate_pi(samples)`` of ``label`` at ``workers`` as a call, warmed up first."""
     kwargs = _kwargs(label, workers)
     _warm_up(kwargs)
