@@ -169,12 +169,21 @@ def interrupt_guard() -> Iterator[Callable[[], None]]:
 
 
 @contextlib.contextmanager
-def limit_threads(workers: int) -> Iterator[None]:
+def limit_threads(workers: int, *, numba_pool: bool = True) -> Iterator[None]:
     """Cap BLAS/OpenMP pools (threadpoolctl) and numba's pool to ``workers`` threads.
 
     Restores both on exit. numba's cap cannot exceed NUMBA_NUM_THREADS (fixed when
     numba's pool starts), so the cap is ``min(workers, NUMBA_NUM_THREADS)``.
+
+    ``numba_pool=False`` is for a call that runs no parallel numba code (a NumPy kernel):
+    numba's cap is then left alone, because setting it starts numba's OpenMP threads, and
+    torch imported after that runs on numba's libgomp, several times slower (a process
+    that times ``numpy`` and then ``torch`` steps, as a benchmark pairing them does).
     """
+    if not numba_pool:
+        with _threadpools().limit(limits=workers):
+            yield
+        return
     import numba
 
     previous = numba.get_num_threads()

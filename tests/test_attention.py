@@ -726,6 +726,31 @@ def test_torch_loaded_after_numba_openmp_is_warned_about(torch_first):
         assert done.returncode != 0 and "numba's libgomp" in done.stderr
 
 
+def test_a_numpy_step_leaves_numba_threads_unstarted():
+    """The numpy strategy caps BLAS but not numba: setting numba's thread count starts
+    its OpenMP threads, after which torch would load onto numba's libgomp (the test
+    above). So a process may time numpy steps and then torch steps. Checked in a fresh
+    interpreter: this one has started numba's pool long ago."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numba, kernels.attention as A\n"
+        "for preset in ('gqa', 'mla'):\n"
+        "    c = A.make_cache(A.PRESETS[preset], capacity=64); A.fill_random(c, 64)\n"
+        "    for workers in (1, 2):\n"
+        "        A.decode(c, A.random_query(c), strategy='numpy', workers=workers)\n"
+        "try:\n"
+        "    print('started', numba.threading_layer())\n"
+        "except ValueError:\n"
+        "    print('not started')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.strip() == "not started"
+
+
 def test_pool_steps_below_the_minimum_grain_run_on_fewer_workers():
     """A 1k-token MQA step is below multiprocess's grain (one worker's round trip costs
     more than half the step); 32k tokens are not; numba (prange) splits as asked."""

@@ -187,7 +187,7 @@ def decode(
             return torch_anchor.decode_torch(cache, q_rot, impl or "absorbed")
     problem = Problem(cache, q_rot, impl)
     if strategy == "numpy":
-        with executors.limit_threads(workers):
+        with executors.limit_threads(workers, numba_pool=False):
             return problem.finish(problem.partial("numpy", 0, cache.length, cache.arrays()))
     used = workers_used(cache.config, cache.length, cache.batch, cache.kv_dtype, strategy,
                         inner, workers, impl)
