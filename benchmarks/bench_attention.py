@@ -317,9 +317,10 @@ class VersusNumpy(Paired):
     param_names = ["preset", "context", "strategy", "workers"]
 
     def setup(self, preset: str, context: int, label: str, workers: int) -> None:
-        # The other side's case first: numpy's step sets numba's thread count, which
-        # starts numba's OpenMP threads, and torch loaded after that runs on numba's
-        # libgomp, 5-8x slower (measured here at 2 workers: 0.13x numpy's speed on GQA).
+        # The other side's case first: torch loaded after numba's OpenMP threads start
+        # runs on numba's libgomp, 5-8x slower (0.13x numpy's speed on GQA at 2 workers,
+        # when numpy's step still started them; it no longer does, and torch first
+        # keeps it so whatever the numpy side does).
         self.cases: list[registry.Case] = []
         for name, w in ((label, workers), ("numpy", 1)):
             self.cases.append(_case(name, context, w, preset))
