@@ -3,6 +3,9 @@ no K/V repetition for grouped heads, and no shared memory left behind."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -697,14 +700,17 @@ def test_a_case_reports_its_flops_and_gflops():
         case.close()
 
 
+def _in_fresh_interpreter(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a new Python (numba's threads and torch not yet loaded there)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
 @pytest.mark.skipif(TORCH_MISSING is not None, reason=str(TORCH_MISSING))
 @pytest.mark.parametrize("torch_first", [False, True])
 def test_torch_loaded_after_numba_openmp_is_warned_about(torch_first):
     """torch loaded after numba's OpenMP threads started runs on numba's libgomp, up to
     20x slower: asking for the torch strategy then warns; asking first does not."""
-    import subprocess
-    import sys
-
     code = (
         "import warnings, numpy as np, kernels.attention as A\n"
         "warnings.simplefilter('error', RuntimeWarning)\n"
@@ -716,8 +722,7 @@ def test_torch_loaded_after_numba_openmp_is_warned_about(torch_first):
         "A.unavailable_reason('torch')\n"
         "print('quiet')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = _in_fresh_interpreter(code)
     if "not omp" in done.stdout:
         pytest.skip("numba's threading layer here is not OpenMP")
     if torch_first:
@@ -731,9 +736,6 @@ def test_a_numpy_step_leaves_numba_threads_unstarted():
     its OpenMP threads, after which torch would load onto numba's libgomp (the test
     above). So a process may time numpy steps and then torch steps. Checked in a fresh
     interpreter: this one has started numba's pool long ago."""
-    import subprocess
-    import sys
-
     code = (
         "import numba, kernels.attention as A\n"
         "for preset in ('gqa', 'mla'):\n"
@@ -745,8 +747,7 @@ def test_a_numpy_step_leaves_numba_threads_unstarted():
         "except ValueError:\n"
         "    print('not started')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = _in_fresh_interpreter(code)
     assert done.returncode == 0, done.stderr[-1500:]
     assert done.stdout.strip() == "not started"
 
