@@ -12,9 +12,13 @@
 - ``Bandwidth.track_share_of_read_bw``: the step's cache-read GB/s as a share of the
   machine's read bandwidth, the two timed in alternation in one process;
   ``Bandwidth.track_gbps``: the step's cache-read GB/s alone.
-- ``VersusNumpy.track_speedup_over_numpy``: numpy's step on 1 worker over each fast
-  strategy's at 1 and 2 workers, every preset at 32k, paired in alternation: the
-  report's "speedup vs numpy@1" there, with its interval.
+- The race (``_race``, the ``setup_cache`` of the two ratio classes below): for each
+  strategy, a process of its own times a step of numpy on 1 worker and of the strategy
+  at 1 and 2 workers on the same cache, one sample of each per round, 12 rounds, for
+  every preset and context of the grid (:func:`race_group`):
+  - ``VersusNumpy.track_speedup_over_numpy``: numpy's step on 1 worker over each
+    strategy's: the report's "speedup vs numpy@1", with its interval;
+  - ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers (parallel efficiency).
 - ``PeakMemory.peakmem_decode``: resident set of a process holding the cache and
   running a step; repeating K/V per query head would show up here.
 - ``TimeDecodeDtype.time_decode_dtype``: the warm step with the cache stored in float32,
@@ -39,8 +43,12 @@ from .common import (
     COLD_START_LABELS,
     WORKERS,
     ColdStartBase,
-    Paired,
+    RaceRatio,
     WarmTime,
+    gather,
+    race,
+    race_groups,
+    race_members,
     rounds_result,
     skip,
     skip_unless_raced,
@@ -305,33 +313,78 @@ class Bandwidth:
     track_gflops.unit = "GFLOP/s"
 
 
-class VersusNumpy(Paired):
-    """How many times faster than ``numpy`` on 1 worker each fast strategy runs one decode
-    step at 32k (x), the two timed in alternation in one process on the same cache
-    (median of 12 paired ratios and its interval): the headline's "speedup vs numpy@1"
-    with an interval, where ``TimeDecode`` divides two medians timed minutes apart.
+def race_group(label: str) -> dict:
+    """One strategy's race (:func:`benchmarks.common.race_groups` runs it in a process
+    of its own): for each preset and context of the grid, a case of ``numpy`` on 1
+    worker and of the strategy at 1 and 2 workers on the same cache, each run once,
+    then one step of each timed in rounds (:func:`benchmarks.common.race`); the cases
+    are closed before the next context's are built."""
+    raced: dict = {"times": {}, "failed": {}}
+    for preset in PRESETS:
+        for context in CONTEXTS:
+            cases: dict = {}
+
+            def make(preset: str, context: int, name: str, workers: int,
+                     cases: dict = cases) -> object:
+                case = cases[name, workers] = _case(name, context, workers, preset)
+                return case.run
+
+            # The strategy's cases first: torch loaded after numba's OpenMP threads
+            # start runs on numba's libgomp, 5-8x slower (numpy's step no longer starts
+            # them; building torch first keeps it so whatever the numpy side does).
+            members = sorted(race_members(label), key=lambda m: m[0] == "numpy")
+            keys = [(preset, context, name, w) for name, w in members]
+            try:
+                raced["times"].update(race(gather(keys, make, raced["failed"])))
+            finally:
+                for case in cases.values():
+                    case.close()
+    return raced
+
+
+def _race(self: object) -> dict:
+    """The ``setup_cache`` of :class:`VersusNumpy` and :class:`Scaling` (asv runs it once
+    for both): every strategy's :func:`race_group`."""
+    return race_groups(__name__, LABELS)
+
+
+_race.timeout = 3600  # every group's process, one after another
+
+
+class VersusNumpy(RaceRatio):
+    """How many times faster than ``numpy`` on 1 worker each strategy runs one decode
+    step (x), the two timed in the same rounds of the suite's race on the same cache
+    (median of 12 per-round ratios and its interval): the report's "speedup vs
+    numpy@1", where ``TimeDecode`` divides two medians timed minutes apart.
     """
 
-    params = (PRESETS, [32768], ["numba", "threaded:numba", "multiprocess:numba", "torch"],
-              WORKERS)
+    params = (PRESETS, CONTEXTS, [label for label in LABELS if label != "numpy"], WORKERS)
     param_names = ["preset", "context", "strategy", "workers"]
+    setup_cache = _race
 
-    def setup(self, preset: str, context: int, label: str, workers: int) -> None:
-        # The other side's case first: torch loaded after numba's OpenMP threads start
-        # runs on numba's libgomp, 5-8x slower (0.13x numpy's speed on GQA at 2 workers,
-        # when numpy's step still started them; it no longer does, and torch first
-        # keeps it so whatever the numpy side does).
-        self.cases: list[registry.Case] = []
-        for name, w in ((label, workers), ("numpy", 1)):
-            self.cases.append(_case(name, context, w, preset))
-        self.pair = [self.cases[1].run, self.cases[0].run]
+    def sides(self, preset: str, context: int, label: str, workers: int) -> tuple:
+        return label, (preset, context, "numpy", 1), (preset, context, label, workers)
 
-    def teardown(self, *args: object) -> None:
-        for case in getattr(self, "cases", []):
-            case.close()
-
-    def track_speedup_over_numpy(self, preset: str, context: int, label: str,
+    def track_speedup_over_numpy(self, raced: dict, preset: str, context: int, label: str,
                                  workers: int) -> dict:
+        return self.ratio()
+
+
+class Scaling(RaceRatio):
+    """Speed-up of 2 workers over 1 for one decode step (x), both timed in the same
+    rounds of the race (``TimeDecode`` times them minutes apart). Parallel efficiency =
+    this / the workers that ran.
+    """
+
+    params = (PRESETS, CONTEXTS, [label for label in LABELS if label not in SERIAL])
+    param_names = ["preset", "context", "strategy"]
+    setup_cache = _race
+
+    def sides(self, preset: str, context: int, label: str) -> tuple:
+        return label, (preset, context, label, 1), (preset, context, label, 2)
+
+    def track_speedup_2_workers(self, raced: dict, preset: str, context: int,
+                                label: str) -> dict:
         return self.ratio()
 
 

@@ -6,9 +6,14 @@
   pool's start, first touch) and checks its checksum, so a wrong image is never timed.
 - ``ScheduleSpeedup.track_dynamic_over_static``: static time / dynamic time at 2
   workers on 2**20 pixels, the calls paired in alternation in one process (drift cancels).
-- ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each fast
-  strategy's at 1 and 2 workers, 2**20 pixels, paired in alternation: the report's
-  "speedup vs numpy@1" there, with its interval.
+- The race (``_race``, the ``setup_cache`` of the two ratio classes below): for each
+  strategy, a process of its own renders with numpy on 1 worker and the strategy at 1
+  and 2 workers at every size of the grid under the default schedule, one sample of
+  each per round, 12 rounds (:func:`race_group`), so that every ratio of a table row
+  comes from calls taken in the same rounds:
+  - ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each
+    strategy's: the report's "speedup vs numpy@1", with its interval;
+  - ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers (parallel efficiency).
 - ``StaticImbalance.track_static_imbalance``: the static schedule's bands, each timed
   alone on one core: the slowest band's time over the mean (1.0 is a perfect split;
   the static schedule's wall time at k workers is at least that many times its ideal).
@@ -21,10 +26,23 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 from kernels import mandelbrot, registry
 
-from .common import WORKERS, ColdStartBase, Paired, WarmTime, skip, skip_unless_raced
+from .common import (
+    WORKERS,
+    ColdStartBase,
+    Paired,
+    RaceRatio,
+    WarmTime,
+    gather,
+    race,
+    race_groups,
+    race_members,
+    skip,
+    skip_unless_raced,
+)
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("mandelbrot")]
 SCHEDULES = list(mandelbrot.SCHEDULES)
@@ -125,30 +143,74 @@ class ScheduleSpeedup(Paired):
         return self.ratio()
 
 
-class VersusNumpy(Paired):
-    """How many times faster than ``numpy`` on 1 worker each fast strategy renders 2**20
-    pixels, numpy's largest (x), under the default schedule, the two timed in alternation
-    (median of 12 paired ratios and its interval): the headline's "speedup vs numpy@1"
-    with an interval, where ``TimeRender`` divides two medians timed minutes apart.
-    Both images are checked first.
+def race_group(label: str) -> dict:
+    """One strategy's race (:func:`benchmarks.common.race_groups` runs it in a process
+    of its own): at each size of the grid, under the default schedule, ``numpy`` on 1
+    worker and the strategy at 1 and 2 workers, each image checked once, then timed in
+    rounds (:func:`benchmarks.common.race`). The static schedule's rows keep ratios of
+    medians (``ScheduleSpeedup`` pairs static with dynamic)."""
+    def make(name: str, schedule: str, size: int, workers: int) -> Callable[[], object]:
+        reason = skip_reason(name, schedule, size, workers)
+        if reason:
+            skip(reason)
+        side, kwargs = mandelbrot.side_for(size), _kwargs(name, workers, schedule)
+        _render_checked(side, kwargs)
+        return lambda: mandelbrot.render(side, side, **kwargs)
+
+    raced: dict = {"times": {}, "failed": {}}
+    for size in SIZES:
+        keys = [(name, mandelbrot.DEFAULT_SCHEDULE, size, w)
+                for name, w in race_members(label)]
+        raced["times"].update(race(gather(keys, make, raced["failed"])))
+    return raced
+
+
+def _race(self: object) -> dict:
+    """The ``setup_cache`` of :class:`VersusNumpy` and :class:`Scaling` (asv runs it once
+    for both): every strategy's :func:`race_group` but numpy's (one core only: it has no
+    ratio of its own)."""
+    return race_groups(__name__, [label for label in LABELS if label != "numpy"])
+
+
+_race.timeout = 3600  # every group's process, one after another
+
+
+class VersusNumpy(RaceRatio):
+    """How many times faster than ``numpy`` on 1 worker each strategy renders (x), under
+    the default schedule, the two timed in the same rounds of the suite's race (median of
+    12 per-round ratios and its interval): the report's "speedup vs numpy@1", where
+    ``TimeRender`` divides two medians timed minutes apart. Every image is checked first.
     """
 
-    params = (["numba", "threaded:numba", "multiprocess:numba"],
-              [mandelbrot.DEFAULT_SCHEDULE], [1 << 20], WORKERS)
+    params = ([label for label in LABELS if label != "numpy"], [mandelbrot.DEFAULT_SCHEDULE],
+              SIZES, WORKERS)
     param_names = ["strategy", "schedule", "size", "workers"]
+    setup_cache = _race
 
-    def setup(self, label: str, schedule: str, size: int, workers: int) -> None:
-        self.pair = []
-        for name, w in (("numpy", 1), (label, workers)):
-            reason = skip_reason(name, schedule, size, w)
-            if reason:
-                skip(reason)
-            side, kwargs = mandelbrot.side_for(size), _kwargs(name, w, schedule)
-            _render_checked(side, kwargs)
-            self.pair.append(lambda s=side, kw=kwargs: mandelbrot.render(s, s, **kw))
+    def sides(self, label: str, schedule: str, size: int, workers: int) -> tuple:
+        return label, ("numpy", schedule, size, 1), (label, schedule, size, workers)
 
-    def track_speedup_over_numpy(self, label: str, schedule: str, size: int,
+    def track_speedup_over_numpy(self, raced: dict, label: str, schedule: str, size: int,
                                  workers: int) -> dict:
+        return self.ratio()
+
+
+class Scaling(RaceRatio):
+    """Speed-up of 2 workers over 1 (x) under the default schedule, both timed in the
+    same rounds of the race (``TimeRender`` times them minutes apart). Parallel
+    efficiency = this / the workers that ran.
+    """
+
+    params = ([label for label in LABELS if label not in SPEC.serial],
+              [mandelbrot.DEFAULT_SCHEDULE], SIZES)
+    param_names = ["strategy", "schedule", "size"]
+    setup_cache = _race
+
+    def sides(self, label: str, schedule: str, size: int) -> tuple:
+        return label, (label, schedule, size, 1), (label, schedule, size, 2)
+
+    def track_speedup_2_workers(self, raced: dict, label: str, schedule: str,
+                                size: int) -> dict:
         return self.ratio()
 
 

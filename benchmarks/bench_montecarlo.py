@@ -3,11 +3,14 @@
 - ``TimeEstimatePi.time_estimate_pi``: warm steady state. ``setup`` runs a small
   estimate first, so numba compilation (or its cache load) and the process pool's
   start are out of the timing.
-- ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers at 10**9 samples, the
-  calls paired in alternation in one process (drift cancels).
-- ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each fast
-  strategy's at 1 and 2 workers, 10**8 samples (numpy's largest), paired in
-  alternation: the report's "speedup vs numpy@1" there, with its interval.
+- The race (``_race``, the ``setup_cache`` of the two ratio classes below): for each
+  strategy, a process of its own times numpy on 1 worker and the strategy at 1 and 2
+  workers at every sample count of the grid, one sample of each per round, 12 rounds
+  (:func:`race_group`), so that every ratio of a table row comes from calls taken in
+  the same rounds:
+  - ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each
+    strategy's: the report's "speedup vs numpy@1", with its interval;
+  - ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers (parallel efficiency).
 - ``ColdStart.timeraw_*``: a fresh interpreter imports kernels and runs a small
   estimate: import + JIT (from numba's on-disk cache, or compiled from scratch) +
   pool start + the run.
@@ -23,7 +26,17 @@ from collections.abc import Callable
 
 from kernels import montecarlo, registry
 
-from .common import WORKERS, ColdStartBase, Paired, WarmTime, skip
+from .common import (
+    WORKERS,
+    ColdStartBase,
+    RaceRatio,
+    WarmTime,
+    gather,
+    race,
+    race_groups,
+    race_members,
+    skip,
+)
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("montecarlo")]
 SAMPLES = [10**6, 10**7, 10**8, 10**9]
@@ -79,40 +92,75 @@ class TimeEstimatePi(WarmTime):
         montecarlo.estimate_pi(samples, **self.kwargs)
 
 
-class Scaling(Paired):
-    """Speed-up of 2 workers over 1 at 10**9 samples (x), timed in alternation.
+def _check_runs(label: str, samples: int, workers: int) -> None:
+    """Skip (NotImplementedError) a point that is not raced: too many samples for the
+    strategy, or a one-core strategy at more than one worker. (``TimeEstimatePi.setup``
+    spells the same rule out: asv versions a benchmark by its source.)"""
+    strategy, inner = registry.parse_label(label)
+    if samples > MAX_SAMPLES[inner or strategy]:
+        skip(f"{label} is too slow for {samples} samples")
+    _skip_serial_at_many_workers(label, workers)
 
-    As the sieve's ``Scaling``: ``TimeEstimatePi`` times 1 and 2 workers minutes apart,
-    and on a drifting machine their ratio is partly the drift; this pairs the calls
-    round by round (``Paired.ROUNDS`` rounds). Parallel efficiency = this / 2.
+
+def race_group(label: str) -> dict:
+    """One strategy's race (:func:`benchmarks.common.race_groups` runs it in a process
+    of its own): at each sample count of the grid, ``numpy`` on 1 worker and the
+    strategy at 1 and 2 workers, warmed up, then timed in rounds
+    (:func:`benchmarks.common.race`)."""
+    def make(name: str, samples: int, workers: int) -> Callable[[], montecarlo.PiEstimate]:
+        _check_runs(name, samples, workers)
+        return _warmed_call(name, samples, workers)
+
+    raced: dict = {"times": {}, "failed": {}}
+    for samples in SAMPLES:
+        keys = [(name, samples, w) for name, w in race_members(label)]
+        raced["times"].update(race(gather(keys, make, raced["failed"])))
+    return raced
+
+
+def _race(self: object) -> dict:
+    """The ``setup_cache`` of :class:`VersusNumpy` and :class:`Scaling` (asv runs it once
+    for both): every strategy's :func:`race_group` but numpy's (one core only: it has no
+    ratio of its own)."""
+    return race_groups(__name__, [label for label in LABELS if label != "numpy"])
+
+
+_race.timeout = 3600  # every group's process, one after another
+
+
+class VersusNumpy(RaceRatio):
+    """How many times faster than ``numpy`` on 1 worker each strategy runs (x), the two
+    timed in the same rounds of the suite's race (median of 12 per-round ratios and its
+    interval): the report's "speedup vs numpy@1", where ``TimeEstimatePi`` divides two
+    medians timed minutes apart.
     """
 
-    # samples is a parameter of one value so that the report can put the ratio in the
-    # row of TimeEstimatePi it belongs to (strategy, samples, 2 workers).
-    params = (["numba", "threaded:numba", "multiprocess:numba"], [10**9])
-    param_names = ["strategy", "samples"]
+    params = ([label for label in LABELS if label != "numpy"], SAMPLES, WORKERS)
+    param_names = ["strategy", "samples", "workers"]
+    setup_cache = _race
 
-    def setup(self, label: str, samples: int) -> None:
-        self.pair = [_warmed_call(label, samples, workers) for workers in (1, 2)]
+    def sides(self, label: str, samples: int, workers: int) -> tuple:
+        return label, ("numpy", samples, 1), (label, samples, workers)
 
-    def track_speedup_2_workers(self, label: str, samples: int) -> dict:
+    def track_speedup_over_numpy(self, raced: dict, label: str, samples: int,
+                                 workers: int) -> dict:
         return self.ratio()
 
 
-class VersusNumpy(Paired):
-    """How many times faster than ``numpy`` on 1 worker each fast strategy runs at 10**8
-    samples, numpy's largest (x), the two timed in alternation (median of 12 paired
-    ratios and its interval): the headline's "speedup vs numpy@1" with an interval,
-    where ``TimeEstimatePi`` divides two medians timed minutes apart.
+class Scaling(RaceRatio):
+    """Speed-up of 2 workers over 1 (x), both timed in the same rounds of the race
+    (``TimeEstimatePi`` times them minutes apart, and on a drifting machine their ratio
+    is partly the drift). Parallel efficiency = this / 2.
     """
 
-    params = (["numba", "threaded:numba", "multiprocess:numba"], [10**8], WORKERS)
-    param_names = ["strategy", "samples", "workers"]
+    params = ([label for label in LABELS if label not in montecarlo.SPEC.serial], SAMPLES)
+    param_names = ["strategy", "samples"]
+    setup_cache = _race
 
-    def setup(self, label: str, samples: int, workers: int) -> None:
-        self.pair = [_warmed_call("numpy", samples, 1), _warmed_call(label, samples, workers)]
+    def sides(self, label: str, samples: int) -> tuple:
+        return label, (label, samples, 1), (label, samples, 2)
 
-    def track_speedup_over_numpy(self, label: str, samples: int, workers: int) -> dict:
+    def track_speedup_2_workers(self, raced: dict, label: str, samples: int) -> dict:
         return self.ratio()
 
 

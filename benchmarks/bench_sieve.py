@@ -3,14 +3,16 @@
 - ``TimeCountPrimes.time_count_primes``: warm steady state of ``count_primes(n)``.
   ``setup`` runs a small count first, so numba compilation (or its cache load) and the
   pool's start are out of the timing. ``primesieve`` (when installed) is the anchor.
-- ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers at 10**9, timed call by
-  call in alternation in one process (the parallel-efficiency figure the machine's
-  drift cannot fake).
-- ``Anchor.track_time_over_primesieve``: numba's time at 1 worker in primesieve's on
-  1 thread, the two paired in alternation.
-- ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each fast
-  strategy's at 1 and 2 workers, n = 10**9, paired in alternation: the report's
-  "speedup vs numpy@1" at that size, with its interval.
+- The race (``_race``, the ``setup_cache`` of the three ratio classes below): for
+  each strategy, a process of its own times numpy on 1 worker, the strategy at 1 and 2
+  workers (and primesieve, for the numba strategies) at every n of the grid, one sample
+  of each per round, 12 rounds (:func:`race_group`), so that every ratio of a table
+  row comes from calls taken in the same rounds and the machine's drift cancels:
+  - ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each
+    strategy's: the report's "speedup vs numpy@1", with its interval;
+  - ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers (parallel efficiency);
+  - ``Anchor.track_time_over_primesieve``: each numba strategy's time in primesieve's
+    at the same workers.
 - ``TimePipeline.time_count_primes``: the Go-style thread chain at the small n it
   accepts, to show what that pattern costs next to the segmented sieves.
 - ``ColdStart.timeraw_cold_start``: a fresh interpreter imports kernels and counts the
@@ -26,13 +28,23 @@ from collections.abc import Callable
 
 from kernels import registry, sieve
 
-from .common import COLD_START_LABELS, WORKERS, ColdStartBase, Paired, WarmTime, skip_unless_raced
+from .common import (
+    COLD_START_LABELS,
+    WORKERS,
+    ColdStartBase,
+    RaceRatio,
+    WarmTime,
+    gather,
+    race,
+    race_groups,
+    race_members,
+    skip_unless_raced,
+)
 
 LABELS = [registry.label(s, i) for s, i in registry.variants("sieve", available_only=False)]
 LABELS = [label for label in LABELS if label != "pipeline"]
 SIZES = [10**6, 10**7, 10**8, 10**9]
 # The largest n timed per strategy or chunk kernel is the spec's (sieve.SPEC.size_limits).
-N_PAIRED = 10**9  # n of the ratios timed in alternation (Scaling, Anchor)
 
 
 def _kwargs(label: str, workers: int) -> dict:
@@ -74,59 +86,84 @@ class TimeCountPrimes(WarmTime):
         sieve.count_primes(n, **self.kwargs)
 
 
-class Scaling(Paired):
-    """Speed-up of 2 workers over 1 at n = 10**9 (x), the two timed in alternation.
+ANCHORED = ["numba", "threaded:numba", "multiprocess:numba"]  # timed against primesieve
 
-    ``TimeCountPrimes`` times 1 and 2 workers in separate processes, minutes apart; this
-    pairs them call by call (:func:`benchmarks.common.paired_ratios`, median of
-    12 rounds and its interval), so that the machine's drift does not pass for parallel efficiency.
+
+def race_group(label: str) -> dict:
+    """One strategy's race (:func:`benchmarks.common.race_groups` runs it in a process
+    of its own): at each n of the grid, ``numpy`` on 1 worker, the strategy at 1 and 2
+    workers and, for the numba strategies, primesieve at 1 and 2, each checked once,
+    then timed in rounds (:func:`benchmarks.common.race`)."""
+    members = race_members(label, ("primesieve",) if label in ANCHORED else ())
+    raced: dict = {"times": {}, "failed": {}}
+    for n in SIZES:
+        keys = [(name, n, w) for name, w in members]
+        calls = gather(keys, lambda name, n, w: _checked_call(_check_runs(name, n, w), n),
+                       raced["failed"])
+        raced["times"].update(race(calls))
+    return raced
+
+
+def _race(self: object) -> dict:
+    """The ``setup_cache`` of :class:`VersusNumpy`, :class:`Scaling` and :class:`Anchor`
+    (asv runs it once for all three): every strategy's :func:`race_group` but numpy's
+    (one core only: it has no ratio of its own)."""
+    return race_groups(__name__, [label for label in LABELS if label != "numpy"])
+
+
+_race.timeout = 3600  # every group's process, one after another
+
+
+class VersusNumpy(RaceRatio):
+    """How many times faster than ``numpy`` on 1 worker each strategy runs (x), the two
+    timed in the same rounds of the suite's race (median of 12 per-round ratios and its
+    interval): the report's "speedup vs numpy@1", where ``TimeCountPrimes`` divides two
+    medians timed minutes apart.
     """
 
-    # n is a parameter of one value so that the report can put the ratio in the row of
-    # TimeCountPrimes it belongs to (strategy, n, 2 workers).
-    params = (["numba", "threaded:numba", "multiprocess:numba"], [N_PAIRED])
-    param_names = ["strategy", "n"]
+    params = ([label for label in LABELS if label != "numpy"], SIZES, WORKERS)
+    param_names = ["strategy", "n", "workers"]
+    setup_cache = _race
 
-    def setup(self, label: str, n: int) -> None:
-        self.pair = [_checked_call(_check_runs(label, n, w), n) for w in (1, 2)]
+    def sides(self, label: str, n: int, workers: int) -> tuple:
+        return label, ("numpy", n, 1), (label, n, workers)
 
-    def track_speedup_2_workers(self, label: str, n: int) -> dict:
+    def track_speedup_over_numpy(self, raced: dict, label: str, n: int, workers: int) -> dict:
         return self.ratio()
 
 
-class Anchor(Paired):
-    """``numba`` on 1 worker against ``primesieve`` on 1 thread at n = 10**9: how many
-    times primesieve's time numba takes (x), the two timed in alternation (median of
-    12 paired ratios and its interval), so that the machine's drift between two asv
+class Scaling(RaceRatio):
+    """Speed-up of 2 workers over 1 (x), both timed in the same rounds of the race: the
+    parallel efficiency the machine's drift cannot fake (``TimeCountPrimes`` times 1 and
+    2 workers in separate processes, minutes apart). Parallel efficiency = this / 2.
+    """
+
+    params = ([label for label in LABELS if label not in sieve.SPEC.serial], SIZES)
+    param_names = ["strategy", "n"]
+    setup_cache = _race
+
+    def sides(self, label: str, n: int) -> tuple:
+        return label, (label, n, 1), (label, n, 2)
+
+    def track_speedup_2_workers(self, raced: dict, label: str, n: int) -> dict:
+        return self.ratio()
+
+
+class Anchor(RaceRatio):
+    """Each numba strategy's time in ``primesieve``'s at the same workers (x), the two
+    timed in the same rounds of the race, so that the machine's drift between two asv
     points cannot move it.
     """
 
-    params = (["numba"], [N_PAIRED])
-    param_names = ["strategy", "n"]
-
-    def setup(self, label: str, n: int) -> None:
-        self.pair = [_checked_call(_check_runs(name, n, 1), n) for name in (label, "primesieve")]
-
-    def track_time_over_primesieve(self, label: str, n: int) -> dict:
-        return self.ratio()
-
-
-class VersusNumpy(Paired):
-    """How many times faster than ``numpy`` on 1 worker each fast strategy runs at
-    n = 10**9 (x), the two timed in alternation (median of 12 paired ratios and its
-    interval): the headline's "speedup vs numpy@1" with an interval, where
-    ``TimeCountPrimes`` divides two medians timed minutes apart.
-    """
-
-    params = (["numba", "threaded:numba", "multiprocess:numba", "primesieve"], [N_PAIRED],
-              WORKERS)
+    params = (ANCHORED, SIZES, WORKERS)
     param_names = ["strategy", "n", "workers"]
+    setup_cache = _race
 
-    def setup(self, label: str, n: int, workers: int) -> None:
-        other = _check_runs(label, n, workers)
-        self.pair = [_checked_call(_check_runs("numpy", n, 1), n), _checked_call(other, n)]
+    def sides(self, label: str, n: int, workers: int) -> tuple:
+        return label, (label, n, workers), ("primesieve", n, workers)
 
-    def track_speedup_over_numpy(self, label: str, n: int, workers: int) -> dict:
+    def track_time_over_primesieve(self, raced: dict, label: str, n: int,
+                                   workers: int) -> dict:
         return self.ratio()
 
 

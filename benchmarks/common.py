@@ -4,7 +4,13 @@ asv imports this suite from the installed ``kernels`` package (under
 ``--python=same`` PYTHONPATH is dropped), so everything here imports ``kernels``.
 """
 
+import math
+import pickle
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kernels import executors, registry
@@ -141,3 +147,161 @@ class Paired:
     def ratio(self) -> dict[str, Any]:
         baseline, other = self.pair
         return rounds_result(paired_ratios(baseline, other, self.ROUNDS))
+
+
+# ---------------------------------------------------------------------------
+# One race per suite: every ratio of a size's row paired from the same rounds
+# ---------------------------------------------------------------------------
+
+RACE_ROUNDS = 12  # as Paired.ROUNDS: the fewest whose 99% interval is order statistics alone
+RACE_SAMPLE_S = 0.005  # a sample repeats a call this long at least (short calls jitter)
+RACE_WARM_S = 0.05  # a call shorter than this gets one untimed call before its sample
+
+
+def race(calls: dict[Any, Callable[[], Any]], rounds: int = RACE_ROUNDS,
+         sample_s: float = RACE_SAMPLE_S, warm_s: float = RACE_WARM_S,
+         ) -> dict[Any, list[float]]:
+    """Seconds per call of every callable in ``calls``, one figure per round.
+
+    Each round times one sample of every callable, one after another: ``number`` calls
+    back to back (enough for ``sample_s``, sized on one untimed call each), divided by
+    ``number``. Two callables' figures of the same round were taken within one round of
+    each other: their ratio, round by round, cancels the machine's drift slower than a
+    round, as :func:`paired_ratios` does for one pair, and a whole grid of ratios costs
+    one pass over it per round instead of one baseline call per ratio.
+
+    What one call leaves behind must not be charged to the next: another pool's threads
+    still spinning, this pool's threads asleep, its data out of cache. A call shorter
+    than ``warm_s`` (where that costs a large share) gets one untimed call just before
+    its sample: six 1k-context MQA steps with numba at 2 workers, timed right after
+    other strategies' calls, took 3.8x as long as after one call of their own. And the
+    order changes every round, turned by one place and, every other round, reversed,
+    so that no callable always follows the same neighbour or always comes before its
+    pair's other side.
+    """
+    # Imported here for the reason paired_ratios gives.
+    from kernels.harness.timing import perf_counter
+
+    keys = list(calls)
+    number, warm = {}, {}
+    for key in keys:
+        t0 = perf_counter()
+        calls[key]()
+        once = max(perf_counter() - t0, 1e-9)
+        number[key] = max(1, math.ceil(sample_s / once))
+        warm[key] = once < warm_s
+    times: dict[Any, list[float]] = {key: [] for key in keys}
+    for r in range(rounds):
+        turn = r % len(keys) if keys else 0
+        order = keys[turn:] + keys[:turn]
+        for key in order[::-1] if r % 2 else order:
+            fn, n = calls[key], number[key]
+            if warm[key]:
+                fn()
+            t0 = perf_counter()
+            for _ in range(n):
+                fn()
+            times[key].append((perf_counter() - t0) / n)
+    return times
+
+
+def gather(keys: Any, make: Callable[..., Callable[[], Any]],
+           failed: dict[Any, str]) -> dict[Any, Callable[[], Any]]:
+    """``{key: make(*key)}`` for the keys a suite races: a key whose ``make`` skips
+    (NotImplementedError: not raced there) is left out, and one whose ``make`` fails is
+    left out and its error kept in ``failed``, so that its ratios fail, not the race."""
+    calls = {}
+    for key in keys:
+        try:
+            calls[key] = make(*key)
+        except NotImplementedError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported by the ratios that need it
+            failed[key] = f"{type(exc).__name__}: {exc}"
+    return calls
+
+
+BASELINE = ("numpy", 1)  # every speed-up's denominator: numpy on 1 worker
+
+
+def race_members(label: str, anchors: tuple[str, ...] = ()) -> list[tuple[str, int]]:
+    """The (strategy, workers) a strategy's race times: numpy on 1 worker, the strategy
+    at every worker count, and any anchor at every worker count. numpy at 2 workers is
+    in numpy's own race only: its BLAS threads spin on after each call, and beside it a
+    32k GQA step with numba at 2 workers took 24 ms (2.2x numpy's speed on 1 worker,
+    twice), against 10.8-14.7 ms (4.4x, 4.5x) beside numpy on 1 worker alone."""
+    members = [BASELINE] + [(name, w) for name in (label, *anchors) for w in WORKERS]
+    return list(dict.fromkeys(members))
+
+
+RACE_GROUP_TIMEOUT = 1200.0
+
+
+def race_groups(module: str, groups: list[str]) -> dict[str, Any]:
+    """Each group's race in a fresh interpreter of its own, one after another:
+    ``module.race_group(group)`` (``{"times": {key: seconds per round}, "failed": {key:
+    error}}``) for every group, as ``{"groups": {group: that}, "failed": {group: why its
+    process failed}}``.
+
+    A group is one strategy with its baseline (and its anchor, :func:`race_members`):
+    with every strategy in one process, a 32k GQA or MLA step with numba at 2 workers
+    ran 20-40% slower than beside numpy alone, from what the other pools leave running.
+    The child finds this package by a path appended to ``sys.path``, so that the
+    ``kernels`` it imports is the environment's, the commit asv is measuring.
+    """
+    root = str(Path(__file__).resolve().parents[1])
+    raced: dict[str, Any] = {"groups": {}, "failed": {}}
+    for group in groups:
+        with tempfile.TemporaryDirectory(prefix="kernelrace-race-") as tmp:
+            out = Path(tmp, "raced.pickle")
+            code = ("import pickle, sys\n"
+                    f"sys.path.append({root!r})\n"
+                    f"import {module} as suite\n"
+                    f"raced = suite.race_group({group!r})\n"
+                    f"open({str(out)!r}, 'wb').write(pickle.dumps(raced))\n")
+            try:
+                done = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                      text=True, timeout=RACE_GROUP_TIMEOUT, check=False)
+            except subprocess.TimeoutExpired:
+                raced["failed"][group] = f"no answer in {RACE_GROUP_TIMEOUT:.0f} s"
+                continue
+            if done.returncode != 0 or not out.exists():
+                tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+                raced["failed"][group] = f"exit {done.returncode}: {tail}"
+                continue
+            raced["groups"][group] = pickle.loads(out.read_bytes())
+    return raced
+
+
+class RaceRatio:
+    """Base of the ratio benchmarks a suite reads from its race: the suite's
+    ``setup_cache`` (one function, shared by every such class of the suite, so asv runs
+    it once) returns :func:`race_groups`'s result, keys in the time benchmark's
+    parameter order. A subclass names its group and the two keys of its ratio
+    (:meth:`sides`: the group, the numerator's key, the denominator's;
+    NotImplementedError skips the point) and its ``track_`` returns :meth:`ratio`, the
+    quotient per round of two figures of the same group's rounds, as
+    :func:`rounds_result`. Not a benchmark itself."""
+
+    unit = "x"
+    timeout = 120  # the track only divides; the race's own limit is its function's
+
+    def sides(self, *params: Any) -> tuple[str, Any, Any]:
+        raise NotImplementedError
+
+    def setup(self, raced: dict[str, Any], *params: Any) -> None:
+        group, *keys = self.sides(*params)
+        if group in raced["failed"]:
+            raise RuntimeError(f"the race of {group} failed: {raced['failed'][group]}")
+        if group not in raced["groups"]:
+            skip(f"{group} is not raced")
+        mine = raced["groups"][group]
+        for key in keys:
+            if key in mine["failed"]:
+                raise RuntimeError(f"{key} failed in the race: {mine['failed'][key]}")
+            if key not in mine["times"]:
+                skip(f"{key} is not raced")
+        self.base, self.other = (mine["times"][key] for key in keys)
+
+    def ratio(self) -> dict[str, Any]:
+        return rounds_result([b / o for b, o in zip(self.base, self.other, strict=True)])

@@ -80,3 +80,107 @@ def test_paired_ratios_are_kept_per_round_and_asv_stores_their_median(monkeypatc
     value, stats = compute_stats(result["samples"], result["number"])
     assert value == 4.0
     assert stats["repeat"] == 3 and stats["ci_99_a"] <= 3.0 and stats["ci_99_b"] >= 9.0
+
+
+def test_the_race_times_every_call_each_round_in_a_changing_order(monkeypatch) -> None:
+    """benchmarks.common.race: one sample of every call per round, the order turned by one
+    place each round and reversed every other round; a call shorter than the sample time
+    is repeated and divided, and one shorter than the warm-up limit gets one untimed call
+    just before its sample."""
+    from kernels.harness import timing
+
+    common = _suite("common")
+    now = [0.0]
+    order: list[str] = []
+
+    def call(name: str, cost: float):
+        def run() -> None:
+            order.append(name)
+            now[0] += cost
+        return run
+
+    monkeypatch.setattr(timing, "perf_counter", lambda: now[0])
+    calls = {"a": call("a", 0.02), "b": call("b", 0.001), "c": call("c", 0.01)}
+    times = common.race(calls, rounds=3, sample_s=0.005, warm_s=0.015)
+    assert times == {"a": pytest.approx([0.02] * 3), "b": pytest.approx([0.001] * 3),
+                     "c": pytest.approx([0.01] * 3)}
+    timed = [k for i, k in enumerate(order) if i >= 3 and order[i - 1] != k or i == 3]
+    assert timed == ["a", "b", "c", "a", "c", "b", "c", "a", "b"]
+    # b: sized once, then per round one warm-up and 5 calls of 1 ms (a 5 ms sample);
+    # c: sized once, then a warm-up and one call; a (20 ms, past warm_s): one call.
+    assert (order.count("b"), order.count("c"), order.count("a")) == (19, 7, 4)
+
+
+def test_race_ratios_divide_round_by_round_within_one_group_and_skip_or_fail() -> None:
+    common = _suite("common")
+
+    class Over(common.RaceRatio):
+        def sides(self, group: str, a: str, b: str) -> tuple:
+            return group, (a,), (b,)
+
+    raced = {"groups": {"g": {"times": {("x",): [4.0, 6.0, 9.0], ("y",): [2.0, 2.0, 3.0]},
+                              "failed": {("z",): "RuntimeError: boom"}},
+                        "h": {"times": {("x",): [1.0, 1.0, 1.0]}, "failed": {}}},
+             "failed": {"dead": "exit -9"}}
+    r = Over()
+    r.setup(raced, "g", "x", "y")
+    assert r.ratio() == {"samples": [2.0, 3.0, 3.0], "number": 1}
+    with pytest.raises(NotImplementedError):  # asv's skip: not raced there
+        r.setup(raced, "g", "x", "w")
+    with pytest.raises(NotImplementedError):  # y was raced in g, not in h: never mixed
+        r.setup(raced, "h", "x", "y")
+    with pytest.raises(RuntimeError, match="boom"):  # a point that failed fails its ratios
+        r.setup(raced, "g", "z", "x")
+    with pytest.raises(RuntimeError, match="exit -9"):  # and so does a group's process
+        r.setup(raced, "dead", "x", "y")
+
+
+def test_each_group_races_in_a_fresh_interpreter_and_a_failed_one_is_named() -> None:
+    import os
+
+    common = _suite("common")
+    raced = common.race_groups("tests._race_fixture", ["a", "boom", "b", "crash"])
+    assert set(raced["groups"]) == {"a", "b"}
+    pids = {raced["groups"][g]["times"][(g, "pid")][0] for g in ("a", "b")}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert "this group cannot be raced" in raced["failed"]["boom"]
+    assert raced["failed"]["crash"].startswith("exit 3")
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_a_suites_race_runs_once_and_its_keys_are_the_time_benchmarks_points(suite) -> None:
+    """Every ratio class of a suite names the same setup_cache function, so asv runs the
+    race once for all of them (its cache key is the function's file and line), and not
+    another suite's. The keys a ratio reads are points of the suite's time benchmark, in
+    its parameter order, so the report joins each ratio to its row."""
+    from asv_runner.benchmarks._base import get_setup_cache_key
+
+    module = _suite(suite)
+    common = _suite("common")
+    ratios = [c for c in vars(module).values()
+              if isinstance(c, type) and issubclass(c, common.RaceRatio)
+              and c is not common.RaceRatio]
+    assert {"VersusNumpy", "Scaling"} <= {c.__name__ for c in ratios}
+    keys = {get_setup_cache_key(c().setup_cache) for c in ratios}
+    assert len(keys) == 1 and suite in keys.pop()
+    (time_class,) = [c for c in vars(module).values() if isinstance(c, type)
+                     and c.__module__ == module.__name__ and c.__name__.startswith("Time")
+                     and c.__name__ in ("TimeCountPrimes", "TimeEstimatePi", "TimeDecode",
+                                        "TimeRender")]
+    grid = time_class.params
+    for cls in ratios:
+        first = [values[0] for values in cls.params]
+        group, *keys = cls().sides(*first)
+        assert group == first[cls.param_names.index("strategy")]  # each strategy's own race
+        for key in keys:
+            assert len(key) == len(grid)
+            assert all(v in values for v, values in zip(key, grid, strict=True)), key
+
+
+def test_a_race_holds_numpy_on_one_worker_the_strategy_and_its_anchors() -> None:
+    common = _suite("common")
+    assert common.race_members("numba") == [("numpy", 1), ("numba", 1), ("numba", 2)]
+    assert common.race_members("numba", ("primesieve",)) == [
+        ("numpy", 1), ("numba", 1), ("numba", 2), ("primesieve", 1), ("primesieve", 2)]
+    # numpy's BLAS threads at 2 workers only ever share a process with numpy's own race
+    assert common.race_members("numpy") == [("numpy", 1), ("numpy", 2)]
