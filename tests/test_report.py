@@ -311,6 +311,14 @@ def test_paired_figures_stand_in_for_the_ratios_of_medians_in_their_rows(tmp_pat
     threaded = _cells(text, "| threaded:numba |", "| 1e8 | 2 |")
     assert "4x" in threaded and not any("[" in c for c in threaded)
     assert "| sieve | time_count | 1e8 | 2 | primesieve |" in text  # headline: unpaired
+    # Figures read in the rows are not listed again; the page says where they are.
+    assert ("In the rows above, with their intervals: `Anchor.track_time_over_primesieve`, "
+            "`Scaling.track_speedup_2_workers`, `VersusNumpy.track_speedup_over_numpy`."
+            ) in text
+    assert "## Paired ratios" not in text
+    other = text[text.index("### Other measurements"):]
+    assert "`track_speedup_over_numpy`" in other  # the bare one (no rounds) joined nothing
+    assert "track_speedup_2_workers" not in other and "track_time_over" not in other
 
 
 def test_paired_share_of_read_bw_sets_the_row_and_its_roofline(tmp_path):
@@ -908,3 +916,27 @@ def test_parallel_efficiency_divides_by_the_workers_a_call_really_ran_on(tmp_pat
     above = _header_cells(text, "ran on", "| numba |", f"| {report.fmt_size(large)} | 2 |")
     assert (below["ran on"], below["parallel eff."]) == ("1", "100%")
     assert (above["ran on"], above["parallel eff."]) == ("2", "100%")
+
+
+def test_a_paired_efficiency_divides_by_the_workers_a_call_really_ran_on(tmp_path):
+    """The paired 2-worker speed-up (Scaling) becomes an efficiency over the workers that
+    ran, as the ratio of medians does: below the minimum grain a 1.0x speed-up is 100%,
+    not 50%; above it 1.8x is 90%. Its interval scales with it."""
+    small, large = 10**6, 10**9
+    benches = {
+        "bench_sieve.TimeCountPrimes.time_count_primes": {
+            "param_names": ["strategy", "n", "workers"],
+            "params": [["numpy", "numba"], [small, large], [1, 2]],
+            "values": lambda p: 1.0, "type": "time", "unit": "seconds"},
+        "bench_sieve.Scaling.track_speedup_2_workers": {
+            "param_names": ["strategy", "n"], "params": [["numba"], [small, large]],
+            "values": lambda p: 1.0 if p["n"] == small else 1.8, "type": "track",
+            "unit": "x", "rounds": 12},
+    }
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    text, _ = report.build_report(results, _machine_json(tmp_path / "m.json"), tmp_path / "o")
+    below = _header_cells(text, "ran on", "| numba |", f"| {report.fmt_size(small)} | 2 |")
+    above = _header_cells(text, "ran on", "| numba |", f"| {report.fmt_size(large)} | 2 |")
+    assert (below["ran on"], below["parallel eff."]) == ("1", "100% [90, 110]")
+    assert (above["ran on"], above["parallel eff."]) == ("2", "90% [81, 99]")

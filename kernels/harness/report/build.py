@@ -191,8 +191,14 @@ def _kernel_section(page: _Page, kernel: str, benches: list[BenchmarkResult]) ->
     if plot_kv_bytes(kernel, tracks, main, kv_plot):
         page.add_plot(kv_plot)
     _kernel_figures(page, kernel, tracks)
-    page.paired += paired_rows(kernel, benches)
-    others = [b for b in benches if b.type != "time"]
+    # A paired track whose figures stand in the tables' rows is read there, not again.
+    joined = set().union(*(t.paired_tracks for t in tables))
+    page.paired += paired_rows(kernel, [b for b in benches if b.name not in joined])
+    others = [b for b in benches if b.type != "time" and b.name not in joined]
+    if joined:
+        page.body += ["In the rows above, with their intervals: "
+                      + ", ".join(f"`{n.split('.', 1)[-1]}`" for n in sorted(joined))
+                      + ".", ""]
     if others:
         page.body += ["### Other measurements", ""]
         page.body += [other_table(others), ""]
@@ -509,9 +515,11 @@ def _how_to_read() -> list[str]:
         "and *bound* the one that binds. A kernel without FLOP tracks that declares an "
         "arithmetic count has it stated under its heading.",
         "- A ratio followed by *[low, high]* was timed in alternation with its "
-        "baseline, call by call in one process, by a paired benchmark ("
-        + ", ".join(f"`{name}`" for name in PAIRED_RATIOS) + "): the median of its "
-        "rounds and asv's 99% interval of that median, in the column's scale. A bare "
+        "baseline, in the same rounds of one process, by a paired benchmark ("
+        + ", ".join(f"`{name}`" for name in PAIRED_RATIOS) + "; the speed-ups, "
+        "efficiencies and anchor ratios come from the suite's race, which times every "
+        "strategy at every size once per round): the median of its per-round ratios "
+        "and asv's 99% interval of that median, in the column's scale. A bare "
         "ratio divides two medians timed in separate processes, minutes apart from each "
         "other and from the calibration; a shared machine's speed drifts in between, so "
         "it carries no interval, and a *parallel eff.* or *of read bw* above 100% is that "

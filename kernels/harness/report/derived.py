@@ -120,9 +120,15 @@ def _paired(d: Derived, r: Row, table: Table) -> None:
     key = (r.strategy, r.size, r.workers, r.facet)
     for name, figures in table.paired.items():
         fig = figures.get(key)
-        if fig is not None:
-            d.paired[name] = fig
-            setattr(d, name, fig.value)
+        if fig is None:
+            continue
+        if name == "efficiency" and d.workers_used and r.workers and d.workers_used != r.workers:
+            # The paired figure is the speed-up over the row's workers; like the ratio of
+            # medians, efficiency divides by the workers that really ran.
+            k = r.workers / d.workers_used
+            fig = PairedFigure(fig.value * k, fig.lo * k, fig.hi * k, fig.rounds)
+        d.paired[name] = fig
+        setattr(d, name, fig.value)
     if "bw_fraction" in d.paired:
         _roofline(d)
 

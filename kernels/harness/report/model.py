@@ -84,6 +84,8 @@ class Table:
     tracks: dict[str, BenchmarkResult]
     # A Derived field (PAIRED_RATIOS) -> {row key (Table.lookup's): the paired figure}
     paired: dict[str, dict[tuple[Any, ...], PairedFigure]] = field(default_factory=dict)
+    # The paired tracks (benchmark names) whose points joined these rows
+    paired_tracks: set[str] = field(default_factory=set)
 
     def lookup(self) -> dict[tuple[Any, ...], Row]:
         return {(r.strategy, r.size, r.workers, r.facet): r for r in self.rows}
@@ -233,16 +235,17 @@ def build_table(kernel: str, bench: BenchmarkResult,
                  for kind, idx in track_values.items()}
         rows.append(_row(p, bench, roles, extra))
     table = Table(kernel, bench, roles, rows, failed, skipped, by_role.get("size"), chosen)
-    table.paired = _paired_figures(bench, roles, tracks)
+    table.paired = _paired_figures(bench, roles, tracks, table.paired_tracks)
     return table
 
 
 def _paired_figures(bench: BenchmarkResult, roles: dict[str, str],
-                    tracks: list[BenchmarkResult],
+                    tracks: list[BenchmarkResult], joined: set[str],
                     ) -> dict[str, dict[tuple[Any, ...], PairedFigure]]:
     """Derived field -> {row key: figure} from the paired tracks (:data:`PAIRED_RATIOS`)
-    that belong to ``bench``'s rows. Only points that stored their rounds count: a bare
-    value has no interval, and is no better than the ratio of the table's medians."""
+    that belong to ``bench``'s rows; the names of the tracks that gave any are added to
+    ``joined``. Only points that stored their rounds count: a bare value has no
+    interval, and is no better than the ratio of the table's medians."""
     out: dict[str, dict[tuple[Any, ...], PairedFigure]] = {}
     workers_name = next((n for n, role in roles.items() if role == "workers"), None)
     for track in tracks:
@@ -264,6 +267,7 @@ def _paired_figures(bench: BenchmarkResult, roles: dict[str, str],
             key = _row_key(params, bench, roles)
             lo, hi = sorted((how.convert(lo), how.convert(hi)))
             out.setdefault(how.field, {})[key] = PairedFigure(how.convert(p.value), lo, hi, n)
+            joined.add(track.name)
     return out
 
 
