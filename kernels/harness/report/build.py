@@ -262,7 +262,7 @@ def _table_section(page: _Page, t: Table, derived: dict[int, Derived]) -> None:
             f"at {len(apart)} point(s). Both benchmarks time warm steps back to back after "
             "the same setup, so the likely cause is the machine's speed between their "
             "processes, which ran minutes apart; the paired share of read bandwidth "
-            "(*Paired ratios*) is the figure to quote.", ""]
+            "(*of read bw* with an interval, in the table) is the figure to quote.", ""]
         page.body += [f"- {line}" for line in apart] + [""]
         page.notes.append(f"{len(apart)} point(s) of {t.benchmark.name} disagree with "
                           "their rate track beyond both intervals")
@@ -308,12 +308,12 @@ def _paired_section(rows: list[list[str]]) -> list[str]:
     if not rows:
         return []
     return ["## Paired ratios, with their intervals", "",
-            "Both sides of each ratio timed in alternation, round by round, in one process "
-            "(the drift of a shared machine cancels); the value is the median over the "
-            "rounds and the interval asv's 99% interval of that median (from the rounds' "
-            "order statistics, widened by a Laplace posterior when there are too few). "
-            "These are the figures to quote for a speed-up, a scaling or a share of "
-            "bandwidth; the tables below divide medians timed minutes apart.", "",
+            "Paired ratios that stand in no table row (those that do are in their rows "
+            "below, with their intervals). Both sides of each ratio timed in alternation, "
+            "round by round, in one process (the drift of a shared machine cancels); the "
+            "value is the median over the rounds and the interval asv's 99% interval of "
+            "that median (from the rounds' order statistics, widened by a Laplace "
+            "posterior when there are too few).", "",
             markdown_table(["kernel", "benchmark", "parameters", "median", "99% interval"],
                            rows), ""]
 
