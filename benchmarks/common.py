@@ -173,8 +173,9 @@ def race(calls: dict[Any, Callable[[], Any]], rounds: int = RACE_ROUNDS,
     What one call leaves behind must not be charged to the next: another pool's threads
     still spinning, this pool's threads asleep, its data out of cache. A call shorter
     than ``warm_s`` (where that costs a large share) gets one untimed call just before
-    its sample: six 1k-context MQA steps with numba at 2 workers, timed right after
-    other strategies' calls, took 3.8x as long as after one call of their own. And the
+    its sample: a sample of 1k-context MQA steps with numba at 2 workers, timed right
+    after other strategies' calls, took 3-4x as long as after one call of its own
+    (``python -m benchmarks.race_company``). And the
     order changes every round, turned by one place and, every other round, reversed,
     so that no callable always follows the same neighbour or always comes before its
     pair's other side.
@@ -228,8 +229,9 @@ def race_members(label: str, anchors: tuple[str, ...] = ()) -> list[tuple[str, i
     """The (strategy, workers) a strategy's race times: numpy on 1 worker, the strategy
     at every worker count, and any anchor at every worker count. numpy at 2 workers is
     in numpy's own race only: its BLAS threads spin on after each call, and beside it a
-    32k GQA step with numba at 2 workers took 24 ms (2.2x numpy's speed on 1 worker,
-    twice), against 10.8-14.7 ms (4.4x, 4.5x) beside numpy on 1 worker alone."""
+    32k GQA step with numba at 2 workers took 19-24 ms (2.2-2.7x numpy's speed on 1
+    worker), against 10.8-14.7 ms (4.4-4.6x) beside numpy on 1 worker alone
+    (``python -m benchmarks.race_company``, four processes each)."""
     members = [BASELINE] + [(name, w) for name in (label, *anchors) for w in WORKERS]
     return list(dict.fromkeys(members))
 
