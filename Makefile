@@ -9,7 +9,8 @@
 #                      1: install them, with apt-get for libprimesieve-dev if missing;
 #                      0: no anchors
 #   BENCH=regex        only asv benchmarks matching regex (default: the whole suite)
-#   QUICK=1            one sample per benchmark (asv --quick): a first look, no statistics
+#   QUICK=1            one sample per benchmark (asv --quick) and 3 rounds per race (the paired
+#                      ratios): a first look, no statistics
 #   ROUNDS=1           asv rounds (processes per benchmark); 2 is asv's default: steadier, 2x longer
 #   ASV_MACHINE=name   asv machine name for the results (default: this host's name)
 #   BENCH_DATA=dir     scratch folder where a run's asv processes share attention caches (emptied after)
@@ -93,7 +94,7 @@ bench: $(VENV)/.installed-bench
 	@# and names the failures, then make fails with asv's status.
 	@# Attention caches are built once per run and loaded by every point that needs them.
 	rm -rf '$(BENCH_DATA)'
-	KERNELRACE_BENCH_DATA='$(BENCH_DATA)' \
+	KERNELRACE_BENCH_DATA='$(BENCH_DATA)' $(if $(QUICK),KERNELRACE_RACE_ROUNDS=3) \
 	$(ASV) run --python=same --machine '$(ASV_MACHINE)' --set-commit-hash $$(git rev-parse HEAD) \
 	  --show-stderr $(ASV_SELECT); status=$$?; rm -rf '$(BENCH_DATA)'; \
 	$(KR) report --asv-machine '$(ASV_MACHINE)' || exit $$?; \

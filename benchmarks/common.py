@@ -5,6 +5,7 @@ asv imports this suite from the installed ``kernels`` package (under
 """
 
 import math
+import os
 import pickle
 import subprocess
 import sys
@@ -153,7 +154,9 @@ class Paired:
 # One race per suite: every ratio of a size's row paired from the same rounds
 # ---------------------------------------------------------------------------
 
-RACE_ROUNDS = 12  # as Paired.ROUNDS: the fewest whose 99% interval is order statistics alone
+# As Paired.ROUNDS: the fewest whose 99% interval is order statistics alone. `make bench
+# QUICK=1` sets 3 (asv's --quick cannot shorten a setup_cache).
+RACE_ROUNDS = int(os.environ.get("KERNELRACE_RACE_ROUNDS", "12"))
 RACE_SAMPLE_S = 0.005  # a sample repeats a call this long at least (short calls jitter)
 RACE_WARM_S = 0.05  # a call shorter than this gets one untimed call before its sample
 
