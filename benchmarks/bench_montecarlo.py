@@ -150,7 +150,7 @@ class VersusNumpy(RaceRatio):
 class Scaling(RaceRatio):
     """Speed-up of 2 workers over 1 (x), both timed in the same rounds of the race
     (``TimeEstimatePi`` times them minutes apart, and on a drifting machine their ratio
-    is partly the drift). Parallel efficiency = this / 2.
+    is partly the drift). Parallel efficiency = this / the workers that ran.
     """
 
     params = ([label for label in LABELS if label not in montecarlo.SPEC.serial], SAMPLES)

@@ -135,7 +135,8 @@ class VersusNumpy(RaceRatio):
 class Scaling(RaceRatio):
     """Speed-up of 2 workers over 1 (x), both timed in the same rounds of the race: the
     parallel efficiency the machine's drift cannot fake (``TimeCountPrimes`` times 1 and
-    2 workers in separate processes, minutes apart). Parallel efficiency = this / 2.
+    2 workers in separate processes, minutes apart). Parallel efficiency = this / the
+    workers that ran.
     """
 
     params = ([label for label in LABELS if label not in sieve.SPEC.serial], SIZES)
