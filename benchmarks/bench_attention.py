@@ -45,10 +45,9 @@ from .common import (
     ColdStartBase,
     RaceRatio,
     WarmTime,
-    gather,
-    race,
     race_groups,
     race_members,
+    race_point,
     rounds_result,
     skip,
     skip_unless_raced,
@@ -335,7 +334,7 @@ def race_group(label: str) -> dict:
             members = sorted(race_members(label), key=lambda m: m[0] == "numpy")
             keys = [(preset, context, name, w) for name, w in members]
             try:
-                raced["times"].update(race(gather(keys, make, raced["failed"])))
+                race_point(keys, make, raced)
             finally:
                 for case in cases.values():
                     case.close()

@@ -36,10 +36,9 @@ from .common import (
     Paired,
     RaceRatio,
     WarmTime,
-    gather,
-    race,
     race_groups,
     race_members,
+    race_point,
     skip,
     skip_unless_raced,
 )
@@ -161,7 +160,7 @@ def race_group(label: str) -> dict:
     for size in SIZES:
         keys = [(name, mandelbrot.DEFAULT_SCHEDULE, size, w)
                 for name, w in race_members(label)]
-        raced["times"].update(race(gather(keys, make, raced["failed"])))
+        race_point(keys, make, raced)
     return raced
 
 

@@ -31,10 +31,9 @@ from .common import (
     ColdStartBase,
     RaceRatio,
     WarmTime,
-    gather,
-    race,
     race_groups,
     race_members,
+    race_point,
     skip,
 )
 
@@ -114,7 +113,7 @@ def race_group(label: str) -> dict:
     raced: dict = {"times": {}, "failed": {}}
     for samples in SAMPLES:
         keys = [(name, samples, w) for name, w in race_members(label)]
-        raced["times"].update(race(gather(keys, make, raced["failed"])))
+        race_point(keys, make, raced)
     return raced
 
 

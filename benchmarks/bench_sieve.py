@@ -34,10 +34,9 @@ from .common import (
     ColdStartBase,
     RaceRatio,
     WarmTime,
-    gather,
-    race,
     race_groups,
     race_members,
+    race_point,
     skip_unless_raced,
 )
 
@@ -98,9 +97,7 @@ def race_group(label: str) -> dict:
     raced: dict = {"times": {}, "failed": {}}
     for n in SIZES:
         keys = [(name, n, w) for name, w in members]
-        calls = gather(keys, lambda name, n, w: _checked_call(_check_runs(name, n, w), n),
-                       raced["failed"])
-        raced["times"].update(race(calls))
+        race_point(keys, lambda name, n, w: _checked_call(_check_runs(name, n, w), n), raced)
     return raced
 
 

@@ -184,3 +184,25 @@ def test_a_race_holds_numpy_on_one_worker_the_strategy_and_its_anchors() -> None
         ("numpy", 1), ("numba", 1), ("numba", 2), ("primesieve", 1), ("primesieve", 2)]
     # numpy's BLAS threads at 2 workers only ever share a process with numpy's own race
     assert common.race_members("numpy") == [("numpy", 1), ("numpy", 2)]
+
+
+def test_a_size_where_only_the_baseline_runs_is_not_raced() -> None:
+    """race_point: the baseline alone (the group's strategy skipped at this size) has no
+    ratio and is not timed; with the strategy it is, and a failure is kept by key."""
+    common = _suite("common")
+    runs: list[str] = []
+
+    def make(name: str, workers: int):
+        if name == "python" and workers == 2:
+            common.skip("one core")
+        if name == "broken":
+            raise ValueError("no")
+        return lambda: runs.append(name)
+
+    raced = {"times": {}, "failed": {}}
+    common.race_point([("numpy", 1), ("python", 2), ("broken", 1)], make, raced)
+    assert raced["times"] == {} and runs == []
+    assert raced["failed"] == {("broken", 1): "ValueError: no"}
+    common.race_point([("numpy", 1), ("numba", 2)], make, raced)
+    assert set(raced["times"]) == {("numpy", 1), ("numba", 2)}
+    assert all(len(v) == common.RACE_ROUNDS for v in raced["times"].values())
