@@ -226,13 +226,14 @@ def gather(keys: Any, make: Callable[..., Callable[[], Any]],
 
 
 def race_point(keys: Any, make: Callable[..., Callable[[], Any]],
-               raced: dict[str, Any]) -> None:
+               raced: dict[str, Any], needs: Any = None) -> None:
     """Gather one size's keys (:func:`gather`, errors into ``raced["failed"]``) and race
-    them into ``raced["times"]``, unless fewer than two could be made: where a group's
-    strategy is not raced (past its size limit) its baseline alone has no ratio, and
-    timing it 12 times cost the sieve's pure-Python groups numpy's 1.6 s call at 10^9."""
+    them into ``raced["times"]``, unless fewer than two could be made, or none of
+    ``needs`` (the group's own strategy's keys, when given): where a group's strategy is
+    not raced (past its size limit) its baseline alone has no ratio, and timing it 12
+    times cost the sieve's pure-Python groups numpy's 1.6 s call at 10^9."""
     calls = gather(keys, make, raced["failed"])
-    if len(calls) >= 2:
+    if len(calls) >= 2 and (needs is None or any(key in calls for key in needs)):
         raced["times"].update(race(calls))
 
 
@@ -311,13 +312,16 @@ class RaceRatio:
             raise RuntimeError(f"the race of {group} failed: {raced['failed'][group]}")
         if group not in raced["groups"]:
             skip(f"{group} is not raced")
-        mine = raced["groups"][group]
+        self.raced = mine = raced["groups"][group]
         for key in keys:
             if key in mine["failed"]:
                 raise RuntimeError(f"{key} failed in the race: {mine['failed'][key]}")
             if key not in mine["times"]:
                 skip(f"{key} is not raced")
+        self.keys = keys
         self.base, self.other = (mine["times"][key] for key in keys)
 
-    def ratio(self) -> dict[str, Any]:
-        return rounds_result([b / o for b, o in zip(self.base, self.other, strict=True)])
+    def ratio(self, scale: float = 1.0) -> dict[str, Any]:
+        """``scale`` x the base's time over the other's, per round."""
+        return rounds_result([scale * b / o
+                              for b, o in zip(self.base, self.other, strict=True)])

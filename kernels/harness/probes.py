@@ -138,11 +138,12 @@ class ReadStream:
         self._read = _kernels()["read"]
         self.gbps()  # compile (or load) the loop, start numba's threads
 
-    def gbps(self) -> float:
-        """GB/s (1e9 B/s) of one read pass."""
+    def gbps(self, workers: int | None = None) -> float:
+        """GB/s (1e9 B/s) of one read pass, on ``workers`` threads (default: the
+        stream's)."""
         from kernels.executors import limit_threads
 
-        with limit_threads(self.workers):
+        with limit_threads(self.workers if workers is None else _check_workers(workers)):
             _, seconds = timing.time_once(self._read, self.array)
         return self.nbytes / seconds / 1e9
 
