@@ -9,21 +9,24 @@
   GQA cache and runs one step: import + JIT (numba's on-disk cache as a previous run
   left it) + pool start + the step, apart from the warm figures.
 - ``Sizes.track_kv_bytes_per_token``: bytes per token per layer from the cache arrays.
-- ``Bandwidth.track_share_of_read_bw``: the step's cache-read GB/s as a share of the
-  machine's read bandwidth, the two timed in alternation in one process;
-  ``Bandwidth.track_gbps``: the step's cache-read GB/s alone.
-- The race (``_race``, the ``setup_cache`` of the two ratio classes below): for each
+- ``Bandwidth.track_gbps`` / ``track_gflops``: the step's cache-read GB/s and GFLOP/s,
+  timed again in a process of its own (the report checks them against ``TimeDecode``).
+- The race (``_race``, the ``setup_cache`` of every ratio class below): for each
   strategy, a process of its own times a step of numpy on 1 worker and of the strategy
-  at 1 and 2 workers on the same cache, one sample of each per round, 12 rounds, for
-  every preset and context of the grid (:func:`race_group`):
-  - ``VersusNumpy.track_speedup_over_numpy``: numpy's step on 1 worker over each
+  at 1 and 2 workers on the same cache, and a read pass over 1 GiB on 1 and 2 threads,
+  one sample of each per round, 12 rounds, at every point of ``TimeDecode``,
+  ``TimeDecodeBatch8``, ``TimeMLA`` and ``TimeDecodeDtype`` the strategy runs in
+  (:func:`race_group`):
+  - ``VersusNumpy*.track_speedup_over_numpy``: numpy's step on 1 worker over each
     strategy's: the report's "speedup vs numpy@1", with its interval;
-  - ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers (parallel efficiency).
+  - ``Scaling*.track_speedup_2_workers``: 1 worker / 2 workers (parallel efficiency);
+  - ``ShareOfReadBw*.track_share_of_read_bw``: the step's GB/s over the read pass's;
+  - ``DtypeSpeedup.track_speedup_over_float32``: float32's step over bf16's, fp16's,
+    int8's.
 - ``PeakMemory.peakmem_decode``: resident set of a process holding the cache and
   running a step; repeating K/V per query head would show up here.
 - ``TimeDecodeDtype.time_decode_dtype``: the warm step with the cache stored in float32,
-  bfloat16, float16 or int8 (per token-head scales), computed in float32 (issue 15);
-  ``benchmarks/dtype_speedup.py`` gives the speed-ups over float32 paired in alternation.
+  bfloat16, float16 or int8 (per token-head scales), computed in float32.
 """
 
 from __future__ import annotations
@@ -221,7 +224,7 @@ class ColdStart(ColdStartBase):
 class Sizes:
     """KV-cache bytes per token per layer, measured on a real cache's arrays."""
 
-    params = (list(attention.PRESETS), ["float32", "float64"])
+    params = (list(attention.PRESETS), ["float32", "float64", "bfloat16", "float16", "int8"])
     param_names = ["preset", "dtype"]
     unit = "bytes/token"
 
@@ -232,8 +235,8 @@ class Sizes:
         return (cache.used_nbytes - before) // 8
 
     def track_kv_bytes_ratio_to_mha(self, preset: str, dtype: str) -> float:
-        mha = attention.kv_bytes_per_token(attention.PRESETS["mha"], np.dtype(dtype))
-        return attention.kv_bytes_per_token(attention.PRESETS[preset], np.dtype(dtype)) / mha
+        mha = attention.kv_bytes_per_token(attention.PRESETS["mha"], dtype)
+        return attention.kv_bytes_per_token(attention.PRESETS[preset], dtype) / mha
 
     track_kv_bytes_ratio_to_mha.unit = "ratio"
 
@@ -259,26 +262,20 @@ class StepCost:
 
 
 class Bandwidth:
-    """Share of the machine's read bandwidth one decode step reaches (%), its GB/s and its
-    GFLOP/s (MQA and MLA are compute-bound: issue 15).
-
-    Each of 12 rounds times one step, then one read pass over a 1 GiB array on the same
-    number of threads (:class:`kernels.harness.machine.ReadStream`, what ``kernelrace
-    machine`` measures); each round gives the step's GB/s (cache bytes / time) over the
-    read's, and asv stores the rounds' median with its interval
-    (:func:`benchmarks.common.rounds_result`). Calibrating once and benchmarking minutes
-    later lets the machine's drift (tens of percent here) pass for the kernel's.
+    """One decode step's GB/s and GFLOP/s, each over 12 steps in a process of its own
+    (MQA and MLA are compute-bound: issue 15): the same quantity as ``TimeDecode``'s
+    time, measured again, so that the report can check that the two agree ("One
+    quantity, one answer" in docs/report.md). The step's share of the read bandwidth is
+    :class:`ShareOfReadBw`'s, paired with a read pass in the race.
     """
 
     params = (["gqa", "mqa", "mla"], [32768], FAST_LABELS, WORKERS)
     param_names = ["preset", "context", "strategy", "workers"]
-    unit = "%"
     timeout = 300
     ROUNDS = 12
 
     def setup(self, preset: str, context: int, label: str, workers: int) -> None:
         self.case = _case(label, context, workers, preset)
-        self.stream = ReadStream(workers=workers)
 
     def teardown(self, *args: object) -> None:
         _close(self)
@@ -290,11 +287,6 @@ class Bandwidth:
 
     def _step_gbps(self) -> float:
         return self.case.fields["cache_bytes"] / self._step_seconds() / 1e9
-
-    def track_share_of_read_bw(self, preset: str, context: int, label: str,
-                               workers: int) -> dict:
-        return rounds_result([100 * self._step_gbps() / self.stream.gbps()
-                              for _ in range(self.ROUNDS)])
 
     def track_gbps(self, preset: str, context: int, label: str, workers: int) -> dict:
         """The step's achieved cache-read bandwidth alone: GB/s of ROUNDS steps (asv
@@ -310,101 +302,6 @@ class Bandwidth:
         return rounds_result([flops / self._step_seconds() / 1e9 for _ in range(self.ROUNDS)])
 
     track_gflops.unit = "GFLOP/s"
-
-
-def race_group(label: str) -> dict:
-    """One strategy's race (:func:`benchmarks.common.race_groups` runs it in a process
-    of its own): for each preset and context of the grid, a case of ``numpy`` on 1
-    worker and of the strategy at 1 and 2 workers on the same cache, each run once,
-    then one step of each timed in rounds (:func:`benchmarks.common.race`); the cases
-    are closed before the next context's are built."""
-    raced: dict = {"times": {}, "failed": {}}
-    for preset in PRESETS:
-        for context in CONTEXTS:
-            cases: dict = {}
-
-            def make(preset: str, context: int, name: str, workers: int,
-                     cases: dict = cases) -> object:
-                case = cases[name, workers] = _case(name, context, workers, preset)
-                return case.run
-
-            # The strategy's cases first: torch loaded after numba's OpenMP threads
-            # start runs on numba's libgomp, 5-8x slower (numpy's step no longer starts
-            # them; building torch first keeps it so whatever the numpy side does).
-            members = sorted(race_members(label), key=lambda m: m[0] == "numpy")
-            keys = [(preset, context, name, w) for name, w in members]
-            try:
-                race_point(keys, make, raced)
-            finally:
-                for case in cases.values():
-                    case.close()
-    return raced
-
-
-def _race(self: object) -> dict:
-    """The ``setup_cache`` of :class:`VersusNumpy` and :class:`Scaling` (asv runs it once
-    for both): every strategy's :func:`race_group`."""
-    return race_groups(__name__, LABELS)
-
-
-_race.timeout = 3600  # every group's process, one after another
-
-
-class VersusNumpy(RaceRatio):
-    """How many times faster than ``numpy`` on 1 worker each strategy runs one decode
-    step (x), the two timed in the same rounds of the suite's race on the same cache
-    (median of 12 per-round ratios and its interval): the report's "speedup vs
-    numpy@1", where ``TimeDecode`` divides two medians timed minutes apart.
-    """
-
-    params = (PRESETS, CONTEXTS, [label for label in LABELS if label != "numpy"], WORKERS)
-    param_names = ["preset", "context", "strategy", "workers"]
-    setup_cache = _race
-
-    def sides(self, preset: str, context: int, label: str, workers: int) -> tuple:
-        return label, (preset, context, "numpy", 1), (preset, context, label, workers)
-
-    def track_speedup_over_numpy(self, raced: dict, preset: str, context: int, label: str,
-                                 workers: int) -> dict:
-        return self.ratio()
-
-
-class Scaling(RaceRatio):
-    """Speed-up of 2 workers over 1 for one decode step (x), both timed in the same
-    rounds of the race (``TimeDecode`` times them minutes apart). Parallel efficiency =
-    this / the workers that ran.
-    """
-
-    params = (PRESETS, CONTEXTS, [label for label in LABELS if label not in SERIAL])
-    param_names = ["preset", "context", "strategy"]
-    setup_cache = _race
-
-    def sides(self, preset: str, context: int, label: str) -> tuple:
-        return label, (preset, context, label, 1), (preset, context, label, 2)
-
-    def track_speedup_2_workers(self, raced: dict, preset: str, context: int,
-                                label: str) -> dict:
-        return self.ratio()
-
-
-class PeakMemory:
-    """Peak resident memory of a process holding the cache and running steps (bytes)."""
-
-    params = (["gqa", "mla"], [32768], ["numpy", "numba", "torch"])
-    param_names = ["preset", "context", "strategy"]
-    # The regression gate's points: each sample is a fresh process (about 3 s, the cache
-    # loaded from the side's bench-data folder after the first).
-    gate_params = (["gqa"], [32768], ["numpy", "numba"])
-    timeout = 300
-
-    def setup(self, preset: str, context: int, label: str) -> None:
-        self.case = _case(label, context, 1, preset)
-
-    def teardown(self, *args: object) -> None:
-        _close(self)
-
-    def peakmem_decode(self, preset: str, context: int, label: str) -> None:
-        self.case.run()
 
 
 class TimeDecodeDtype(WarmTime):
@@ -425,4 +322,274 @@ class TimeDecodeDtype(WarmTime):
 
     def time_decode_dtype(self, preset: str, context: int, dtype: str, label: str,
                           workers: int) -> None:
+        self.case.run()
+
+
+# The race's keys: the name of the time benchmark's class whose row a figure belongs to,
+# then that benchmark's parameters in its order (strategy and workers last, as in every
+# suite); READ in the strategy's place is the read pass.
+MLA_GRID = (TimeMLA.params[0], TimeMLA.params[1], TimeMLA.params[2])
+DTYPE_GRID = (TimeDecodeDtype.params[0], TimeDecodeDtype.params[1], TimeDecodeDtype.params[2])
+DTYPE_LABELS = TimeDecodeDtype.params[3]
+BATCH8_PRESETS = TimeDecodeBatch8.params[0]
+READ = "read"  # a race member: one read pass over 1 GiB (ReadStream) on `workers` threads
+# Strategies whose race has no read pass: torch's steps beside it (numba's OpenMP threads
+# in the process, its libgomp beside torch's own) took 0.76-1.21x numpy's speed at GQA
+# 32k on 2 workers, against 1.15-1.34x without it (4 races of 6 rounds each, alternated).
+# Their share of read bandwidth is their paired speed-up times numpy's paired share.
+NO_READ_PASS = ("torch",)
+
+
+def _race_case(key: tuple) -> registry.Case:
+    """The case of a race key (:func:`race_group`'s layouts)."""
+    table, *params, name, workers = key
+    if table == "TimeDecode":
+        preset, context = params
+        return _case(name, context, workers, preset)
+    if table == "TimeDecodeBatch8":
+        (preset,) = params
+        return _case(name, 8192, workers, preset, batch=8)
+    if table == "TimeMLA":
+        preset, impl, context = params
+        return _case(name, context, workers, preset, mla_impl=impl)
+    preset, context, dtype = params
+    return _case(name, context, workers, preset, dtype=dtype)
+
+
+def _race_points(label: str) -> list[list[tuple]]:
+    """The points of ``label``'s race, each as the keys raced together: every
+    preset and context of ``TimeDecode``; ``TimeDecodeBatch8``'s and ``TimeMLA``'s points
+    for their strategies; ``TimeDecodeDtype``'s for its. Each point races ``numpy`` on
+    1 worker (where the table has it) and the strategy at 1 and 2 workers
+    (:func:`race_members`), and the read pass at 1 and 2 threads (not beside
+    :data:`NO_READ_PASS`)."""
+    members = sorted(race_members(label), key=lambda m: m[0] == "numpy")
+    reads = [] if label in NO_READ_PASS else [(READ, w) for w in WORKERS]
+    points = [[("TimeDecode", p, c, *m) for m in members + reads]
+              for p in PRESETS for c in CONTEXTS]
+    if label in TimeDecodeBatch8.params[1]:
+        points += [[("TimeDecodeBatch8", p, *m) for m in members + reads]
+                   for p in BATCH8_PRESETS]
+    if label in TimeMLA.params[3]:
+        points += [[("TimeMLA", p, i, c, *m) for m in members + reads]
+                   for p in MLA_GRID[0] for i in MLA_GRID[1] for c in MLA_GRID[2]]
+    if label in DTYPE_LABELS:
+        points += [[("TimeDecodeDtype", p, c, d, label, w)
+                    for d in DTYPE_GRID[2] for w in WORKERS]
+                   + [("TimeDecodeDtype", p, c, "float32", *r) for r in reads]
+                   for p in DTYPE_GRID[0] for c in DTYPE_GRID[1]]
+    return points
+
+
+def race_group(label: str) -> dict:
+    """One strategy's race (:func:`benchmarks.common.race_groups` runs it in a process
+    of its own): at each point of :func:`_race_points`, a case of every member on the
+    same cache, each run once, then one step of each timed in rounds
+    (:func:`benchmarks.common.race`); the cases are closed before the next point's are
+    built. ``raced["bytes"]`` keeps each member's bytes per call (the cache's, or the
+    read pass's array) for :class:`ShareOfReadBw`."""
+    raced: dict = {"times": {}, "failed": {}, "bytes": {}}
+    stream: list[ReadStream] = []
+    for keys in _race_points(label):
+        cases: dict = {}
+
+        def make(*key: object, cases: dict = cases) -> object:
+            *_, name, workers = key
+            if name == READ:
+                if not stream:  # one array for the group, made when first raced
+                    stream.append(ReadStream(workers=max(WORKERS)))
+                raced["bytes"][key] = stream[0].nbytes
+                return lambda: stream[0].gbps(workers)
+            case = cases[key] = _race_case(key)
+            raced["bytes"][key] = case.fields["cache_bytes"]
+            return case.run
+
+        # The strategy's cases are built first (_race_points): torch loaded after
+        # numba's OpenMP threads start runs on numba's libgomp, 5-8x slower.
+        needs = [key for key in keys if key[-2] == label]
+        try:
+            race_point(keys, make, raced, needs=needs)
+        finally:
+            for case in cases.values():
+                case.close()
+    return raced
+
+
+def _race(self: object) -> dict:
+    """The ``setup_cache`` of every ratio class below (asv runs it once for all): every
+    strategy's :func:`race_group`."""
+    return race_groups(__name__, LABELS)
+
+
+_race.timeout = 3600  # every group's process, one after another
+
+
+class VersusNumpy(RaceRatio):
+    """How many times faster than ``numpy`` on 1 worker each strategy runs one decode
+    step (x), the two timed in the same rounds of the suite's race on the same cache
+    (median of 12 per-round ratios and its interval): the report's "speedup vs
+    numpy@1", where ``TimeDecode`` divides two medians timed minutes apart.
+    """
+
+    params = (PRESETS, CONTEXTS, [label for label in LABELS if label != "numpy"], WORKERS)
+    param_names = ["preset", "context", "strategy", "workers"]
+    setup_cache = _race
+    TABLE = "TimeDecode"
+
+    def sides(self, *params: object) -> tuple:
+        *grid, label, workers = params
+        return (label, (self.TABLE, *grid, "numpy", 1),
+                (self.TABLE, *grid, label, workers))
+
+    def track_speedup_over_numpy(self, raced: dict, *params: object) -> dict:
+        return self.ratio()
+
+
+class Scaling(RaceRatio):
+    """Speed-up of 2 workers over 1 for one decode step (x), both timed in the same
+    rounds of the race (``TimeDecode`` times them minutes apart). Parallel efficiency =
+    this / the workers that ran.
+    """
+
+    params = (PRESETS, CONTEXTS, [label for label in LABELS if label not in SERIAL])
+    param_names = ["preset", "context", "strategy"]
+    setup_cache = _race
+    TABLE = "TimeDecode"
+
+    def sides(self, *params: object) -> tuple:
+        *grid, label = params
+        return label, (self.TABLE, *grid, label, 1), (self.TABLE, *grid, label, 2)
+
+    def track_speedup_2_workers(self, raced: dict, *params: object) -> dict:
+        return self.ratio()
+
+
+class ShareOfReadBw(RaceRatio):
+    """Share of the machine's read bandwidth one decode step reaches (%): in each round
+    of the race, the step's cache bytes over its time, divided by the read pass's bytes
+    over its time on as many threads (the read ``kernelrace machine`` measures), both
+    timed in the same round. Calibrating once and benchmarking minutes later lets the
+    machine's drift (tens of percent here) pass for the kernel's."""
+
+    params = VersusNumpy.params[:2] + (LABELS, WORKERS)
+    param_names = VersusNumpy.param_names
+    unit = "%"
+    setup_cache = _race
+    TABLE = "TimeDecode"
+
+    def sides(self, *params: object) -> tuple:
+        *grid, label, workers = params
+        # One read pass per point: the dtype table's is keyed as its float32 member.
+        read_grid = grid[:-1] + ["float32"] if self.TABLE == "TimeDecodeDtype" else grid
+        return (label, (self.TABLE, *read_grid, READ, workers),
+                (self.TABLE, *grid, label, workers))
+
+    def track_share_of_read_bw(self, raced: dict, *params: object) -> dict:
+        read, step = self.keys
+        return self.ratio(100 * self.raced["bytes"][step] / self.raced["bytes"][read])
+
+
+class VersusNumpyBatch8(VersusNumpy):
+    """As :class:`VersusNumpy`, for ``TimeDecodeBatch8`` (8 sequences, context 8192)."""
+
+    params = (BATCH8_PRESETS, [label for label in TimeDecodeBatch8.params[1]
+                               if label != "numpy"], WORKERS)
+    param_names = TimeDecodeBatch8.param_names
+    TABLE = "TimeDecodeBatch8"
+
+
+class ScalingBatch8(Scaling):
+    """As :class:`Scaling`, for ``TimeDecodeBatch8``."""
+
+    params = (BATCH8_PRESETS, TimeDecodeBatch8.params[1])
+    param_names = TimeDecodeBatch8.param_names[:-1]
+    TABLE = "TimeDecodeBatch8"
+
+
+class ShareOfReadBwBatch8(ShareOfReadBw):
+    """As :class:`ShareOfReadBw`, for ``TimeDecodeBatch8``."""
+
+    params = TimeDecodeBatch8.params
+    param_names = TimeDecodeBatch8.param_names
+    TABLE = "TimeDecodeBatch8"
+
+
+class VersusNumpyMLA(VersusNumpy):
+    """As :class:`VersusNumpy`, for ``TimeMLA`` (naive and absorbed)."""
+
+    params = MLA_GRID + ([label for label in TimeMLA.params[3] if label != "numpy"], WORKERS)
+    param_names = TimeMLA.param_names
+    TABLE = "TimeMLA"
+
+
+class ScalingMLA(Scaling):
+    """As :class:`Scaling`, for ``TimeMLA``."""
+
+    params = MLA_GRID + (TimeMLA.params[3],)
+    param_names = TimeMLA.param_names[:-1]
+    TABLE = "TimeMLA"
+
+
+class ShareOfReadBwMLA(ShareOfReadBw):
+    """As :class:`ShareOfReadBw`, for ``TimeMLA``."""
+
+    params = TimeMLA.params
+    param_names = TimeMLA.param_names
+    TABLE = "TimeMLA"
+
+
+class ScalingDtype(Scaling):
+    """As :class:`Scaling`, for ``TimeDecodeDtype``."""
+
+    params = DTYPE_GRID + (DTYPE_LABELS,)
+    param_names = TimeDecodeDtype.param_names[:-1]
+    TABLE = "TimeDecodeDtype"
+
+
+class ShareOfReadBwDtype(ShareOfReadBw):
+    """As :class:`ShareOfReadBw`, for ``TimeDecodeDtype``: the bytes are the cache's in
+    its own element type (int8 with its scales)."""
+
+    params = TimeDecodeDtype.params
+    param_names = TimeDecodeDtype.param_names
+    TABLE = "TimeDecodeDtype"
+
+
+class DtypeSpeedup(RaceRatio):
+    """How many times faster one decode step runs with the cache in a narrower element
+    type than in float32 (x), same strategy and workers, the two timed in the same
+    rounds of the race: what a bf16, fp16 or 8-bit cache saves."""
+
+    params = (DTYPE_GRID[0], DTYPE_GRID[1],
+              [d for d in DTYPE_GRID[2] if d != "float32"], DTYPE_LABELS, WORKERS)
+    param_names = TimeDecodeDtype.param_names
+    unit = "x"
+    setup_cache = _race
+
+    def sides(self, preset: str, context: int, dtype: str, label: str,
+              workers: int) -> tuple:
+        return (label, ("TimeDecodeDtype", preset, context, "float32", label, workers),
+                ("TimeDecodeDtype", preset, context, dtype, label, workers))
+
+    def track_speedup_over_float32(self, raced: dict, *params: object) -> dict:
+        return self.ratio()
+
+
+class PeakMemory:
+    """Peak resident memory of a process holding the cache and running steps (bytes)."""
+
+    params = (["gqa", "mla"], [32768], ["numpy", "numba", "torch"])
+    param_names = ["preset", "context", "strategy"]
+    # The regression gate's points: each sample is a fresh process (about 3 s, the cache
+    # loaded from the side's bench-data folder after the first).
+    gate_params = (["gqa"], [32768], ["numpy", "numba"])
+    timeout = 300
+
+    def setup(self, preset: str, context: int, label: str) -> None:
+        self.case = _case(label, context, 1, preset)
+
+    def teardown(self, *args: object) -> None:
+        _close(self)
+
+    def peakmem_decode(self, preset: str, context: int, label: str) -> None:
         self.case.run()
