@@ -8,9 +8,9 @@
   workers on 2**20 pixels, the calls paired in alternation in one process (drift cancels).
 - The race (``_race``, the ``setup_cache`` of the two ratio classes below): for each
   strategy, a process of its own renders with numpy on 1 worker and the strategy at 1
-  and 2 workers at every size of the grid under the default schedule, one sample of
-  each per round, 12 rounds (:func:`race_group`), so that every ratio of a table row
-  comes from calls taken in the same rounds:
+  and 2 workers under each schedule at every size of the grid, one sample of each per
+  round, 12 rounds (:func:`race_group`), so that every ratio of a table row comes from
+  calls taken in the same rounds:
   - ``VersusNumpy.track_speedup_over_numpy``: numpy's time on 1 worker over each
     strategy's: the report's "speedup vs numpy@1", with its interval;
   - ``Scaling.track_speedup_2_workers``: 1 worker / 2 workers (parallel efficiency).
@@ -146,8 +146,8 @@ def race_group(label: str) -> dict:
     """One strategy's race (:func:`benchmarks.common.race_groups` runs it in a process
     of its own): at each size of the grid, under the default schedule, ``numpy`` on 1
     worker and the strategy at 1 and 2 workers, each image checked once, then timed in
-    rounds (:func:`benchmarks.common.race`). The static schedule's rows keep ratios of
-    medians (``ScheduleSpeedup`` pairs static with dynamic)."""
+    rounds (:func:`benchmarks.common.race`), with the strategy under the other
+    schedules (static) at 1 and 2 workers in the same rounds."""
     def make(name: str, schedule: str, size: int, workers: int) -> Callable[[], object]:
         reason = skip_reason(name, schedule, size, workers)
         if reason:
@@ -160,7 +160,11 @@ def race_group(label: str) -> dict:
     for size in SIZES:
         keys = [(name, mandelbrot.DEFAULT_SCHEDULE, size, w)
                 for name, w in race_members(label)]
-        race_point(keys, make, raced)
+        # The other schedules' rows of the strategy (numpy's on 1 worker is the same
+        # plan under every schedule: the default's stands for them).
+        keys += [(label, schedule, size, w) for schedule in SCHEDULES
+                 if schedule != mandelbrot.DEFAULT_SCHEDULE for w in WORKERS]
+        race_point(keys, make, raced, needs=[k for k in keys if k[0] == label])
     return raced
 
 
@@ -176,18 +180,18 @@ _race.timeout = 3600  # every group's process, one after another
 
 class VersusNumpy(RaceRatio):
     """How many times faster than ``numpy`` on 1 worker each strategy renders (x), under
-    the default schedule, the two timed in the same rounds of the suite's race (median of
+    each schedule, the two timed in the same rounds of the suite's race (median of
     12 per-round ratios and its interval): the report's "speedup vs numpy@1", where
     ``TimeRender`` divides two medians timed minutes apart. Every image is checked first.
     """
 
-    params = ([label for label in LABELS if label != "numpy"], [mandelbrot.DEFAULT_SCHEDULE],
-              SIZES, WORKERS)
+    params = ([label for label in LABELS if label != "numpy"], SCHEDULES, SIZES, WORKERS)
     param_names = ["strategy", "schedule", "size", "workers"]
     setup_cache = _race
 
     def sides(self, label: str, schedule: str, size: int, workers: int) -> tuple:
-        return label, ("numpy", schedule, size, 1), (label, schedule, size, workers)
+        return (label, ("numpy", mandelbrot.DEFAULT_SCHEDULE, size, 1),
+                (label, schedule, size, workers))
 
     def track_speedup_over_numpy(self, raced: dict, label: str, schedule: str, size: int,
                                  workers: int) -> dict:
@@ -195,13 +199,12 @@ class VersusNumpy(RaceRatio):
 
 
 class Scaling(RaceRatio):
-    """Speed-up of 2 workers over 1 (x) under the default schedule, both timed in the
+    """Speed-up of 2 workers over 1 (x) under each schedule, both timed in the
     same rounds of the race (``TimeRender`` times them minutes apart). Parallel
     efficiency = this / the workers that ran.
     """
 
-    params = ([label for label in LABELS if label not in SPEC.serial],
-              [mandelbrot.DEFAULT_SCHEDULE], SIZES)
+    params = ([label for label in LABELS if label not in SPEC.serial], SCHEDULES, SIZES)
     param_names = ["strategy", "schedule", "size"]
     setup_cache = _race
 
