@@ -325,7 +325,7 @@ def test_paired_share_of_read_bw_sets_the_row_and_its_roofline(tmp_path):
     """``track_share_of_read_bw`` (percent) stands in for *of read bw* in the time
     benchmark's row with the same parameters."""
     benches = _attention_benches()
-    benches["bench_attention.Bandwidth.track_share_of_read_bw"] = {
+    benches["bench_attention.ShareOfReadBw.track_share_of_read_bw"] = {
         "param_names": ["strategy", "preset", "context", "workers"],
         "params": [["numba"], ["gqa"], [8192], [2]],
         "values": lambda p: 40.0, "type": "track", "unit": "%", "rounds": 12}
@@ -335,6 +335,46 @@ def test_paired_share_of_read_bw_sets_the_row_and_its_roofline(tmp_path):
     text, _ = report.build_report(results, machine, tmp_path / "out")
     assert "40% [36, 44]" in _cells(text, "| numba | gqa |", "| 8,192 | 2 |")
     assert "50%" in _cells(text, "| numba | gqa |", "| 1,024 | 2 |")  # unpaired row
+
+
+def test_speed_vs_an_anchor_that_never_shared_a_process_is_the_quotient_of_paired_speedups(
+        tmp_path):
+    """Attention's torch races beside numpy only: a row's *speed vs torch* is its paired
+    speed-up over numpy@1 over torch's at the same workers, with the widest interval the
+    two allow; numpy's own row on 1 worker is 1 over torch's speed-up; rows without both
+    keep the ratio of medians. A share of read bandwidth without a read pass in the
+    row's race is its paired speed-up times numpy's paired share."""
+    speed = {"numpy": 4.0, "numba": 1.0, "torch": 2.0}
+    benches = {"bench_attention.TimeDecode.time_decode": {
+        "param_names": ["preset", "context", "strategy", "workers"],
+        "params": [["gqa"], [8192], list(speed), [1, 2]],
+        "values": lambda p: speed[p["strategy"]] * 1e-3 / p["workers"],
+        "type": "time", "unit": "seconds"}}
+    paired = {("numba", 2): 4.0, ("torch", 2): 2.0, ("torch", 1): 1.25}
+    benches["bench_attention.VersusNumpy.track_speedup_over_numpy"] = {
+        "param_names": ["preset", "context", "strategy", "workers"],
+        "params": [["gqa"], [8192], ["numba", "torch"], [1, 2]],
+        "values": lambda p: paired.get((p["strategy"], p["workers"]), float("nan")),
+        "type": "track", "unit": "x", "rounds": 12}
+    # The read pass raced beside numpy only: torch's share is its speed-up times numpy's.
+    benches["bench_attention.ShareOfReadBw.track_share_of_read_bw"] = {
+        "param_names": ["preset", "context", "strategy", "workers"],
+        "params": [["gqa"], [8192], ["numpy"], [1]],
+        "values": lambda p: 50.0, "type": "track", "unit": "%", "rounds": 12}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    text, _ = report.build_report(results, tmp_path / "none.json", tmp_path / "out")
+    # numba@2: 4 [3.6, 4.4] over torch's 2 [1.8, 2.2] = 2x [3.6/2.2, 4.4/1.8].
+    assert "2x [1.64, 2.44]" in _cells(text, "| numba |", "| 8,192 | 2 |")
+    # torch@2's share: 2 [1.8, 2.2] x 50% [45, 55] = 100% [81, 121].
+    assert "100% [81, 121]" in _cells(text, "| torch |", "| 8,192 | 2 |")
+    # numpy@1: 1 / 1.25 [1.125, 1.375].
+    assert "0.8x [0.727, 0.889]" in _cells(text, "| numpy |", "| 8,192 | 1 |")
+    # numba@1 has no paired speed-up: its ratio of medians (torch 2 ms / numba 1 ms).
+    one = _cells(text, "| numba |", "| 8,192 | 1 |")
+    assert "2x" in one and not any("[" in c for c in one)
+    torch = _cells(text, "| torch |", "| 8,192 | 2 |")
+    assert "1x" in torch  # the anchor's own row stays 1x, bare
 
 
 def test_sieve_anchor_column_and_skips(tmp_path):
@@ -534,7 +574,7 @@ def test_the_suite_declares_the_kinds_the_report_joins():
         "bench_attention.StepCost.track_step_flops": "flops",
         "bench_attention.Bandwidth.track_gbps": "gbps",
         "bench_attention.Bandwidth.track_gflops": "gflops",
-        "bench_attention.Bandwidth.track_share_of_read_bw": None,
+        "bench_attention.ShareOfReadBw.track_share_of_read_bw": None,
     }
     assert {n: kinds[n] for n in expected} == expected
     # Every other track is a figure of its own (speed-ups, seconds, errors), joined to none.

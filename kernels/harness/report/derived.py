@@ -129,8 +129,60 @@ def _paired(d: Derived, r: Row, table: Table) -> None:
             fig = PairedFigure(fig.value * k, fig.lo * k, fig.hi * k, fig.rounds)
         d.paired[name] = fig
         setattr(d, name, fig.value)
+    via = _anchor_via_baseline(r, table)
+    if "anchor" not in d.paired and via is not None:
+        d.paired["anchor"] = via
+        d.anchor = via.value
+    via = _share_via_baseline(r, table)
+    if "bw_fraction" not in d.paired and via is not None:
+        d.paired["bw_fraction"] = via
+        d.bw_fraction = via.value
     if "bw_fraction" in d.paired:
         _roofline(d)
+
+
+def _quotient(a: PairedFigure, b: PairedFigure) -> PairedFigure | None:
+    """a / b for two paired figures timed in different processes: the interval is the
+    widest the two intervals allow (low over high, high over low), the rounds the fewer
+    of the two. None where b is not positive."""
+    if min(b.value, b.lo) <= 0:
+        return None
+    return PairedFigure(a.value / b.value, a.lo / b.hi, a.hi / b.lo, min(a.rounds, b.rounds))
+
+
+def _anchor_via_baseline(r: Row, table: Table) -> PairedFigure | None:
+    """Speed against the anchor where no benchmark pairs the two (an anchor that races
+    beside the baseline only, as torch does): the row's paired speed-up over the baseline divided by the
+    anchor's at the same size and workers, each timed in the same rounds as its own
+    baseline calls, so the machine's drift cancels in each (:func:`_quotient`). The
+    baseline's own row on 1 worker is 1 over the anchor's speed-up. None without both
+    figures, and for the anchor's own rows."""
+    anchor = anchor_of(table)
+    speedups = table.paired.get("speedup", {})
+    if anchor is None or r.strategy == anchor:
+        return None
+    theirs = speedups.get((anchor, r.size, r.workers, r.facet))
+    mine = speedups.get((r.strategy, r.size, r.workers, r.facet))
+    if theirs is not None and r.strategy == BASELINE and r.workers in (1, None):
+        mine = PairedFigure(1.0, 1.0, 1.0, theirs.rounds)
+    if mine is None or theirs is None:
+        return None
+    return _quotient(mine, theirs)
+
+
+def _share_via_baseline(r: Row, table: Table) -> PairedFigure | None:
+    """Share of read bandwidth where the row's own race has no read pass (torch: numba's
+    threads in its process slow it): the row's paired speed-up over the baseline times
+    the baseline's paired share at the same point (the same bytes), each paired in its
+    own process; the interval, the product of the two intervals' ends. None without
+    both."""
+    mine = table.paired.get("speedup", {}).get((r.strategy, r.size, r.workers, r.facet))
+    w_one = 1 if table.has_workers else None
+    base = table.paired.get("bw_fraction", {}).get((BASELINE, r.size, w_one, r.facet))
+    if mine is None or base is None:
+        return None
+    return PairedFigure(base.value * mine.value, base.lo * mine.lo, base.hi * mine.hi,
+                        min(base.rounds, mine.rounds))
 
 
 def _workers_used(spec: Any, r: Row) -> int | None:
