@@ -343,7 +343,8 @@ def test_speed_vs_an_anchor_that_never_shared_a_process_is_the_quotient_of_paire
     speed-up over numpy@1 over torch's at the same workers, with the widest interval the
     two allow; numpy's own row on 1 worker is 1 over torch's speed-up; rows without both
     keep the ratio of medians. A share of read bandwidth without a read pass in the
-    row's race is its paired speed-up times numpy's paired share."""
+    row's race is its paired speed-up times numpy's paired share at its workers, over
+    numpy's paired 2-over-1 speed-up at 2 workers."""
     speed = {"numpy": 4.0, "numba": 1.0, "torch": 2.0}
     benches = {"bench_attention.TimeDecode.time_decode": {
         "param_names": ["preset", "context", "strategy", "workers"],
@@ -356,18 +357,26 @@ def test_speed_vs_an_anchor_that_never_shared_a_process_is_the_quotient_of_paire
         "params": [["gqa"], [8192], ["numba", "torch"], [1, 2]],
         "values": lambda p: paired.get((p["strategy"], p["workers"]), float("nan")),
         "type": "track", "unit": "x", "rounds": 12}
-    # The read pass raced beside numpy only: torch's share is its speed-up times numpy's.
+    # No read pass in torch's race: its share at 2 workers is its speed-up times numpy@2's
+    # share (against the 2-thread read) over numpy's own 2-over-1 speed-up.
     benches["bench_attention.ShareOfReadBw.track_share_of_read_bw"] = {
         "param_names": ["preset", "context", "strategy", "workers"],
-        "params": [["gqa"], [8192], ["numpy"], [1]],
-        "values": lambda p: 50.0, "type": "track", "unit": "%", "rounds": 12}
+        "params": [["gqa"], [8192], ["numpy"], [1, 2]],
+        "values": lambda p: 50.0 if p["workers"] == 1 else 40.0, "type": "track",
+        "unit": "%", "rounds": 12}
+    benches["bench_attention.Scaling.track_speedup_2_workers"] = {
+        "param_names": ["preset", "context", "strategy"],
+        "params": [["gqa"], [8192], ["numpy"]],
+        "values": lambda p: 1.6, "type": "track", "unit": "x", "rounds": 12}
     results = tmp_path / "asv"
     write_asv_results(results, benches)
     text, _ = report.build_report(results, tmp_path / "none.json", tmp_path / "out")
     # numba@2: 4 [3.6, 4.4] over torch's 2 [1.8, 2.2] = 2x [3.6/2.2, 4.4/1.8].
     assert "2x [1.64, 2.44]" in _cells(text, "| numba |", "| 8,192 | 2 |")
-    # torch@2's share: 2 [1.8, 2.2] x 50% [45, 55] = 100% [81, 121].
-    assert "100% [81, 121]" in _cells(text, "| torch |", "| 8,192 | 2 |")
+    # torch@2's share: 2 [1.8, 2.2] x 40% [36, 44] / 1.6 [1.44, 1.76] = 50% [37, 67];
+    # torch@1's: 1.25 [1.125, 1.375] x 50% [45, 55] = 62% [51, 76].
+    assert "50% [37, 67]" in _cells(text, "| torch |", "| 8,192 | 2 |")
+    assert "62% [51, 76]" in _cells(text, "| torch |", "| 8,192 | 1 |")
     # numpy@1: 1 / 1.25 [1.125, 1.375].
     assert "0.8x [0.727, 0.889]" in _cells(text, "| numpy |", "| 8,192 | 1 |")
     # numba@1 has no paired speed-up: its ratio of medians (torch 2 ms / numba 1 ms).

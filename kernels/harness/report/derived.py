@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernels.harness.report.model import PairedFigure, Row, Table, sort_key
+from kernels.harness.report.model import PAIRED_RATIOS, PairedFigure, Row, Table, sort_key
 
 BASELINE = "numpy"
 
@@ -152,9 +152,10 @@ def _quotient(a: PairedFigure, b: PairedFigure) -> PairedFigure | None:
 
 def _anchor_via_baseline(r: Row, table: Table) -> PairedFigure | None:
     """Speed against the anchor where no benchmark pairs the two (an anchor that races
-    beside the baseline only, as torch does): the row's paired speed-up over the baseline divided by the
-    anchor's at the same size and workers, each timed in the same rounds as its own
-    baseline calls, so the machine's drift cancels in each (:func:`_quotient`). The
+    beside the baseline only, as torch does): the row's paired speed-up over the
+    baseline divided by the anchor's at the same size and workers, each timed in the
+    same rounds as its own baseline calls, so the machine's drift cancels in each
+    (:func:`_quotient`). The
     baseline's own row on 1 worker is 1 over the anchor's speed-up. None without both
     figures, and for the anchor's own rows."""
     anchor = anchor_of(table)
@@ -172,17 +173,31 @@ def _anchor_via_baseline(r: Row, table: Table) -> PairedFigure | None:
 
 def _share_via_baseline(r: Row, table: Table) -> PairedFigure | None:
     """Share of read bandwidth where the row's own race has no read pass (torch: numba's
-    threads in its process slow it): the row's paired speed-up over the baseline times
-    the baseline's paired share at the same point (the same bytes), each paired in its
-    own process; the interval, the product of the two intervals' ends. None without
-    both."""
-    mine = table.paired.get("speedup", {}).get((r.strategy, r.size, r.workers, r.facet))
-    w_one = 1 if table.has_workers else None
-    base = table.paired.get("bw_fraction", {}).get((BASELINE, r.size, w_one, r.facet))
+    threads in its process slow it), from three paired figures of the same point:
+    the row's speed-up over the baseline on 1 worker (its own race), the baseline's
+    share at the row's workers, and, above 1 worker, the baseline's own speed-up from 1
+    to that many workers (both in the baseline's race): bytes / (t x read rate) =
+    (t_base1 / t) x bytes / (t_base_w x read rate) x (t_base_w / t_base1). The interval
+    is the widest the three intervals allow. None without all of them."""
+    key = (r.strategy, r.size, r.workers, r.facet)
+    mine = table.paired.get("speedup", {}).get(key)
+    base_key = (BASELINE, r.size, r.workers, r.facet)
+    base = table.paired.get("bw_fraction", {}).get(base_key)
     if mine is None or base is None:
         return None
-    return PairedFigure(base.value * mine.value, base.lo * mine.lo, base.hi * mine.hi,
-                        min(base.rounds, mine.rounds))
+    if not r.workers or r.workers == 1:
+        scaling = PairedFigure(1.0, 1.0, 1.0, base.rounds)
+    else:
+        eff = table.paired.get("efficiency", {}).get(base_key)
+        if eff is None or min(eff.value, eff.lo) <= 0:
+            return None
+        # table.paired keeps the efficiency as the track's speed-up over its scale:
+        # multiplied back, the baseline's speed-up.
+        w = PAIRED_RATIOS["track_speedup_2_workers"].scale
+        scaling = PairedFigure(eff.value * w, eff.lo * w, eff.hi * w, eff.rounds)
+    return PairedFigure(mine.value * base.value / scaling.value,
+                        mine.lo * base.lo / scaling.hi, mine.hi * base.hi / scaling.lo,
+                        min(mine.rounds, base.rounds, scaling.rounds))
 
 
 def _workers_used(spec: Any, r: Row) -> int | None:
