@@ -335,8 +335,10 @@ BATCH8_PRESETS = TimeDecodeBatch8.params[0]
 READ = "read"  # a race member: one read pass over 1 GiB (ReadStream) on `workers` threads
 # Strategies whose race has no read pass: torch's steps beside it (numba's OpenMP threads
 # in the process, its libgomp beside torch's own) took 0.76-1.21x numpy's speed at GQA
-# 32k on 2 workers, against 1.15-1.34x without it (4 races of 6 rounds each, alternated).
-# Their share of read bandwidth is their paired speed-up times numpy's paired share.
+# 32k on 2 workers, against 1.15-1.34x without it (4 races of 6 rounds each, alternated;
+# `python -m benchmarks.race_company` reruns it).
+# Their share of read bandwidth is built from paired figures of their race and numpy's
+# (the report's derived._share_via_baseline).
 NO_READ_PASS = ("torch",)
 
 

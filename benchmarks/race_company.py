@@ -11,6 +11,10 @@ around (benchmarks.common.race and race_members).
 2. After another call. On a 1k-context MQA step (shorter than a millisecond), a sample
    of ``numba`` at 2 workers timed right after one call of each other strategy, against
    the same sample after one call of its own: the ratio the race's warm-up call removes.
+3. torch beside the read pass. In fresh processes, alternately with and without the
+   attention race's read pass (numba's OpenMP threads beside torch's own libgomp),
+   ``torch`` at 2 workers is raced beside ``numpy`` on 1 worker: why torch's race has no
+   read pass (``NO_READ_PASS`` in benchmarks/bench_attention.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,30 @@ def company(preset: str, context: int, name: str) -> None:
     ratios = sorted(b / o for b, o in zip(times[("numpy", 1)], times[("numba", 2)],
                                            strict=True))
     print(f"  {name:>13}: numba@2 {statistics.median(times[('numba', 2)]) * 1e3:6.2f} ms, "
+          f"{statistics.median(ratios):.2f}x numpy@1 [{ratios[1]:.2f}, {ratios[-2]:.2f}]",
+          flush=True)
+
+
+def torch_beside_read(preset: str, context: int, read: bool) -> None:
+    """One process: torch@2 raced beside numpy@1, with or without the read pass."""
+    from benchmarks.bench_attention import _case
+    from benchmarks.common import race
+    from kernels.harness.probes import ReadStream
+
+    cases = {m: _case(m[0], context, m[1], preset) for m in [("torch", 2), ("numpy", 1)]}
+    calls = {m: case.run for m, case in cases.items()}
+    if read:
+        stream = ReadStream(workers=2)
+        calls.update({("read", w): lambda w=w: stream.gbps(w) for w in (1, 2)})
+    try:
+        times = race(calls)
+    finally:
+        for case in cases.values():
+            case.close()
+    ratios = sorted(b / o for b, o in zip(times[("numpy", 1)], times[("torch", 2)],
+                                           strict=True))
+    name = "with read" if read else "without read"
+    print(f"  {name:>13}: torch@2 {statistics.median(times[('torch', 2)]) * 1e3:6.2f} ms, "
           f"{statistics.median(ratios):.2f}x numpy@1 [{ratios[1]:.2f}, {ratios[-2]:.2f}]",
           flush=True)
 
@@ -89,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         if args.child[0] == "after":
             after_another()
+        elif args.child[0] in ("read", "noread"):
+            torch_beside_read(args.preset, args.context, args.child[0] == "read")
         else:
             company(args.preset, args.context, args.child[0])
         return 0
@@ -101,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     print("mqa at 1024, numba at 2 workers:")
     subprocess.run([sys.executable, "-m", "benchmarks.race_company", "--child", "after"],
                    check=True)
+    print(f"{args.preset} at {args.context}, torch at 2 workers, one process per line:")
+    for _ in range(args.processes):
+        for name in ("read", "noread"):
+            subprocess.run([sys.executable, "-m", "benchmarks.race_company",
+                            "--preset", args.preset, "--context", str(args.context),
+                            "--child", name], check=True)
     return 0
 
 
