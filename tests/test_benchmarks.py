@@ -125,6 +125,8 @@ def test_race_ratios_divide_round_by_round_within_one_group_and_skip_or_fail() -
     r = Over()
     r.setup(raced, "g", "x", "y")
     assert r.ratio() == {"samples": [2.0, 3.0, 3.0], "number": 1}
+    assert r.ratio(scale=100) == {"samples": [200.0, 300.0, 300.0], "number": 1}
+    assert r.keys == [("x",), ("y",)] and r.raced is raced["groups"]["g"]
     with pytest.raises(NotImplementedError):  # asv's skip: not raced there
         r.setup(raced, "g", "x", "w")
     with pytest.raises(NotImplementedError):  # y was raced in g, not in h: never mixed
@@ -197,7 +199,8 @@ def test_a_race_holds_numpy_on_one_worker_the_strategy_and_its_anchors() -> None
 
 def test_a_size_where_only_the_baseline_runs_is_not_raced() -> None:
     """race_point: the baseline alone (the group's strategy skipped at this size) has no
-    ratio and is not timed; with the strategy it is, and a failure is kept by key."""
+    ratio and is not timed, nor are the baseline and a read pass without the group's
+    strategy (``needs``); with the strategy it is, and a failure is kept by key."""
     common = _suite("common")
     runs: list[str] = []
 
@@ -212,6 +215,10 @@ def test_a_size_where_only_the_baseline_runs_is_not_raced() -> None:
     common.race_point([("numpy", 1), ("python", 2), ("broken", 1)], make, raced)
     assert raced["times"] == {} and runs == []
     assert raced["failed"] == {("broken", 1): "ValueError: no"}
-    common.race_point([("numpy", 1), ("numba", 2)], make, raced)
+    # With needs: the baseline and a read pass without the group's strategy are not raced.
+    common.race_point([("numpy", 1), ("read", 1), ("python", 2)], make, raced,
+                      needs=[("python", 2)])
+    assert raced["times"] == {} and runs == []
+    common.race_point([("numpy", 1), ("numba", 2)], make, raced, needs=[("numba", 2)])
     assert set(raced["times"]) == {("numpy", 1), ("numba", 2)}
     assert all(len(v) == common.RACE_ROUNDS for v in raced["times"].values())
