@@ -333,10 +333,11 @@ DTYPE_GRID = (TimeDecodeDtype.params[0], TimeDecodeDtype.params[1], TimeDecodeDt
 DTYPE_LABELS = TimeDecodeDtype.params[3]
 BATCH8_PRESETS = TimeDecodeBatch8.params[0]
 READ = "read"  # a race member: one read pass over 1 GiB (ReadStream) on `workers` threads
-# Strategies whose race has no read pass: torch's steps beside it (numba's OpenMP threads
-# in the process, its libgomp beside torch's own) took 0.76-1.21x numpy's speed at GQA
-# 32k on 2 workers, against 1.15-1.34x without it (4 races of 6 rounds each, alternated;
-# `python -m benchmarks.race_company` reruns it).
+# Strategies whose race has no read pass, as a precaution: torch's steps beside it (numba's
+# OpenMP threads in the process, its libgomp beside torch's own) took 0.76-1.21x numpy's
+# speed at GQA 32k on 2 workers, against 1.15-1.34x without it, in 4 races of 6 rounds
+# each, alternated; 8 races of 12 rounds on a quieter machine did not repeat it (with:
+# 1.18-1.33x, without: 1.16-1.29x). `python -m benchmarks.race_company` reruns it.
 # Their share of read bandwidth is built from paired figures of their race and numpy's
 # (the report's derived._share_via_baseline).
 NO_READ_PASS = ("torch",)
