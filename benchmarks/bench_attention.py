@@ -427,65 +427,89 @@ def _race(self: object) -> dict:
 _race.timeout = 3600  # every group's process, one after another
 
 
-class VersusNumpy(RaceRatio):
+class _TableRatio(RaceRatio):
+    """A ratio of one time benchmark's rows (``TIME``): ``params`` and ``param_names``
+    follow ``TIME``'s through :meth:`grid`, so the ratio classes of the four tables
+    differ in ``TIME`` alone. Not a benchmark itself."""
+
+    setup_cache = _race
+    TIME: type
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        params, names = cls.grid(list(cls.TIME.params), list(cls.TIME.param_names))
+        cls.params, cls.param_names = tuple(params), names
+
+    @classmethod
+    def grid(cls, params: list, names: list[str]) -> tuple[list, list[str]]:
+        return params, names
+
+    @classmethod
+    def strategies(cls, params: list, names: list[str], drop: tuple[str, ...]) -> list:
+        """``params`` with ``drop`` taken out of the strategy's values."""
+        at = names.index("strategy")
+        return [*params[:at], [s for s in params[at] if s not in drop], *params[at + 1:]]
+
+
+class VersusNumpy(_TableRatio):
     """How many times faster than ``numpy`` on 1 worker each strategy runs one decode
     step (x), the two timed in the same rounds of the suite's race on the same cache
     (median of 12 per-round ratios and its interval): the report's "speedup vs
     numpy@1", where ``TimeDecode`` divides two medians timed minutes apart.
     """
 
-    params = (PRESETS, CONTEXTS, [label for label in LABELS if label != "numpy"], WORKERS)
-    param_names = ["preset", "context", "strategy", "workers"]
-    setup_cache = _race
-    TABLE = "TimeDecode"
+    TIME = TimeDecode
+
+    @classmethod
+    def grid(cls, params: list, names: list[str]) -> tuple[list, list[str]]:
+        return cls.strategies(params, names, ("numpy",)), names
 
     def sides(self, *params: object) -> tuple:
         *grid, label, workers = params
-        return (label, (self.TABLE, *grid, "numpy", 1),
-                (self.TABLE, *grid, label, workers))
+        table = self.TIME.__name__
+        return label, (table, *grid, "numpy", 1), (table, *grid, label, workers)
 
     def track_speedup_over_numpy(self, raced: dict, *params: object) -> dict:
         return self.ratio()
 
 
-class Scaling(RaceRatio):
+class Scaling(_TableRatio):
     """Speed-up of 2 workers over 1 for one decode step (x), both timed in the same
     rounds of the race (``TimeDecode`` times them minutes apart). Parallel efficiency =
     this / the workers that ran.
     """
 
-    params = (PRESETS, CONTEXTS, [label for label in LABELS if label not in SERIAL])
-    param_names = ["preset", "context", "strategy"]
-    setup_cache = _race
-    TABLE = "TimeDecode"
+    TIME = TimeDecode
+
+    @classmethod
+    def grid(cls, params: list, names: list[str]) -> tuple[list, list[str]]:
+        return cls.strategies(params, names, SERIAL)[:-1], names[:-1]  # workers is last
 
     def sides(self, *params: object) -> tuple:
         *grid, label = params
-        return label, (self.TABLE, *grid, label, 1), (self.TABLE, *grid, label, 2)
+        table = self.TIME.__name__
+        return label, (table, *grid, label, 1), (table, *grid, label, 2)
 
     def track_speedup_2_workers(self, raced: dict, *params: object) -> dict:
         return self.ratio()
 
 
-class ShareOfReadBw(RaceRatio):
+class ShareOfReadBw(_TableRatio):
     """Share of the machine's read bandwidth one decode step reaches (%): in each round
     of the race, the step's cache bytes over its time, divided by the read pass's bytes
     over its time on as many threads (the read ``kernelrace machine`` measures), both
     timed in the same round. Calibrating once and benchmarking minutes later lets the
     machine's drift (tens of percent here) pass for the kernel's."""
 
-    params = VersusNumpy.params[:2] + (LABELS, WORKERS)
-    param_names = VersusNumpy.param_names
     unit = "%"
-    setup_cache = _race
-    TABLE = "TimeDecode"
+    TIME = TimeDecode
 
     def sides(self, *params: object) -> tuple:
         *grid, label, workers = params
+        table = self.TIME.__name__
         # One read pass per point: the dtype table's is keyed as its float32 member.
-        read_grid = grid[:-1] + ["float32"] if self.TABLE == "TimeDecodeDtype" else grid
-        return (label, (self.TABLE, *read_grid, READ, workers),
-                (self.TABLE, *grid, label, workers))
+        read_grid = grid[:-1] + ["float32"] if self.TIME is TimeDecodeDtype else grid
+        return label, (table, *read_grid, READ, workers), (table, *grid, label, workers)
 
     def track_share_of_read_bw(self, raced: dict, *params: object) -> dict:
         read, step = self.keys
@@ -495,67 +519,50 @@ class ShareOfReadBw(RaceRatio):
 class VersusNumpyBatch8(VersusNumpy):
     """As :class:`VersusNumpy`, for ``TimeDecodeBatch8`` (8 sequences, context 8192)."""
 
-    params = (BATCH8_PRESETS, [label for label in TimeDecodeBatch8.params[1]
-                               if label != "numpy"], WORKERS)
-    param_names = TimeDecodeBatch8.param_names
-    TABLE = "TimeDecodeBatch8"
+    TIME = TimeDecodeBatch8
 
 
 class ScalingBatch8(Scaling):
     """As :class:`Scaling`, for ``TimeDecodeBatch8``."""
 
-    params = (BATCH8_PRESETS, TimeDecodeBatch8.params[1])
-    param_names = TimeDecodeBatch8.param_names[:-1]
-    TABLE = "TimeDecodeBatch8"
+    TIME = TimeDecodeBatch8
 
 
 class ShareOfReadBwBatch8(ShareOfReadBw):
     """As :class:`ShareOfReadBw`, for ``TimeDecodeBatch8``."""
 
-    params = TimeDecodeBatch8.params
-    param_names = TimeDecodeBatch8.param_names
-    TABLE = "TimeDecodeBatch8"
+    TIME = TimeDecodeBatch8
 
 
 class VersusNumpyMLA(VersusNumpy):
     """As :class:`VersusNumpy`, for ``TimeMLA`` (naive and absorbed)."""
 
-    params = MLA_GRID + ([label for label in TimeMLA.params[3] if label != "numpy"], WORKERS)
-    param_names = TimeMLA.param_names
-    TABLE = "TimeMLA"
+    TIME = TimeMLA
 
 
 class ScalingMLA(Scaling):
     """As :class:`Scaling`, for ``TimeMLA``."""
 
-    params = MLA_GRID + (TimeMLA.params[3],)
-    param_names = TimeMLA.param_names[:-1]
-    TABLE = "TimeMLA"
+    TIME = TimeMLA
 
 
 class ShareOfReadBwMLA(ShareOfReadBw):
     """As :class:`ShareOfReadBw`, for ``TimeMLA``."""
 
-    params = TimeMLA.params
-    param_names = TimeMLA.param_names
-    TABLE = "TimeMLA"
+    TIME = TimeMLA
 
 
 class ScalingDtype(Scaling):
     """As :class:`Scaling`, for ``TimeDecodeDtype``."""
 
-    params = DTYPE_GRID + (DTYPE_LABELS,)
-    param_names = TimeDecodeDtype.param_names[:-1]
-    TABLE = "TimeDecodeDtype"
+    TIME = TimeDecodeDtype
 
 
 class ShareOfReadBwDtype(ShareOfReadBw):
     """As :class:`ShareOfReadBw`, for ``TimeDecodeDtype``: the bytes are the cache's in
     its own element type (int8 with its scales)."""
 
-    params = TimeDecodeDtype.params
-    param_names = TimeDecodeDtype.param_names
-    TABLE = "TimeDecodeDtype"
+    TIME = TimeDecodeDtype
 
 
 class DtypeSpeedup(RaceRatio):
