@@ -64,6 +64,11 @@ DEFAULT_ROUNDS = 12
 DEFAULT_BUSY = 0.10  # share of all cores' time other processes may take during a round
 ROUND_SECONDS = 0.15  # each side's share of a round (samples, in pairs), at least
 SAMPLE_SECONDS = 0.01  # one sample (``number`` calls), at least
+# Pairs of samples in a round, at least. A round's log ratio is the median of its pairs':
+# of 2, their mean, about as steady as the median of 3 (whose efficiency is about 0.74)
+# and a third shorter where a call is longer than ROUND_SECONDS / 2 (the pure-Python
+# and 10^8 points). One outlying pair moves one round, which the rounds' median resists.
+MIN_SAMPLES = 2
 SETUP_TIMEOUT = 300.0
 BUSY_PATIENCE_S = 60.0  # how long a run of busy rounds may last before a point gives up
 # Fresh processes per side for a peakmem_ point. Five a side is the fewest whose exact
@@ -102,11 +107,11 @@ class Side:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - the worker's stderr, closed in stop()
         self.proc = self._popen(stdin=subprocess.PIPE)
-        hello = self._read(120.0)
+        hello = self.receive(120.0)
         if "error" in hello:
             raise GateError(f"{self.label} ({self.commit[:8]}): {hello['error']}")
 
-    def _read(self, timeout: float) -> dict[str, Any]:
+    def receive(self, timeout: float) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
@@ -119,11 +124,14 @@ class Side:
                             f"its log: {self.log_path}\n{self.log_tail()}")
         return json.loads(line)
 
-    def request(self, timeout: float, **msg: Any) -> dict[str, Any]:
+    def send(self, **msg: Any) -> None:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(msg) + "\n")
         self.proc.stdin.flush()
-        return self._read(timeout)
+
+    def request(self, timeout: float, **msg: Any) -> dict[str, Any]:
+        self.send(**msg)
+        return self.receive(timeout)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -286,16 +294,20 @@ def _not_answered(point: Point, base: dict[str, Any], head: dict[str, Any]) -> b
 
 
 def _setup_both(point: Point, sides: tuple[Side, Side]) -> tuple[float, float] | None:
-    """Run ``setup`` on both sides; the warm call's seconds, or None (point skipped/failed)."""
-    answers = []
+    """Run ``setup`` on both sides at once (nothing in it is timed, and the two workers
+    have a core each), then time one call on each side in turn to size the samples (the
+    call that ends a setup ran beside the other side's setup); those seconds, or None
+    (point skipped or failed)."""
     for side in sides:
-        ans = side.request(SETUP_TIMEOUT + point.timeout, cmd="setup", name=point.name,
-                           key=point.key)
-        answers.append(ans)
-    base, head = answers
+        side.send(cmd="setup", name=point.name, key=point.key)
+    base, head = (side.receive(SETUP_TIMEOUT + point.timeout) for side in sides)
     if _not_answered(point, base, head):
         return None
-    return base["seconds"], head["seconds"]
+    base, head = (side.request(point.timeout + 30, cmd="sample", count=1, number=1)
+                  for side in sides)
+    if _not_answered(point, base, head):
+        return None
+    return base["times"][0], head["times"][0]
 
 
 def _wide(d: list[float], factor: float) -> bool:
@@ -319,7 +331,7 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
         return
     call = max(min(warm), 1e-7)
     point.number = max(1, math.ceil(SAMPLE_SECONDS / call))
-    point.samples_per_round = max(3, math.ceil(ROUND_SECONDS / (call * point.number)))
+    point.samples_per_round = max(MIN_SAMPLES, math.ceil(ROUND_SECONDS / (call * point.number)))
     attempts, busy_since, pause = 0, None, 0.25
 
     def wanted() -> int:
@@ -358,7 +370,9 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
         point.head_s.append(statistics.median(h for _, h in pairs))
         point.d.append(statistics.median(math.log(h / a) for a, h in pairs))
     for side in sides:
-        side.request(60.0 + point.timeout, cmd="teardown")
+        side.send(cmd="teardown")
+    for side in sides:
+        side.receive(60.0 + point.timeout)
 
 
 # ---------------------------------------------------------------------------
