@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from kernels import attention, registry
+from kernels.attention.config import StepCost as Cost
 from kernels.harness.machine import ReadStream
 
 from .common import (
@@ -241,24 +242,64 @@ class Sizes:
     track_kv_bytes_ratio_to_mha.unit = "ratio"
 
 
-class StepCost:
-    """What one decode step (batch 1, absorbed MLA) costs, by count, not by clock: its
+class _TableCost:
+    """What one call of a time benchmark (``TIME``) costs, by count, not by clock: its
     FLOPs and the weight bytes it reads (:func:`kernels.attention.step_cost`; the cache
-    bytes are the rows' own). The report's roofline takes its arithmetic intensity from
-    these, the same for every strategy of a preset and context."""
+    bytes are the rows' own). Its parameters are ``TIME``'s less strategy and workers, so
+    the report joins each table to the counts of its own calls (the subclass sharing
+    the most parameters with it): a naive MLA step is counted as naive, a batch of 8 as
+    8 sequences. The report's roofline takes its arithmetic intensity from these, the
+    same for every strategy. Not a benchmark itself."""
 
-    params = (PRESETS, CONTEXTS)
-    param_names = ["preset", "context"]
+    TIME: type
 
-    def track_step_flops(self, preset: str, context: int) -> int:
-        return attention.step_cost(attention.PRESETS[preset], context).flops
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        keep = [i for i, n in enumerate(cls.TIME.param_names) if n not in ("strategy", "workers")]
+        cls.params = tuple(cls.TIME.params[i] for i in keep)
+        cls.param_names = [cls.TIME.param_names[i] for i in keep]
+
+    def cost(self, *params: object) -> Cost:
+        raise NotImplementedError
+
+    def track_step_flops(self, *params: object) -> int:
+        return self.cost(*params).flops
 
     track_step_flops.unit = "FLOP"
 
-    def track_weight_bytes(self, preset: str, context: int) -> int:
-        return attention.step_cost(attention.PRESETS[preset], context).weight_bytes
+    def track_weight_bytes(self, *params: object) -> int:
+        return self.cost(*params).weight_bytes
 
     track_weight_bytes.unit = "weight bytes"
+
+
+class StepCost(_TableCost):
+    """:class:`_TableCost` of ``TimeDecode`` (batch 1, absorbed MLA); ``TimeDecodeDtype``
+    joins it too (a narrower cache changes the bytes, not the FLOPs or the float32
+    weights)."""
+
+    TIME = TimeDecode
+
+    def cost(self, preset: str, context: int) -> Cost:
+        return attention.step_cost(attention.PRESETS[preset], context)
+
+
+class StepCostMLA(_TableCost):
+    """:class:`_TableCost` of ``TimeMLA``: naive and absorbed, both MLA presets."""
+
+    TIME = TimeMLA
+
+    def cost(self, preset: str, impl: str, context: int) -> Cost:
+        return attention.step_cost(attention.PRESETS[preset], context, mla_impl=impl)
+
+
+class StepCostBatch8(_TableCost):
+    """:class:`_TableCost` of ``TimeDecodeBatch8``: 8 sequences at context 8192."""
+
+    TIME = TimeDecodeBatch8
+
+    def cost(self, preset: str) -> Cost:
+        return attention.step_cost(attention.PRESETS[preset], 8192, batch=8)
 
 
 class Bandwidth:

@@ -222,3 +222,38 @@ def test_a_size_where_only_the_baseline_runs_is_not_raced() -> None:
     common.race_point([("numpy", 1), ("numba", 2)], make, raced, needs=[("numba", 2)])
     assert set(raced["times"]) == {("numpy", 1), ("numba", 2)}
     assert all(len(v) == common.RACE_ROUNDS for v in raced["times"].values())
+
+
+def test_each_attention_table_has_the_step_counts_of_its_own_calls() -> None:
+    """Every attention time table with a preset has a step-cost class whose parameters are
+    its own less strategy and workers (the report joins the one sharing the most), and
+    the counts are those of the table's calls: a naive MLA step is counted as naive, a
+    batch of 8 as 8 sequences. Before, ``TimeMLA`` joined the batch-1 absorbed counts."""
+    from kernels import attention
+    from kernels.attention import config as attention_config
+
+    module = _suite("bench_attention")
+    costs = {c.TIME: c for c in vars(module).values() if isinstance(c, type)
+             and issubclass(c, module._TableCost) and c is not module._TableCost}
+    assert set(costs) == {module.TimeDecode, module.TimeMLA, module.TimeDecodeBatch8}
+    for time_class, cost in costs.items():
+        names = [n for n in time_class.param_names if n not in ("strategy", "workers")]
+        assert cost.param_names == names
+        assert list(cost.params) == [time_class.params[time_class.param_names.index(n)]
+                                     for n in names]
+    # TimeDecodeDtype has no class of its own: StepCost's counts are its, float32 weights.
+    dtype_names = set(module.TimeDecodeDtype.param_names)
+    assert set(module.StepCost.param_names) < dtype_names
+    mla, v3 = attention.PRESETS["mla"], attention.PRESETS["mla-v3"]
+    naive = module.StepCostMLA().track_step_flops("mla", "naive", 8192)
+    assert naive == attention_config.step_cost(mla, 8192, mla_impl="naive").flops
+    assert naive > 50 * module.StepCostMLA().track_step_flops("mla", "absorbed", 8192)
+    assert module.StepCostMLA().track_step_flops("mla-v3", "absorbed", 1024) == (
+        attention_config.step_cost(v3, 1024).flops)
+    gqa = attention.PRESETS["gqa"]
+    assert module.StepCostBatch8().track_step_flops("gqa") == (
+        8 * attention_config.step_cost(gqa, 8192).flops)
+    assert module.StepCostBatch8().track_weight_bytes("mla") == (
+        attention_config.step_cost(mla, 8192).weight_bytes)
+    assert module.StepCost().track_step_flops("mqa", 32768) == (
+        attention_config.step_cost(attention.PRESETS["mqa"], 32768).flops)

@@ -581,6 +581,10 @@ def test_the_suite_declares_the_kinds_the_report_joins():
         "bench_attention.Sizes.track_kv_bytes_ratio_to_mha": None,
         "bench_attention.StepCost.track_weight_bytes": "weight_bytes",
         "bench_attention.StepCost.track_step_flops": "flops",
+        "bench_attention.StepCostMLA.track_weight_bytes": "weight_bytes",
+        "bench_attention.StepCostMLA.track_step_flops": "flops",
+        "bench_attention.StepCostBatch8.track_weight_bytes": "weight_bytes",
+        "bench_attention.StepCostBatch8.track_step_flops": "flops",
         "bench_attention.Bandwidth.track_gbps": "gbps",
         "bench_attention.Bandwidth.track_gflops": "gflops",
         "bench_attention.ShareOfReadBw.track_share_of_read_bw": None,
@@ -861,6 +865,36 @@ def test_attention_roofline_from_flop_and_weight_counts(tmp_path):
     assert "| FMA probe float32, zmm (GFLOP/s) | 160 | 320 |" in text
     assert "| FMA probe float32 / matmul | 1.60x | 1.68x |" in text
     assert "FMA at numba's default width, float32, ymm" in text
+
+
+def test_a_table_joins_the_step_counts_sharing_the_most_parameters(tmp_path):
+    """Two FLOP-count tracks fit an MLA table's parameters: the batch-1 absorbed counts by
+    (preset, context) and the table's own by (preset, mla_impl, context). The report
+    takes the table's own, so a naive step gets the naive count (it once got the
+    absorbed one, about 100x too few FLOPs)."""
+    absorbed, naive = 100.0, 10_000.0  # FLOP per context token
+    benches = {
+        "bench_attention.MLA.time_mla": {
+            "param_names": ["preset", "mla_impl", "context", "strategy", "workers"],
+            "params": [["mla"], ["naive", "absorbed"], [1024], ["numpy", "numba"], [1, 2]],
+            "values": lambda p: 1e-3 * (100 if p["mla_impl"] == "naive" else 1),
+            "type": "time", "unit": "seconds"},
+        "bench_attention.Cost.track_step_flops": {
+            "param_names": ["preset", "context"], "params": [["mla"], [1024]],
+            "values": lambda p: absorbed * p["context"], "type": "track", "unit": "FLOP"},
+        "bench_attention.CostMLA.track_step_flops": {
+            "param_names": ["preset", "mla_impl", "context"],
+            "params": [["mla"], ["naive", "absorbed"], [1024]],
+            "values": lambda p: (naive if p["mla_impl"] == "naive" else absorbed) * p["context"],
+            "type": "track", "unit": "FLOP"},
+    }
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    (table,) = _tables(results, "attention")
+    derived = report.derive(table, None)
+    for impl, per_token in (("naive", naive), ("absorbed", absorbed)):
+        row = table.lookup()[("numba", 1024, 2, (("preset", "mla"), ("mla_impl", impl)))]
+        assert derived[id(row)].flops == per_token * 1024
 
 
 def _tables(results: Path, kernel: str) -> list[Any]:
