@@ -64,11 +64,11 @@ DEFAULT_ROUNDS = 12
 DEFAULT_BUSY = 0.10  # share of all cores' time other processes may take during a round
 ROUND_SECONDS = 0.15  # each side's share of a round (samples, in pairs), at least
 SAMPLE_SECONDS = 0.01  # one sample (``number`` calls), at least
-# Pairs of samples in a round, at least. A round's log ratio is the median of its pairs':
-# of 2, their mean, about as steady as the median of 3 (whose efficiency is about 0.74)
-# and a third shorter where a call is longer than ROUND_SECONDS / 2 (the pure-Python
-# and 10^8 points). One outlying pair moves one round, which the rounds' median resists.
-MIN_SAMPLES = 2
+# Pairs of samples in a round, at least: a round's log ratio is the median of its pairs'.
+# With 2 (their mean), pure-Python points of 150 ms calls gave rounds of 0.73x-1.61x
+# (a pair in four or so an outlier) and missed a 15% slowdown once in one run; the
+# median of 3 rejects one outlier (1.00x-1.24x on the same points).
+MIN_SAMPLES = 3
 SETUP_TIMEOUT = 300.0
 BUSY_PATIENCE_S = 60.0  # how long a run of busy rounds may last before a point gives up
 # Fresh processes per side for a peakmem_ point. Five a side is the fewest whose exact
