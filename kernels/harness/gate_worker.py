@@ -184,8 +184,9 @@ class Worker:
             self._teardown_obj(obj, combo)
             return {"skip": str(exc) or "setup raised NotImplementedError"}
         self.current = (obj, getattr(obj, attr), combo)
-        # Two untimed calls: anything lazy (JIT dispatch, page faults of fresh outputs)
-        # settles before the first sample; the second call's time sizes the samples.
+        # Two calls before the first sample: anything lazy (JIT dispatch, page faults of
+        # fresh outputs) settles. The second one's time is returned, but the gate sizes
+        # the samples by a call timed after both sides' setups (they run at once).
         self.current[1](*combo)
         t0 = TIMER()
         self.current[1](*combo)
