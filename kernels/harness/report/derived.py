@@ -155,9 +155,8 @@ def _anchor_via_baseline(r: Row, table: Table) -> PairedFigure | None:
     beside the baseline only, as torch does): the row's paired speed-up over the
     baseline divided by the anchor's at the same size and workers, each timed in the
     same rounds as its own baseline calls, so the machine's drift cancels in each
-    (:func:`_quotient`). The
-    baseline's own row on 1 worker is 1 over the anchor's speed-up. None without both
-    figures, and for the anchor's own rows."""
+    (:func:`_quotient`). The baseline's own row on 1 worker is 1 over the anchor's
+    speed-up. None without both figures, and for the anchor's own rows."""
     anchor = anchor_of(table)
     speedups = table.paired.get("speedup", {})
     if anchor is None or r.strategy == anchor:
@@ -195,9 +194,9 @@ def _share_via_baseline(r: Row, table: Table) -> PairedFigure | None:
         # multiplied back, the baseline's speed-up.
         w = PAIRED_RATIOS["track_speedup_2_workers"].scale
         scaling = PairedFigure(eff.value * w, eff.lo * w, eff.hi * w, eff.rounds)
-    return PairedFigure(mine.value * base.value / scaling.value,
-                        mine.lo * base.lo / scaling.hi, mine.hi * base.hi / scaling.lo,
-                        min(mine.rounds, base.rounds, scaling.rounds))
+    product = PairedFigure(mine.value * base.value, mine.lo * base.lo, mine.hi * base.hi,
+                           min(mine.rounds, base.rounds))
+    return _quotient(product, scaling)
 
 
 def _workers_used(spec: Any, r: Row) -> int | None:
