@@ -25,6 +25,8 @@ from kernels.harness import gate
 from kernels.harness.cli import main as cli_main
 
 BENCH = '''
+import os
+
 from benchmarks import _work
 
 
@@ -44,6 +46,19 @@ class TimeTiny:
 class TimeOther:
     def time_other(self):
         _work.spin(1)
+
+
+class TimeOnWorkers:
+    params = ([1, 2],)
+    param_names = ["workers"]
+
+    def time_spin(self, workers):
+        _work.spin(1)
+        log = os.environ.get("TINY_AFFINITY_LOG")
+        if log:
+            with open(log, "a") as f:
+                cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+                f.write(f"{workers} {cpus}\\n")
 
 
 class PeakTiny:
@@ -217,6 +232,62 @@ def test_bad_arguments_exit_2(repo, capsys, extra, message):
 def test_unknown_commit_exits_2(repo, capsys):
     assert _gate(repo, "no-such-rev") == 2
     assert "cannot resolve 'no-such-rev'" in capsys.readouterr().err
+
+
+needs_two_cpus = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="pinning needs two CPUs to choose from")
+
+
+@needs_two_cpus
+def test_one_worker_points_run_both_sides_on_one_cpu(repo, tmp_path, monkeypatch):
+    log = tmp_path / "affinity.log"
+    monkeypatch.setenv("TINY_AFFINITY_LOG", str(log))
+    path = tmp_path / "pin.json"
+    assert _gate(repo, repo["docs"], "--all-points", "--bench", "TimeOnWorkers",
+                 json_path=path) == 0
+    points = {p["params"][0]: p for p in json.loads(path.read_text())["points"]}
+    cpus = sorted(os.sched_getaffinity(0))
+    one, every = str(cpus[-1]), ",".join(map(str, cpus))
+    assert points["1"]["pinned_cpu"] == cpus[-1] and points["2"]["pinned_cpu"] is None
+    seen: dict[str, list[str]] = {"1": [], "2": []}
+    for line in log.read_text().splitlines():
+        workers, on = line.split()
+        seen[workers].append(on)
+    # The setup's calls and the sizing call run before the pin; every timed sample
+    # after them on the one CPU. The 2-worker point, next in the same processes, has
+    # every CPU back.
+    first = seen["1"].index(one)
+    assert set(seen["1"][:first]) == {every} and set(seen["1"][first:]) == {one}
+    assert len(seen["1"][first:]) >= 2 * 8 * gate.MIN_SAMPLES
+    assert seen["2"] and set(seen["2"]) == {every}
+
+
+@needs_two_cpus
+def test_pin_tree_reaches_every_thread_of_the_descendants():
+    script = ("import subprocess, sys, threading, time\n"
+              "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        from kernels.harness.gate_env import tree_pids
+        deadline = time.monotonic() + 30
+        while len(tree_pids(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the child's own start
+        pids = tree_pids(proc.pid)
+        tids = [int(t) for pid in pids for t in os.listdir(f"/proc/{pid}/task")]
+        assert len(pids) == 2 and len(tids) >= 3
+        cpus = os.sched_getaffinity(0)
+        assert gate.pin_tree([proc.pid], {max(cpus)})
+        assert {frozenset(os.sched_getaffinity(t)) for t in tids} == {frozenset({max(cpus)})}
+        assert gate.pin_tree([proc.pid], cpus)
+        assert {frozenset(os.sched_getaffinity(t)) for t in tids} == {frozenset(cpus)}
+    finally:
+        for pid in reversed(tree_pids(proc.pid)):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _workers_of(root: Path) -> list[int]:

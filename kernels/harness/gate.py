@@ -54,6 +54,7 @@ from kernels.harness.gate_env import (  # re-exported: the gate's environment AP
     GateError,
     checkout,
     environment,
+    pin_tree,
     requirements,
 )
 from kernels.harness.gate_env import satisfied_here as satisfied_here  # re-exported
@@ -225,6 +226,8 @@ class Point:
     key: list[str]
     timeout: float = 60.0
     kind: str = "time"  # "time" (seconds, paired rounds) or "peakmem" (bytes, fresh processes)
+    workers: int | None = None  # the point's ``workers`` parameter, where it has one
+    pinned_cpu: int | None = None  # the one CPU both sides ran on (1-worker points)
     base_s: list[float] = dataclasses.field(default_factory=list)  # per clean round: median
     head_s: list[float] = dataclasses.field(default_factory=list)  # of the round's samples
     d: list[float] = dataclasses.field(default_factory=list)  # per round: median ln(HEAD/BASE)
@@ -269,7 +272,7 @@ class Point:
             "base_median_s": statistics.median(self.base_s) if self.base_s else None,
             "head_median_s": statistics.median(self.head_s) if self.head_s else None,
             "base_round_s": self.base_s, "head_round_s": self.head_s,
-            "round_log_ratios": self.d,
+            "round_log_ratios": self.d, "pinned_cpu": self.pinned_cpu,
             "error": self.error, "skip": self.skip,
             "notes": self.verdict.notes if self.verdict else [],
             "confirmation": self.confirmation.row() if self.confirmation else None,
@@ -324,7 +327,8 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
     than ``factor`` (the decision looks at the interval's width, never at which side is
     slower). A busy round is discarded and the next one waits, longer each time, so
     a burst of other work passes; after ``BUSY_PATIENCE_S`` of busy rounds the point
-    keeps what it has.
+    keeps what it has. A 1-worker point's rounds run with both sides on one CPU
+    (:func:`_pin_one_cpu`).
     """
     warm = _setup_both(point, sides)
     if warm is None:
@@ -332,6 +336,56 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
     call = max(min(warm), 1e-7)
     point.number = max(1, math.ceil(SAMPLE_SECONDS / call))
     point.samples_per_round = max(MIN_SAMPLES, math.ceil(ROUND_SECONDS / (call * point.number)))
+    point.pinned_cpu = _pin_one_cpu(point, sides)
+    try:
+        ended = _take_rounds(point, sides, rounds=rounds, busy=busy, meter=meter,
+                             factor=factor)
+    finally:
+        if point.pinned_cpu is not None:
+            pin_tree(_pids(sides), _gate_cpus())
+    if not ended:
+        return
+    for side in sides:
+        side.send(cmd="teardown")
+    for side in sides:
+        side.receive(60.0 + point.timeout)
+
+
+def _gate_cpus() -> set[int]:
+    """The CPUs this process may run on (the workers inherit them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def _pids(sides: tuple[Side, Side]) -> list[int]:
+    return [s.proc.pid for s in sides if s.proc is not None]
+
+
+def _pin_one_cpu(point: Point, sides: tuple[Side, Side]) -> int | None:
+    """For a point at 1 worker: every thread of both sides (and of their pools) on the
+    same one CPU, the last this process may use; that CPU, or None (left unpinned).
+
+    On the shared VMs a vCPU has slow spells of a second or more (a sibling thread on
+    the host, most likely), and each side tends to stay on the vCPU it last ran on.
+    ``python -m benchmarks.pin_sides`` (two processes timing pure-Python Monte Carlo
+    at 10^5 in alternation, 14 pairs a round, 30-40 rounds; six tries on the 2-core
+    EPYC VM): left to the scheduler, 1-16 rounds a try moved by more than 10% (up to
+    1.5x, either way); both sides on one CPU, none in five tries. In the sixth every
+    round read 0.86x: one process slower than the other for its whole life, which
+    pinning does not cure and the confirmation step (new processes) is there for."""
+    if point.workers != 1:
+        return None
+    cpus = _gate_cpus()
+    if len(cpus) < 2:
+        return None
+    cpu = max(cpus)
+    return cpu if pin_tree(_pids(sides), {cpu}) else None
+
+
+def _take_rounds(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
+                 meter: CpuMeter, factor: float) -> bool:
+    """:func:`measure`'s rounds; False when a side failed (its verdict is set)."""
     attempts, busy_since, pause = 0, None, 0.25
 
     def wanted() -> int:
@@ -354,7 +408,7 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
                 if "error" in ans:
                     point.error = f"{sides[i].label}: {ans['error']}"
                     point.verdict = Verdict("failed" if i == 1 else "skipped")
-                    return
+                    return False
                 pair[i] = ans["times"][0]
             pairs.append(pair)
         if meter.other_share() > busy:
@@ -369,10 +423,7 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
         point.base_s.append(statistics.median(a for a, _ in pairs))
         point.head_s.append(statistics.median(h for _, h in pairs))
         point.d.append(statistics.median(math.log(h / a) for a, h in pairs))
-    for side in sides:
-        side.send(cmd="teardown")
-    for side in sides:
-        side.receive(60.0 + point.timeout)
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -387,7 +438,7 @@ def select_points(base_list: list[dict[str, Any]], head_list: list[dict[str, Any
     points, new = [], []
     for p in head_list:
         point = Point(p["name"], p["key"], float(p.get("timeout") or 60),
-                      p.get("kind", "time"))
+                      p.get("kind", "time"), workers=p.get("workers"))
         if (p["name"], tuple(p["key"])) in at_base:
             points.append(point)
         else:

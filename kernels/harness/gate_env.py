@@ -120,8 +120,8 @@ def _proc_stat_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
-def _tree_jiffies(root_pid: int) -> int:
-    """utime + stime of ``root_pid`` and every process descended from it."""
+def _proc_table() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Every process's children, and its utime + stime (jiffies), from /proc."""
     children: dict[int, list[int]] = {}
     times: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -136,12 +136,46 @@ def _tree_jiffies(root_pid: int) -> int:
         pid = int(entry)
         children.setdefault(int(rest[1]), []).append(pid)
         times[pid] = int(rest[11]) + int(rest[12])
-    total, todo = 0, [root_pid]
+    return children, times
+
+
+def tree_pids(root_pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """``root_pid`` and every process descended from it (a pool's workers, a forkserver's)."""
+    if children is None:
+        children = _proc_table()[0]
+    pids, todo = [], [root_pid]
     while todo:
         pid = todo.pop()
-        total += times.get(pid, 0)
+        pids.append(pid)
         todo.extend(children.get(pid, ()))
-    return total
+    return pids
+
+
+def _tree_jiffies(root_pid: int) -> int:
+    """utime + stime of ``root_pid`` and every process descended from it."""
+    children, times = _proc_table()
+    return sum(times.get(pid, 0) for pid in tree_pids(root_pid, children))
+
+
+def pin_tree(root_pids: list[int], cpus: set[int]) -> bool:
+    """Every thread of ``root_pids`` and their descendants on ``cpus`` (Linux); False
+    where affinity cannot be set here. A thread that ends meanwhile is passed over;
+    threads started later inherit their creator's affinity."""
+    if not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc/self/task"):
+        return False
+    children = _proc_table()[0]
+    for root in root_pids:
+        for pid in tree_pids(root, children):
+            try:
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    os.sched_setaffinity(tid, cpus)
+                except OSError:
+                    pass
+    return True
 
 
 class CpuMeter:

@@ -143,6 +143,15 @@ def peak_memory(name: str, key: list[str]) -> dict:
     return {"ok": True, "bytes": peak}
 
 
+
+def _workers(cls, key):
+    """The point's ``workers`` parameter as an int, or None where it has none."""
+    names = list(getattr(cls, "param_names", None) or [])
+    if "workers" not in names or len(key) != len(names):
+        return None
+    value = key[names.index("workers")]
+    return int(value) if value.isdigit() else None
+
 class Worker:
     def __init__(self, root: pathlib.Path):
         self.root = root
@@ -167,6 +176,7 @@ class Worker:
                     continue
                 points.append({"name": name, "key": key,
                                "timeout": getattr(cls, "timeout", 60),
+                               "workers": _workers(cls, key),
                                "kind": "peakmem" if attr.startswith("peakmem_") else "time"})
         return {"ok": True, "points": points}
 
