@@ -6,10 +6,11 @@ so numba's on-disk cache survives) and a Python environment: the one running the
 when it already satisfies the commit's ``[project].dependencies``, else a virtualenv
 built once per distinct dependency list. One long-lived worker process per side
 (:mod:`kernels.harness.gate_worker`) imports that commit's asv suite; for every
-benchmark point both sides run ``setup``, then samples A, B, B, A, A, B... so a
-drift of the machine hits both sides of a round alike. Each round gives one log ratio
-HEAD / BASE; :mod:`kernels.harness.pairedstats` turns a point's rounds into a ratio,
-an interval and a p-value, and controls the false alarms over all the points.
+benchmark point both sides run ``setup``, then samples A, B, A, B... (B first in the
+next round) so a drift of the machine hits both sides of a round alike. Each round
+gives one log ratio HEAD / BASE; :mod:`kernels.harness.pairedstats` turns a point's
+rounds into a ratio, an interval and a p-value, and controls the false alarms over
+all the points.
 
 A point flagged as regressed (or improved) is measured again by two new worker
 processes, and stays flagged only if they see it too (a process can be a few percent
@@ -397,10 +398,16 @@ def _take_rounds(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: f
         attempts += 1
         meter.start()
         pairs = []
-        for j in range(point.samples_per_round):
-            # One sample each, back to back; which side goes first alternates, so a
-            # trend within a pair cancels over the round too.
-            order = (0, 1) if (j + attempts) % 2 == 0 else (1, 0)
+        # One sample each, back to back, the sides strictly alternating (A B A B ...),
+        # so that every sample follows one of the other side's: which side goes first
+        # changes from round to round, not from pair to pair. Flipping it every pair
+        # (A B B A ...) had each pair set a side that had just run (its pool's threads
+        # still awake, its data in cache) against one that had not, and a round's
+        # median (of an odd number of pairs) took the sign of whichever kind had one
+        # more pair: on identical code, 2-worker numba points gave rounds alternating
+        # between about 0.75x and 1.6x (docs/regressions.md).
+        order = (0, 1) if attempts % 2 == 0 else (1, 0)
+        for _ in range(point.samples_per_round):
             pair = [0.0, 0.0]
             for i in order:
                 ans = sides[i].request(point.timeout * point.number + 30, cmd="sample",
