@@ -243,6 +243,10 @@ class Point:
     def label(self) -> str:
         return f"{self.name}({', '.join(self.key)})" if self.key else self.name
 
+    def fresh(self) -> Point:
+        """The same point with nothing measured yet (the confirmation's)."""
+        return Point(self.name, self.key, self.timeout, self.kind, workers=self.workers)
+
     def log_ratios(self) -> list[float]:
         """One per clean round: the median over its pairs of ln(HEAD sample / BASE sample)."""
         return self.d
@@ -577,7 +581,7 @@ def run_gate(repo: Path, base: str, head: str, opts: GateOptions,
                 side.stop()
             sides = new_sides()
             for i, point in enumerate(flagged, 1):
-                again = Point(point.name, point.key, point.timeout)
+                again = point.fresh()
                 _measure_logged(again, sides, opts, meter, log,
                                 f"[confirm {i}/{len(flagged)}]")
                 confirm(point, again, factor=opts.factor, alpha=opts.alpha)
