@@ -143,7 +143,6 @@ def peak_memory(name: str, key: list[str]) -> dict:
     return {"ok": True, "bytes": peak}
 
 
-
 def _workers(cls, key):
     """The point's ``workers`` parameter as an int, or None where it has none."""
     names = list(getattr(cls, "param_names", None) or [])
@@ -151,6 +150,7 @@ def _workers(cls, key):
         return None
     value = key[names.index("workers")]
     return int(value) if value.isdigit() else None
+
 
 class Worker:
     def __init__(self, root: pathlib.Path):
