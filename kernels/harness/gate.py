@@ -357,10 +357,8 @@ def measure(point: Point, sides: tuple[Side, Side], *, rounds: int, busy: float,
 
 
 def _gate_cpus() -> set[int]:
-    """The CPUs this process may run on (the workers inherit them)."""
-    if hasattr(os, "sched_getaffinity"):
-        return set(os.sched_getaffinity(0))
-    return set(range(os.cpu_count() or 1))
+    """The CPUs this process may run on (the workers inherit them); Linux only."""
+    return set(os.sched_getaffinity(0))
 
 
 def _pids(sides: tuple[Side, Side]) -> list[int]:
@@ -379,7 +377,7 @@ def _pin_one_cpu(point: Point, sides: tuple[Side, Side]) -> int | None:
     1.5x, either way); both sides on one CPU, none in five tries. In the sixth every
     round read 0.86x: one process slower than the other for its whole life, which
     pinning does not cure and the confirmation step (new processes) is there for."""
-    if point.workers != 1:
+    if point.workers != 1 or not hasattr(os, "sched_getaffinity"):
         return None
     cpus = _gate_cpus()
     if len(cpus) < 2:
