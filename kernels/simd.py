@@ -22,7 +22,7 @@ from typing import Any
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic, models, register_jitable, register_model
 
 
 def _host_has_avx512() -> bool:
@@ -243,6 +243,62 @@ def _prefetch(builder: ir.IRBuilder, addr: ir.Value) -> None:
     builder.call(fn, [builder.inttoptr(addr, ptr_t), _I32(0), _I32(1), _I32(1)])
 
 
+def _check_tile(rows: int, vectors: int) -> None:
+    if rows < 1 or vectors < 1 or rows * vectors + vectors + 1 > REGISTERS:
+        raise ValueError(f"a {rows} x {vectors} tile does not fit in {REGISTERS} registers")
+
+
+def _tile_codegen(rows: int, vectors: int, widening: bool) -> Any:
+    """The code of :func:`tile` (``widening``: of :func:`widening_tile`, whose ``a`` is
+    of the type of its second argument and is widened as it is loaded, and which
+    prefetches as many lines per step as the step reads of ``a``)."""
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
+        if widening:
+            a, _like, lda, b, ldb_r, ldb_i, k, c, ldc, add, pf, npf = args
+            like = signature.args[1]
+        else:
+            a, lda, b, ldb_r, ldb_i, k, c, ldc, add, pf, npf = args
+            like = types.float32
+        size = _I64(like.bitwidth // 8)
+        per = prefetch_lines(vectors, like.bitwidth // 8) if widening else 1
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_vec(), None))
+                 for _ in range(vectors)] for _ in range(rows)]
+        with cgutils.for_range(builder, k) as loop:
+            i = loop.index
+            for u in range(per):
+                line = builder.add(builder.mul(i, _I64(per)), _I64(u))
+                with builder.if_then(builder.icmp_signed("<", line, npf), likely=True):
+                    _prefetch(builder, builder.add(pf, builder.mul(line, _I64(64))))
+            arow = builder.mul(i, lda)
+            avs = [_widen_vector(builder, builder.add(
+                a, builder.mul(builder.add(arow, _I64(j * LANES)), size)), like)
+                for j in range(vectors)]
+            bcol = builder.mul(i, ldb_i)
+            for r in range(rows):
+                idx = builder.add(bcol, builder.mul(_I64(r), ldb_r))
+                x = _splat(builder, builder.load(_pointer(builder, b, idx, _F32), align=4))
+                for j in range(vectors):
+                    acc = accs[r][j]
+                    builder.store(_call(builder, "fma", avs[j], x, builder.load(acc)), acc)
+        for r in range(rows):
+            crow = builder.mul(_I64(r), ldc)
+            for j in range(vectors):
+                ptr = _pointer(builder, c, builder.add(crow, _I64(j * LANES)), _vec())
+                total = builder.load(accs[r][j])
+                old = builder.load(ptr, align=4)
+                builder.store(builder.select(add, builder.fadd(old, total), total), ptr,
+                              align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+_TILE_TAIL = (types.intp, types.uintp, types.intp, types.intp, types.intp, types.uintp,
+              types.intp, types.boolean, types.uintp, types.intp)
+
+
 @functools.cache
 def tile(rows: int, vectors: int) -> Any:
     """The micro-kernel for a block of ``rows`` x ``vectors`` accumulators.
@@ -262,46 +318,42 @@ def tile(rows: int, vectors: int) -> Any:
     function compiled with ``nogil``; the call is inlined and marks that function to
     use the widest vectors.
     """
-    if rows < 1 or vectors < 1 or rows * vectors + vectors + 1 > REGISTERS:
-        raise ValueError(f"a {rows} x {vectors} tile does not fit in {REGISTERS} registers")
-
-    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
-        _mark_widest(builder)
-        a, lda, b, ldb_r, ldb_i, k, c, ldc, add, pf, npf = args
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_vec(), None))
-                 for _ in range(vectors)] for _ in range(rows)]
-        with cgutils.for_range(builder, k) as loop:
-            i = loop.index
-            with builder.if_then(builder.icmp_signed("<", i, npf), likely=True):
-                _prefetch(builder, builder.add(pf, builder.mul(i, _I64(64))))
-            arow = builder.mul(i, lda)
-            avs = [builder.load(_pointer(builder, a, builder.add(arow, _I64(j * LANES)), _vec()),
-                                align=4) for j in range(vectors)]
-            bcol = builder.mul(i, ldb_i)
-            for r in range(rows):
-                idx = builder.add(bcol, builder.mul(_I64(r), ldb_r))
-                x = _splat(builder, builder.load(_pointer(builder, b, idx, _F32), align=4))
-                for j in range(vectors):
-                    acc = accs[r][j]
-                    builder.store(_call(builder, "fma", avs[j], x, builder.load(acc)), acc)
-        for r in range(rows):
-            crow = builder.mul(_I64(r), ldc)
-            for j in range(vectors):
-                ptr = _pointer(builder, c, builder.add(crow, _I64(j * LANES)), _vec())
-                total = builder.load(accs[r][j])
-                old = builder.load(ptr, align=4)
-                builder.store(builder.select(add, builder.fadd(old, total), total), ptr,
-                              align=4)
-        return context.get_dummy_value()
+    _check_tile(rows, vectors)
 
     def typer(typingctx: Any, a: Any, lda: Any, b: Any, ldb_r: Any, ldb_i: Any, k: Any,  # noqa: ARG001, PLR0913
               c: Any, ldc: Any, add: Any, pf: Any, npf: Any) -> Any:
-        sig = types.void(types.uintp, types.intp, types.uintp, types.intp, types.intp,
-                         types.intp, types.uintp, types.intp, types.boolean, types.uintp,
-                         types.intp)
-        return sig, codegen
+        return types.void(types.uintp, *_TILE_TAIL), _tile_codegen(rows, vectors, False)
 
     typer.__name__ = f"tile_{rows}x{vectors}"
+    return intrinsic(typer)
+
+
+@register_jitable
+def prefetch_lines(vectors: int, itemsize: int) -> int:
+    """Cache lines a :func:`widening_tile` of ``vectors`` vectors prefetches per step:
+    as many as the step reads of ``a`` (elements of ``itemsize`` bytes), so that a
+    caller naming the next block's rows keeps its reads that far ahead. Callable from
+    numba code too."""
+    return (vectors * LANES * itemsize + 63) // 64
+
+
+@functools.cache
+def widening_tile(rows: int, vectors: int) -> Any:
+    """:func:`tile` whose ``a`` holds elements of the type of ``like`` (a scalar of the
+    array read: float32, or bf16/fp16/int8 bits), widened to float32 as they are loaded
+    (:func:`load_as_float`): ``widening_tile(a, like, lda, b, ...)``, ``lda`` in
+    elements of that type. A narrow cache's rows go straight into the multiply-adds,
+    without a float32 copy. It prefetches :func:`prefetch_lines` lines per step (of
+    the ``npf`` from ``pf``), not one."""
+    _check_tile(rows, vectors)
+
+    def typer(typingctx: Any, a: Any, like: Any, lda: Any, b: Any, ldb_r: Any, ldb_i: Any,  # noqa: ARG001, PLR0913
+              k: Any, c: Any, ldc: Any, add: Any, pf: Any, npf: Any) -> Any:
+        if like not in (types.float32, types.uint16, types.int16, types.int8):
+            return None
+        return types.void(types.uintp, like, *_TILE_TAIL), _tile_codegen(rows, vectors, True)
+
+    typer.__name__ = f"widening_tile_{rows}x{vectors}"
     return intrinsic(typer)
 
 

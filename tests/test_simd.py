@@ -63,6 +63,83 @@ def test_tile_is_the_product_it_says(shape, add, transposed_b):
     np.testing.assert_array_equal(c[:, cols:], c0[:, cols:])  # nothing past the tile
 
 
+WIDENING = [(4, 4), (1, 4), (4, 1), (1, 1), (4, 2)]
+_WIDENING_KERNELS = {shape: simd.widening_tile(*shape) for shape in WIDENING}
+
+
+def _make_widening_runner(shape):
+    kernel = _WIDENING_KERNELS[shape]
+
+    @njit(nogil=True)
+    def run(a, b, ldb_r, ldb_i, k, c, add, npf):
+        kernel(a.ctypes.data, a[0, 0], a.strides[0] // a.itemsize, b.ctypes.data, ldb_r,
+               ldb_i, k, c.ctypes.data, c.strides[0] // 4, add, a.ctypes.data, npf)
+
+    return run
+
+
+_WIDENING_RUNNERS = {shape: _make_widening_runner(shape) for shape in WIDENING}
+
+
+def _stored(values, name):
+    """``values`` in the stored form the kernels read (float16 as its int16 bits)."""
+    return {"float32": values,
+            "bfloat16": (values.view(np.uint32) >> 16).astype(np.uint16),
+            "float16": values.astype(np.float16).view(np.int16),
+            "int8": np.clip(np.round(values), -127, 127).astype(np.int8)}[name]
+
+
+@pytest.mark.parametrize("shape", WIDENING)
+@pytest.mark.parametrize("name", ["float32", "bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("add", [False, True])
+def test_widening_tile_is_the_product_of_the_widened_rows(shape, name, add):
+    """The value pass's tile: weights b (transposed, as the scores lie) times narrow
+    rows of a widened as loaded, and a prefetch far past the data (a hint) harmless."""
+    rows, vectors = shape
+    rng = np.random.default_rng(rows * 13 + vectors)
+    k, cols = 29, vectors * L
+    values = rng.standard_normal((k, cols + 9)).astype(np.float32) * 20
+    stored = _stored(values, name)
+    spec = A.check_cache_dtype(name)
+    a = stored[:, : cols + 5]  # strided rows, a tail the tile must not read into c
+    raw = stored[:, :cols].view(np.float16) if name == "float16" else stored[:, :cols]
+    widened = widen(np.ascontiguousarray(raw), spec,
+                    np.ones(k, np.float32) if spec.scaled else None)
+    b = rng.standard_normal((rows, k + 3)).astype(np.float32)
+    c0 = rng.standard_normal((rows, cols + 4)).astype(np.float32)
+    c = c0.copy()
+    _WIDENING_RUNNERS[shape](a, b, k + 3, 1, k, c, add, 10**6)
+    want = b[:, :k].astype(np.float64) @ widened.astype(np.float64)
+    if add:
+        want += c0[:, :cols]
+    np.testing.assert_allclose(c[:, :cols], want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_array_equal(c[:, cols:], c0[:, cols:])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "int8"])
+def test_value_tiles_cover_odd_groups_and_widths(dtype):
+    """partial_jit's value pass on a narrow cache: 5 heads a group (a tile of four and
+    one left over) and a value width of 80 (whole tiles and a last vector or so), against
+    the reference on the same stored values."""
+    from kernels.attention.reference import reference_decode
+
+    config = A.KVConfig(n_heads=10, n_kv_heads=2, head_dim=80)
+    with A.make_cache(config, capacity=300, dtype=dtype) as cache:
+        A.fill_random(cache, 300, seed=4)
+        q = A.random_query(cache, seed=5)
+        want = reference_decode(cache, q)
+        got = A.decode(cache, q, strategy="numba", workers=1)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("vectors", [1, 2, 4])
+@pytest.mark.parametrize("itemsize", [1, 2, 4])
+def test_a_widening_tile_prefetches_as_many_lines_as_each_step_reads(vectors, itemsize):
+    step_bytes = vectors * L * itemsize
+    lines = simd.prefetch_lines(vectors, itemsize)
+    assert (lines - 1) * 64 < step_bytes <= lines * 64
+
+
 DOTS = [(4, 4), (1, 1), (1, 4), (2, 8)]
 _DOT_KERNELS = {shape: simd.dots(*shape) for shape in DOTS}
 
