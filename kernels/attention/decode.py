@@ -48,10 +48,15 @@ MLA_IMPLS = ("naive", "absorbed")
 #: attention`` on the 2-core Xeon: at 1k tokens, 2 workers were 1.20-1.35x slower than 1
 #: with multiprocess:numba/numpy (MQA, MLA), 1.36-1.79x with distributed:numba/numpy, and
 #: 1.09x with threaded:numba on MQA. The python chunk kernel is about 100x slower than
-#: the estimate assumes, so its grains are 100x smaller. ``numba`` (prange) and the other
-#: threaded labels split as asked: no penalty measured.
+#: the estimate assumes, so its grains are 100x smaller. ``threaded:python`` has no round
+#: trip but holds the GIL between its per-head NumPy calls: on the 2-core AMD EPYC, at
+#: 1k tokens, two threads were 1.19-1.26x slower than one on GQA (1,173 units) and MQA
+#: (439), 1.07x on MQA at 2k (880), and level or faster from about 1,600 units on (MQA
+#: 4k 0.99, GQA 2k 1.04, MHA 1k 0.95, MLA 1k 0.65); its grain is half of that. ``numba``
+#: (prange) and ``threaded:numpy`` split as asked: no penalty measured.
 MIN_GRAIN: dict[str, int] = {
     "threaded:numba": 300,
+    "threaded:python": 800,
     "multiprocess:numba": 2_000,
     "multiprocess:numpy": 2_000,
     "multiprocess:python": 20,
