@@ -25,13 +25,17 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_jitable, register_model
 
 
-def _host_has_avx512() -> bool:
+def _host_features() -> set[str]:
     try:
         import llvmlite.binding as ll
 
-        return "+avx512f" in ll.get_host_cpu_features().flatten().split(",")
+        return set(ll.get_host_cpu_features().flatten().split(","))
     except (ImportError, RuntimeError):
-        return False
+        return set()
+
+
+def _host_has_avx512() -> bool:
+    return "+avx512f" in _host_features()
 
 
 def _lanes() -> int:
@@ -52,6 +56,27 @@ LANES = _lanes()
 #: Vector registers the CPU has for accumulators and operands (32 zmm with AVX-512,
 #: 16 ymm with AVX2).
 REGISTERS = 32 if LANES == 16 else 16
+
+
+def _vnni() -> bool:
+    """Whether :func:`int_dots` can run: AVX-512 VNNI on this CPU, 16 lanes, numba
+    compiling for this CPU (not ``NUMBA_CPU_NAME=generic``, nor features without VNNI),
+    and not switched off with ``KERNELRACE_VNNI=0`` (to run and test the float path on a
+    VNNI CPU)."""
+    from numba.core import config
+
+    if os.environ.get("KERNELRACE_VNNI", "").strip() == "0":
+        return False
+    if config.CPU_NAME not in (None, "", "host"):
+        return False
+    if config.CPU_FEATURES and "+avx512vnni" not in str(config.CPU_FEATURES).split(","):
+        return False
+    return LANES == 16 and "+avx512vnni" in _host_features()
+
+
+#: AVX-512 VNNI (``vpdpwssd``: 32 int16 products summed in pairs into 16 int32 lanes, one
+#: instruction) is there for the int8 score tiles of :func:`int_dots`.
+VNNI = _vnni()
 
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
@@ -357,12 +382,13 @@ def widening_tile(rows: int, vectors: int) -> Any:
     return intrinsic(typer)
 
 
-def _reduce_tree(builder: ir.IRBuilder, vs: list[ir.Value]) -> list[ir.Value]:
+def _reduce_tree(builder: ir.IRBuilder, vs: list[ir.Value],
+                 combine: Any = ir.IRBuilder.fadd) -> list[ir.Value]:
     """Horizontal sums of many vectors at once: pairs of vectors are folded into one
     holding half as many partial sums of each, until every lane is one vector's total.
     16 vectors of 16 lanes take 15 folds (two shuffles and an add each) instead of 16
     separate reductions of 8 operations. Returns the totals, LANES per vector, in the
-    order of ``vs``."""
+    order of ``vs``. ``combine`` adds two vectors (``fadd``; ``add`` for integers)."""
     n = LANES
     k = 1  # accumulators per vector; each has n // k contiguous partial lanes
     while len(vs) > 1 and k < n:
@@ -373,8 +399,8 @@ def _reduce_tree(builder: ir.IRBuilder, vs: list[ir.Value]) -> list[ir.Value]:
         for a, b in zip(vs[0::2], vs[1::2], strict=True):
             mask_lo = ir.Constant(ir.VectorType(_I32, n), lo + [n + i for i in lo])
             mask_hi = ir.Constant(ir.VectorType(_I32, n), hi + [n + i for i in hi])
-            out.append(builder.fadd(builder.shuffle_vector(a, b, mask_lo),
-                                    builder.shuffle_vector(a, b, mask_hi)))
+            out.append(combine(builder, builder.shuffle_vector(a, b, mask_lo),
+                               builder.shuffle_vector(a, b, mask_hi)))
         vs = out
         k *= 2
     return vs
@@ -457,4 +483,81 @@ def dots(rows: int, cols: int) -> Any:
         return sig, codegen
 
     typer.__name__ = f"dots_{rows}x{cols}"
+    return intrinsic(typer)
+
+
+#: The widest reduction :func:`int_dots` sums without overflowing int32.
+INT_DOTS_MAX_D = 512
+
+_V16 = ir.VectorType(ir.IntType(16), 32)
+_V8 = ir.VectorType(ir.IntType(8), 32)
+_VI32 = ir.VectorType(_I32, 16)
+
+
+@functools.cache
+def int_dots(rows: int, cols: int) -> Any:
+    """:func:`dots` for int16 queries and int8 keys, in integers, with AVX-512 VNNI.
+
+    ``int_dots(q, ldq, k, ldk, d, s, lds, add, ksc, qsc)`` computes, for ``r < rows`` and
+    ``c < cols`` (``rows * cols`` = 16)::
+
+        s[r * lds + c] = (s[r * lds + c] if add else 0)
+                         + qsc[r] * ksc[c] * sum over i < d of q[r * ldq + i] * k[c * ldk + i]
+
+    ``q`` int16, ``k`` int8, ``s``, ``ksc`` and ``qsc`` float32: byte addresses, strides
+    in elements, ``d`` a multiple of 32. Each step of 32 elements sign-extends a key
+    vector to int16 once and runs one ``vpdpwssd`` per product (32 multiply-adds, where a
+    float32 FMA does 16); the integer sums are exact while d <= :data:`INT_DOTS_MAX_D`
+    (|q| <= 32767, |k| <= 127: 512 x 32767 x 127 < 2^31) and become float32 once, when
+    the tile's 16 totals are folded into one vector (:func:`_reduce_tree`) and scaled.
+    Only where :data:`VNNI`.
+    """
+    if rows * cols != 16 or not VNNI:
+        raise ValueError(f"int_dots needs 16 products and AVX-512 VNNI; got {rows} x {cols}"
+                         f"{'' if VNNI else ' without VNNI'}")
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
+        q, ldq, k, ldk, d, s, lds, add, ksc, qsc = args
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VI32, None))
+                 for _ in range(cols)] for _ in range(rows)]
+        fnty = ir.FunctionType(_VI32, [_VI32, _V16, _V16])
+        dp = builder.module.declare_intrinsic("llvm.x86.avx512.vpdpwssd.512", (), fnty)
+        with cgutils.for_range(builder, builder.sdiv(d, _I64(32))) as loop:
+            i = builder.mul(loop.index, _I64(32))
+            qs = [builder.load(builder.inttoptr(builder.add(q, builder.mul(
+                builder.add(builder.mul(_I64(r), ldq), i), _I64(2))), _V16.as_pointer()),
+                align=2) for r in range(rows)]
+            ks = [builder.sext(builder.load(builder.inttoptr(builder.add(
+                k, builder.add(builder.mul(_I64(c), ldk), i)), _V8.as_pointer()), align=1),
+                _V16) for c in range(cols)]
+            for r in range(rows):
+                for c in range(cols):
+                    acc = accs[r][c]
+                    builder.store(builder.call(dp, [builder.load(acc), qs[r], ks[c]]), acc)
+        flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(cols)]
+        total = builder.sitofp(_reduce_tree(builder, flat, ir.IRBuilder.add)[0], _vec())
+        row_t, col_t = ir.VectorType(_F32, rows), ir.VectorType(_F32, cols)
+        qv = builder.load(builder.inttoptr(qsc, row_t.as_pointer()), align=4)
+        kv = builder.load(builder.inttoptr(ksc, col_t.as_pointer()), align=4)
+        lanes = ir.VectorType(_I32, LANES)
+        scale = builder.fmul(
+            builder.shuffle_vector(qv, qv, ir.Constant(lanes, [j // cols for j in range(16)])),
+            builder.shuffle_vector(kv, kv, ir.Constant(lanes, [j % cols for j in range(16)])))
+        total = builder.fmul(total, scale)
+        for r in range(rows):  # row r's totals are lanes r * cols .. r * cols + cols - 1
+            part = builder.shuffle_vector(total, total, ir.Constant(
+                ir.VectorType(_I32, cols), [r * cols + j for j in range(cols)]))
+            out = _pointer(builder, s, builder.mul(_I64(r), lds), col_t)
+            old = builder.load(out, align=4)
+            builder.store(builder.select(add, builder.fadd(old, part), part), out, align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx: Any, q: Any, ldq: Any, k: Any, ldk: Any, d: Any, s: Any,  # noqa: ARG001, PLR0913
+              lds: Any, add: Any, ksc: Any, qsc: Any) -> Any:
+        sig = types.void(types.uintp, types.intp, types.uintp, types.intp, types.intp,
+                         types.uintp, types.intp, types.boolean, types.uintp, types.uintp)
+        return sig, codegen
+
+    typer.__name__ = f"int_dots_{rows}x{cols}"
     return intrinsic(typer)

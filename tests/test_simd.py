@@ -196,6 +196,77 @@ def test_a_tile_too_large_for_the_registers_is_refused():
         simd.tile(simd.REGISTERS, 2)
 
 
+_needs_vnni = pytest.mark.skipif(not simd.VNNI, reason="no AVX-512 VNNI on this CPU")
+
+
+def _run_int_dots(q16, k, s, add, ksc, qsc):
+    kernel = simd.int_dots(4, 4)
+
+    @njit(nogil=True)
+    def run(q16, k, s, add, ksc, qsc):
+        kernel(q16.ctypes.data, q16.strides[0] // 2, k.ctypes.data, k.strides[0],
+               q16.shape[1], s.ctypes.data, s.strides[0] // 4, add, ksc.ctypes.data,
+               qsc.ctypes.data)
+
+    run(q16, k, s, add, ksc, qsc)
+
+
+@_needs_vnni
+@pytest.mark.parametrize("add", [False, True])
+def test_int_dots_are_exact_integer_products_scaled(add):
+    """Extreme values too: a query of 32767s against a key of -127s over d = 512, the
+    largest width the kernels give it (-2.13e9, just inside int32)."""
+    rng = np.random.default_rng(9)
+    d = 512
+    q16 = rng.integers(-32767, 32768, (4, d + 32)).astype(np.int16)[:, :d]
+    q16[0] = 32767
+    k = rng.integers(-127, 128, (4, d + 8)).astype(np.int8)[:, :d]
+    k[0] = -127
+    ksc = rng.random(4).astype(np.float32)
+    qsc = rng.random(4).astype(np.float32)
+    s0 = rng.standard_normal((4, 7)).astype(np.float32)
+    s = s0.copy()
+    _run_int_dots(q16, k, s, add, ksc, qsc)
+    exact = q16.astype(np.int64) @ k.astype(np.int64).T  # exact integers
+    want = exact.astype(np.float32) * qsc[:, None] * ksc[None, :]
+    want = want + s0[:, :4] if add else want
+    np.testing.assert_allclose(s[:, :4], want, rtol=2e-7, atol=0)
+    np.testing.assert_array_equal(s[:, 4:], s0[:, 4:])
+
+
+def test_int_dots_need_vnni_and_sixteen_products():
+    with pytest.raises(ValueError, match="16 products"):
+        simd.int_dots(4, 2)
+
+
+@njit(nogil=True)
+def _quantize(qa, q16, qsc):
+    jit._quantize_query(qa, q16, qsc)
+
+
+def test_the_query_rounds_to_int16_within_half_a_step():
+    rng = np.random.default_rng(3)
+    qa = rng.standard_normal((5, 64)).astype(np.float32)
+    qa[3] = 0  # an all-zero head: scale 0, zeros
+    q16 = np.empty(qa.shape, np.int16)
+    qsc = np.empty(5, np.float32)
+    _quantize(qa, q16, qsc)
+    np.testing.assert_allclose(qsc, np.abs(qa).max(axis=1) / 32767, rtol=1e-6)
+    back = q16.astype(np.float64) * qsc[:, None]
+    assert np.all(np.abs(back - qa) <= qsc[:, None] * 0.5 * (1 + 1e-5) + 1e-12)
+    assert np.abs(q16).max() == 32767 and not q16[3].any()
+
+
+def int_score_bound(q, k_widened):
+    """Largest change to a score that rounding each head's query to int16 can make
+    (kernels.attention.jit._quantize_query): half a step, max|q_g| / 65534, per element,
+    times the key's L1 norm; and the relative change it can make to a softmax weight
+    (e^(2E) - 1: the score and the running maximum can each move by E)."""
+    step = np.abs(q).max(axis=-1) / 65534  # per head
+    e = float(step.max() * np.abs(k_widened).sum(axis=-1).max())
+    return e, float(np.expm1(2 * e))
+
+
 @njit(nogil=True)
 def _widen_and_exp(x, bits, out_w, out_e):
     simd.widest()
@@ -240,6 +311,33 @@ def _operands(name, length, dtype, batch=2):
     return cache, problem, (numba_view(k1), numba_view(k2), numba_view(v), ks1, ks2, vs)
 
 
+@pytest.mark.parametrize("t0,t1", [(0, 203), (5, 130), (1, 4), (128, 203)])
+def test_int8_scores_stay_within_the_query_rounding_bound(t0, t1):
+    """GQA-shaped groups (4 heads, width 64) over an int8 cache: with VNNI, partial_jit
+    scores in integers with the query rounded to int16; its state stays within
+    :func:`int_score_bound` of the float64 reference on the same stored values (blocks
+    with a last token or three, scored in float tiles, included)."""
+    from kernels.attention.reference import partial_python
+
+    config = A.KVConfig(n_heads=8, n_kv_heads=2, head_dim=64)
+    cache = A.make_cache(config, capacity=203, batch=2, dtype="int8")
+    with cache:
+        A.fill_random(cache, 203, seed=6)
+        q = A.random_query(cache, seed=7)
+        problem = Problem(cache, rotate_query(config, q, 202), None)
+        k1, k2, v, ks1, ks2, vs = problem.operands(cache.arrays())
+        spec = A.check_cache_dtype("int8")
+        kw, vw = widen(k1, spec, ks1), widen(v, spec, vs)
+        m, l, o = problem._empty_state(v.shape[3])
+        jit.partial_jit(problem.q1, k1, problem.q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs)
+        rm, rl, ro = partial_python(problem.q1, kw, problem.q2, np.zeros(k2.shape), vw, t0, t1)
+        e, w = int_score_bound(problem.q1, kw[:, :, t0:t1]) if simd.VNNI else (0.0, 0.0)
+        np.testing.assert_allclose(m, rm, rtol=1e-6, atol=1e-6 + e)
+        np.testing.assert_allclose(l, rl, rtol=1e-5 + w)
+        np.testing.assert_allclose(o / l[..., None], ro / rl[..., None], rtol=0,
+                                   atol=(1e-5 + 2 * w) * float(np.abs(vw).max()))
+
+
 @pytest.mark.parametrize("name", ["mqa-wide", "mla-wide", "mqa"])  # mqa: 32 heads a group
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("t0,t1", [(0, 1), (5, 300), (128, 256), (3, 11)])
@@ -254,9 +352,14 @@ def test_group_gemm_kernel_equals_the_generic_one(name, dtype, t0, t1):
             kernel(problem.q1, k1, problem.q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs)
             states.append((m, l, o))
         (m1, l1, o1), (m2, l2, o2) = states
-        np.testing.assert_allclose(m1, m2, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(l1, l2, rtol=1e-5)
-        np.testing.assert_allclose(o1, o2, rtol=2e-5, atol=2e-5 * float(np.abs(o2).max()))
+        e = w = 0.0
+        if dtype == "int8" and simd.VNNI and name == "mqa":  # partial_jit scores in int16
+            e, w = int_score_bound(problem.q1, widen(k1[..., t0:t1, :], A.check_cache_dtype(
+                "int8"), ks1[..., t0:t1]))
+        np.testing.assert_allclose(m1, m2, rtol=1e-5, atol=1e-5 + e)
+        np.testing.assert_allclose(l1, l2, rtol=1e-5 + w)
+        np.testing.assert_allclose(o1, o2, rtol=2e-5,
+                                   atol=(2e-5 + w) * float(np.abs(o2).max()))
 
 
 def test_which_shapes_take_the_group_gemm_kernel():
@@ -286,6 +389,13 @@ def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
         "    got = A.decode(c, q, strategy='threaded', inner='numba', workers=2)\n"
         "    err = np.abs(got - want).max() / np.abs(want).max()\n"
         "    assert err < 1e-5, (name, err)\n"
+        "assert not simd.VNNI  # int8 keys in float tiles, as on a CPU without VNNI\n"
+        "c = A.make_cache(A.KVConfig(8, 2, 64), capacity=150, dtype='int8')\n"
+        "A.fill_random(c, 150, seed=1)\n"
+        "q = A.random_query(c)\n"
+        "want = reference_decode(c, q)\n"
+        "got = A.decode(c, q, strategy='numba', workers=1)\n"
+        "assert np.abs(got - want).max() / np.abs(want).max() < 1e-5\n"
         "print('ok')\n"
     )
     env = {**os.environ, "KERNELRACE_SIMD_LANES": "8", "NUMBA_CACHE_DIR": str(tmp_path)}

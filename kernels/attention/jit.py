@@ -276,6 +276,54 @@ def _scores_tiled(qa, K, tb, n, s, add, hi, sc):
         t += 4 if four else 1
 
 
+#: int8 keys scored in integers (AVX-512 VNNI, :func:`kernels.simd.int_dots`): 4 heads by
+#: 4 tokens a tile, the query rounded to int16 per head (:func:`_quantize_query`).
+_INT_SCORES = simd.VNNI
+_idots = simd.int_dots(4, 4) if simd.VNNI else None
+
+
+@njit(nogil=True, inline="always")
+def _quantize_query(qa, q16, qsc):
+    """q16[g] = round(qa[g] / qsc[g]) with qsc[g] = max|qa[g]| / 32767: each head's query
+    in int16, off by at most qsc[g] / 2 = max|qa[g]| / 65534 per element (an all-zero
+    head gets scale 0)."""
+    G, d = qa.shape
+    for g in range(G):
+        mx = np.float32(0)
+        for i in range(d):
+            mx = max(mx, abs(qa[g, i]))
+        qsc[g] = mx / np.float32(32767)
+        inv = np.float32(32767) / mx if mx > 0 else np.float32(0)
+        for i in range(d):
+            x = np.floor(qa[g, i] * inv + np.float32(0.5))
+            q16[g, i] = np.int16(min(max(x, np.float32(-32767)), np.float32(32767)))
+
+
+@njit(nogil=True, inline="always")
+def _scores_int(q16, qsc, qa, K, tb, n, s, hi, sc):  # noqa: PLR0913
+    """s[g, t] = qa[g] . K[tb + t] * sc[tb + t] for int8 rows of K, four heads by four
+    tokens at a time in integers (:data:`_idots`, with the int16 query ``q16`` and its
+    scales ``qsc``); a last token or three in float tiles (:func:`_scores_tiled`). Each
+    tile prefetches the K rows ``PREFETCH`` tokens ahead (below row ``hi``)."""
+    if not _INT_SCORES:  # no VNNI: never called (pruned at compile time)
+        return
+    G, d = q16.shape
+    ldq = q16.strides[0] // 2
+    lds = s.strides[0] // 4
+    t = 0
+    while t + 4 <= n:
+        _prefetch_rows(K, tb + t + PREFETCH, tb + t + PREFETCH + 4, hi)
+        kb = K.ctypes.data + (tb + t) * K.strides[0]
+        ks = sc.ctypes.data + (tb + t) * 4
+        for g in range(0, G, 4):
+            _idots(q16.ctypes.data + g * q16.strides[0], ldq, kb, K.strides[0], d,
+                   s.ctypes.data + g * s.strides[0] + t * 4, lds, False, ks,
+                   qsc.ctypes.data + g * 4)
+        t += 4
+    if t < n:
+        _scores_tiled(qa, K, tb + t, n - t, s[:, t:], False, hi, sc)
+
+
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
 def _accumulate(s, V, tb, n, acc, hi):  # noqa: PLR0915 (one unrolled register tile)
     """acc[g] += sum over t < n of s[g, t] * V[tb + t], four heads by four V rows at a
@@ -444,6 +492,11 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     # Narrow value rows: register tiles (bf16 and int8 GQA steps at 32k 1.1-1.35x faster,
     # paired); float32 rows keep _accumulate, which the tiles made 5-19% slower there.
     tiledv = o.itemsize == 4 and v.itemsize < 4 and dv % simd.LANES == 0
+    # int8 keys in integers where the CPU has VNNI (GQA-like groups, no rotary part)
+    intk = _INT_SCORES and tiled1 and k1.itemsize == 1 and G % 4 == 0 and d1 % 32 == 0 \
+        and d1 <= simd.INT_DOTS_MAX_D and d2 == 0
+    q16 = np.empty((G if intk else 0, d1), np.int16)
+    qsc = np.empty(G, np.float32)
     mloc = np.empty(G, o.dtype)
     lloc = np.empty(G, o.dtype)
     ibuf = np.empty(BLOCK, np.int32)
@@ -462,9 +515,13 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
             mloc[:] = NEG
             lloc[:] = zero
             acc[:] = zero
+            if intk:
+                _quantize_query(qa, q16, qsc)
             for tb in range(t0, t1, BLOCK):
                 n = min(BLOCK, t1 - tb)
-                if tiled1:
+                if intk:
+                    _scores_int(q16, qsc, qa, K1, tb, n, s, t1, S1)
+                elif tiled1:
                     _scores_tiled(qa, K1, tb, n, s, False, t1, S1)
                 else:
                     _scores(qa, K1, tb, n, s, False, t1, S1)
