@@ -16,6 +16,7 @@ It is a building block, shared by any kernel: it knows arrays only as addresses.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from typing import Any
 
@@ -77,6 +78,64 @@ def _vnni() -> bool:
 #: AVX-512 VNNI (``vpdpwssd``: 32 int16 products summed in pairs into 16 int32 lanes, one
 #: instruction) is there for the int8 score tiles of :func:`int_dots`.
 VNNI = _vnni()
+
+
+#: Source files whose code the attention kernels compile into their own (the tiles here,
+#: the chunk kernels and merge that ``wide`` calls).
+_CACHE_DEPENDS = (__file__, os.path.join(os.path.dirname(__file__), "attention", "jit.py"))
+
+
+@functools.cache
+def cache_tag() -> str:
+    """What numba's on-disk cache of the attention kernels must also match: the vector
+    configuration (:data:`LANES`, :data:`VNNI`) and a hash of :data:`_CACHE_DEPENDS`.
+    numba stamps a cached function with its own source file only, so without this a
+    changed tile here, or ``KERNELRACE_SIMD_LANES`` / ``KERNELRACE_VNNI`` set
+    differently, would load code compiled for the old one."""
+    digest = hashlib.sha256()
+    for path in _CACHE_DEPENDS:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return f"simd{LANES}{'-vnni' if VNNI else ''}-{digest.hexdigest()[:16]}"
+
+
+def _register_cache_locators() -> None:
+    """Put the attention kernels' cache in a folder named by :func:`cache_tag` (beside
+    numba's usual place: ``__pycache__`` or ``NUMBA_CACHE_DIR``), so that each vector
+    configuration and each version of the code they compile in has entries of its own.
+    Through numba's locator list (``CacheImpl._locator_classes``, ``_CacheImpl`` in
+    older versions); where a numba version lacks it, the cache stays numba's own."""
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover
+        return
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    bases = [getattr(caching, name, None) or getattr(caching, "_" + name, None)
+             for name in ("UserProvidedCacheLocator", "InTreeCacheLocator")]
+    if impl is None or None in bases or not isinstance(getattr(impl, "_locator_classes", None),
+                                                       list):
+        return
+    ours = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention") + os.sep
+
+    def make(base: Any) -> type:
+        class Locator(base):  # type: ignore[misc, valid-type]
+            def get_cache_path(self) -> str:
+                return os.path.join(super().get_cache_path(), cache_tag())
+
+            @classmethod
+            def from_function(cls, py_func: Any, py_file: str) -> Any:
+                if not os.path.abspath(py_file).startswith(ours):
+                    return None
+                return super().from_function(py_func, py_file)
+
+        Locator.__name__ = Locator.__qualname__ = f"Kernelrace{base.__name__.lstrip('_')}"
+        return Locator
+
+    if not any(c.__name__.startswith("Kernelrace") for c in impl._locator_classes):
+        impl._locator_classes[:0] = [make(b) for b in bases]
+
+
+_register_cache_locators()
 
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)

@@ -406,3 +406,31 @@ def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import kernels.simd"], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0 and "must be 8 or 16" in done.stderr
+
+
+def test_the_attention_kernels_cache_is_kept_apart_per_vector_configuration_and_code(
+        tmp_path, monkeypatch):
+    """numba stamps a cached function with its own file only: the attention kernels'
+    entries sit in a folder named by the vector configuration and a hash of the tiles'
+    and chunk kernels' source, so a changed tile or KERNELRACE_VNNI=0 never loads code
+    compiled for something else. Other kernels keep numba's own place."""
+    from kernels.sieve import jit as sieve_jit
+
+    tag = simd.cache_tag()
+    assert tag.startswith(f"simd{L}") and ("-vnni-" in tag) == simd.VNNI
+    for f in (jit.partial_jit, jit.fused_decode, wide.fused_wide):
+        assert os.path.basename(f._cache._cache_path) == tag
+    assert os.path.basename(sieve_jit._count_ones._cache._cache_path) != tag
+    env = {**os.environ, "KERNELRACE_VNNI": "0", "KERNELRACE_SIMD_LANES": "8"}
+    other = subprocess.run([sys.executable, "-c", "from kernels import simd; "
+                            "print(simd.cache_tag())"], env=env, capture_output=True,
+                           text=True, timeout=120, check=True).stdout.strip()
+    assert other.startswith("simd8-") and other.split("-")[-1] == tag.split("-")[-1]
+    copy = tmp_path / "simd.py"
+    copy.write_bytes(open(simd.__file__, "rb").read() + b"\n# changed\n")
+    monkeypatch.setattr(simd, "_CACHE_DEPENDS", (str(copy), simd._CACHE_DEPENDS[1]))
+    simd.cache_tag.cache_clear()
+    try:
+        assert simd.cache_tag().split("-")[-1] != tag.split("-")[-1]
+    finally:
+        simd.cache_tag.cache_clear()
