@@ -159,12 +159,19 @@ def blas_info() -> list[dict[str, Any]]:
 
 
 def numba_info() -> dict[str, Any]:
-    """numba's version, thread count and threading layer (after a parallel run)."""
+    """numba's version, thread count and threading layer (after a parallel run), and how
+    the register-tiled kernels compile here (:mod:`kernels.simd`): float32 lanes per
+    vector, and whether int8 keys are scored in integers (AVX-512 VNNI) or in float
+    tiles, which the int8 figures depend on."""
     import numba
+
+    from kernels import simd
 
     info: dict[str, Any] = {
         "version": numba.__version__,
         "num_threads": int(numba.config.NUMBA_NUM_THREADS),
+        "simd_lanes": simd.LANES,
+        "int8_scores": "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles",
     }
     try:
         info["threading_layer"] = numba.threading_layer()
@@ -437,6 +444,9 @@ def summary(doc: dict[str, Any]) -> str:
     nb = doc["numba"]
     lines.append(f"numba    {nb['version']}, threading layer {nb.get('threading_layer')}, "
                  f"{nb['num_threads']} threads")
+    if "simd_lanes" in nb:  # calibrations from before these fields lack them
+        lines.append(f"kernels  {nb['simd_lanes']} float32 lanes per vector, int8 keys scored "
+                     f"in {nb['int8_scores']}")
     mib = doc["bandwidth"]["array_bytes"] / MiB
     for kind in BANDWIDTH_KINDS:
         per = doc["bandwidth_gbps"][kind]

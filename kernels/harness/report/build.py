@@ -406,7 +406,9 @@ def _machine_section(machine: dict[str, Any] | None, asv_machine: dict[str, Any]
                + (", ".join(f"{b.get('internal_api')} {b.get('version')} "
                             f"({b.get('num_threads')} threads)" for b in blas) or "unknown"))
     nb = machine.get("numba", {})
-    out.append(f"- numba {nb.get('version')}, threading layer {nb.get('threading_layer')}")
+    out.append(f"- numba {nb.get('version')}, threading layer {nb.get('threading_layer')}"
+               + (f"; kernels in {nb['simd_lanes']}-lane float32 vectors, int8 keys scored "
+                  f"in {nb['int8_scores']}" if "simd_lanes" in nb else ""))
     a = machine.get("anchors", {})
     out.append("- anchors: primesieve " + (a.get("primesieve_python") or "absent")
                + " (python), " + (a.get("primesieve_cli") or "absent") + " (CLI); torch "
