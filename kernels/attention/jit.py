@@ -489,8 +489,8 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     # head) keeps _scores: a 1 x 4 tile is 4 latency-bound chains (3% slower, paired)
     tiled1 = o.itemsize == 4 and d1 % simd.LANES == 0 and G % _DOT_HEADS == 0 and G > 1
     tiled2 = tiled1 and d2 % simd.LANES == 0
-    # Narrow value rows: register tiles (bf16 and int8 GQA steps at 32k 1.1-1.35x faster,
-    # paired); float32 rows keep _accumulate, which the tiles made 5-19% slower there.
+    # Narrow value rows: register tiles (bf16 and int8 GQA steps at 32k 1.11-1.24x faster,
+    # paired); float32 rows keep _accumulate: with the tiles, 0.83x / 0.92x as fast there.
     tiledv = o.itemsize == 4 and v.itemsize < 4 and dv % simd.LANES == 0
     # int8 keys in integers where the CPU has VNNI (GQA-like groups, no rotary part)
     intk = _INT_SCORES and tiled1 and k1.itemsize == 1 and G % 4 == 0 and d1 % 32 == 0 \
