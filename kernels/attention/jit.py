@@ -398,31 +398,27 @@ def _values_tiled(s, V, tb, n, acc, pf, lines):
     wide_lines = n * simd.prefetch_lines(vr, V.itemsize)
     one_lines = n * simd.prefetch_lines(1, V.itemsize)
     for j0 in range(0, dv, width):
+        full = j0 + width <= dv  # else the last, narrower columns: a vector at a time
+        step = width if full else simd.LANES
+        per_call = wide_lines if full else one_lines
         g = 0
         while g < G:
             rows = hr if g + hr <= G else 1
             b = s.ctypes.data + g * s.strides[0]
-            if j0 + width <= dv:
-                a = row0 + j0 * V.itemsize
-                out = acc.ctypes.data + g * acc.strides[0] + j0 * 4
-                if rows == hr:
+            for j in range(j0, min(j0 + width, dv), step):
+                a = row0 + j * V.itemsize
+                out = acc.ctypes.data + g * acc.strides[0] + j * 4
+                if full and rows == hr:
                     _vtile(a, like, ldv, b, lds, 1, n, out, ldo, True, pf, lines)
-                else:
+                elif full:
                     _vtile_1(a, like, ldv, b, lds, 1, n, out, ldo, True, pf, lines)
-                used = min(lines, wide_lines)
+                elif rows == hr:
+                    _vtile_v(a, like, ldv, b, lds, 1, n, out, ldo, True, pf, lines)
+                else:
+                    _vtile_1v(a, like, ldv, b, lds, 1, n, out, ldo, True, pf, lines)
+                used = min(lines, per_call)
                 pf += used * 64
                 lines -= used
-            else:  # the last, narrower columns: one vector at a time
-                for j in range(j0, dv, simd.LANES):
-                    a = row0 + j * V.itemsize
-                    out = acc.ctypes.data + g * acc.strides[0] + j * 4
-                    if rows == hr:
-                        _vtile_v(a, like, ldv, b, lds, 1, n, out, ldo, True, pf, lines)
-                    else:
-                        _vtile_1v(a, like, ldv, b, lds, 1, n, out, ldo, True, pf, lines)
-                    used = min(lines, one_lines)
-                    pf += used * 64
-                    lines -= used
             g += rows
 
 
