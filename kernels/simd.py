@@ -99,9 +99,16 @@ def cache_tag() -> str:
     return f"simd{LANES}{'-vnni' if VNNI else ''}-{digest.hexdigest()[:16]}"
 
 
+#: numba's locators the attention kernels' cache goes through, in numba's order:
+#: ``NUMBA_CACHE_DIR``, the package's ``__pycache__``, and the user-wide cache numba
+#: falls back to where the package folder is read-only.
+_WRAPPED_LOCATORS = ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")
+
+
 def _register_cache_locators() -> None:
     """Put the attention kernels' cache in a folder named by :func:`cache_tag` (beside
-    numba's usual place: ``__pycache__`` or ``NUMBA_CACHE_DIR``), so that each vector
+    numba's usual place: ``NUMBA_CACHE_DIR``, ``__pycache__`` or the user-wide cache of
+    a read-only install), so that each vector
     configuration and each version of the code they compile in has entries of its own.
     Through numba's locator list (``CacheImpl._locator_classes``, ``_CacheImpl`` in
     older versions); where a numba version lacks it, the cache stays numba's own."""
@@ -111,9 +118,10 @@ def _register_cache_locators() -> None:
         return
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
     bases = [getattr(caching, name, None) or getattr(caching, "_" + name, None)
-             for name in ("UserProvidedCacheLocator", "InTreeCacheLocator")]
-    if impl is None or None in bases or not isinstance(getattr(impl, "_locator_classes", None),
-                                                       list):
+             for name in _WRAPPED_LOCATORS]
+    bases = [b for b in bases if b is not None]
+    if impl is None or not bases or not isinstance(getattr(impl, "_locator_classes", None),
+                                                   list):
         return
     ours = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention") + os.sep
 

@@ -421,6 +421,19 @@ def test_the_attention_kernels_cache_is_kept_apart_per_vector_configuration_and_
     for f in (jit.partial_jit, jit.fused_decode, wide.fused_wide):
         assert os.path.basename(f._cache._cache_path) == tag
     assert os.path.basename(sieve_jit._count_ones._cache._cache_path) != tag
+    # Every place numba may put it (NUMBA_CACHE_DIR, __pycache__, the user-wide cache of
+    # a read-only install) is wrapped, ahead of numba's own.
+    from numba.core import caching
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    names = [c.__name__ for c in impl._locator_classes]
+    for base in simd._WRAPPED_LOCATORS:
+        assert names.index(f"Kernelrace{base}") < names.index(base)
+    wide_locator = next(c for c in impl._locator_classes
+                        if c.__name__ == "KernelraceUserWideCacheLocator")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    found = wide_locator.from_function(jit.partial_jit.py_func, jit.__file__)
+    assert os.path.basename(found.get_cache_path()) == tag
     env = {**os.environ, "KERNELRACE_VNNI": "0", "KERNELRACE_SIMD_LANES": "8"}
     other = subprocess.run([sys.executable, "-c", "from kernels import simd; "
                             "print(simd.cache_tag())"], env=env, capture_output=True,
