@@ -11,6 +11,9 @@ serving every vector. The function that calls it is marked to use the widest vec
 register.
 
 It is a building block, shared by any kernel: it knows arrays only as addresses.
+Importing it also keys numba's on-disk cache of the attention kernels, which compile
+these tiles in, by the vector configuration and this code (:func:`cache_tag`): it has to
+happen before their ``cache=True`` functions are defined, and they import this first.
 """
 
 from __future__ import annotations
@@ -108,8 +111,8 @@ _WRAPPED_LOCATORS = ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWide
 def _register_cache_locators() -> None:
     """Put the attention kernels' cache in a folder named by :func:`cache_tag` (beside
     numba's usual place: ``NUMBA_CACHE_DIR``, ``__pycache__`` or the user-wide cache of
-    a read-only install), so that each vector
-    configuration and each version of the code they compile in has entries of its own.
+    a read-only install), so that each vector configuration and each version of the
+    code they compile in has entries of its own.
     Through numba's locator list (``CacheImpl._locator_classes``, ``_CacheImpl`` in
     older versions); where a numba version lacks it, the cache stays numba's own."""
     try:

@@ -168,9 +168,7 @@ def test_dots_are_the_products_they_say(shape, name, add, scaled):
     d = 3 * L
     q = rng.standard_normal((rows, d + 5)).astype(np.float32)[:, :d]  # strided rows
     values = rng.standard_normal((cols, d + 3)).astype(np.float32) * 20
-    stored = {"float32": values,
-              "bfloat16": (values.view(np.uint32) >> 16).astype(np.uint16),
-              "int8": np.clip(np.round(values), -127, 127).astype(np.int8)}[name]
+    stored = _stored(values, name)
     spec = A.check_cache_dtype(name)
     k = stored[:, :d]
     widened = widen(np.ascontiguousarray(k), spec,
