@@ -631,3 +631,97 @@ def int_dots(rows: int, cols: int) -> Any:
 
     typer.__name__ = f"int_dots_{rows}x{cols}"
     return intrinsic(typer)
+
+
+#: The most tokens :func:`int_values` sums in int32 without overflow (|w| <= 32767,
+#: |a| <= 127: 512 x 32767 x 127 < 2^31).
+INT_VALUES_MAX_K = 512
+
+
+@functools.cache
+def int_values(rows: int, vectors: int) -> Any:
+    """The value pass of an int8 cache in integers, with AVX-512 VNNI.
+
+    ``int_values(a, lda, w, ldw, k, c, ldc, wsc, pf, npf)`` computes, for ``r < rows``
+    and the ``vectors * 16`` columns ``j``::
+
+        c[r * ldc + j] += wsc[r] * sum over t < k of w[r * ldw + t] * a[t * lda + j]
+
+    ``a`` int8 rows (the values), ``w`` int16 weights, ``c`` and ``wsc`` float32: byte
+    addresses, strides in elements; ``k`` even, at most :data:`INT_VALUES_MAX_K`. Each
+    step takes two tokens: their value rows are sign-extended to int16 and interleaved
+    (token t's and t+1's element j side by side in one int32 lane, an in-lane unpack)
+    and each row's weight pair is broadcast, so one ``vpdpwssd`` does two tokens' worth
+    of 16 columns for one row (a float32 FMA does one token's). The int32 sums are exact;
+    they are put back in column order, converted and scaled once, at the end. Like
+    :func:`widening_tile` it prefetches the ``npf`` lines from ``pf`` on, as many per
+    step as the step reads. Only where :data:`VNNI`.
+    """
+    if not VNNI or vectors % 2 or rows < 1 or rows * vectors + vectors + 1 > REGISTERS:
+        raise ValueError(f"int_values needs AVX-512 VNNI and an even number of vectors "
+                         f"that fit with the rows; got {rows} x {vectors}"
+                         f"{'' if VNNI else ' without VNNI'}")
+    chunks = vectors // 2  # 32 columns each: one load of 32 int8 per token
+    lo = [x for lane in range(4) for i in range(4) for x in (8 * lane + i, 32 + 8 * lane + i)]
+    hi = [x + 4 for x in lo]
+    # lo's int32 lanes hold columns 0-3, 8-11, 16-19, 24-27 of the chunk, hi's the rest
+    first = [0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23]
+    second = [x + 8 for x in first]
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
+        a, lda, w, ldw, k, c, ldc, wsc, pf, npf = args
+        per = (2 * 32 * chunks + 63) // 64  # lines a step reads
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VI32, None))
+                 for _ in range(vectors)] for _ in range(rows)]
+        fnty = ir.FunctionType(_VI32, [_VI32, _V16, _V16])
+        dp = builder.module.declare_intrinsic("llvm.x86.avx512.vpdpwssd.512", (), fnty)
+        with cgutils.for_range(builder, builder.sdiv(k, _I64(2))) as loop:
+            i = loop.index
+            for u in range(per):
+                line = builder.add(builder.mul(i, _I64(per)), _I64(u))
+                with builder.if_then(builder.icmp_signed("<", line, npf), likely=True):
+                    _prefetch(builder, builder.add(pf, builder.mul(line, _I64(64))))
+            t = builder.mul(i, _I64(2))
+            row0 = builder.add(a, builder.mul(t, lda))
+            row1 = builder.add(row0, lda)
+            pairs = []
+            for u in range(chunks):
+                x0, x1 = (builder.sext(builder.load(builder.inttoptr(
+                    builder.add(row, _I64(32 * u)), _V8.as_pointer()), align=1), _V16)
+                    for row in (row0, row1))
+                for mask in (lo, hi):
+                    pairs.append(builder.shuffle_vector(x0, x1, ir.Constant(
+                        ir.VectorType(_I32, 32), mask)))
+            for r in range(rows):
+                wp = builder.add(w, builder.mul(builder.add(builder.mul(_I64(r), ldw), t),
+                                                _I64(2)))
+                pair = builder.load(builder.inttoptr(wp, _I32.as_pointer()), align=4)
+                wv = builder.insert_element(ir.Constant(_VI32, ir.Undefined), pair, _I32(0))
+                wv = builder.bitcast(builder.shuffle_vector(
+                    wv, wv, ir.Constant(_VI32, [0] * 16)), _V16)
+                for j in range(vectors):
+                    acc = accs[r][j]
+                    builder.store(builder.call(dp, [builder.load(acc), wv, pairs[j]]), acc)
+        for r in range(rows):
+            scale = _splat(builder, builder.load(_pointer(builder, wsc, _I64(r), _F32), align=4))
+            crow = builder.mul(_I64(r), ldc)
+            for u in range(chunks):
+                lo_f, hi_f = (builder.sitofp(builder.load(accs[r][2 * u + h]), _vec())
+                              for h in (0, 1))
+                for half, order in enumerate((first, second)):
+                    total = builder.shuffle_vector(lo_f, hi_f, ir.Constant(_VI32, order))
+                    ptr = _pointer(builder, c, builder.add(crow, _I64(32 * u + 16 * half)),
+                                   _vec())
+                    builder.store(_call(builder, "fma", total, scale,
+                                        builder.load(ptr, align=4)), ptr, align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx: Any, a: Any, lda: Any, w: Any, ldw: Any, k: Any, c: Any,  # noqa: ARG001, PLR0913
+              ldc: Any, wsc: Any, pf: Any, npf: Any) -> Any:
+        sig = types.void(types.uintp, types.intp, types.uintp, types.intp, types.intp,
+                         types.uintp, types.intp, types.uintp, types.uintp, types.intp)
+        return sig, codegen
+
+    typer.__name__ = f"int_values_{rows}x{vectors}"
+    return intrinsic(typer)

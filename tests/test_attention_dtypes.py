@@ -53,28 +53,44 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     return p / p.sum()
 
 
+def _weight_rounding(p, v_lo, scale) -> np.ndarray:
+    """What rounding the softmax weights w_t = p_t scale_t of an int8 cache to int16 per
+    block can add to an output element (numba's integer value pass, docs/attention.md):
+    at most max_t w_t / 65534 per weight (the largest weight of any block), times
+    sum_t |v_int_t| = |v~_t| / scale_t."""
+    if scale is None:
+        return np.zeros(v_lo.shape[-1])
+    s = scale.astype(np.float64)
+    return (p * s).max() / 65534 * (np.abs(v_lo) / np.where(s > 0, s, 1)[:, None]).sum(axis=0)
+
+
 def _bound(low, exact, query) -> np.ndarray:
     """The bound of docs/attention.md on |decode(low) - reference(exact)| per output
     element. Rounding moves each score by at most eps = max_t sum_i |q_i| dk_ti, so each
     softmax weight by a factor within e^(+-2 eps); with p the exact weights,
-    |o~ - o| <= (e^(2 eps) - 1) sum_t p_t |v~_t| + sum_t p_t dv_t (MLA: in the latent
-    space, then through |W_UV|)."""
+    |o~ - o| <= (e^(2 eps) - 1) sum_t p_t |v~_t| + sum_t p_t dv_t, plus for int8 what
+    rounding the weights to int16 adds (:func:`_weight_rounding`, the factor e^(2 eps)
+    for the weights' own error); MLA: in the latent space, then through |W_UV|."""
     c = exact.config
     L = exact.length
     q = rotate_query(c, query, L - 1) * c.scale
     if isinstance(exact, A.KVCache):
         (_, dk), (v_lo, dv) = _perturbation(low, exact, "k"), _perturbation(low, exact, "v")
         keys = exact.dequantized("k").astype(np.float64)
+        vs = low.v_scale if low.kv_dtype.scaled else None
         out = np.empty(q.shape)
         for b in range(q.shape[0]):
             for h in range(q.shape[1]):
                 kh = h // c.group
                 p = _softmax(keys[b, kh, :L] @ q[b, h])
                 eps = np.max(dk[b, kh, :L] @ np.abs(q[b, h]))
-                out[b, h] = np.expm1(2 * eps) * (p @ np.abs(v_lo[b, kh, :L])) + p @ dv[b, kh, :L]
+                out[b, h] = np.expm1(2 * eps) * (p @ np.abs(v_lo[b, kh, :L])) + p @ dv[b, kh, :L] \
+                    + np.exp(2 * eps) * _weight_rounding(
+                        p, v_lo[b, kh, :L], None if vs is None else vs[b, kh, :L])
         return out
     (c_lo, dc), (_, dp) = _perturbation(low, exact, "c_kv"), _perturbation(low, exact, "k_pe")
     latent = exact.dequantized("c_kv").astype(np.float64)
+    cs = low.c_kv_scale if low.kv_dtype.scaled else None
     rope = exact.dequantized("k_pe").astype(np.float64)
     nope = c.qk_nope_head_dim
     q_lat = np.einsum("bhd,hdr->bhr", q[..., :nope], exact.w_uk.astype(np.float64))
@@ -83,7 +99,9 @@ def _bound(low, exact, query) -> np.ndarray:
         for h in range(q.shape[1]):
             p = _softmax(latent[b, :L] @ q_lat[b, h] + rope[b, :L] @ q[b, h, nope:])
             eps = np.max(dc[b, :L] @ np.abs(q_lat[b, h]) + dp[b, :L] @ np.abs(q[b, h, nope:]))
-            x = np.expm1(2 * eps) * (p @ np.abs(c_lo[b, :L])) + p @ dc[b, :L]
+            x = np.expm1(2 * eps) * (p @ np.abs(c_lo[b, :L])) + p @ dc[b, :L] \
+                + np.exp(2 * eps) * _weight_rounding(
+                    p, c_lo[b, :L], None if cs is None else cs[b, :L])
             out[b, h] = np.abs(exact.w_uv[h].astype(np.float64)) @ x
     return out
 

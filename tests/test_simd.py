@@ -237,6 +237,71 @@ def test_int_dots_need_vnni_and_sixteen_products():
         simd.int_dots(4, 2)
 
 
+@_needs_vnni
+@pytest.mark.parametrize("rows,vectors", [(4, 4), (1, 4), (4, 2), (1, 2), (2, 8)])
+@pytest.mark.parametrize("k", [0, 2, 128, 512])
+def test_int_values_are_exact_integer_sums_scaled(rows, vectors, k):
+    """c[r] += wsc[r] * w[r] @ a, from misaligned rows, columns beyond the tile's left
+    alone; at k = 512 with the extreme values (32767 x -127 in every term: -2.13e9,
+    just inside int32)."""
+    rng = np.random.default_rng(k + rows)
+    cols = vectors * 16
+    a = rng.integers(-127, 128, (max(k, 1), cols + 40)).astype(np.int8)[:, 3:]
+    w = rng.integers(0, 32768, (rows, k + 6)).astype(np.int16)
+    if k == 512:
+        a[:, 0] = -127
+        w[0] = 32767
+    c = rng.standard_normal((rows, cols + 8)).astype(np.float32)
+    wsc = rng.random(rows).astype(np.float32)
+    want = c.copy()
+    exact = w[:, :k].astype(np.int64) @ a[:k, :cols].astype(np.int64)
+    want[:, :cols] += wsc[:, None] * exact.astype(np.float32)
+    kernel = simd.int_values(rows, vectors)
+
+    @njit(nogil=True)
+    def run(a, w, k, c, wsc):
+        simd.widest()
+        kernel(a.ctypes.data, a.strides[0], w.ctypes.data, w.strides[0] // 2, k,
+               c.ctypes.data, c.strides[0] // 4, wsc.ctypes.data, a.ctypes.data, 2)
+
+    run(a, w, k, c, wsc)
+    np.testing.assert_allclose(c, want, rtol=3e-7, atol=1e-6)
+    np.testing.assert_array_equal(c[:, cols:], want[:, cols:])
+    if k == 512:
+        assert exact[0, 0] == 512 * 32767 * -127
+
+
+def test_int_values_need_vnni_and_pairs_of_vectors():
+    with pytest.raises(ValueError, match="even number of vectors"):
+        simd.int_values(4, 3)
+    with pytest.raises(ValueError, match="even number of vectors"):
+        simd.int_values(8, 4)  # 32 + 4 + 1 registers
+
+
+@njit(nogil=True, fastmath=jit.FASTMATH)
+def _quantize_w(sg, n, sv, wg):
+    return jit._quantize_weights(sg, n, sv, wg)
+
+
+@pytest.mark.parametrize("n", [128, 7, 1])
+def test_the_weights_are_scaled_and_round_to_int16_within_half_a_step(n):
+    rng = np.random.default_rng(n)
+    p = (rng.random(128) ** 4).astype(np.float32)
+    sv = (rng.random(128) + 0.5).astype(np.float32)
+    sg = p.copy()
+    wg = np.full(128, -1, np.int16)
+    scale = _quantize_w(sg, n, sv, wg)
+    w = p[:n] * sv[:n]
+    np.testing.assert_array_equal(sg[:n], w)
+    np.testing.assert_array_equal(sg[n:], p[n:])
+    assert scale == np.float32(w.max() / np.float32(32767))
+    back = wg[:n].astype(np.float64) * scale
+    assert np.all(np.abs(back - w) <= scale * 0.5 * (1 + 1e-5))
+    assert wg[:n].max() == 32767 and wg[:n].min() >= 0 and np.all(wg[n:] == -1)
+    zeros = np.zeros(8, np.float32)
+    assert _quantize_w(zeros, 8, sv, wg) == 0 and not wg[:8].any()
+
+
 @njit(nogil=True)
 def _quantize(qa, q16, qsc):
     jit._quantize_query(qa, q16, qsc)
@@ -263,6 +328,38 @@ def int_score_bound(q, k_widened):
     step = np.abs(q).max(axis=-1) / 65534  # per head
     e = float(step.max() * np.abs(k_widened).sum(axis=-1).max())
     return e, float(np.expm1(2 * e))
+
+
+def head_scores(q1, k1w, q2=None, k2w=None):
+    """[B, H, T] float64 scores of every query head against its KV head's widened keys."""
+    B, H, _ = q1.shape
+    G = H // k1w.shape[1]
+    out = np.empty((B, H, k1w.shape[2]))
+    for b in range(B):
+        for h in range(H):
+            out[b, h] = k1w[b, h // G] @ q1[b, h].astype(np.float64)
+            if q2 is not None and q2.shape[2]:
+                out[b, h] += k2w[b, h // G] @ q2[b, h].astype(np.float64)
+    return out
+
+
+def int_value_bound(scores, m, v_int, v_scale, t0, t1, block=jit.BLOCK):
+    """Largest change to the unnormalised value state o[b, h] (weights e^(s - m)) that
+    rounding each block's weights to int16 can make (kernels.attention.jit._quantize_weights,
+    the integer value pass): per block of ``block`` tokens from t0 and head, half a step,
+    max_t(e^(s_t - m) * scale_t) / 65534, per weight, times the sum of |v_int| over the
+    block's tokens, added over the blocks. [B, H, dv]."""
+    B, H, _ = scores.shape
+    G = H // v_int.shape[1]
+    out = np.zeros((B, H, v_int.shape[3]))
+    for b in range(B):
+        for h in range(H):
+            w = np.exp(scores[b, h, t0:t1] - m[b, h]) * v_scale[b, h // G, t0:t1]
+            for tb in range(t0, t1, block):
+                te = min(tb + block, t1)
+                out[b, h] += w[tb - t0 : te - t0].max() / 65534 * np.abs(
+                    v_int[b, h // G, tb:te].astype(np.float64)).sum(axis=0)
+    return out
 
 
 @njit(nogil=True)
@@ -332,8 +429,11 @@ def test_int8_scores_stay_within_the_query_rounding_bound(t0, t1):
         e, w = int_score_bound(problem.q1, kw[:, :, t0:t1]) if simd.VNNI else (0.0, 0.0)
         np.testing.assert_allclose(m, rm, rtol=1e-6, atol=1e-6 + e)
         np.testing.assert_allclose(l, rl, rtol=1e-5 + w)
-        np.testing.assert_allclose(o / l[..., None], ro / rl[..., None], rtol=0,
-                                   atol=(1e-5 + 2 * w) * float(np.abs(vw).max()))
+        # with VNNI the values are summed in integers too, the weights rounded to int16
+        vb = int_value_bound(head_scores(problem.q1, kw), rm, v, vs, t0, t1) * (1 + w) \
+            if simd.VNNI else 0.0
+        err = np.abs(o / l[..., None] - ro / rl[..., None])
+        assert np.all(err <= (1e-5 + 2 * w) * float(np.abs(vw).max()) + vb / rl[..., None])
 
 
 @pytest.mark.parametrize("name", ["mqa-wide", "mla-wide", "mqa"])  # mqa: 32 heads a group
@@ -354,10 +454,16 @@ def test_group_gemm_kernel_equals_the_generic_one(name, dtype, t0, t1):
         if dtype == "int8" and simd.VNNI and name == "mqa":  # partial_jit scores in int16
             e, w = int_score_bound(problem.q1, widen(k1[..., t0:t1, :], A.check_cache_dtype(
                 "int8"), ks1[..., t0:t1]))
+        vb = 0.0
+        if dtype == "int8" and simd.VNNI:  # partial_jit sums int8 values in integers
+            spec = A.check_cache_dtype("int8")
+            scores = head_scores(problem.q1, widen(k1, spec, ks1), problem.q2,
+                                 widen(k2, spec, ks2))
+            vb = int_value_bound(scores, m2, v, vs, t0, t1) * (1 + w)
         np.testing.assert_allclose(m1, m2, rtol=1e-5, atol=1e-5 + e)
         np.testing.assert_allclose(l1, l2, rtol=1e-5 + w)
-        np.testing.assert_allclose(o1, o2, rtol=2e-5,
-                                   atol=(2e-5 + w) * float(np.abs(o2).max()))
+        tol = 2e-5 * np.abs(o2) + (2e-5 + w) * float(np.abs(o2).max()) + vb
+        assert np.all(np.abs(o1 - o2) <= tol), float(np.max(np.abs(o1 - o2) - tol))
 
 
 def test_which_shapes_take_the_group_gemm_kernel():

@@ -422,6 +422,80 @@ def _values_tiled(s, V, tb, n, acc, pf, lines):
             g += rows
 
 
+#: int8 value rows summed in integers (AVX-512 VNNI, :func:`kernels.simd.int_values`):
+#: the block's softmax weights rounded to int16 per head, two tokens per instruction.
+_INT_VALUES = simd.VNNI and BLOCK <= simd.INT_VALUES_MAX_K
+_ivt = simd.int_values(4, 4) if _INT_VALUES else None
+_ivt_1 = simd.int_values(1, 4) if _INT_VALUES else None
+_ivt_v = simd.int_values(4, 2) if _INT_VALUES else None
+_ivt_1v = simd.int_values(1, 2) if _INT_VALUES else None
+
+
+@njit(nogil=True, fastmath=FASTMATH, inline="always")
+def _quantize_weights(sg, n, sv, wg):
+    """sg[t] *= sv[t], then wg[t] = round(sg[t] / scale) for t < n, with scale =
+    max(sg[:n]) / 32767 (returned; sg >= 0, an all-zero block gets scale 0): a block's
+    weights for one head, times the value rows' scales, in int16, each off by at most
+    scale / 2 = max(sg[:n]) / 65534."""
+    m0 = m1 = m2 = m3 = np.float32(0)
+    t = 0
+    while t + 4 <= n:
+        sg[t] *= sv[t]
+        sg[t + 1] *= sv[t + 1]
+        sg[t + 2] *= sv[t + 2]
+        sg[t + 3] *= sv[t + 3]
+        m0 = max(m0, sg[t])
+        m1 = max(m1, sg[t + 1])
+        m2 = max(m2, sg[t + 2])
+        m3 = max(m3, sg[t + 3])
+        t += 4
+    while t < n:
+        sg[t] *= sv[t]
+        m0 = max(m0, sg[t])
+        t += 1
+    mx = max(max(m0, m1), max(m2, m3))
+    inv = np.float32(32767) / mx if mx > 0 else np.float32(0)
+    for t in range(n):
+        wg[t] = np.int16(min(np.floor(sg[t] * inv + np.float32(0.5)), np.float32(32767)))
+    return mx / np.float32(32767)
+
+
+@njit(nogil=True, inline="always")
+def _values_int(w16, wsc, V, tb, n, acc, pf, lines):
+    """acc[g] += wsc[g] * sum over t < n of w16[g, t] * V[tb + t] for int8 rows of V and
+    an even ``n``, in integers (:data:`_ivt`): 4 heads by 64 columns (or 1 head, or 32
+    columns) a tile, prefetching the ``lines`` lines from ``pf`` on as it goes."""
+    if not _INT_VALUES:  # no VNNI: never called (pruned at compile time)
+        return
+    G, dv = acc.shape
+    ldv = V.strides[0]
+    ldw = w16.strides[0] // 2
+    ldo = acc.strides[0] // 4
+    row0 = V.ctypes.data + tb * ldv
+    for j0 in range(0, dv, 64):
+        full = j0 + 64 <= dv  # else the last 32 columns
+        per_call = (n // 2) * (2 if full else 1)
+        g = 0
+        while g < G:
+            four = g + 4 <= G
+            a = row0 + j0
+            wb = w16.ctypes.data + g * w16.strides[0]
+            out = acc.ctypes.data + g * acc.strides[0] + j0 * 4
+            sc = wsc.ctypes.data + g * 4
+            if full and four:
+                _ivt(a, ldv, wb, ldw, n, out, ldo, sc, pf, lines)
+            elif full:
+                _ivt_1(a, ldv, wb, ldw, n, out, ldo, sc, pf, lines)
+            elif four:
+                _ivt_v(a, ldv, wb, ldw, n, out, ldo, sc, pf, lines)
+            else:
+                _ivt_1v(a, ldv, wb, ldw, n, out, ldo, sc, pf, lines)
+            used = min(lines, per_call)
+            pf += used * 64
+            lines -= used
+            g += 4 if four else 1
+
+
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
 def _max(x, n, init):
     """max(init, x[:n]) with eight independent running maxima (no latency chain)."""
@@ -488,11 +562,15 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     # Narrow value rows: register tiles (bf16 and int8 GQA steps at 32k 1.11-1.24x faster,
     # paired); float32 rows keep _accumulate: with the tiles, 0.83x / 0.92x as fast there.
     tiledv = o.itemsize == 4 and v.itemsize < 4 and dv % simd.LANES == 0
+    # int8 value rows in integers where the CPU has VNNI (weights rounded to int16)
+    intv = _INT_VALUES and tiledv and v.itemsize == 1 and dv % 32 == 0
     # int8 keys in integers where the CPU has VNNI (GQA-like groups, no rotary part)
     intk = _INT_SCORES and tiled1 and k1.itemsize == 1 and G % 4 == 0 and d1 % 32 == 0 \
         and d1 <= simd.INT_DOTS_MAX_D and d2 == 0
     q16 = np.empty((G if intk else 0, d1), np.int16)
     qsc = np.empty(G, np.float32)
+    w16 = np.empty((G if intv else 0, BLOCK), np.int16)
+    wsc = np.empty(G, np.float32)
     mloc = np.empty(G, o.dtype)
     lloc = np.empty(G, o.dtype)
     ibuf = np.empty(BLOCK, np.int32)
@@ -541,7 +619,9 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                         total += sg[t]
                     lloc[g] = lloc[g] * corr + total
                     mloc[g] = mx
-                    if vscaled:  # each value row's scale, once per weight
+                    if intv:  # scaled, then rounded to int16 against their largest
+                        wsc[g] = _quantize_weights(sg, n, SV[tb : tb + n], w16[g])
+                    elif vscaled:  # each value row's scale, once per weight
                         for t in range(n):
                             sg[t] *= SV[tb + t]
                     if corr != 1:
@@ -550,8 +630,14 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                 if tiledv:
                     nxt = min(tb + 2 * BLOCK, t1)
                     lines = max(0, nxt - tb - BLOCK) * V.strides[0] // 64
-                    _values_tiled(s, V, tb, n, acc, V.ctypes.data + (tb + BLOCK) * V.strides[0],
-                                  lines)
+                    pf = V.ctypes.data + (tb + BLOCK) * V.strides[0]
+                    if intv:
+                        even = n - n % 2
+                        _values_int(w16, wsc, V, tb, even, acc, pf, lines)
+                        if even < n:  # the last token in float
+                            _values_tiled(s[:, even:], V, tb + even, 1, acc, pf, 0)
+                    else:
+                        _values_tiled(s, V, tb, n, acc, pf, lines)
                 else:
                     _accumulate(s, V, tb, n, acc, t1)
             for g in range(G):
