@@ -319,6 +319,35 @@ def _exp_nonpositive(builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
 exp_nonpositive = _unary("exp_nonpositive", _exp_nonpositive.__doc__, _exp_nonpositive)
 
 
+def _horizontal(name: str, doc: str, combine: Any) -> Any:
+    def typer(typingctx: Any, x: Any) -> Any:  # noqa: ARG001
+        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+            v = args[0]
+            width = LANES
+            while width > 1:  # fold the upper half onto the lower
+                width //= 2
+                mask = ir.Constant(ir.VectorType(_I32, LANES),
+                                   [width + (j % width) for j in range(LANES)])
+                v = combine(builder, v, builder.shuffle_vector(v, v, mask))
+            return builder.extract_element(v, _I32(0))
+
+        return types.float32(vector), codegen
+
+    typer.__name__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+def _max_select(builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return builder.select(builder.fcmp_ordered(">", x, y), x, y)
+
+
+hmax = _horizontal("hmax", "The largest lane, as a float32 (lanes are not NaN).",
+                   _max_select)
+vmax_fast = _binary("vmax_fast", "Lane-wise maximum of lanes that are not NaN (one "
+                    "``vmaxps``).", _max_select)
+
+
 @intrinsic
 def zero(typingctx: Any) -> Any:  # noqa: ARG001
     """The vector of zeros."""

@@ -373,6 +373,24 @@ def _widen_and_exp(x, bits, out_w, out_e):
                    simd.exp_nonpositive(simd.load(x.ctypes.data + 4 * j)))
 
 
+@njit(nogil=True)
+def _maxima(x, y, out):
+    simd.widest()
+    simd.store(out.ctypes.data, simd.vmax_fast(simd.load(x.ctypes.data),
+                                               simd.load(y.ctypes.data)))
+    return simd.hmax(simd.load(x.ctypes.data))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vector_maxima_lane_wise_and_across(seed):
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((2, L)).astype(np.float32)
+    x[seed % L] = 7.5  # the largest lane anywhere
+    out = np.empty(L, np.float32)
+    assert _maxima(x, y, out) == 7.5
+    np.testing.assert_array_equal(out, np.maximum(x, y))
+
+
 @pytest.mark.parametrize("name", ["float32", "bfloat16", "float16", "int8"])
 def test_vector_loads_widen_like_the_scalar_kernels(name):
     spec = A.check_cache_dtype(name)
