@@ -137,7 +137,8 @@ def test_command_writes_json_atomically(tmp_path, capsys):
     assert doc["numba"]["simd_lanes"] == simd.LANES
     want = "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles"
     assert doc["numba"]["int8_scores"] == want
-    assert f"int8 keys scored in {doc['numba']['int8_scores']}" in printed
+    assert doc["numba"]["int8_values"] == want
+    assert f"int8 scores and values in {want}" in printed
     assert "primesieve_python" in doc["anchors"] and "torch" in doc["anchors"]
     assert doc["matmul"]["gflops"]["1"] > 0
     # The FMA probe round-trips through the file beside the matmul figure.

@@ -81,6 +81,12 @@ def test_report_from_real_asv_results(project, tmp_path, capsys):
                      "--out", str(tmp_path / "out2")]) == 0
     assert ("numba 0.68, threading layer omp; kernels in 16-lane float32 vectors, int8 keys "
             "scored in integers (AVX-512 VNNI)") in (tmp_path / "out2" / "report.md").read_text()
+    doc["numba"].update(int8_values="integers (AVX-512 VNNI)")  # this version's calibration
+    machine.write_text(json.dumps(doc))
+    assert cli_main(["report", "--results", str(results), "--machine", str(machine),
+                     "--out", str(tmp_path / "out3")]) == 0
+    assert ("kernels in 16-lane float32 vectors, int8 scores and values in integers "
+            "(AVX-512 VNNI)") in (tmp_path / "out3" / "report.md").read_text()
     # The track with params (size,) is joined to the time benchmark by name:
     # 4e6 bytes in numba's 4-unit time -> a GB/s column and a share of read bandwidth.
     assert "GB/s" in text and "of read bw" in text

@@ -158,11 +158,22 @@ def blas_info() -> list[dict[str, Any]]:
     return [{k: d.get(k) for k in keep if k in d} for d in threadpool_info()]
 
 
+def int8_paths(nb: dict[str, Any]) -> str:
+    """How a calibration's int8 kernels ran, in words: scores and values (calibrations
+    from before the integer value pass record the scores only)."""
+    values = nb.get("int8_values")
+    if values is None:
+        return f"int8 keys scored in {nb['int8_scores']}"
+    if values == nb["int8_scores"]:
+        return f"int8 scores and values in {values}"
+    return f"int8 scores in {nb['int8_scores']}, values in {values}"
+
+
 def numba_info() -> dict[str, Any]:
     """numba's version, thread count and threading layer (after a parallel run), and how
     the register-tiled kernels compile here (:mod:`kernels.simd`): float32 lanes per
-    vector, and whether int8 keys are scored in integers (AVX-512 VNNI) or in float
-    tiles, which the int8 figures depend on."""
+    vector, and whether an int8 cache's scores and values are summed in integers (AVX-512
+    VNNI) or in float tiles, which the int8 figures depend on."""
     import numba
 
     from kernels import simd
@@ -172,6 +183,7 @@ def numba_info() -> dict[str, Any]:
         "num_threads": int(numba.config.NUMBA_NUM_THREADS),
         "simd_lanes": simd.LANES,
         "int8_scores": "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles",
+        "int8_values": "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles",
     }
     try:
         info["threading_layer"] = numba.threading_layer()
@@ -445,8 +457,7 @@ def summary(doc: dict[str, Any]) -> str:
     lines.append(f"numba    {nb['version']}, threading layer {nb.get('threading_layer')}, "
                  f"{nb['num_threads']} threads")
     if "simd_lanes" in nb:  # calibrations from before these fields lack them
-        lines.append(f"kernels  {nb['simd_lanes']} float32 lanes per vector, int8 keys scored "
-                     f"in {nb['int8_scores']}")
+        lines.append(f"kernels  {nb['simd_lanes']} float32 lanes per vector, {int8_paths(nb)}")
     mib = doc["bandwidth"]["array_bytes"] / MiB
     for kind in BANDWIDTH_KINDS:
         per = doc["bandwidth_gbps"][kind]

@@ -405,10 +405,12 @@ def _machine_section(machine: dict[str, Any] | None, asv_machine: dict[str, Any]
     out.append(f"- NumPy {machine.get('numpy', {}).get('version')}, BLAS "
                + (", ".join(f"{b.get('internal_api')} {b.get('version')} "
                             f"({b.get('num_threads')} threads)" for b in blas) or "unknown"))
+    from kernels.harness.machine import int8_paths
+
     nb = machine.get("numba", {})
     out.append(f"- numba {nb.get('version')}, threading layer {nb.get('threading_layer')}"
-               + (f"; kernels in {nb['simd_lanes']}-lane float32 vectors, int8 keys scored "
-                  f"in {nb['int8_scores']}" if "simd_lanes" in nb else ""))
+               + (f"; kernels in {nb['simd_lanes']}-lane float32 vectors, "
+                  + int8_paths(nb) if "simd_lanes" in nb else ""))
     a = machine.get("anchors", {})
     out.append("- anchors: primesieve " + (a.get("primesieve_python") or "absent")
                + " (python), " + (a.get("primesieve_cli") or "absent") + " (CLI); torch "
