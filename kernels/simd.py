@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
+import shutil
 from typing import Any
 
 from llvmlite import ir
@@ -102,6 +104,27 @@ def cache_tag() -> str:
     return f"simd{LANES}{'-vnni' if VNNI else ''}-{digest.hexdigest()[:16]}"
 
 
+_TAG = re.compile(r"simd(8|16)(-vnni)?-([0-9a-f]{16})")
+
+
+@functools.cache
+def _prune_stale(parent: str) -> None:
+    """Remove the cache folders in ``parent`` that earlier versions of the code left
+    (their :func:`cache_tag` hash is not this code's): nothing would load them again,
+    and each holds a few MB of compiled kernels. Folders of this code in another vector
+    configuration stay. Once per folder and process; a folder that cannot be removed (in
+    use, read-only) is left."""
+    current = cache_tag().rsplit("-", 1)[1]
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = _TAG.fullmatch(name)
+        if match and match.group(3) != current:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 #: numba's locators the attention kernels' cache goes through, in numba's order:
 #: ``NUMBA_CACHE_DIR``, the package's ``__pycache__``, and the user-wide cache numba
 #: falls back to where the package folder is read-only.
@@ -131,7 +154,9 @@ def _register_cache_locators() -> None:
     def make(base: Any) -> type:
         class Locator(base):  # type: ignore[misc, valid-type]
             def get_cache_path(self) -> str:
-                return os.path.join(super().get_cache_path(), cache_tag())
+                parent = super().get_cache_path()
+                _prune_stale(parent)
+                return os.path.join(parent, cache_tag())
 
             @classmethod
             def from_function(cls, py_func: Any, py_file: str) -> Any:

@@ -569,3 +569,32 @@ def test_the_attention_kernels_cache_is_kept_apart_per_vector_configuration_and_
         assert simd.cache_tag().split("-")[-1] != tag.split("-")[-1]
     finally:
         simd.cache_tag.cache_clear()
+
+
+def test_cache_folders_of_earlier_code_are_removed_and_the_rest_kept(tmp_path, monkeypatch):
+    """The locators prune their folder once per process: an earlier version's folders
+    go (any configuration), this version's in other configurations and anything not
+    named like a tag stay."""
+    current = simd.cache_tag().rsplit("-", 1)[1]
+    old = "0123456789abcdef"
+    keep = sorted({simd.cache_tag(), f"simd8-{current}", f"simd16-vnni-{current}",
+                   "simd16-vnni-xyz", "jit.partial_jit-1.py311.nbi", "other"})
+    gone = [f"simd16-vnni-{old}", f"simd8-{old}", f"simd16-{old}"]
+    for name in keep + gone:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "entry.nbc").write_bytes(b"x")
+    simd._prune_stale(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+    # through a locator: numba's user-wide place, under a fresh XDG_CACHE_HOME
+    from numba.core import caching
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    wide_locator = next(c for c in impl._locator_classes
+                        if c.__name__ == "KernelraceUserWideCacheLocator")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    found = wide_locator.from_function(jit.partial_jit.py_func, jit.__file__)
+    parent = os.path.dirname(found.get_cache_path())
+    os.makedirs(os.path.join(parent, f"simd16-{old}"))
+    simd._prune_stale.cache_clear()
+    found.get_cache_path()
+    assert not os.path.exists(os.path.join(parent, f"simd16-{old}"))
