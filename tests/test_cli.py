@@ -112,6 +112,29 @@ def test_verify_reports_a_crash_as_a_failure(monkeypatch, capsys) -> None:
     assert "ZeroDivisionError: kernel crashed" in capsys.readouterr().out
 
 
+def test_verify_asks_what_is_available_before_it_runs_anything(monkeypatch, capsys) -> None:
+    """Asking loads torch, which must come before numba's first parallel kernel starts
+    OpenMP threads: else torch would run on numba's libgomp, and the attention module
+    warns (in the middle of `make bench`'s verify)."""
+    log = []
+    real = registry.strategies
+
+    def strategies(kernel, *a, **k):
+        log.append(("available?", kernel))
+        return real(kernel, *a, **k)
+
+    monkeypatch.setattr(registry, "strategies", strategies)
+    monkeypatch.setattr(registry, "variants", lambda kernel, **kw: [("numpy", None)])
+    for kernel in registry.kernel_names():
+        module = registry.kernel_module(kernel)
+        monkeypatch.setattr(module, "verify",
+                            lambda s, i, w, kernel=kernel: log.append(("verify", kernel)) or [])
+    assert cli.main(["verify"]) == 0
+    first = log.index(next(e for e in log if e[0] == "verify"))
+    asked = {k for what, k in log[:first] if what == "available?"}
+    assert asked == set(registry.kernel_names())
+
+
 # ---------------------------------------------------------------------------
 # run
 # ---------------------------------------------------------------------------

@@ -96,6 +96,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     kernels = [args.kernel] if args.kernel else list(registry.kernel_names())
+    # Asked first: asking whether torch is there loads it, which has to happen before
+    # numba's parallel kernels start their OpenMP threads (kernels.attention warns).
+    unavailable = [
+        f"{i.kernel}:{i.name} ({i.reason})"
+        for k in kernels
+        for i in registry.strategies(k)
+        if not i.available
+    ]
     rows = []
     failed = 0
     for kernel in kernels:
@@ -120,12 +128,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 )
                 print(f"  {kernel} {registry.label(strategy, inner)} w={workers}", file=sys.stderr)
     _table(["kernel", "strategy", "workers", "checks", "result", "detail"], rows)
-    unavailable = [
-        f"{i.kernel}:{i.name} ({i.reason})"
-        for k in kernels
-        for i in registry.strategies(k)
-        if not i.available
-    ]
     if unavailable:
         print("not checked, unavailable here: " + "; ".join(unavailable))
     print(f"{len(rows) - failed} passed, {failed} failed")
