@@ -26,7 +26,9 @@ unavailable, without it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import logging
 import os
 import warnings
@@ -35,7 +37,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernels.executors import Executor, _forget, resolve_workers
+from kernels.executors import Executor, _forget, resolve_workers, shutdown_pools
 
 #: The environment variable holding a scheduler address (``tcp://HOST:PORT``).
 SCHEDULER_ENV = "KERNELRACE_SCHEDULER"
@@ -54,6 +56,17 @@ KEPT_OWNERS = 2
 #: items. Like a binary counter: O(log n) blocks per worker, each item copied O(log n)
 #: times as a cache grows one token per step.
 MERGE_RATIO = 2
+
+
+@functools.cache
+def _close_ours_first() -> None:
+    """At exit, close the warm pools before Dask's own exit hook closes the clusters:
+    exit hooks run newest first, and Dask's was registered when Dask was imported, after
+    kernels.executors registered :func:`shutdown_pools`. Ours closes each cluster quietly
+    (:meth:`DaskExecutor.close`); Dask's, in any order, printed one's shutdown to stderr at
+    INFO (14 lines at the end of ``kernelrace verify``)."""
+    atexit.register(shutdown_pools)
+
 
 # Set in each LocalCluster worker before it imports anything: one BLAS/OpenMP/numba
 # thread per single-threaded worker process, so that ``workers=k`` means k cores.
@@ -281,6 +294,7 @@ class DaskExecutor(Executor):
                 f"the distributed strategy needs Dask ({exc}); pip install '.[distributed]'"
             ) from None
         self._cluster: Any = None
+        _close_ours_first()
         if self.address is None:
             with warnings.catch_warnings():
                 # Without a dashboard the scheduler still serves /health on 8787, or on a
@@ -591,8 +605,15 @@ class DaskExecutor(Executor):
             self._release(shards)
         self._closed = True
         _forget(self)
-        with contextlib.suppress(Exception):
-            self._client.close(timeout=10)
-        if self._cluster is not None:
+        # Dask's loggers are quiet while a cluster we started lives (silence_logs), and
+        # each cluster puts back the levels it found as it closes: with two clusters
+        # closed in another order than they started (Dask's own exit hook closes them in
+        # any order), the last one's shutdown went to stderr at INFO, 14 lines.
+        from distributed.utils import silence_logging_cmgr
+
+        with silence_logging_cmgr(logging.CRITICAL):
             with contextlib.suppress(Exception):
-                self._cluster.close(timeout=30)
+                self._client.close(timeout=10)
+            if self._cluster is not None:
+                with contextlib.suppress(Exception):
+                    self._cluster.close(timeout=30)

@@ -510,3 +510,19 @@ def test_a_cluster_with_no_worker_for_a_moment_is_waited_for(monkeypatch):
             with pytest.raises(RuntimeError, match="has no worker"):
                 executor._addresses(2)
         assert client.waited
+
+
+def test_a_script_with_two_clusters_ends_without_dask_logs():
+    """Two warm clusters (1 and 2 workers), closed at exit: Dask's INFO lines about
+    retiring workers and closing nannies stay quiet (they filled the end of
+    ``kernelrace verify``), and the answers are right."""
+    pytest.importorskip("distributed")
+    code = ("from kernels import sieve\n"
+            "for w in (1, 2):\n"
+            "    print(sieve.count_primes(10_000, strategy='distributed', inner='numpy',"
+            " workers=w))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1229", "1229"]
+    assert " - INFO - " not in done.stderr, done.stderr
