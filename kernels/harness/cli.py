@@ -97,7 +97,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     kernels = [args.kernel] if args.kernel else list(registry.kernel_names())
     # Asked first: asking whether torch is there loads it, which has to happen before
-    # numba's parallel kernels start their OpenMP threads (kernels.attention warns).
+    # numba's parallel kernels start their OpenMP threads (the kernel using torch warns).
     unavailable = [
         f"{i.kernel}:{i.name} ({i.reason})"
         for k in kernels
