@@ -437,23 +437,9 @@ def _quantize_weights(sg, n, sv, wg):
     max(sg[:n]) / 32767 (returned; sg >= 0, an all-zero block gets scale 0): a block's
     weights for one head, times the value rows' scales, in int16, each off by at most
     scale / 2 = max(sg[:n]) / 65534."""
-    m0 = m1 = m2 = m3 = np.float32(0)
-    t = 0
-    while t + 4 <= n:
+    for t in range(n):
         sg[t] *= sv[t]
-        sg[t + 1] *= sv[t + 1]
-        sg[t + 2] *= sv[t + 2]
-        sg[t + 3] *= sv[t + 3]
-        m0 = max(m0, sg[t])
-        m1 = max(m1, sg[t + 1])
-        m2 = max(m2, sg[t + 2])
-        m3 = max(m3, sg[t + 3])
-        t += 4
-    while t < n:
-        sg[t] *= sv[t]
-        m0 = max(m0, sg[t])
-        t += 1
-    mx = max(max(m0, m1), max(m2, m3))
+    mx = _max32(sg, n, np.float32(0))
     inv = np.float32(32767) / mx if mx > 0 else np.float32(0)
     for t in range(n):
         wg[t] = np.int16(min(np.floor(sg[t] * inv + np.float32(0.5)), np.float32(32767)))
