@@ -178,12 +178,13 @@ def numba_info() -> dict[str, Any]:
 
     from kernels import simd
 
+    int8 = "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles"  # scores and values
     info: dict[str, Any] = {
         "version": numba.__version__,
         "num_threads": int(numba.config.NUMBA_NUM_THREADS),
         "simd_lanes": simd.LANES,
-        "int8_scores": "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles",
-        "int8_values": "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles",
+        "int8_scores": int8,
+        "int8_values": int8,
     }
     try:
         info["threading_layer"] = numba.threading_layer()
