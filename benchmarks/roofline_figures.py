@@ -46,10 +46,12 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return float(q[1]), float(q[0]), float(q[2])
 
 
-def _timed(fn) -> float:
+def _timed(fn, repeats: int = 1) -> float:
+    """Seconds per call of ``fn`` over ``repeats`` calls in a row."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
 
 
 def preset_rounds(preset: str, context: int, workers: int, rounds: int,

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
+from benchmarks.roofline_figures import _timed
 from kernels import attention as A
 from kernels.harness.machine import cpu_model
 from kernels.harness.probes import ReadStream
@@ -37,13 +37,6 @@ from kernels.harness.probes import ReadStream
 PER_WORKER_BYTES = 512 * 1024
 BLOCK_TOKENS = 128
 SMALL_REPEATS = 20
-
-
-def _timed(fn, repeats: int = 1) -> float:
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
 
 
 def small_tokens(case_bytes: int, context: int, workers: int) -> int:
