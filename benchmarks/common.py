@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -181,19 +182,24 @@ def race(calls: dict[Any, Callable[[], Any]], rounds: int = RACE_ROUNDS,
     (``python -m benchmarks.race_company``). And the
     order changes every round, turned by one place and, every other round, reversed,
     so that no callable always follows the same neighbour or always comes before its
-    pair's other side.
+    pair's other side. A callable with a ``settle_s`` attribute (a BLAS matmul,
+    :class:`kernels.harness.probes.MatmulStream`) is followed by that many seconds of
+    sleep, untimed, so that its threads' spinning is not charged to the next one.
     """
     # Imported here for the reason paired_ratios gives.
     from kernels.harness.timing import perf_counter
 
     keys = list(calls)
     number, warm = {}, {}
+    settle = {key: getattr(calls[key], "settle_s", 0.0) for key in keys}
     for key in keys:
         t0 = perf_counter()
         calls[key]()
         once = max(perf_counter() - t0, 1e-9)
         number[key] = max(1, math.ceil(sample_s / once))
         warm[key] = once < warm_s
+        if settle[key]:
+            time.sleep(settle[key])
     times: dict[Any, list[float]] = {key: [] for key in keys}
     for r in range(rounds):
         turn = r % len(keys) if keys else 0
@@ -206,6 +212,8 @@ def race(calls: dict[Any, Callable[[], Any]], rounds: int = RACE_ROUNDS,
             for _ in range(n):
                 fn()
             times[key].append((perf_counter() - t0) / n)
+            if settle[key]:
+                time.sleep(settle[key])
     return times
 
 

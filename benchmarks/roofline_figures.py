@@ -27,6 +27,7 @@ import numpy as np
 from kernels import attention as A
 from kernels.harness.machine import cpu_model
 from kernels.harness.probes import (
+    MatmulStream,
     ReadStream,
     measure_fma_gflops,
     measure_fma_widest,
@@ -34,11 +35,6 @@ from kernels.harness.probes import (
 )
 
 MATMUL_N = 2048
-#: Seconds to wait after the matmul: OpenBLAS's threads spin for about 0.1 s after a call
-#: (2^28 cycles) before they sleep, and would steal a core from whatever the round times
-#: next (a torch step took 2-3x longer right after one). Shortening the spin instead
-#: (OPENBLAS_THREAD_TIMEOUT) made the matmul itself 10-15% slower.
-BLAS_SPIN_SECONDS = 0.2
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -66,9 +62,9 @@ def preset_rounds(preset: str, context: int, workers: int, rounds: int,
         fields = cases["numba"].fields
         nbytes = fields["cache_bytes"] + fields["weight_bytes"]
         flops = fields["flops"]
+        matmul = MatmulStream(MATMUL_N, workers)
         sides = {**{s: c.run for s, c in cases.items()},
-                 "matmul": lambda: measure_matmul_gflops(MATMUL_N, workers, 1),
-                 "read": stream.gbps}
+                 "matmul": matmul.gflops, "read": stream.gbps}
         names = list(sides)
         times: dict[str, list[float]] = {n: [] for n in names}
         gflops, gbps = [], []
@@ -76,8 +72,8 @@ def preset_rounds(preset: str, context: int, workers: int, rounds: int,
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
                 if name == "matmul":
-                    gflops.append(sides[name]()[0])
-                    time.sleep(BLAS_SPIN_SECONDS)
+                    gflops.append(sides[name]())
+                    time.sleep(matmul.settle_s)  # BLAS's threads stop spinning
                 elif name == "read":
                     gbps.append(sides[name]())
                 else:

@@ -41,6 +41,7 @@ from kernels.harness.probes import (  # noqa: F401 - re-exported: benchmarks imp
     FMA_DTYPES,
     FMA_METHOD,
     GiB,
+    MatmulStream,
     MiB,
     ReadStream,
     _kernels,

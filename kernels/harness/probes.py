@@ -5,7 +5,8 @@ that measure the limits a kernel is judged against.
   copy two (read + write), triad three; write-allocate traffic is not counted. Arrays
   should be far larger than the last-level cache (the default is 1 GiB per array).
   :class:`ReadStream` is one read pass for a benchmark to pair with its own work.
-- float32 matmul through NumPy's BLAS: what a tuned GEMM reaches.
+- float32 matmul through NumPy's BLAS: what a tuned GEMM reaches; :class:`MatmulStream`
+  is one matmul for a benchmark to pair with its own work.
 - Independent FMAs in a numba loop (:func:`measure_fma_gflops`): the core's arithmetic
   peak, the roof for a kernel that cannot be shaped as a GEMM. Its accumulators stay
   in vector registers (8 independent chains per lane, 16 dependent FMAs between a load
@@ -193,25 +194,55 @@ def measure_bandwidth(nbytes: int, workers_list: list[int], repeats: int = 5
         del arrays
 
 
+class MatmulStream:
+    """Two float32 ``n x n`` matrices and one timed matmul through NumPy's BLAS on
+    ``workers`` threads: the rate :func:`measure_matmul_gflops` measures, for a benchmark
+    to time call by call beside its own work, as :class:`ReadStream` is for the read.
+
+    After a call OpenBLAS's threads spin for about 0.1 s (2^28 cycles) before they
+    sleep, and would take a core from whatever runs next: a torch decode step took
+    2-3x longer right after a matmul. A caller that times something else next waits
+    :attr:`settle_s` first (:func:`benchmarks.common.race` does, untimed). Shortening
+    the spin instead (OPENBLAS_THREAD_TIMEOUT) made the matmul itself 10-15% slower.
+    """
+
+    #: Seconds to leave BLAS's threads to fall asleep after a call.
+    settle_s = 0.2
+
+    def __init__(self, n: int = DEFAULT_MATMUL_N, workers: int = 1) -> None:
+        if isinstance(n, bool) or int(n) < 1:
+            raise ValueError(f"n must be an int >= 1 (matrix side), got {n!r}")
+        self.n, self.workers = int(n), _check_workers(workers)
+        np = _np()
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((self.n, self.n), dtype=np.float32)
+        self.b = rng.standard_normal((self.n, self.n), dtype=np.float32)
+        self.out = np.empty((self.n, self.n), dtype=np.float32)
+        #: FLOPs of one call: a multiply and an add per inner-product term.
+        self.flops = 2 * self.n**3
+
+    def seconds(self, workers: int | None = None) -> float:
+        """Seconds of one matmul on ``workers`` BLAS threads (default: the stream's)."""
+        from kernels.executors import limit_threads
+
+        np = _np()
+        w = self.workers if workers is None else _check_workers(workers)
+        with limit_threads(w, numba_pool=False):
+            _, seconds = timing.time_once(np.matmul, self.a, self.b, self.out)
+        return seconds
+
+    def gflops(self, workers: int | None = None) -> float:
+        """GFLOP/s (1e9 FLOP/s) of one matmul on ``workers`` threads."""
+        return self.flops / self.seconds(workers) / 1e9
+
+
 def measure_matmul_gflops(n: int = DEFAULT_MATMUL_N, workers: int = 1, repeats: int = 5
                           ) -> list[float]:
-    """GFLOP/s (2 n^3 / s / 1e9) of each timed float32 ``n x n`` matmul through NumPy's BLAS.
-
-    BLAS is capped at ``workers`` threads with ``limit_threads``.
-    """
-    from kernels.executors import limit_threads
-
-    if isinstance(n, bool) or int(n) < 1:
-        raise ValueError(f"n must be an int >= 1 (matrix side), got {n!r}")
-    workers = _check_workers(workers)
-    np = _np()
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    out = np.empty((n, n), dtype=np.float32)
-    with limit_threads(workers):
-        _, times = _median_seconds(lambda: np.matmul(a, b, out=out), repeats)
-    return [2.0 * n**3 / t / 1e9 for t in times]
+    """GFLOP/s (2 n^3 / s / 1e9) of each timed float32 ``n x n`` matmul through NumPy's BLAS
+    (:class:`MatmulStream`), after one untimed call; BLAS capped at ``workers`` threads."""
+    stream = MatmulStream(n, workers)
+    stream.seconds()  # warm-up: BLAS's threads start, the pages are touched
+    return [stream.gflops() for _ in range(max(1, repeats))]
 
 
 
