@@ -13,7 +13,9 @@
   timed again in a process of its own (the report checks them against ``TimeDecode``).
 - The race (``_race``, the ``setup_cache`` of every ratio class below): for each
   strategy, a process of its own times a step of numpy on 1 worker and of the strategy
-  at 1 and 2 workers on the same cache, and a read pass over 1 GiB on 1 and 2 threads,
+  at 1 and 2 workers on the same cache, a read pass over 1 GiB on 1 and 2 threads and,
+  where a step can be compute-bound (MQA and MLA at the longest context), a float32
+  2048 x 2048 BLAS matmul on 1 and 2 threads,
   one sample of each per round, 12 rounds, at every point of ``TimeDecode``,
   ``TimeDecodeBatch8``, ``TimeMLA`` and ``TimeDecodeDtype`` the strategy runs in
   (:func:`race_group`):
@@ -21,6 +23,7 @@
     strategy's: the report's "speedup vs numpy@1", with its interval;
   - ``Scaling*.track_speedup_2_workers``: 1 worker / 2 workers (parallel efficiency);
   - ``ShareOfReadBw*.track_share_of_read_bw``: the step's GB/s over the read pass's;
+  - ``ShareOfMatmul*.track_share_of_matmul``: the step's GFLOP/s over the matmul's;
   - ``DtypeSpeedup.track_speedup_over_float32``: float32's step over bf16's, fp16's,
     int8's.
 - ``PeakMemory.peakmem_decode``: resident set of a process holding the cache and
@@ -31,6 +34,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import pathlib
 import shutil
@@ -41,7 +46,7 @@ import numpy as np
 
 from kernels import attention, registry
 from kernels.attention.config import StepCost as Cost
-from kernels.harness.machine import ReadStream
+from kernels.harness.machine import MatmulStream, ReadStream
 
 from .common import (
     COLD_START_LABELS,
@@ -374,6 +379,16 @@ DTYPE_GRID = (TimeDecodeDtype.params[0], TimeDecodeDtype.params[1], TimeDecodeDt
 DTYPE_LABELS = TimeDecodeDtype.params[3]
 BATCH8_PRESETS = TimeDecodeBatch8.params[0]
 READ = "read"  # a race member: one read pass over 1 GiB (ReadStream) on `workers` threads
+# A race member: one float32 2048 x 2048 matmul through BLAS (MatmulStream, the matmul
+# `kernelrace machine` calibrates) on `workers` threads, followed by its settle time.
+MATMUL = "matmul"
+# The points that race the matmul pass as well: the longest context of TimeDecode and
+# TimeMLA, at presets whose step does at least this many FLOP per byte it reads
+# (cache and weights, analytic). Such a step can be compute-bound: a CPU's float32
+# matmul rate is 8-10x its read bandwidth in GB/s here (209-252 GFLOP/s against 26-27
+# GB/s). GQA and MHA (at most 2 FLOP per byte in float32) cannot. Each pass costs
+# about 0.3 s a sample with its settle time, so it is not raced where it says nothing.
+COMPUTE_INTENSITY = 4.0
 # Strategies whose race has no read pass, as a precaution: torch's steps beside it (numba's
 # OpenMP threads in the process, its libgomp beside torch's own) took 0.76-1.21x numpy's
 # speed at GQA 32k on 2 workers, against 1.15-1.34x without it, in 4 races of 6 rounds
@@ -400,27 +415,52 @@ def _race_case(key: tuple) -> registry.Case:
     return _case(name, context, workers, preset, dtype=dtype)
 
 
+def _compute_point(table: str, *params: object) -> bool:
+    """Whether the race times the matmul pass at this point of ``table`` (a time
+    benchmark's name, its parameters before strategy and workers): see
+    :data:`COMPUTE_INTENSITY`."""
+    if table == "TimeDecode":
+        preset, context = params
+        if context != max(CONTEXTS):
+            return False
+        cost = attention.step_cost(attention.PRESETS[preset], context)
+    elif table == "TimeMLA":
+        preset, impl, context = params
+        if context != max(MLA_GRID[2]):
+            return False
+        cost = attention.step_cost(attention.PRESETS[preset], context, mla_impl=impl)
+    else:
+        return False
+    return cost.intensity >= COMPUTE_INTENSITY
+
+
 def _race_points(label: str) -> list[list[tuple]]:
     """The points of ``label``'s race, each as the keys raced together: every
     preset and context of ``TimeDecode``; ``TimeDecodeBatch8``'s and ``TimeMLA``'s points
     for their strategies; ``TimeDecodeDtype``'s for its. Each point races ``numpy`` on
     1 worker (where the table has it) and the strategy at 1 and 2 workers
-    (:func:`race_members`), and the read pass at 1 and 2 threads (not beside
+    (:func:`race_members`), the read pass at 1 and 2 threads and, at the points of
+    :func:`_compute_point`, the matmul pass at 1 and 2 threads (neither beside
     :data:`NO_READ_PASS`)."""
     members = sorted(race_members(label), key=lambda m: m[0] == "numpy")
-    reads = [] if label in NO_READ_PASS else [(READ, w) for w in WORKERS]
-    points = [[("TimeDecode", p, c, *m) for m in members + reads]
+    passes = [] if label in NO_READ_PASS else [(READ, w) for w in WORKERS]
+    matmuls = [] if label in NO_READ_PASS else [(MATMUL, w) for w in WORKERS]
+
+    def others(*point: object) -> list[tuple]:
+        return passes + (matmuls if _compute_point(*point) else [])
+
+    points = [[("TimeDecode", p, c, *m) for m in members + others("TimeDecode", p, c)]
               for p in PRESETS for c in CONTEXTS]
     if label in TimeDecodeBatch8.params[1]:
-        points += [[("TimeDecodeBatch8", p, *m) for m in members + reads]
+        points += [[("TimeDecodeBatch8", p, *m) for m in members + passes]
                    for p in BATCH8_PRESETS]
     if label in TimeMLA.params[3]:
-        points += [[("TimeMLA", p, i, c, *m) for m in members + reads]
+        points += [[("TimeMLA", p, i, c, *m) for m in members + others("TimeMLA", p, i, c)]
                    for p in MLA_GRID[0] for i in MLA_GRID[1] for c in MLA_GRID[2]]
     if label in DTYPE_LABELS:
         points += [[("TimeDecodeDtype", p, c, d, label, w)
                     for d in DTYPE_GRID[2] for w in WORKERS]
-                   + [("TimeDecodeDtype", p, c, "float32", *r) for r in reads]
+                   + [("TimeDecodeDtype", p, c, "float32", *r) for r in passes]
                    for p in DTYPE_GRID[0] for c in DTYPE_GRID[1]]
     return points
 
@@ -431,21 +471,31 @@ def race_group(label: str) -> dict:
     same cache, each run once, then one step of each timed in rounds
     (:func:`benchmarks.common.race`); the cases are closed before the next point's are
     built. ``raced["bytes"]`` keeps each member's bytes per call (the cache's, or the
-    read pass's array) for :class:`ShareOfReadBw`."""
-    raced: dict = {"times": {}, "failed": {}, "bytes": {}}
-    stream: list[ReadStream] = []
+    read pass's array) for :class:`ShareOfReadBw`, ``raced["flops"]`` its FLOPs per
+    call (the step's, analytic, or the matmul's) for :class:`ShareOfMatmul`."""
+    raced: dict = {"times": {}, "failed": {}, "bytes": {}, "flops": {}}
+    streams: dict = {}  # one read array and one matmul pair for the group, made when first raced
     for keys in _race_points(label):
         cases: dict = {}
 
         def make(*key: object, cases: dict = cases) -> object:
             *_, name, workers = key
             if name == READ:
-                if not stream:  # one array for the group, made when first raced
-                    stream.append(ReadStream(workers=max(WORKERS)))
-                raced["bytes"][key] = stream[0].nbytes
-                return lambda: stream[0].gbps(workers)
+                if READ not in streams:
+                    streams[READ] = ReadStream(workers=max(WORKERS))
+                raced["bytes"][key] = streams[READ].nbytes
+                return lambda: streams[READ].gbps(workers)
+            if name == MATMUL:
+                if MATMUL not in streams:
+                    streams[MATMUL] = MatmulStream(workers=max(WORKERS))
+                mm = streams[MATMUL]
+                raced["flops"][key] = mm.flops
+                call = functools.partial(mm.seconds, workers)
+                call.settle_s = mm.settle_s  # race() sleeps it off after each sample
+                return call
             case = cases[key] = _race_case(key)
             raced["bytes"][key] = case.fields["cache_bytes"]
+            raced["flops"][key] = case.fields["flops"]
             return case.run
 
         # The strategy's cases are built first (_race_points): torch loaded after
@@ -557,6 +607,39 @@ class ShareOfReadBw(_TableRatio):
         return self.ratio(100 * self.raced["bytes"][step] / self.raced["bytes"][read])
 
 
+class ShareOfMatmul(_TableRatio):
+    """Share of the machine's float32 matmul rate one decode step reaches (%): in each
+    round of the race, the step's FLOPs (analytic, :class:`StepCost`) over its time,
+    divided by a 2048 x 2048 BLAS matmul's FLOPs over its time on as many threads (the
+    matmul ``kernelrace machine`` measures), both timed in the same round. Raced only
+    where a step can be compute-bound (:func:`_compute_point`): MQA and MLA at the
+    longest context. With :class:`ShareOfReadBw` it puts the row on its roofline."""
+
+    unit = "%"
+    TIME = TimeDecode
+
+    @classmethod
+    def grid(cls, params: list, names: list[str]) -> tuple[list, list[str]]:
+        """The time benchmark's grid cut to the points :func:`_compute_point` races
+        (a product of each parameter's values that reach one), less
+        :data:`NO_READ_PASS`: asv starts a process for every point of a grid."""
+        at = names.index("strategy")
+        points = [p for p in itertools.product(*params[:at])
+                  if _compute_point(cls.TIME.__name__, *p)]
+        cut = [[v for v in values if any(p[i] == v for p in points)]
+               for i, values in enumerate(params[:at])]
+        return cls.strategies([*cut, *params[at:]], names, NO_READ_PASS), names
+
+    def sides(self, *params: object) -> tuple:
+        *grid, label, workers = params
+        table = self.TIME.__name__
+        return label, (table, *grid, MATMUL, workers), (table, *grid, label, workers)
+
+    def track_share_of_matmul(self, raced: dict, *params: object) -> dict:
+        matmul, step = self.keys
+        return self.ratio(100 * self.raced["flops"][step] / self.raced["flops"][matmul])
+
+
 class VersusNumpyBatch8(VersusNumpy):
     """As :class:`VersusNumpy`, for ``TimeDecodeBatch8`` (8 sequences, context 8192)."""
 
@@ -589,6 +672,12 @@ class ScalingMLA(Scaling):
 
 class ShareOfReadBwMLA(ShareOfReadBw):
     """As :class:`ShareOfReadBw`, for ``TimeMLA``."""
+
+    TIME = TimeMLA
+
+
+class ShareOfMatmulMLA(ShareOfMatmul):
+    """As :class:`ShareOfMatmul`, for ``TimeMLA`` (its longest context)."""
 
     TIME = TimeMLA
 

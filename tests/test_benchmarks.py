@@ -111,6 +111,35 @@ def test_the_race_times_every_call_each_round_in_a_changing_order(monkeypatch) -
     assert (order.count("b"), order.count("c"), order.count("a")) == (19, 7, 4)
 
 
+def test_the_race_sleeps_off_a_calls_settle_time_untimed(monkeypatch) -> None:
+    """A call with ``settle_s`` (a BLAS matmul, whose threads spin on after it) is
+    followed by that much sleep after its sizing call and after each sample, and the
+    sleep is charged to no call: the next call's sample starts after it."""
+    from kernels.harness import timing
+
+    common = _suite("common")
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    def call(cost: float):
+        def run() -> None:
+            now[0] += cost
+        return run
+
+    monkeypatch.setattr(timing, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(common.time, "sleep", sleep)
+    matmul = call(0.1)
+    matmul.settle_s = 0.2
+    times = common.race({"step": call(0.06), "matmul": matmul}, rounds=3,
+                        sample_s=0.005, warm_s=0.05)
+    assert times == {"step": pytest.approx([0.06] * 3), "matmul": pytest.approx([0.1] * 3)}
+    assert [s for s in slept if s] == [0.2] * 4  # once sized, then after each of 3 samples
+
+
 def test_race_ratios_divide_round_by_round_within_one_group_and_skip_or_fail() -> None:
     common = _suite("common")
 
@@ -156,7 +185,8 @@ def test_a_suites_race_runs_once_and_its_keys_are_the_time_benchmarks_points(sui
     another suite's. The keys a ratio reads are points of the suite's time benchmark, in
     its parameter order, so the report joins each ratio to its row; where a suite races
     the points of several time benchmarks (attention), a key starts with the name of the
-    benchmark's class. The read pass (``READ``) may stand in the strategy's place."""
+    benchmark's class. The read pass (``READ``) and the matmul pass (``MATMUL``) may
+    stand in the strategy's place."""
     from asv_runner.benchmarks._base import get_setup_cache_key
 
     module = _suite(suite)
@@ -171,7 +201,7 @@ def test_a_suites_race_runs_once_and_its_keys_are_the_time_benchmarks_points(sui
                      and c.__module__ == module.__name__ and c.__name__.startswith("Time")
                      and c.__name__ in ("TimeCountPrimes", "TimeEstimatePi", "TimeDecode",
                                         "TimeRender")]
-    read = getattr(module, "READ", None)
+    passes = [getattr(module, name) for name in ("READ", "MATMUL") if hasattr(module, name)]
     for cls in ratios:
         first = [values[0] for values in cls.params]
         group, *keys = cls().sides(*first)
@@ -183,7 +213,7 @@ def test_a_suites_race_runs_once_and_its_keys_are_the_time_benchmarks_points(sui
                 assert set(cls.param_names) <= set(timed.param_names)
             grid = list(timed.params)
             at = timed.param_names.index("strategy")
-            grid[at] = [*grid[at], read]
+            grid[at] = [*grid[at], *passes]
             assert len(key) == len(grid)
             assert all(v in values for v, values in zip(key, grid, strict=True)), key
 
@@ -257,3 +287,52 @@ def test_each_attention_table_has_the_step_counts_of_its_own_calls() -> None:
         attention_config.step_cost(mla, 8192).weight_bytes)
     assert module.StepCost().track_step_flops("mqa", 32768) == (
         attention_config.step_cost(attention.PRESETS["mqa"], 32768).flops)
+
+
+def test_attention_races_the_matmul_pass_only_where_a_step_can_be_compute_bound(
+        monkeypatch) -> None:
+    """The matmul pass joins a race point at the longest context of presets whose step
+    does at least COMPUTE_INTENSITY FLOP per byte (MQA, MLA: not GQA or MHA, at most 2),
+    never in torch's race; ShareOfMatmul's grid is cut to those points; and a group's
+    race times the pass with its FLOPs and the step's analytic FLOPs beside it, so that
+    the share is the step's GFLOP/s over the matmul's in the same rounds."""
+    from kernels import attention
+
+    module = _suite("bench_attention")
+    mm = module.MATMUL
+    with_mm = [tuple(k[:-2]) for keys in module._race_points("numba") for k in keys
+               if k[-2] == mm and k[-1] == 1]
+    assert ("TimeDecode", "mqa", 32768) in with_mm and ("TimeDecode", "mla", 32768) in with_mm
+    assert not any(p[0] == "TimeDecode" and p[1] in ("gqa", "mha") for p in with_mm)
+    assert not any(p[0] == "TimeDecode" and p[2] != 32768 for p in with_mm)
+    assert ("TimeMLA", "mla", "absorbed", 8192) in with_mm
+    assert not any(k[-2] == mm for keys in module._race_points("torch") for k in keys)
+    for preset in ("gqa", "mha"):
+        cost = attention.step_cost(attention.PRESETS[preset], 32768)
+        assert cost.intensity < module.COMPUTE_INTENSITY
+    assert module.ShareOfMatmul.params[:2] == (["mqa", "mla"], [32768])
+    assert "torch" not in module.ShareOfMatmul.params[2]
+    assert module.ShareOfMatmulMLA.params[2] == [8192]
+
+    # One small point, for real, with a small matmul.
+    from kernels.harness import probes
+
+    class Small(probes.MatmulStream):
+        settle_s = 0.001
+
+        def __init__(self, n: int = 64, workers: int = 1) -> None:
+            super().__init__(64, workers)
+
+    monkeypatch.setattr(module, "MatmulStream", Small)
+    point = [("TimeDecode", "mqa", 1024, "numpy", 1), ("TimeDecode", "mqa", 1024, mm, 1)]
+    monkeypatch.setattr(module, "_race_points", lambda label: [point])
+    raced = module.race_group("numpy")
+    assert set(raced["times"]) == set(point)
+    assert raced["flops"][point[1]] == 2 * 64**3
+    assert raced["flops"][point[0]] == attention.step_cost(attention.PRESETS["mqa"], 1024).flops
+    share = module.ShareOfMatmul()
+    share.setup({"groups": {"numpy": raced}, "failed": {}}, "mqa", 1024, "numpy", 1)
+    step_t, mm_t = raced["times"][point[0]], raced["times"][point[1]]
+    expected = [100 * (raced["flops"][point[0]] / s) / (2 * 64**3 / m)
+                for s, m in zip(step_t, mm_t, strict=True)]
+    assert share.track_share_of_matmul(None)["samples"] == pytest.approx(expected)

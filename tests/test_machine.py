@@ -49,6 +49,17 @@ def test_matmul_gflops():
     assert 0.01 < g < 100_000
 
 
+def test_matmul_stream_times_one_blas_matmul_and_computes_it():
+    import numpy as np
+
+    stream = machine.MatmulStream(96, workers=cpu_count())
+    assert stream.flops == 2 * 96**3 and stream.settle_s > 0
+    g = stream.gflops(1)
+    assert math.isfinite(g) and 0.01 < g < 100_000
+    np.testing.assert_allclose(stream.out, stream.a.astype(np.float64) @ stream.b,
+                               rtol=1e-4, atol=1e-3)
+
+
 def test_fma_probe_returns_a_positive_rate_per_run():
     samples = machine.measure_fma_gflops("float64", 1, repeats=2, seconds=0.01)
     assert len(samples) == 2 and all(math.isfinite(g) and 0.01 < g < 100_000 for g in samples)
@@ -102,6 +113,8 @@ def test_fma_figures_are_read_back_per_dtype_workers_and_width():
     (lambda: machine.measure_fma_gflops("float32", 0), "workers must be >= 1"),
     (lambda: machine.measure_fma_gflops("float32", 1, seconds=0), "seconds must be in"),
     (lambda: machine.ReadStream(1024, workers=0), "workers must be >= 1"),
+    (lambda: machine.MatmulStream(0), "n must be"),
+    (lambda: machine.MatmulStream(8, workers=0), "workers must be >= 1"),
 ])
 def test_bad_input_is_refused_before_work(call, message):
     with pytest.raises(ValueError, match=message):

@@ -823,6 +823,51 @@ def test_attention_roofline_share_and_bound(tmp_path):
     assert (mla["of matmul peak"], mla["of roofline"], mla["bound"]) == ("80%", "80%", "compute")
 
 
+def test_a_paired_share_of_matmul_sets_the_row_its_roofline_and_the_anchors(tmp_path):
+    """``track_share_of_matmul`` (percent) stands in for *of matmul peak* where the suite
+    raced the matmul pass; *of roofline* then carries the interval of the share it
+    takes. torch's race has no matmul pass: its share is its paired speed-up times
+    numpy's paired share at its workers, over numpy's own 2-over-1 speed-up. A row
+    without a paired share keeps the ratio of medians, bare."""
+    benches = _attention_benches()
+    rate = {"mha": 19.0, "gqa": 38.0, "mla": 152.0}
+    benches["bench_attention.Decode.time_decode"]["params"][0].append("torch")
+    benches["bench_attention.Bandwidth.track_gflops"] = {
+        "param_names": ["preset", "context", "strategy", "workers"],
+        "params": [list(rate), [1024, 8192], ["numpy", "numba", "torch"], [1, 2]],
+        "values": lambda p: rate[p["preset"]], "type": "track", "unit": "GFLOP/s"}
+    share = {("numba", 2): 60.0, ("numpy", 2): 30.0, ("numpy", 1): 40.0}
+    benches["bench_attention.ShareOfMatmul.track_share_of_matmul"] = {
+        "param_names": ["strategy", "preset", "context", "workers"],
+        "params": [["numpy", "numba"], ["mla"], [8192], [1, 2]],
+        "values": lambda p: share.get((p["strategy"], p["workers"]), float("nan")),
+        "type": "track", "unit": "%", "rounds": 12}
+    benches["bench_attention.VersusNumpy.track_speedup_over_numpy"] = {
+        "param_names": ["strategy", "preset", "context", "workers"],
+        "params": [["torch"], ["mla"], [8192], [2]],
+        "values": lambda p: 3.0, "type": "track", "unit": "x", "rounds": 12}
+    benches["bench_attention.Scaling.track_speedup_2_workers"] = {
+        "param_names": ["strategy", "preset", "context"],
+        "params": [["numpy"], ["mla"], [8192]],
+        "values": lambda p: 1.5, "type": "track", "unit": "x", "rounds": 12}
+    results = tmp_path / "asv"
+    write_asv_results(results, benches)
+    machine = _machine_json(tmp_path / "machine.json", {"1": 20.0, "2": 32.0})
+    text, _ = report.build_report(results, machine, tmp_path / "out")
+    mla = _header_cells(text, "of roofline", "| numba | mla |", "| 8,192 | 2 |")
+    assert (mla["of matmul peak"], mla["of roofline"], mla["bound"]) == (
+        "60% [54, 66]", "60% [54, 66]", "compute")
+    # torch@2: 3 [2.7, 3.3] x 30% [27, 33] / 1.5 [1.35, 1.65] = 60% [44, 81].
+    torch = _header_cells(text, "of roofline", "| torch | mla |", "| 8,192 | 2 |")
+    assert torch["of matmul peak"] == "60% [44, 81]" == torch["of roofline"]
+    # gqa is memory-bound and unpaired: both bare; so is mla at 1,024.
+    gqa = _header_cells(text, "of roofline", "| numba | gqa |", "| 8,192 | 2 |")
+    assert (gqa["of matmul peak"], gqa["of roofline"], gqa["bound"]) == (
+        "20%", "50%", "memory")
+    assert _header_cells(text, "of roofline", "| numba | mla |", "| 1,024 | 2 |")[
+        "of matmul peak"] == "80%"
+
+
 # ---------------------------------------------------------------------------
 # The FMA probe in the report: roofline, attention, Monte Carlo, Mandelbrot (issue 15)
 # ---------------------------------------------------------------------------

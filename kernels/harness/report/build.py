@@ -528,10 +528,12 @@ def _how_to_read() -> list[str]:
         "other and from the calibration; a shared machine's speed drifts in between, so "
         "it carries no interval, and a *parallel eff.* or *of read bw* above 100% is that "
         "drift. Where a paired figure exists it is in the cell, and *of roofline* follows "
-        "a paired *of read bw*. Where the two sides cannot share a process (an anchor "
-        "that races beside the baseline only), *speed vs anchor* is the quotient of the "
-        "two paired speed-ups over the baseline and *of read bw* the row's speed-up times "
-        "the baseline's paired share, each interval the widest its parts allow "
+        "the paired *of read bw* and *of matmul peak* (the latter raced only where a "
+        "step can be compute-bound). Where the two sides cannot share a process (an "
+        "anchor that races beside the baseline only), *speed vs anchor* is the quotient "
+        "of the two paired speed-ups over the baseline and *of read bw* (*of matmul "
+        "peak*) the row's speed-up times the baseline's paired share, each interval the "
+        "widest its parts allow "
         "(docs/report.md, \"Paired figures in the rows\").",
         "",
     ]

@@ -11,6 +11,8 @@ from typing import Any
 from kernels.harness.report.model import PAIRED_RATIOS, PairedFigure, Row, Table, sort_key
 
 BASELINE = "numpy"
+#: The Derived fields that are shares of a machine limit, each a roofline's side.
+SHARES = ("bw_fraction", "flops_fraction")
 
 
 def _spec(kernel: str) -> Any:
@@ -133,11 +135,12 @@ def _paired(d: Derived, r: Row, table: Table) -> None:
     if "anchor" not in d.paired and via is not None:
         d.paired["anchor"] = via
         d.anchor = via.value
-    via = _share_via_baseline(r, table)
-    if "bw_fraction" not in d.paired and via is not None:
-        d.paired["bw_fraction"] = via
-        d.bw_fraction = via.value
-    if "bw_fraction" in d.paired:
+    for share in SHARES:
+        via = _share_via_baseline(r, table, share)
+        if share not in d.paired and via is not None:
+            d.paired[share] = via
+            setattr(d, share, via.value)
+    if any(share in d.paired for share in SHARES):
         _roofline(d)
 
 
@@ -170,18 +173,19 @@ def _anchor_via_baseline(r: Row, table: Table) -> PairedFigure | None:
     return _quotient(mine, theirs)
 
 
-def _share_via_baseline(r: Row, table: Table) -> PairedFigure | None:
-    """Share of read bandwidth where the row's own race has no read pass (torch: numba's
-    threads in its process slow it), from three paired figures of the same point:
-    the row's speed-up over the baseline on 1 worker (its own race), the baseline's
-    share at the row's workers, and, above 1 worker, the baseline's own speed-up from 1
-    to that many workers (both in the baseline's race): bytes / (t x read rate) =
-    (t_base1 / t) x bytes / (t_base_w x read rate) x (t_base_w / t_base1). The interval
-    is the widest the three intervals allow. None without all of them."""
+def _share_via_baseline(r: Row, table: Table, share: str) -> PairedFigure | None:
+    """A row's ``share`` (of read bandwidth, or of the matmul rate) where its own race
+    has no read or matmul pass (torch: numba's threads in its process slow it), from
+    three paired figures of the same point: the row's speed-up over the baseline on 1
+    worker (its own race), the baseline's share at the row's workers, and, above 1
+    worker, the baseline's own speed-up from 1 to that many workers (both in the
+    baseline's race): bytes / (t x read rate) = (t_base1 / t) x bytes / (t_base_w x
+    read rate) x (t_base_w / t_base1), and the same with FLOPs and the matmul rate. The
+    interval is the widest the three intervals allow. None without all of them."""
     key = (r.strategy, r.size, r.workers, r.facet)
     mine = table.paired.get("speedup", {}).get(key)
     base_key = (BASELINE, r.size, r.workers, r.facet)
-    base = table.paired.get("bw_fraction", {}).get(base_key)
+    base = table.paired.get(share, {}).get(base_key)
     if mine is None or base is None:
         return None
     if not r.workers or r.workers == 1:
@@ -268,10 +272,16 @@ def _rates(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> 
 
 
 def _roofline(d: Derived) -> None:
-    """The larger of the row's two shares, and which limit it is; unset without both."""
+    """The larger of the row's two shares, and which limit it is; unset without both.
+    Where the larger share is a paired figure, so is the roofline's (its interval)."""
     if d.bw_fraction is not None and d.flops_fraction is not None:
         d.roofline = max(d.bw_fraction, d.flops_fraction)
         d.bound = "memory" if d.bw_fraction >= d.flops_fraction else "compute"
+        fig = d.paired.get("bw_fraction" if d.bound == "memory" else "flops_fraction")
+        if fig is not None:
+            d.paired["roofline"] = fig
+        else:
+            d.paired.pop("roofline", None)
 
 
 def _op_count(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> None:

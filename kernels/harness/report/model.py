@@ -175,6 +175,7 @@ PAIRED_RATIOS: dict[str, PairedRatio] = {
     "track_speedup_2_workers": PairedRatio("efficiency", workers=2, scale=2.0),
     "track_time_over_primesieve": PairedRatio("anchor", workers=1, inverse=True),
     "track_share_of_read_bw": PairedRatio("bw_fraction", scale=100.0),
+    "track_share_of_matmul": PairedRatio("flops_fraction", scale=100.0),
 }
 
 

@@ -148,7 +148,8 @@ def _derived_columns(table: Table, ds: list[Derived]) -> list[Column]:
     if any(d.gflops is not None for d in ds):
         cols.append(("GFLOP/s", lambda r, d: fmt_number(d.gflops)))
     if any(d.flops_fraction is not None for d in ds):
-        cols.append(("of matmul peak", lambda r, d: fmt_percent(d.flops_fraction)))
+        cols.append(("of matmul peak",
+                     lambda r, d: fmt_paired(d, "flops_fraction", fmt_percent)))
     if any(d.ops_rate is not None for d in ds):
         from kernels.harness.report.arithmetic import count_for
 
@@ -158,7 +159,7 @@ def _derived_columns(table: Table, ds: list[Derived]) -> list[Column]:
     if any(d.fma_fraction is not None for d in ds):
         cols.append(("of FMA peak", lambda r, d: fmt_percent(d.fma_fraction)))
     if any(d.roofline is not None for d in ds):
-        cols.append(("of roofline", lambda r, d: fmt_percent(d.roofline)))
+        cols.append(("of roofline", lambda r, d: fmt_paired(d, "roofline", fmt_percent)))
         cols.append(("bound", lambda r, d: d.bound or "-"))
     return cols
 
