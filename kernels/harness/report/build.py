@@ -297,8 +297,9 @@ def _headline_section(headline: list[list[str]]) -> list[str]:
         return []
     return ["## Headline: fastest strategy per kernel", "",
             f"At the largest size where `{BASELINE}` on 1 worker ran (else the largest); the "
-            "fastest by the medians below. A speed-up with *[low, high]* is paired in "
-            "alternation with its 99% interval (see How to read).",
+            f"fastest by its speed-up over `{BASELINE}`@1, which is paired where it has "
+            "*[low, high]* (timed in alternation with the baseline, in one process, with "
+            "its 99% interval: see How to read), else by the medians below.",
             "",
             markdown_table(["kernel", "benchmark", "size", "workers", "fastest",
                             "median", f"speedup vs {BASELINE}@1"], headline), ""]

@@ -175,8 +175,21 @@ def render_table(table: Table, derived: dict[int, Derived]) -> str:
     return markdown_table([c for c, _ in cols], body)
 
 
+def fastest(rows: list[Row], derived: dict[int, Derived]) -> Row:
+    """The fastest of ``rows`` (one size): by the speed-up over the baseline where every
+    row has one, which is the paired figure where the suite's race gave it (each
+    strategy's time against the baseline's in the same rounds of one process, so a
+    process that ran slow for its life does not make its strategy look slow); else by
+    the medians, each timed in a process of its own."""
+    ups = [derived[id(r)].speedup for r in rows]
+    if all(u is not None for u in ups):
+        return max(zip(rows, ups, strict=True), key=lambda ru: ru[1])[0]
+    return min(rows, key=lambda r: r.seconds)
+
+
 def headline_rows(t: Table, derived: dict[int, Derived]) -> list[list[str]]:
-    """Per facet, the fastest strategy at the baseline's largest size (:func:`baseline_size`)."""
+    """Per facet, the fastest strategy (:func:`fastest`) at the baseline's largest size
+    (:func:`baseline_size`)."""
     if not t.sizes:
         return []
     size = baseline_size(t, derived)
@@ -185,7 +198,7 @@ def headline_rows(t: Table, derived: dict[int, Derived]) -> list[list[str]]:
         rows = [r for r in t.rows if r.size == size and r.facet == facet]
         if not rows:
             continue
-        best = min(rows, key=lambda r: r.seconds)
+        best = fastest(rows, derived)
         name = asvresults.function_of(t.benchmark.name)
         if facet:
             name += f" [{facet_title(facet)}]"
