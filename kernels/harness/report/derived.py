@@ -280,8 +280,6 @@ def _roofline(d: Derived) -> None:
         fig = d.paired.get("bw_fraction" if d.bound == "memory" else "flops_fraction")
         if fig is not None:
             d.paired["roofline"] = fig
-        else:
-            d.paired.pop("roofline", None)
 
 
 def _op_count(d: Derived, r: Row, table: Table, machine: dict[str, Any] | None) -> None:
