@@ -67,8 +67,8 @@ REGISTERS = 32 if LANES == 16 else 16
 def _vnni() -> bool:
     """Whether :func:`int_dots` can run: AVX-512 VNNI on this CPU, 16 lanes, numba
     compiling for this CPU (not ``NUMBA_CPU_NAME=generic``, nor features without VNNI),
-    and not switched off with ``KERNELRACE_VNNI=0`` (to run and test the float path on a
-    VNNI CPU)."""
+    and not switched off with ``KERNELRACE_VNNI=0`` (to run and test the ``vpmaddwd``
+    tiles on a VNNI CPU)."""
     from numba.core import config
 
     if os.environ.get("KERNELRACE_VNNI", "").strip() == "0":
@@ -81,8 +81,38 @@ def _vnni() -> bool:
 
 
 #: AVX-512 VNNI (``vpdpwssd``: 32 int16 products summed in pairs into 16 int32 lanes, one
-#: instruction) is there for the int8 score tiles of :func:`int_dots`.
+#: instruction) is there for the int8 tiles of :func:`int_dots` and :func:`int_values`.
 VNNI = _vnni()
+
+
+def _int_madd() -> str:
+    """The integer multiply-add of the int8 tiles (:func:`int_dots`, :func:`int_values`):
+    ``"vnni"`` (:data:`VNNI`), ``"pmaddwd"`` (``vpmaddwd`` and an add: AVX2 at 8 lanes,
+    AVX-512BW at 16), or ``""``: none, the int8 caches stay in float tiles (numba
+    compiling for another CPU, or ``KERNELRACE_INT_TILES=0``, which keeps the float tiles
+    for running and testing them on any CPU)."""
+    from numba.core import config
+
+    if os.environ.get("KERNELRACE_INT_TILES", "").strip() == "0":
+        return ""
+    if VNNI:
+        return "vnni"
+    if config.CPU_NAME not in (None, "", "host"):
+        return ""
+    need = "+avx512bw" if LANES == 16 else "+avx2"
+    if config.CPU_FEATURES and need not in str(config.CPU_FEATURES).split(","):
+        return ""
+    return "pmaddwd" if need in _host_features() else ""
+
+
+#: How the int8 tiles multiply and add in integers here (:func:`_int_madd`); ``""``: they
+#: are not used.
+INT_MADD = _int_madd()
+
+#: :data:`INT_MADD` in words, for the calibration and the report.
+INT_MADD_WORDS = {"vnni": "integers (AVX-512 VNNI)",
+                  "pmaddwd": f"integers ({'AVX-512BW' if LANES == 16 else 'AVX2'} vpmaddwd)",
+                  "": "float tiles"}[INT_MADD]
 
 
 #: Source files whose code the attention kernels compile into their own (the tiles here,
@@ -93,18 +123,18 @@ _CACHE_DEPENDS = (__file__, os.path.join(os.path.dirname(__file__), "attention",
 @functools.cache
 def cache_tag() -> str:
     """What numba's on-disk cache of the attention kernels must also match: the vector
-    configuration (:data:`LANES`, :data:`VNNI`) and a hash of :data:`_CACHE_DEPENDS`.
+    configuration (:data:`LANES`, :data:`INT_MADD`) and a hash of :data:`_CACHE_DEPENDS`.
     numba stamps a cached function with its own source file only, so without this a
-    changed tile here, or ``KERNELRACE_SIMD_LANES`` / ``KERNELRACE_VNNI`` set
-    differently, would load code compiled for the old one."""
+    changed tile here, or ``KERNELRACE_SIMD_LANES`` / ``KERNELRACE_VNNI`` /
+    ``KERNELRACE_INT_TILES`` set differently, would load code compiled for the old one."""
     digest = hashlib.sha256()
     for path in _CACHE_DEPENDS:
         with open(path, "rb") as f:
             digest.update(f.read())
-    return f"simd{LANES}{'-vnni' if VNNI else ''}-{digest.hexdigest()[:16]}"
+    return f"simd{LANES}{'-' + INT_MADD if INT_MADD else ''}-{digest.hexdigest()[:16]}"
 
 
-_TAG = re.compile(r"simd(8|16)(-vnni)?-([0-9a-f]{16})")
+_TAG = re.compile(r"simd(8|16)(-vnni|-pmaddwd)?-([0-9a-f]{16})")
 
 
 @functools.cache
@@ -613,42 +643,60 @@ def dots(rows: int, cols: int) -> Any:
 #: The widest reduction :func:`int_dots` sums without overflowing int32.
 INT_DOTS_MAX_D = 512
 
-_V16 = ir.VectorType(ir.IntType(16), 32)
-_V8 = ir.VectorType(ir.IntType(8), 32)
-_VI32 = ir.VectorType(_I32, 16)
+#: One vector of int16 (2 LANES of them), of int8 (as many, loaded to be widened) and of
+#: int32 (LANES).
+_V16 = ir.VectorType(ir.IntType(16), 2 * LANES)
+_V8 = ir.VectorType(ir.IntType(8), 2 * LANES)
+_VI32 = ir.VectorType(_I32, LANES)
+
+
+def _madd(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
+    """acc + the int16 products x * y summed in pairs (int32 lane j gets x[2j] y[2j] +
+    x[2j+1] y[2j+1]): one ``vpdpwssd`` with VNNI, else ``vpmaddwd`` and an add."""
+    if INT_MADD == "vnni":
+        fnty = ir.FunctionType(_VI32, [_VI32, _V16, _V16])
+        return builder.call(builder.module.declare_intrinsic(
+            "llvm.x86.avx512.vpdpwssd.512", (), fnty), [acc, x, y])
+    name = "llvm.x86.avx512.pmaddw.d.512" if LANES == 16 else "llvm.x86.avx2.pmadd.wd"
+    fnty = ir.FunctionType(_VI32, [_V16, _V16])
+    return builder.add(acc, builder.call(builder.module.declare_intrinsic(name, (), fnty),
+                                         [x, y]))
+
+
+def _need_int_madd(what: str, ok: bool) -> None:
+    if not ok or not INT_MADD:
+        raise ValueError(f"{what}{'' if INT_MADD else ' (no integer multiply-add here)'}")
 
 
 @functools.cache
 def int_dots(rows: int, cols: int) -> Any:
-    """:func:`dots` for int16 queries and int8 keys, in integers, with AVX-512 VNNI.
+    """:func:`dots` for int16 queries and int8 keys, in integers (:data:`INT_MADD`).
 
     ``int_dots(q, ldq, k, ldk, d, s, lds, add, ksc, qsc)`` computes, for ``r < rows`` and
-    ``c < cols`` (``rows * cols`` = 16)::
+    ``c < cols`` (``rows * cols`` = :data:`LANES`)::
 
         s[r * lds + c] = (s[r * lds + c] if add else 0)
                          + qsc[r] * ksc[c] * sum over i < d of q[r * ldq + i] * k[c * ldk + i]
 
     ``q`` int16, ``k`` int8, ``s``, ``ksc`` and ``qsc`` float32: byte addresses, strides
-    in elements, ``d`` a multiple of 32. Each step of 32 elements sign-extends a key
-    vector to int16 once and runs one ``vpdpwssd`` per product (32 multiply-adds, where a
-    float32 FMA does 16); the integer sums are exact while d <= :data:`INT_DOTS_MAX_D`
-    (|q| <= 32767, |k| <= 127: 512 x 32767 x 127 < 2^31) and become float32 once, when
-    the tile's 16 totals are folded into one vector (:func:`_reduce_tree`) and scaled.
-    Only where :data:`VNNI`.
+    in elements, ``d`` a multiple of 2 LANES. Each step of 2 LANES elements sign-extends
+    a key vector to int16 once and runs one multiply-add per product (:func:`_madd`: 2
+    LANES multiply-adds, where a float32 FMA does LANES); the integer sums are exact
+    while d <= :data:`INT_DOTS_MAX_D` (|q| <= 32767, |k| <= 127: 512 x 32767 x 127 <
+    2^31) and become float32 once, when the tile's totals are folded into one vector
+    (:func:`_reduce_tree`) and scaled. Only where :data:`INT_MADD`.
     """
-    if rows * cols != 16 or not VNNI:
-        raise ValueError(f"int_dots needs 16 products and AVX-512 VNNI; got {rows} x {cols}"
-                         f"{'' if VNNI else ' without VNNI'}")
+    _need_int_madd(f"int_dots needs {LANES} products; got {rows} x {cols}",
+                   rows * cols == LANES and rows * cols + rows + cols <= REGISTERS)
+    step = 2 * LANES
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
         _mark_widest(builder)
         q, ldq, k, ldk, d, s, lds, add, ksc, qsc = args
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VI32, None))
                  for _ in range(cols)] for _ in range(rows)]
-        fnty = ir.FunctionType(_VI32, [_VI32, _V16, _V16])
-        dp = builder.module.declare_intrinsic("llvm.x86.avx512.vpdpwssd.512", (), fnty)
-        with cgutils.for_range(builder, builder.sdiv(d, _I64(32))) as loop:
-            i = builder.mul(loop.index, _I64(32))
+        with cgutils.for_range(builder, builder.sdiv(d, _I64(step))) as loop:
+            i = builder.mul(loop.index, _I64(step))
             qs = [builder.load(builder.inttoptr(builder.add(q, builder.mul(
                 builder.add(builder.mul(_I64(r), ldq), i), _I64(2))), _V16.as_pointer()),
                 align=2) for r in range(rows)]
@@ -658,7 +706,7 @@ def int_dots(rows: int, cols: int) -> Any:
             for r in range(rows):
                 for c in range(cols):
                     acc = accs[r][c]
-                    builder.store(builder.call(dp, [builder.load(acc), qs[r], ks[c]]), acc)
+                    builder.store(_madd(builder, builder.load(acc), qs[r], ks[c]), acc)
         flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(cols)]
         total = builder.sitofp(_reduce_tree(builder, flat, ir.IRBuilder.add)[0], _vec())
         row_t, col_t = ir.VectorType(_F32, rows), ir.VectorType(_F32, cols)
@@ -666,8 +714,8 @@ def int_dots(rows: int, cols: int) -> Any:
         kv = builder.load(builder.inttoptr(ksc, col_t.as_pointer()), align=4)
         lanes = ir.VectorType(_I32, LANES)
         scale = builder.fmul(
-            builder.shuffle_vector(qv, qv, ir.Constant(lanes, [j // cols for j in range(16)])),
-            builder.shuffle_vector(kv, kv, ir.Constant(lanes, [j % cols for j in range(16)])))
+            builder.shuffle_vector(qv, qv, ir.Constant(lanes, [j // cols for j in range(LANES)])),
+            builder.shuffle_vector(kv, kv, ir.Constant(lanes, [j % cols for j in range(LANES)])))
         total = builder.fmul(total, scale)
         for r in range(rows):  # row r's totals are lanes r * cols .. r * cols + cols - 1
             part = builder.shuffle_vector(total, total, ir.Constant(
@@ -694,10 +742,10 @@ INT_VALUES_MAX_K = 512
 
 @functools.cache
 def int_values(rows: int, vectors: int) -> Any:
-    """The value pass of an int8 cache in integers, with AVX-512 VNNI.
+    """The value pass of an int8 cache in integers (:data:`INT_MADD`).
 
     ``int_values(a, lda, w, ldw, k, c, ldc, wsc, pf, npf)`` computes, for ``r < rows``
-    and the ``vectors * 16`` columns ``j``::
+    and the ``vectors * LANES`` columns ``j``::
 
         c[r * ldc + j] += wsc[r] * sum over t < k of w[r * ldw + t] * a[t * lda + j]
 
@@ -705,31 +753,33 @@ def int_values(rows: int, vectors: int) -> Any:
     addresses, strides in elements; ``k`` even, at most :data:`INT_VALUES_MAX_K`. Each
     step takes two tokens: their value rows are sign-extended to int16 and interleaved
     (token t's and t+1's element j side by side in one int32 lane, an in-lane unpack)
-    and each row's weight pair is broadcast, so one ``vpdpwssd`` does two tokens' worth
-    of 16 columns for one row (a float32 FMA does one token's). The int32 sums are exact;
-    they are put back in column order, converted and scaled once, at the end. Like
-    :func:`widening_tile` it prefetches the ``npf`` lines from ``pf`` on, as many per
-    step as the step reads. Only where :data:`VNNI`.
+    and each row's weight pair is broadcast, so one multiply-add (:func:`_madd`) does two
+    tokens' worth of LANES columns for one row (a float32 FMA does one token's). The
+    int32 sums are exact; they are put back in column order, converted and scaled once,
+    at the end. Like :func:`widening_tile` it prefetches the ``npf`` lines from ``pf``
+    on, as many per step as the step reads. Only where :data:`INT_MADD`.
     """
-    if not VNNI or vectors % 2 or rows < 1 or rows * vectors + vectors + 1 > REGISTERS:
-        raise ValueError(f"int_values needs AVX-512 VNNI and an even number of vectors "
-                         f"that fit with the rows; got {rows} x {vectors}"
-                         f"{'' if VNNI else ' without VNNI'}")
-    chunks = vectors // 2  # 32 columns each: one load of 32 int8 per token
-    lo = [x for lane in range(4) for i in range(4) for x in (8 * lane + i, 32 + 8 * lane + i)]
+    _need_int_madd(f"int_values needs an even number of vectors that fit with the rows; "
+                   f"got {rows} x {vectors}", vectors % 2 == 0 and rows >= 1
+                   and rows * vectors + vectors + 1 <= REGISTERS)
+    chunks = vectors // 2  # 2 LANES columns each: one load of 2 LANES int8 per token
+    width = 2 * LANES
+    # in each 128-bit lane (8 int16), the unpack puts the low 4 of x0 and x1 side by
+    # side (lo) or the high 4 (hi): lo's int32 lanes hold columns 0-3, 8-11, 16-19, ...
+    # of the chunk, hi's 4-7, 12-15, ...
+    lo = [x for lane in range(LANES // 4) for i in range(4)
+          for x in (8 * lane + i, width + 8 * lane + i)]
     hi = [x + 4 for x in lo]
-    # lo's int32 lanes hold columns 0-3, 8-11, 16-19, 24-27 of the chunk, hi's the rest
-    first = [0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23]
-    second = [x + 8 for x in first]
+    # column order from lo || hi: group g of 4 columns is in lo (g even) or hi (g odd)
+    order = [(0 if (c // 4) % 2 == 0 else LANES) + (c // 8) * 4 + c % 4 for c in range(width)]
+    first, second = order[:LANES], order[LANES:]
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
         _mark_widest(builder)
         a, lda, w, ldw, k, c, ldc, wsc, pf, npf = args
-        per = (2 * 32 * chunks + 63) // 64  # lines a step reads
+        per = (2 * width * chunks + 63) // 64  # lines a step reads
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VI32, None))
                  for _ in range(vectors)] for _ in range(rows)]
-        fnty = ir.FunctionType(_VI32, [_VI32, _V16, _V16])
-        dp = builder.module.declare_intrinsic("llvm.x86.avx512.vpdpwssd.512", (), fnty)
         with cgutils.for_range(builder, builder.sdiv(k, _I64(2))) as loop:
             i = loop.index
             for u in range(per):
@@ -742,30 +792,30 @@ def int_values(rows: int, vectors: int) -> Any:
             pairs = []
             for u in range(chunks):
                 x0, x1 = (builder.sext(builder.load(builder.inttoptr(
-                    builder.add(row, _I64(32 * u)), _V8.as_pointer()), align=1), _V16)
+                    builder.add(row, _I64(width * u)), _V8.as_pointer()), align=1), _V16)
                     for row in (row0, row1))
                 for mask in (lo, hi):
                     pairs.append(builder.shuffle_vector(x0, x1, ir.Constant(
-                        ir.VectorType(_I32, 32), mask)))
+                        ir.VectorType(_I32, width), mask)))
             for r in range(rows):
                 wp = builder.add(w, builder.mul(builder.add(builder.mul(_I64(r), ldw), t),
                                                 _I64(2)))
                 pair = builder.load(builder.inttoptr(wp, _I32.as_pointer()), align=4)
                 wv = builder.insert_element(ir.Constant(_VI32, ir.Undefined), pair, _I32(0))
                 wv = builder.bitcast(builder.shuffle_vector(
-                    wv, wv, ir.Constant(_VI32, [0] * 16)), _V16)
+                    wv, wv, ir.Constant(_VI32, [0] * LANES)), _V16)
                 for j in range(vectors):
                     acc = accs[r][j]
-                    builder.store(builder.call(dp, [builder.load(acc), wv, pairs[j]]), acc)
+                    builder.store(_madd(builder, builder.load(acc), wv, pairs[j]), acc)
         for r in range(rows):
             scale = _splat(builder, builder.load(_pointer(builder, wsc, _I64(r), _F32), align=4))
             crow = builder.mul(_I64(r), ldc)
             for u in range(chunks):
                 lo_f, hi_f = (builder.sitofp(builder.load(accs[r][2 * u + h]), _vec())
                               for h in (0, 1))
-                for half, order in enumerate((first, second)):
-                    total = builder.shuffle_vector(lo_f, hi_f, ir.Constant(_VI32, order))
-                    ptr = _pointer(builder, c, builder.add(crow, _I64(32 * u + 16 * half)),
+                for half, cols in enumerate((first, second)):
+                    total = builder.shuffle_vector(lo_f, hi_f, ir.Constant(_VI32, cols))
+                    ptr = _pointer(builder, c, builder.add(crow, _I64(width * u + LANES * half)),
                                    _vec())
                     builder.store(_call(builder, "fma", total, scale,
                                         builder.load(ptr, align=4)), ptr, align=4)

@@ -148,7 +148,9 @@ def test_command_writes_json_atomically(tmp_path, capsys):
     from kernels import simd
 
     assert doc["numba"]["simd_lanes"] == simd.LANES
-    want = "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles"
+    want = {"vnni": "integers (AVX-512 VNNI)", "": "float tiles"}.get(
+        simd.INT_MADD, "integers (AVX2 vpmaddwd)" if simd.LANES == 8
+        else "integers (AVX-512BW vpmaddwd)")
     assert doc["numba"]["int8_scores"] == want
     assert doc["numba"]["int8_values"] == want
     assert f"int8 scores and values in {want}" in printed

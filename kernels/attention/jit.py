@@ -276,10 +276,12 @@ def _scores_tiled(qa, K, tb, n, s, add, hi, sc):
         t += 4 if four else 1
 
 
-#: int8 keys scored in integers (AVX-512 VNNI, :func:`kernels.simd.int_dots`): 4 heads by
-#: 4 tokens a tile, the query rounded to int16 per head (:func:`_quantize_query`).
-_INT_SCORES = simd.VNNI
-_idots = simd.int_dots(4, 4) if simd.VNNI else None
+#: int8 keys scored in integers (:data:`kernels.simd.INT_MADD`, AVX-512 VNNI or
+#: ``vpmaddwd``; :func:`kernels.simd.int_dots`): 4 heads (2 with AVX2's 16 registers) by 4
+#: tokens a tile, the query rounded to int16 per head (:func:`_quantize_query`).
+_INT_SCORES = bool(simd.INT_MADD)
+_IDOT_HEADS = simd.LANES // 4
+_idots = simd.int_dots(_IDOT_HEADS, 4) if _INT_SCORES else None
 
 
 @njit(nogil=True, inline="always")
@@ -305,7 +307,7 @@ def _scores_int(q16, qsc, qa, K, tb, n, s, hi, sc):  # noqa: PLR0913
     tokens at a time in integers (:data:`_idots`, with the int16 query ``q16`` and its
     scales ``qsc``); a last token or three in float tiles (:func:`_scores_tiled`). Each
     tile prefetches the K rows ``PREFETCH`` tokens ahead (below row ``hi``)."""
-    if not _INT_SCORES:  # no VNNI: never called (pruned at compile time)
+    if not _INT_SCORES:  # no integer tiles: never called (pruned at compile time)
         return
     G, d = q16.shape
     ldq = q16.strides[0] // 2
@@ -315,7 +317,7 @@ def _scores_int(q16, qsc, qa, K, tb, n, s, hi, sc):  # noqa: PLR0913
         _prefetch_rows(K, tb + t + PREFETCH, tb + t + PREFETCH + 4, hi)
         kb = K.ctypes.data + (tb + t) * K.strides[0]
         ks = sc.ctypes.data + (tb + t) * 4
-        for g in range(0, G, 4):
+        for g in range(0, G, _IDOT_HEADS):
             _idots(q16.ctypes.data + g * q16.strides[0], ldq, kb, K.strides[0], d,
                    s.ctypes.data + g * s.strides[0] + t * 4, lds, False, ks,
                    qsc.ctypes.data + g * 4)
@@ -422,11 +424,14 @@ def _values_tiled(s, V, tb, n, acc, pf, lines):
             g += rows
 
 
-#: int8 value rows summed in integers (AVX-512 VNNI, :func:`kernels.simd.int_values`):
-#: the block's softmax weights rounded to int16 per head, two tokens per instruction.
-_INT_VALUES = simd.VNNI and BLOCK <= simd.INT_VALUES_MAX_K
-_ivt = simd.int_values(4, 4) if _INT_VALUES else None
-_ivt_1 = simd.int_values(1, 4) if _INT_VALUES else None
+#: int8 value rows summed in integers (:data:`kernels.simd.INT_MADD`,
+#: :func:`kernels.simd.int_values`): the block's softmax weights rounded to int16 per head,
+#: two tokens per instruction; 4 heads by 4 vectors a tile (4 by 2 with AVX2's 16
+#: registers), else 4 (or 1) by 2.
+_INT_VALUES = bool(simd.INT_MADD) and BLOCK <= simd.INT_VALUES_MAX_K
+_IVT = (4, 4) if simd.REGISTERS >= 32 else (4, 2)
+_ivt = simd.int_values(*_IVT) if _INT_VALUES else None
+_ivt_1 = simd.int_values(1, _IVT[1]) if _INT_VALUES else None
 _ivt_v = simd.int_values(4, 2) if _INT_VALUES else None
 _ivt_1v = simd.int_values(1, 2) if _INT_VALUES else None
 
@@ -449,18 +454,21 @@ def _quantize_weights(sg, n, sv, wg):
 @njit(nogil=True, inline="always")
 def _values_int(w16, wsc, V, tb, n, acc, pf, lines):
     """acc[g] += wsc[g] * sum over t < n of w16[g, t] * V[tb + t] for int8 rows of V and
-    an even ``n``, in integers (:data:`_ivt`): 4 heads by 64 columns (or 1 head, or 32
-    columns) a tile, prefetching the ``lines`` lines from ``pf`` on as it goes."""
-    if not _INT_VALUES:  # no VNNI: never called (pruned at compile time)
+    an even ``n``, in integers (:data:`_ivt`): 4 heads by ``_IVT[1]`` vectors of columns
+    (or 1 head, or 2 vectors) a tile, prefetching the ``lines`` lines from ``pf`` on as
+    it goes."""
+    if not _INT_VALUES:  # no integer tiles: never called (pruned at compile time)
         return
     G, dv = acc.shape
     ldv = V.strides[0]
     ldw = w16.strides[0] // 2
     ldo = acc.strides[0] // 4
     row0 = V.ctypes.data + tb * ldv
-    for j0 in range(0, dv, 64):
-        full = j0 + 64 <= dv  # else the last 32 columns
-        per_call = (n // 2) * (2 if full else 1)
+    width = _IVT[1] * simd.LANES
+    for j0 in range(0, dv, width):
+        full = j0 + width <= dv  # else the last 2 vectors of columns
+        # the lines a step of two tokens reads, as many as the tile prefetches
+        per_call = (n // 2) * ((2 * (width if full else 2 * simd.LANES) + 63) // 64)
         g = 0
         while g < G:
             four = g + 4 <= G
@@ -569,9 +577,9 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     # _accumulate, 0.83x / 0.92x as fast with the tiles there.
     tiledv = o.itemsize == 4 and (v.itemsize < 4 or simd.LANES == 8) \
         and dv % simd.LANES == 0
-    # int8 value rows in integers where the CPU has VNNI (weights rounded to int16)
+    # int8 value rows in integers where the CPU has the tiles (weights rounded to int16)
     intv = _INT_VALUES and tiledv and v.itemsize == 1 and dv % 32 == 0
-    # int8 keys in integers where the CPU has VNNI (GQA-like groups, no rotary part)
+    # int8 keys in integers where the CPU has the tiles (GQA-like groups, no rotary part)
     intk = _INT_SCORES and tiled1 and k1.itemsize == 1 and G % 4 == 0 and d1 % 32 == 0 \
         and d1 <= simd.INT_DOTS_MAX_D and d2 == 0
     q16 = np.empty((G if intk else 0, d1), np.int16)

@@ -174,12 +174,12 @@ def numba_info() -> dict[str, Any]:
     """numba's version, thread count and threading layer (after a parallel run), and how
     the register-tiled kernels compile here (:mod:`kernels.simd`): float32 lanes per
     vector, and whether an int8 cache's scores and values are summed in integers (AVX-512
-    VNNI) or in float tiles, which the int8 figures depend on."""
+    VNNI, or ``vpmaddwd``) or in float tiles, which the int8 figures depend on."""
     import numba
 
     from kernels import simd
 
-    int8 = "integers (AVX-512 VNNI)" if simd.VNNI else "float tiles"  # scores and values
+    int8 = simd.INT_MADD_WORDS  # scores and values
     info: dict[str, Any] = {
         "version": numba.__version__,
         "num_threads": int(numba.config.NUMBA_NUM_THREADS),
