@@ -10,7 +10,10 @@ alternating (ABBA) so that neither side always runs second. It prints the median
 per-round ratios time(2 workers) / time(1 worker), their interquartile range, the
 rounds, both medians, and ``used``: the workers the 2-worker call really runs on (the
 kernel's ``workers_used``; ``-`` where the kernel does not say, as before issue 15).
-Issue 15 asks for a ratio of at most 1.10 at every size of the grid.
+Issue 15 asks for a ratio of at most 1.10 at every size of the grid. The last lines
+give the worst median twice: over the rows whose 2-worker call runs on 2 workers (the
+penalty asked about), and over those where it runs on 1, as the other side does: the
+same work timed twice, so how far that median strays from 1 is this machine's noise.
 
 The kernels imported are whatever ``kernels`` resolves to: run it with
 ``PYTHONPATH=<a checkout of an older commit>`` to time that commit's kernels.
@@ -111,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
     print("kernel         label                 size        used  t2/t1 median [IQR]   rounds"
           "   1 worker   2 workers")
-    worst = 0.0
+    # the worst median where the 2-worker call runs on 2 (or does not say), and where it
+    # runs on 1 like the other side: identical work, so that ratio is the machine's noise
+    worst = {"two": (0.0, ""), "one": (0.0, "")}
     for kernel in kernels:
         module = registry.kernel_module(kernel)
         spec = module.SPEC
@@ -136,13 +141,18 @@ def main(argv: list[str] | None = None) -> int:
                     raise AssertionError(f"{kernel} {label} {size}: hits {a.hits} vs {b.hits}")
                 t1, t2 = paired(one, two, args.budget)
                 lo, mid, hi = quartiles([y / x for x, y in zip(t1, t2, strict=True)])
-                worst = max(worst, mid)
                 m1, m2 = statistics.median(t1) * 1e3, statistics.median(t2) * 1e3
                 what = f"{kernel}:{options['preset']}" if options else kernel
+                side = "one" if used == 1 else "two"
+                worst[side] = max(worst[side], (mid, f"{what} {label} {size}"))
                 print(f"{what:<14} {label:<20} {size:<11} {used!s:>4}  "
                       f"{mid:6.3f} [{lo:.3f}, {hi:.3f}]  {len(t1):6d}  "
                       f"{m1:8.3f} ms {m2:8.3f} ms", flush=True)
-    print(f"# worst median ratio: {worst:.3f}; load average after: "
+    for side, words in (("two", "where 2 workers ran"),
+                        ("one", "where 1 ran on both sides (identical work: the noise)")):
+        mid, where = worst[side]
+        print(f"# worst median ratio {words}: " + (f"{mid:.3f} ({where})" if where else "-"))
+    print(f"# load average after: "
           f"{' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}")
     return 0
 
