@@ -65,7 +65,7 @@ REGISTERS = 32 if LANES == 16 else 16
 
 
 def _vnni() -> bool:
-    """Whether :func:`int_dots` can run: AVX-512 VNNI on this CPU, 16 lanes, numba
+    """Whether the int8 tiles can use ``vpdpwssd``: AVX-512 VNNI on this CPU, 16 lanes, numba
     compiling for this CPU (not ``NUMBA_CPU_NAME=generic``, nor features without VNNI),
     and not switched off with ``KERNELRACE_VNNI=0`` (to run and test the ``vpmaddwd``
     tiles on a VNNI CPU)."""
