@@ -422,8 +422,21 @@ def _prefetch(builder: ir.IRBuilder, addr: ir.Value) -> None:
     builder.call(fn, [builder.inttoptr(addr, ptr_t), _I32(0), _I32(1), _I32(1)])
 
 
+def tile_registers(rows: int, vectors: int) -> int:
+    """Vector registers a ``rows`` x ``vectors`` tile of :func:`tile`,
+    :func:`widening_tile` or :func:`int_values` takes: its accumulators, a row's vectors
+    of ``a`` and one broadcast."""
+    return rows * vectors + vectors + 1
+
+
+def dot_registers(rows: int, cols: int) -> int:
+    """Vector registers a ``rows`` x ``cols`` tile of :func:`dots` or :func:`int_dots`
+    takes: an accumulator per product and an operand per row and per column."""
+    return rows * cols + rows + cols
+
+
 def _check_tile(rows: int, vectors: int) -> None:
-    if rows < 1 or vectors < 1 or rows * vectors + vectors + 1 > REGISTERS:
+    if rows < 1 or vectors < 1 or tile_registers(rows, vectors) > REGISTERS:
         raise ValueError(f"a {rows} x {vectors} tile does not fit in {REGISTERS} registers")
 
 
@@ -511,8 +524,9 @@ def tile(rows: int, vectors: int) -> Any:
 def prefetch_lines(vectors: int, itemsize: int) -> int:
     """Cache lines a :func:`widening_tile` of ``vectors`` vectors prefetches per step:
     as many as the step reads of ``a`` (elements of ``itemsize`` bytes), so that a
-    caller naming the next block's rows keeps its reads that far ahead. Callable from
-    numba code too."""
+    caller naming the next block's rows keeps its reads that far ahead; an
+    :func:`int_values` step (two tokens of int8) reads as much as ``itemsize`` 2.
+    Callable from numba code too."""
     return (vectors * LANES * itemsize + 63) // 64
 
 
@@ -579,7 +593,7 @@ def dots(rows: int, cols: int) -> Any:
     total = rows * cols
     if total % LANES and LANES % total:
         raise ValueError(f"{rows} x {cols} dot products do not fold into {LANES} lanes")
-    if total + rows + cols > REGISTERS:
+    if dot_registers(rows, cols) > REGISTERS:
         raise ValueError(f"a {rows} x {cols} dot tile does not fit in {REGISTERS} registers")
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
@@ -687,7 +701,7 @@ def int_dots(rows: int, cols: int) -> Any:
     (:func:`_reduce_tree`) and scaled. Only where :data:`INT_MADD`.
     """
     _need_int_madd(f"int_dots needs {LANES} products; got {rows} x {cols}",
-                   rows * cols == LANES and rows * cols + rows + cols <= REGISTERS)
+                   rows * cols == LANES and dot_registers(rows, cols) <= REGISTERS)
     step = 2 * LANES
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
@@ -761,7 +775,7 @@ def int_values(rows: int, vectors: int) -> Any:
     """
     _need_int_madd(f"int_values needs an even number of vectors that fit with the rows; "
                    f"got {rows} x {vectors}", vectors % 2 == 0 and rows >= 1
-                   and rows * vectors + vectors + 1 <= REGISTERS)
+                   and tile_registers(rows, vectors) <= REGISTERS)
     chunks = vectors // 2  # 2 LANES columns each: one load of 2 LANES int8 per token
     width = 2 * LANES
     # in each 128-bit lane (8 int16), the unpack puts the low 4 of x0 and x1 side by
@@ -777,7 +791,7 @@ def int_values(rows: int, vectors: int) -> Any:
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
         _mark_widest(builder)
         a, lda, w, ldw, k, c, ldc, wsc, pf, npf = args
-        per = (2 * width * chunks + 63) // 64  # lines a step reads
+        per = prefetch_lines(vectors, 2)  # lines a step reads: 2 tokens of int8
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VI32, None))
                  for _ in range(vectors)] for _ in range(rows)]
         with cgutils.for_range(builder, builder.sdiv(k, _I64(2))) as loop:

@@ -28,11 +28,7 @@ def _fit(shapes, need):
     return [shape for shape in shapes if need(*shape) <= simd.REGISTERS]
 
 
-def _tile_registers(rows, vectors):
-    return rows * vectors + vectors + 1
-
-
-TILES = _fit([(1, 1), (4, 2), (8, 1), (3, 3), (4, 4)], _tile_registers)
+TILES = _fit([(1, 1), (4, 2), (8, 1), (3, 3), (4, 4)], simd.tile_registers)
 _KERNELS = {shape: simd.tile(*shape) for shape in TILES}
 
 
@@ -75,7 +71,7 @@ def test_tile_is_the_product_it_says(shape, add, transposed_b):
     np.testing.assert_array_equal(c[:, cols:], c0[:, cols:])  # nothing past the tile
 
 
-WIDENING = _fit([(4, 4), (1, 4), (4, 1), (1, 1), (4, 2)], _tile_registers)
+WIDENING = _fit([(4, 4), (1, 4), (4, 1), (1, 1), (4, 2)], simd.tile_registers)
 _WIDENING_KERNELS = {shape: simd.widening_tile(*shape) for shape in WIDENING}
 
 
@@ -152,7 +148,7 @@ def test_a_widening_tile_prefetches_as_many_lines_as_each_step_reads(vectors, it
     assert (lines - 1) * 64 < step_bytes <= lines * 64
 
 
-DOTS = _fit([(4, 4), (2, 4), (1, 1), (1, 4), (2, 8)], lambda r, c: r * c + r + c)
+DOTS = _fit([(4, 4), (2, 4), (1, 1), (1, 4), (2, 8)], simd.dot_registers)
 _DOT_KERNELS = {shape: simd.dots(*shape) for shape in DOTS}
 
 
@@ -261,7 +257,7 @@ def test_int_values_are_exact_integer_sums_scaled(rows, vectors, k):
     alone; at k = 512 with the extreme values (32767 x -127 in every term: -2.13e9,
     just inside int32)."""
     rng = np.random.default_rng(k + rows)
-    if rows * vectors + vectors + 1 > simd.REGISTERS:
+    if simd.tile_registers(rows, vectors) > simd.REGISTERS:
         pytest.skip(f"a {rows} x {vectors} tile needs more than {simd.REGISTERS} registers")
     cols = vectors * simd.LANES
     a = rng.integers(-127, 128, (max(k, 1), cols + 40)).astype(np.int8)[:, 3:]

@@ -468,7 +468,7 @@ def _values_int(w16, wsc, V, tb, n, acc, pf, lines):
     for j0 in range(0, dv, width):
         full = j0 + width <= dv  # else the last 2 vectors of columns
         # the lines a step of two tokens reads, as many as the tile prefetches
-        per_call = (n // 2) * ((2 * (width if full else 2 * simd.LANES) + 63) // 64)
+        per_call = (n // 2) * simd.prefetch_lines(_IVT[1] if full else 2, 2)
         g = 0
         while g < G:
             four = g + 4 <= G
