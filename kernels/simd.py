@@ -115,6 +115,29 @@ INT_MADD_WORDS = {"vnni": "integers (AVX-512 VNNI)",
                   "": "float tiles"}[INT_MADD]
 
 
+def _bf16_dot() -> bool:
+    """Whether bfloat16 caches use ``vdpbf16ps`` (:func:`bf16_dots`, :func:`bf16_values`):
+    AVX-512 BF16 on this CPU, 16 lanes, numba compiling for this CPU, and not switched
+    off with ``KERNELRACE_BF16_DOT=0`` (which keeps the float tiles, whose only rounding
+    is the cache's own)."""
+    from numba.core import config
+
+    if os.environ.get("KERNELRACE_BF16_DOT", "").strip() == "0":
+        return False
+    if config.CPU_NAME not in (None, "", "host"):
+        return False
+    if config.CPU_FEATURES and "+avx512bf16" not in str(config.CPU_FEATURES).split(","):
+        return False
+    return LANES == 16 and "+avx512bf16" in _host_features()
+
+
+#: AVX-512 BF16 (``vdpbf16ps``: 32 bfloat16 products summed in pairs into 16 float32
+#: lanes, one instruction, twice a float32 FMA's products) computes the bfloat16 caches'
+#: scores and value sums, with the query and the softmax weights rounded to bfloat16 as
+#: the cache is (docs/attention.md, "bfloat16 products").
+BF16_DOT = _bf16_dot()
+
+
 #: Source files whose code the attention kernels compile into their own (the tiles here,
 #: the chunk kernels and merge that ``wide`` calls).
 _CACHE_DEPENDS = (__file__, os.path.join(os.path.dirname(__file__), "attention", "jit.py"))
@@ -123,18 +146,20 @@ _CACHE_DEPENDS = (__file__, os.path.join(os.path.dirname(__file__), "attention",
 @functools.cache
 def cache_tag() -> str:
     """What numba's on-disk cache of the attention kernels must also match: the vector
-    configuration (:data:`LANES`, :data:`INT_MADD`) and a hash of :data:`_CACHE_DEPENDS`.
-    numba stamps a cached function with its own source file only, so without this a
-    changed tile here, or ``KERNELRACE_SIMD_LANES`` / ``KERNELRACE_VNNI`` /
-    ``KERNELRACE_INT_TILES`` set differently, would load code compiled for the old one."""
+    configuration (:data:`LANES`, :data:`INT_MADD`, :data:`BF16_DOT`) and a hash of
+    :data:`_CACHE_DEPENDS`. numba stamps a cached function with its own source file only,
+    so without this a changed tile here, or ``KERNELRACE_SIMD_LANES`` /
+    ``KERNELRACE_VNNI`` / ``KERNELRACE_INT_TILES`` / ``KERNELRACE_BF16_DOT`` set
+    differently, would load code compiled for the old one."""
     digest = hashlib.sha256()
     for path in _CACHE_DEPENDS:
         with open(path, "rb") as f:
             digest.update(f.read())
-    return f"simd{LANES}{'-' + INT_MADD if INT_MADD else ''}-{digest.hexdigest()[:16]}"
+    return (f"simd{LANES}{'-' + INT_MADD if INT_MADD else ''}{'-bf16' if BF16_DOT else ''}"
+            f"-{digest.hexdigest()[:16]}")
 
 
-_TAG = re.compile(r"simd(8|16)(-vnni|-pmaddwd)?-([0-9a-f]{16})")
+_TAG = re.compile(r"simd(8|16)(-vnni|-pmaddwd)?(-bf16)?-([0-9a-f]{16})")
 
 
 @functools.cache
@@ -151,7 +176,7 @@ def _prune_stale(parent: str) -> None:
         return
     for name in names:
         match = _TAG.fullmatch(name)
-        if match and match.group(3) != current:
+        if match and match.group(4) != current:
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
@@ -677,9 +702,94 @@ def _madd(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.
                                          [x, y]))
 
 
-def _need_int_madd(what: str, ok: bool) -> None:
-    if not ok or not INT_MADD:
-        raise ValueError(f"{what}{'' if INT_MADD else ' (no integer multiply-add here)'}")
+def _dpbf16(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
+    """acc + the bfloat16 products x * y summed in pairs (float32 lane j gets x[2j] y[2j]
+    + x[2j+1] y[2j+1]): one ``vdpbf16ps``. x and y hold bfloat16 bits as int16; LLVM
+    takes the intrinsic's older integer signature and casts it to its bfloat one."""
+    fnty = ir.FunctionType(_vec(), [_vec(), _VI32, _VI32])
+    fn = builder.module.declare_intrinsic("llvm.x86.avx512bf16.dpbf16ps.512", (), fnty)
+    return builder.call(fn, [acc, builder.bitcast(x, _VI32), builder.bitcast(y, _VI32)])
+
+
+def _need_pairs(kind: str, what: str, ok: bool) -> None:
+    """Refuse a tile that does not fit, or one this CPU cannot run (``kind`` "int8":
+    :data:`INT_MADD`; "bf16": :data:`BF16_DOT`)."""
+    here = INT_MADD if kind == "int8" else BF16_DOT
+    if not ok or not here:
+        lack = {"int8": " (no integer multiply-add here)", "bf16": " (no vdpbf16ps here)"}
+        raise ValueError(f"{what}{'' if here else lack[kind]}")
+
+
+class _Pairs:
+    """What the pair tiles (:func:`int_dots`, :func:`int_values`, :func:`bf16_dots`,
+    :func:`bf16_values`) do differently per kind: how a stored vector of 2 LANES elements
+    is loaded as 2 LANES int16 (int8 sign-extended; bfloat16 bits as they are), the
+    accumulators' type, the multiply-add of pairs, and how a sum becomes float32."""
+
+    def __init__(self, kind: str) -> None:
+        self.int8 = kind == "int8"
+        self.acc = _VI32 if self.int8 else _vec()
+
+    def load(self, builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
+        ty = _V8 if self.int8 else _V16
+        x = builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1 if self.int8 else 2)
+        return builder.sext(x, _V16) if self.int8 else x
+
+    def madd(self, builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
+        return (_madd if self.int8 else _dpbf16)(builder, acc, x, y)
+
+    def add(self, builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+        return (builder.add if self.int8 else builder.fadd)(x, y)
+
+    def to_float(self, builder: ir.IRBuilder, x: ir.Value) -> ir.Value:
+        return builder.sitofp(x, _vec()) if self.int8 else x
+
+
+def _pair_dots(rows: int, cols: int, kind: str) -> Any:
+    """:func:`int_dots` (``kind`` "int8") or :func:`bf16_dots` ("bf16")."""
+    _need_pairs(kind, f"{kind}_dots needs {LANES} products; got {rows} x {cols}",
+                rows * cols == LANES and dot_registers(rows, cols) <= REGISTERS)
+    step = 2 * LANES
+    pairs = _Pairs(kind)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
+        q, ldq, k, ldk, d, s, lds, add = args[:8]
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(pairs.acc, None))
+                 for _ in range(cols)] for _ in range(rows)]
+        with cgutils.for_range(builder, builder.sdiv(d, _I64(step))) as loop:
+            i = builder.mul(loop.index, _I64(step))
+            qs = [builder.load(builder.inttoptr(builder.add(q, builder.mul(
+                builder.add(builder.mul(_I64(r), ldq), i), _I64(2))), _V16.as_pointer()),
+                align=2) for r in range(rows)]
+            size = _I64(1 if pairs.int8 else 2)
+            ks = [pairs.load(builder, builder.add(k, builder.mul(
+                builder.add(builder.mul(_I64(c), ldk), i), size))) for c in range(cols)]
+            for r in range(rows):
+                for c in range(cols):
+                    acc = accs[r][c]
+                    builder.store(pairs.madd(builder, builder.load(acc), qs[r], ks[c]), acc)
+        flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(cols)]
+        total = pairs.to_float(builder, _reduce_tree(builder, flat, pairs.add)[0])
+        row_t, col_t = ir.VectorType(_F32, rows), ir.VectorType(_F32, cols)
+        if pairs.int8:  # the products of the query's and the keys' scales
+            ksc, qsc = args[8:]
+            qv = builder.load(builder.inttoptr(qsc, row_t.as_pointer()), align=4)
+            kv = builder.load(builder.inttoptr(ksc, col_t.as_pointer()), align=4)
+            lanes = ir.VectorType(_I32, LANES)
+            by_row = ir.Constant(lanes, [j // cols for j in range(LANES)])
+            by_col = ir.Constant(lanes, [j % cols for j in range(LANES)])
+            total = builder.fmul(total, builder.fmul(builder.shuffle_vector(qv, qv, by_row),
+                                                     builder.shuffle_vector(kv, kv, by_col)))
+        for r in range(rows):  # row r's totals are lanes r * cols .. r * cols + cols - 1
+            part = builder.shuffle_vector(total, total, ir.Constant(
+                ir.VectorType(_I32, cols), [r * cols + j for j in range(cols)]))
+            out = _pointer(builder, s, builder.mul(_I64(r), lds), col_t)
+            old = builder.load(out, align=4)
+            builder.store(builder.select(add, builder.fadd(old, part), part), out, align=4)
+        return context.get_dummy_value()
+
+    return codegen
 
 
 @functools.cache
@@ -700,44 +810,7 @@ def int_dots(rows: int, cols: int) -> Any:
     2^31) and become float32 once, when the tile's totals are folded into one vector
     (:func:`_reduce_tree`) and scaled. Only where :data:`INT_MADD`.
     """
-    _need_int_madd(f"int_dots needs {LANES} products; got {rows} x {cols}",
-                   rows * cols == LANES and dot_registers(rows, cols) <= REGISTERS)
-    step = 2 * LANES
-
-    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
-        _mark_widest(builder)
-        q, ldq, k, ldk, d, s, lds, add, ksc, qsc = args
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VI32, None))
-                 for _ in range(cols)] for _ in range(rows)]
-        with cgutils.for_range(builder, builder.sdiv(d, _I64(step))) as loop:
-            i = builder.mul(loop.index, _I64(step))
-            qs = [builder.load(builder.inttoptr(builder.add(q, builder.mul(
-                builder.add(builder.mul(_I64(r), ldq), i), _I64(2))), _V16.as_pointer()),
-                align=2) for r in range(rows)]
-            ks = [builder.sext(builder.load(builder.inttoptr(builder.add(
-                k, builder.add(builder.mul(_I64(c), ldk), i)), _V8.as_pointer()), align=1),
-                _V16) for c in range(cols)]
-            for r in range(rows):
-                for c in range(cols):
-                    acc = accs[r][c]
-                    builder.store(_madd(builder, builder.load(acc), qs[r], ks[c]), acc)
-        flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(cols)]
-        total = builder.sitofp(_reduce_tree(builder, flat, ir.IRBuilder.add)[0], _vec())
-        row_t, col_t = ir.VectorType(_F32, rows), ir.VectorType(_F32, cols)
-        qv = builder.load(builder.inttoptr(qsc, row_t.as_pointer()), align=4)
-        kv = builder.load(builder.inttoptr(ksc, col_t.as_pointer()), align=4)
-        lanes = ir.VectorType(_I32, LANES)
-        scale = builder.fmul(
-            builder.shuffle_vector(qv, qv, ir.Constant(lanes, [j // cols for j in range(LANES)])),
-            builder.shuffle_vector(kv, kv, ir.Constant(lanes, [j % cols for j in range(LANES)])))
-        total = builder.fmul(total, scale)
-        for r in range(rows):  # row r's totals are lanes r * cols .. r * cols + cols - 1
-            part = builder.shuffle_vector(total, total, ir.Constant(
-                ir.VectorType(_I32, cols), [r * cols + j for j in range(cols)]))
-            out = _pointer(builder, s, builder.mul(_I64(r), lds), col_t)
-            old = builder.load(out, align=4)
-            builder.store(builder.select(add, builder.fadd(old, part), part), out, align=4)
-        return context.get_dummy_value()
+    codegen = _pair_dots(rows, cols, "int8")
 
     def typer(typingctx: Any, q: Any, ldq: Any, k: Any, ldk: Any, d: Any, s: Any,  # noqa: ARG001, PLR0913
               lds: Any, add: Any, ksc: Any, qsc: Any) -> Any:
@@ -749,9 +822,111 @@ def int_dots(rows: int, cols: int) -> Any:
     return intrinsic(typer)
 
 
+@functools.cache
+def bf16_dots(rows: int, cols: int) -> Any:
+    """:func:`dots` for bfloat16 queries and keys, with ``vdpbf16ps`` (:data:`BF16_DOT`).
+
+    ``bf16_dots(q, ldq, k, ldk, d, s, lds, add)`` computes, for ``r < rows`` and
+    ``c < cols`` (``rows * cols`` = :data:`LANES`)::
+
+        s[r * lds + c] = (s[r * lds + c] if add else 0)
+                         + sum over i < d of q[r * ldq + i] * k[c * ldk + i]
+
+    ``q`` and ``k`` bfloat16 bits (uint16), ``s`` float32: byte addresses, strides in
+    elements, ``d`` a multiple of 2 LANES. One ``vdpbf16ps`` per product and step of 2
+    LANES elements (a float32 FMA does LANES, after the keys are widened); the products
+    of two bfloat16 are exact in float32, summed in float32 lanes, then folded
+    (:func:`_reduce_tree`). Only where :data:`BF16_DOT`.
+    """
+    codegen = _pair_dots(rows, cols, "bf16")
+
+    def typer(typingctx: Any, q: Any, ldq: Any, k: Any, ldk: Any, d: Any, s: Any,  # noqa: ARG001, PLR0913
+              lds: Any, add: Any) -> Any:
+        sig = types.void(types.uintp, types.intp, types.uintp, types.intp, types.intp,
+                         types.uintp, types.intp, types.boolean)
+        return sig, codegen
+
+    typer.__name__ = f"bf16_dots_{rows}x{cols}"
+    return intrinsic(typer)
+
+
 #: The most tokens :func:`int_values` sums in int32 without overflow (|w| <= 32767,
 #: |a| <= 127: 512 x 32767 x 127 < 2^31).
 INT_VALUES_MAX_K = 512
+
+
+def _pair_values(rows: int, vectors: int, kind: str) -> Any:
+    """:func:`int_values` (``kind`` "int8") or :func:`bf16_values` ("bf16")."""
+    _need_pairs(kind, f"{kind}_values needs an even number of vectors that fit with the "
+                f"rows; got {rows} x {vectors}", vectors % 2 == 0 and rows >= 1
+                and tile_registers(rows, vectors) <= REGISTERS)
+    pairs = _Pairs(kind)
+    size = 1 if pairs.int8 else 2
+    chunks = vectors // 2  # 2 LANES columns each: one load of 2 LANES elements per token
+    width = 2 * LANES
+    # in each 128-bit lane (8 int16), the unpack puts the low 4 of x0 and x1 side by
+    # side (lo) or the high 4 (hi): lo's 32-bit lanes hold columns 0-3, 8-11, 16-19, ...
+    # of the chunk, hi's 4-7, 12-15, ...
+    lo = [x for lane in range(LANES // 4) for i in range(4)
+          for x in (8 * lane + i, width + 8 * lane + i)]
+    hi = [x + 4 for x in lo]
+    # column order from lo || hi: group g of 4 columns is in lo (g even) or hi (g odd)
+    order = [(0 if (c // 4) % 2 == 0 else LANES) + (c // 8) * 4 + c % 4 for c in range(width)]
+    first, second = order[:LANES], order[LANES:]
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
+        a, lda, w, ldw, k, c, ldc = args[:7]
+        pf, npf = args[-2:]
+        per = prefetch_lines(vectors, 2 * size)  # lines a step reads: 2 tokens
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(pairs.acc, None))
+                 for _ in range(vectors)] for _ in range(rows)]
+        lda_bytes = builder.mul(lda, _I64(size))
+        with cgutils.for_range(builder, builder.sdiv(k, _I64(2))) as loop:
+            i = loop.index
+            for u in range(per):
+                line = builder.add(builder.mul(i, _I64(per)), _I64(u))
+                with builder.if_then(builder.icmp_signed("<", line, npf), likely=True):
+                    _prefetch(builder, builder.add(pf, builder.mul(line, _I64(64))))
+            t = builder.mul(i, _I64(2))
+            row0 = builder.add(a, builder.mul(t, lda_bytes))
+            row1 = builder.add(row0, lda_bytes)
+            vals = []
+            for u in range(chunks):
+                x0, x1 = (pairs.load(builder, builder.add(row, _I64(width * u * size)))
+                          for row in (row0, row1))
+                for mask in (lo, hi):
+                    vals.append(builder.shuffle_vector(x0, x1, ir.Constant(
+                        ir.VectorType(_I32, width), mask)))
+            for r in range(rows):
+                wp = builder.add(w, builder.mul(builder.add(builder.mul(_I64(r), ldw), t),
+                                                _I64(2)))
+                pair = builder.load(builder.inttoptr(wp, _I32.as_pointer()), align=4)
+                wv = builder.insert_element(ir.Constant(_VI32, ir.Undefined), pair, _I32(0))
+                wv = builder.bitcast(builder.shuffle_vector(
+                    wv, wv, ir.Constant(_VI32, [0] * LANES)), _V16)
+                for j in range(vectors):
+                    acc = accs[r][j]
+                    builder.store(pairs.madd(builder, builder.load(acc), wv, vals[j]), acc)
+        for r in range(rows):
+            if pairs.int8:
+                wsc = args[7]
+                scale = _splat(builder, builder.load(_pointer(builder, wsc, _I64(r), _F32),
+                                                     align=4))
+            crow = builder.mul(_I64(r), ldc)
+            for u in range(chunks):
+                lo_f, hi_f = (pairs.to_float(builder, builder.load(accs[r][2 * u + h]))
+                              for h in (0, 1))
+                for half, cols in enumerate((first, second)):
+                    total = builder.shuffle_vector(lo_f, hi_f, ir.Constant(_VI32, cols))
+                    ptr = _pointer(builder, c, builder.add(crow, _I64(width * u + LANES * half)),
+                                   _vec())
+                    old = builder.load(ptr, align=4)
+                    builder.store(_call(builder, "fma", total, scale, old) if pairs.int8
+                                  else builder.fadd(total, old), ptr, align=4)
+        return context.get_dummy_value()
+
+    return codegen
 
 
 @functools.cache
@@ -773,67 +948,7 @@ def int_values(rows: int, vectors: int) -> Any:
     at the end. Like :func:`widening_tile` it prefetches the ``npf`` lines from ``pf``
     on, as many per step as the step reads. Only where :data:`INT_MADD`.
     """
-    _need_int_madd(f"int_values needs an even number of vectors that fit with the rows; "
-                   f"got {rows} x {vectors}", vectors % 2 == 0 and rows >= 1
-                   and tile_registers(rows, vectors) <= REGISTERS)
-    chunks = vectors // 2  # 2 LANES columns each: one load of 2 LANES int8 per token
-    width = 2 * LANES
-    # in each 128-bit lane (8 int16), the unpack puts the low 4 of x0 and x1 side by
-    # side (lo) or the high 4 (hi): lo's int32 lanes hold columns 0-3, 8-11, 16-19, ...
-    # of the chunk, hi's 4-7, 12-15, ...
-    lo = [x for lane in range(LANES // 4) for i in range(4)
-          for x in (8 * lane + i, width + 8 * lane + i)]
-    hi = [x + 4 for x in lo]
-    # column order from lo || hi: group g of 4 columns is in lo (g even) or hi (g odd)
-    order = [(0 if (c // 4) % 2 == 0 else LANES) + (c // 8) * 4 + c % 4 for c in range(width)]
-    first, second = order[:LANES], order[LANES:]
-
-    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
-        _mark_widest(builder)
-        a, lda, w, ldw, k, c, ldc, wsc, pf, npf = args
-        per = prefetch_lines(vectors, 2)  # lines a step reads: 2 tokens of int8
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_VI32, None))
-                 for _ in range(vectors)] for _ in range(rows)]
-        with cgutils.for_range(builder, builder.sdiv(k, _I64(2))) as loop:
-            i = loop.index
-            for u in range(per):
-                line = builder.add(builder.mul(i, _I64(per)), _I64(u))
-                with builder.if_then(builder.icmp_signed("<", line, npf), likely=True):
-                    _prefetch(builder, builder.add(pf, builder.mul(line, _I64(64))))
-            t = builder.mul(i, _I64(2))
-            row0 = builder.add(a, builder.mul(t, lda))
-            row1 = builder.add(row0, lda)
-            pairs = []
-            for u in range(chunks):
-                x0, x1 = (builder.sext(builder.load(builder.inttoptr(
-                    builder.add(row, _I64(width * u)), _V8.as_pointer()), align=1), _V16)
-                    for row in (row0, row1))
-                for mask in (lo, hi):
-                    pairs.append(builder.shuffle_vector(x0, x1, ir.Constant(
-                        ir.VectorType(_I32, width), mask)))
-            for r in range(rows):
-                wp = builder.add(w, builder.mul(builder.add(builder.mul(_I64(r), ldw), t),
-                                                _I64(2)))
-                pair = builder.load(builder.inttoptr(wp, _I32.as_pointer()), align=4)
-                wv = builder.insert_element(ir.Constant(_VI32, ir.Undefined), pair, _I32(0))
-                wv = builder.bitcast(builder.shuffle_vector(
-                    wv, wv, ir.Constant(_VI32, [0] * LANES)), _V16)
-                for j in range(vectors):
-                    acc = accs[r][j]
-                    builder.store(_madd(builder, builder.load(acc), wv, pairs[j]), acc)
-        for r in range(rows):
-            scale = _splat(builder, builder.load(_pointer(builder, wsc, _I64(r), _F32), align=4))
-            crow = builder.mul(_I64(r), ldc)
-            for u in range(chunks):
-                lo_f, hi_f = (builder.sitofp(builder.load(accs[r][2 * u + h]), _vec())
-                              for h in (0, 1))
-                for half, cols in enumerate((first, second)):
-                    total = builder.shuffle_vector(lo_f, hi_f, ir.Constant(_VI32, cols))
-                    ptr = _pointer(builder, c, builder.add(crow, _I64(width * u + LANES * half)),
-                                   _vec())
-                    builder.store(_call(builder, "fma", total, scale,
-                                        builder.load(ptr, align=4)), ptr, align=4)
-        return context.get_dummy_value()
+    codegen = _pair_values(rows, vectors, "int8")
 
     def typer(typingctx: Any, a: Any, lda: Any, w: Any, ldw: Any, k: Any, c: Any,  # noqa: ARG001, PLR0913
               ldc: Any, wsc: Any, pf: Any, npf: Any) -> Any:
@@ -842,4 +957,32 @@ def int_values(rows: int, vectors: int) -> Any:
         return sig, codegen
 
     typer.__name__ = f"int_values_{rows}x{vectors}"
+    return intrinsic(typer)
+
+
+@functools.cache
+def bf16_values(rows: int, vectors: int) -> Any:
+    """The value pass of a bfloat16 cache with ``vdpbf16ps`` (:data:`BF16_DOT`).
+
+    ``bf16_values(a, lda, w, ldw, k, c, ldc, pf, npf)`` computes, for ``r < rows`` and
+    the ``vectors * LANES`` columns ``j``::
+
+        c[r * ldc + j] += sum over t < k of w[r * ldw + t] * a[t * lda + j]
+
+    ``a`` bfloat16 rows (the values) and ``w`` bfloat16 weights (uint16 bits), ``c``
+    float32: byte addresses, strides in elements; ``k`` even. As :func:`int_values`:
+    two tokens' rows interleaved, each row's weight pair broadcast, one ``vdpbf16ps``
+    per two tokens' LANES columns of a row, float32 sums put back in column order and
+    added once, at the end; it prefetches the ``npf`` lines from ``pf`` on, as many per
+    step as the step reads. Only where :data:`BF16_DOT`.
+    """
+    codegen = _pair_values(rows, vectors, "bf16")
+
+    def typer(typingctx: Any, a: Any, lda: Any, w: Any, ldw: Any, k: Any, c: Any,  # noqa: ARG001, PLR0913
+              ldc: Any, pf: Any, npf: Any) -> Any:
+        sig = types.void(types.uintp, types.intp, types.uintp, types.intp, types.intp,
+                         types.uintp, types.intp, types.uintp, types.intp)
+        return sig, codegen
+
+    typer.__name__ = f"bf16_values_{rows}x{vectors}"
     return intrinsic(typer)

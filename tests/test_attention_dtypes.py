@@ -64,18 +64,30 @@ def _weight_rounding(p, v_lo, scale) -> np.ndarray:
     return (p * s).max() / 65534 * (np.abs(v_lo) / np.where(s > 0, s, 1)[:, None]).sum(axis=0)
 
 
-def _bound(low, exact, query) -> np.ndarray:
+def _bf16_products(low, strategy: str, inner: str | None = None) -> bool:
+    """Whether the strategy's numba kernels take a bfloat16 cache's products in bfloat16
+    here (``vdpbf16ps``): the query and the softmax weights rounded to bfloat16 too."""
+    return strategy != "torch" and P.rounds_query(low.kv_dtype, strategy, inner)
+
+
+def _bound(low, exact, query, *, products: bool = False, cache: bool = True) -> np.ndarray:
     """The bound of docs/attention.md on |decode(low) - reference(exact)| per output
     element. Rounding moves each score by at most eps = max_t sum_i |q_i| dk_ti, so each
     softmax weight by a factor within e^(+-2 eps); with p the exact weights,
     |o~ - o| <= (e^(2 eps) - 1) sum_t p_t |v~_t| + sum_t p_t dv_t, plus for int8 what
     rounding the weights to int16 adds (:func:`_weight_rounding`, the factor e^(2 eps)
-    for the weights' own error); MLA: in the latent space, then through |W_UV|."""
+    for the weights' own error); MLA: in the latent space, then through |W_UV|.
+    ``products``: the query and the weights rounded to bfloat16 as well (unit roundoff
+    u): eps gains u sum_i |q_i| |k~_ti|, the output e^(2 eps) u sum_t p_t |v~_t|.
+    ``cache=False``: the cache's own rounding left out (against the reference on the
+    stored values)."""
     c = exact.config
     L = exact.length
     q = rotate_query(c, query, L - 1) * c.scale
+    u = low.kv_dtype.u if products else 0.0
+    keep = 1.0 if cache else 0.0
     if isinstance(exact, A.KVCache):
-        (_, dk), (v_lo, dv) = _perturbation(low, exact, "k"), _perturbation(low, exact, "v")
+        (k_lo, dk), (v_lo, dv) = _perturbation(low, exact, "k"), _perturbation(low, exact, "v")
         keys = exact.dequantized("k").astype(np.float64)
         vs = low.v_scale if low.kv_dtype.scaled else None
         out = np.empty(q.shape)
@@ -83,12 +95,14 @@ def _bound(low, exact, query) -> np.ndarray:
             for h in range(q.shape[1]):
                 kh = h // c.group
                 p = _softmax(keys[b, kh, :L] @ q[b, h])
-                eps = np.max(dk[b, kh, :L] @ np.abs(q[b, h]))
-                out[b, h] = np.expm1(2 * eps) * (p @ np.abs(v_lo[b, kh, :L])) + p @ dv[b, kh, :L] \
-                    + np.exp(2 * eps) * _weight_rounding(
-                        p, v_lo[b, kh, :L], None if vs is None else vs[b, kh, :L])
+                eps = np.max((keep * dk[b, kh, :L] + u * np.abs(k_lo[b, kh, :L]))
+                             @ np.abs(q[b, h]))
+                pv = p @ np.abs(v_lo[b, kh, :L])
+                out[b, h] = np.expm1(2 * eps) * pv + keep * (p @ dv[b, kh, :L]) \
+                    + np.exp(2 * eps) * (u * pv + _weight_rounding(
+                        p, v_lo[b, kh, :L], None if vs is None else vs[b, kh, :L]))
         return out
-    (c_lo, dc), (_, dp) = _perturbation(low, exact, "c_kv"), _perturbation(low, exact, "k_pe")
+    (c_lo, dc), (p_lo, dp) = _perturbation(low, exact, "c_kv"), _perturbation(low, exact, "k_pe")
     latent = exact.dequantized("c_kv").astype(np.float64)
     cs = low.c_kv_scale if low.kv_dtype.scaled else None
     rope = exact.dequantized("k_pe").astype(np.float64)
@@ -98,12 +112,26 @@ def _bound(low, exact, query) -> np.ndarray:
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
             p = _softmax(latent[b, :L] @ q_lat[b, h] + rope[b, :L] @ q[b, h, nope:])
-            eps = np.max(dc[b, :L] @ np.abs(q_lat[b, h]) + dp[b, :L] @ np.abs(q[b, h, nope:]))
-            x = np.expm1(2 * eps) * (p @ np.abs(c_lo[b, :L])) + p @ dc[b, :L] \
-                + np.exp(2 * eps) * _weight_rounding(
-                    p, c_lo[b, :L], None if cs is None else cs[b, :L])
+            eps = np.max((keep * dc[b, :L] + u * np.abs(c_lo[b, :L])) @ np.abs(q_lat[b, h])
+                         + (keep * dp[b, :L] + u * np.abs(p_lo[b, :L])) @ np.abs(q[b, h, nope:]))
+            pc = p @ np.abs(c_lo[b, :L])
+            x = np.expm1(2 * eps) * pc + keep * (p @ dc[b, :L]) \
+                + np.exp(2 * eps) * (u * pc + _weight_rounding(
+                    p, c_lo[b, :L], None if cs is None else cs[b, :L]))
             out[b, h] = np.abs(exact.w_uv[h].astype(np.float64)) @ x
     return out
+
+
+def _near_stored(got, on_stored, low, query, products: bool) -> None:
+    """``got`` is the reference on ``low``'s stored values up to float32 accumulation,
+    and with ``products`` up to the bfloat16 rounding of the query and weights as well
+    (:func:`_bound` with the stored values as the exact ones)."""
+    slack = _f32_slack(on_stored)
+    if not products:
+        np.testing.assert_allclose(got, on_stored, rtol=0, atol=slack)
+        return
+    tol = _bound(low, low, query, products=True, cache=False) + slack
+    assert np.all(np.abs(got - on_stored) <= tol), float(np.max(np.abs(got - on_stored) - tol))
 
 
 # ---------------------------------------------------------------------------
@@ -269,8 +297,10 @@ def test_local_strategies_match_the_float64_reference(dtype, small):
     for strategy, inner in LOCAL:
         got = A.decode(low, q, strategy=strategy, inner=inner, workers=2, mla_impl=impl)
         assert got.dtype == (np.float64 if strategy == "python" else np.float32)
-        np.testing.assert_allclose(got, on_stored, rtol=0, atol=_f32_slack(on_stored))
-        assert np.all(np.abs(got - truth) <= bound + _f32_slack(truth)), (strategy, inner)
+        products = _bf16_products(low, strategy, inner)
+        _near_stored(got, on_stored, low, q, products)
+        within = _bound(low, exact, q, products=True) if products else bound
+        assert np.all(np.abs(got - truth) <= within + _f32_slack(truth)), (strategy, inner)
     # The bound is not vacuous: the rounding error is there, and inside it.
     err = np.abs(on_stored - truth)
     assert 0 < err.max() and np.all(err <= bound)
@@ -283,7 +313,8 @@ def test_real_presets_tiny_context(dtype, preset):
     q = A.random_query(exact)
     truth = reference_decode(exact, q, "naive")
     got = A.decode(low, q, strategy="numba", workers=2)
-    assert np.all(np.abs(got - truth) <= _bound(low, exact, q) + _f32_slack(truth))
+    bound = _bound(low, exact, q, products=_bf16_products(low, "numba"))
+    assert np.all(np.abs(got - truth) <= bound + _f32_slack(truth))
 
 
 POOLS = [("multiprocess", "numba"), ("multiprocess", "numpy"), ("distributed", "numba")]
@@ -322,7 +353,8 @@ def test_pool_strategies_ship_reduced_caches(pools, variant, dtype, name):
     q = A.random_query(exact)
     want = reference_decode(low, q, "naive")
     got = A.decode(low, q, strategy=strategy, inner=inner, workers=2)
-    np.testing.assert_allclose(got, want, rtol=0, atol=_f32_slack(want))
+    products = _bf16_products(low, strategy, inner)
+    _near_stored(got, want, low, q, products)
     # A token appended after the first step reaches the workers too (shards resent).
     rng = np.random.default_rng(3)
     c = low.config
@@ -335,7 +367,7 @@ def test_pool_strategies_ship_reduced_caches(pools, variant, dtype, name):
                    rng.standard_normal((1, c.qk_rope_head_dim)).astype(np.float32))
     want = reference_decode(low, q, "naive")
     got = A.decode(low, q, strategy=strategy, inner=inner, workers=2)
-    np.testing.assert_allclose(got, want, rtol=0, atol=_f32_slack(want))
+    _near_stored(got, want, low, q, products)
 
 
 def test_make_case_and_fields_follow_the_dtype():

@@ -154,6 +154,8 @@ def test_command_writes_json_atomically(tmp_path, capsys):
     assert doc["numba"]["int8_scores"] == want
     assert doc["numba"]["int8_values"] == want
     assert f"int8 scores and values in {want}" in printed
+    bf16 = "products (AVX-512 BF16)" if simd.BF16_DOT else "float tiles"
+    assert doc["numba"]["bf16_products"] == bf16 and f"bfloat16 in {bf16}" in printed
     assert "primesieve_python" in doc["anchors"] and "torch" in doc["anchors"]
     assert doc["matmul"]["gflops"]["1"] > 0
     # The FMA probe round-trips through the file beside the matmul figure.

@@ -87,6 +87,12 @@ def test_report_from_real_asv_results(project, tmp_path, capsys):
                      "--out", str(tmp_path / "out3")]) == 0
     assert ("kernels in 16-lane float32 vectors, int8 scores and values in integers "
             "(AVX-512 VNNI)") in (tmp_path / "out3" / "report.md").read_text()
+    doc["numba"].update(bf16_products="products (AVX-512 BF16)")
+    machine.write_text(json.dumps(doc))
+    assert cli_main(["report", "--results", str(results), "--machine", str(machine),
+                     "--out", str(tmp_path / "out4")]) == 0
+    assert ("int8 scores and values in integers (AVX-512 VNNI), bfloat16 in products "
+            "(AVX-512 BF16)") in (tmp_path / "out4" / "report.md").read_text()
     # The track with params (size,) is joined to the time benchmark by name:
     # 4e6 bytes in numba's 4-unit time -> a GB/s column and a share of read bandwidth.
     assert "GB/s" in text and "of read bw" in text

@@ -17,7 +17,7 @@ from kernels import simd
 from kernels.attention import jit, wide
 from kernels.attention.config import rotate_query
 from kernels.attention.decode import Problem
-from kernels.attention.precision import numba_view, widen
+from kernels.attention.precision import numba_view, to_bfloat16, widen
 
 L = simd.LANES
 
@@ -292,6 +292,90 @@ def test_int_values_need_pairs_of_vectors_in_the_registers():
         simd.int_values(simd.REGISTERS // 4, 4)  # 32 + 4 + 1 (16 + 4 + 1) registers
 
 
+_needs_bf16 = pytest.mark.skipif(not simd.BF16_DOT, reason="no vdpbf16ps on this CPU")
+
+
+def _bf16(x):
+    """float32 ``x`` rounded to bfloat16 bits, and those bits widened back (float64)."""
+    bits = to_bfloat16(x)
+    return bits, (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+@_needs_bf16
+@pytest.mark.parametrize("add", [False, True])
+def test_bf16_dots_sum_exact_bfloat16_products(add):
+    """From misaligned rows, d = 512: within float32 summation of the exact products."""
+    rng = np.random.default_rng(4)
+    d = 512
+    q, qw = _bf16(rng.standard_normal((4, d + 32)).astype(np.float32)[:, 3:d + 3])
+    k, kw = _bf16(rng.standard_normal((4, d + 8)).astype(np.float32)[:, 1:d + 1])
+    q, k = np.ascontiguousarray(q), np.ascontiguousarray(k)
+    s0 = rng.standard_normal((4, 7)).astype(np.float32)
+    s = s0.copy()
+    kernel = simd.bf16_dots(4, 4)
+
+    @njit(nogil=True)
+    def run(q, k, s, add):
+        kernel(q.ctypes.data, q.strides[0] // 2, k.ctypes.data, k.strides[0] // 2,
+               q.shape[1], s.ctypes.data, s.strides[0] // 4, add)
+
+    run(q, k, s, add)
+    exact = qw @ kw.T + (s0[:, :4] if add else 0)
+    tol = 2e-6 * (np.abs(qw) @ np.abs(kw).T) + 1e-6
+    assert np.all(np.abs(s[:, :4] - exact) <= tol)
+    np.testing.assert_array_equal(s[:, 4:], s0[:, 4:])
+
+
+@_needs_bf16
+@pytest.mark.parametrize("rows,vectors", [(4, 4), (1, 4), (4, 2), (1, 2)])
+@pytest.mark.parametrize("k", [0, 2, 128])
+def test_bf16_values_sum_exact_bfloat16_products(rows, vectors, k):
+    """c[r] += w[r] @ a in column order, from misaligned rows, columns beyond the tile's
+    left alone."""
+    rng = np.random.default_rng(k + rows)
+    cols = vectors * simd.LANES
+    a, aw = _bf16(rng.standard_normal((max(k, 1), cols + 40)).astype(np.float32)[:, 3:])
+    w, ww = _bf16(rng.random((rows, k + 6)).astype(np.float32))
+    c = rng.standard_normal((rows, cols + 8)).astype(np.float32)
+    want = c.astype(np.float64)
+    want[:, :cols] += ww[:, :k] @ aw[:k, :cols]
+    kernel = simd.bf16_values(rows, vectors)
+
+    @njit(nogil=True)
+    def run(a, w, k, c):
+        simd.widest()
+        kernel(a.ctypes.data, a.strides[0] // 2, w.ctypes.data, w.strides[0] // 2, k,
+               c.ctypes.data, c.strides[0] // 4, a.ctypes.data, 2)
+
+    run(a, w, k, c)
+    tol = 2e-6 * (np.abs(ww[:, :k]) @ np.abs(aw[:k, :cols]) + np.abs(want[:, :cols])) + 1e-6
+    assert np.all(np.abs(c[:, :cols] - want[:, :cols]) <= tol)
+    np.testing.assert_array_equal(c[:, cols:], want[:, cols:].astype(np.float32))
+
+
+def test_bf16_tiles_refuse_what_does_not_fit_or_run():
+    with pytest.raises(ValueError, match=f"{simd.LANES} products"
+                       + ("" if simd.BF16_DOT else ".*no vdpbf16ps")):
+        simd.bf16_dots(simd.LANES, 2)
+    with pytest.raises(ValueError, match="even number of vectors"):
+        simd.bf16_values(4, 3)
+
+
+@njit(nogil=True)
+def _round_bf16(x, n, out):
+    jit._to_bf16(x, n, out)
+
+
+def test_the_kernels_round_to_bfloat16_as_the_cache_does():
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(300) * 10.0 ** rng.integers(-30, 30, 300)).astype(np.float32)
+    x[:4] = [0, -0.0, 3.0e38, 1.0 + 2.0**-8]  # a tie: to even (1.0)
+    out = np.full(300, 7, np.uint16)
+    _round_bf16(x, 299, out)
+    np.testing.assert_array_equal(out[:299], to_bfloat16(x[:299]))
+    assert out[299] == 7 and out[3] == to_bfloat16(np.float32(1.0))
+
+
 @njit(nogil=True, fastmath=jit.FASTMATH)
 def _quantize_w(sg, n, sv, wg):
     return jit._quantize_weights(sg, n, sv, wg)
@@ -373,6 +457,31 @@ def int_value_bound(scores, m, v_int, v_scale, t0, t1, block=jit.BLOCK):
                 te = min(tb + block, t1)
                 out[b, h] += w[tb - t0 : te - t0].max() / 65534 * np.abs(
                     v_int[b, h // G, tb:te].astype(np.float64)).sum(axis=0)
+    return out
+
+
+def bf16_score_bound(q, k_widened):
+    """Largest change to a score that rounding each head's query to bfloat16 can make
+    (the vdpbf16ps path, :data:`kernels.simd.BF16_DOT`): u = 2^-8 of each |q_i|, times
+    |k_i|; and the relative change to a softmax weight (e^(2E) - 1)."""
+    B, H, _ = q.shape
+    G = H // k_widened.shape[1]
+    e = max(float((np.abs(k_widened[b, h // G]) @ np.abs(q[b, h].astype(np.float64))).max())
+            for b in range(B) for h in range(H)) * 2.0**-8
+    return e, float(np.expm1(2 * e))
+
+
+def bf16_value_bound(scores, m, v_widened, t0, t1):
+    """Largest change to the unnormalised value state o[b, h] (weights e^(s - m)) that
+    rounding each weight to bfloat16 can make: u = 2^-8 of the weight times |v|, summed
+    over the tokens. [B, H, dv]."""
+    B, H, _ = scores.shape
+    G = H // v_widened.shape[1]
+    out = np.zeros((B, H, v_widened.shape[3]))
+    for b in range(B):
+        for h in range(H):
+            w = np.exp(scores[b, h, t0:t1] - m[b, h])
+            out[b, h] = 2.0**-8 * (w @ np.abs(v_widened[b, h // G, t0:t1].astype(np.float64)))
     return out
 
 
@@ -468,6 +577,39 @@ def test_int8_scores_stay_within_the_query_rounding_bound(t0, t1):
         assert np.all(err <= (1e-5 + 2 * w) * float(np.abs(vw).max()) + vb / rl[..., None])
 
 
+@pytest.mark.parametrize("t0,t1", [(0, 203), (5, 130), (1, 4), (128, 203)])
+def test_bf16_products_stay_within_the_rounding_bound(t0, t1):
+    """GQA-shaped groups (4 heads, width 64) over a bfloat16 cache: with vdpbf16ps,
+    partial_jit rounds the query and each weight to bfloat16; its state stays within
+    :func:`bf16_score_bound` and :func:`bf16_value_bound` of the float64 reference on the
+    same stored values (odd blocks' last token, and the last tokens or three of the
+    scores, in float tiles, included). Without vdpbf16ps: float32 accumulation only."""
+    from kernels.attention.reference import partial_python
+
+    config = A.KVConfig(n_heads=8, n_kv_heads=2, head_dim=64)
+    cache = A.make_cache(config, capacity=203, batch=2, dtype="bfloat16")
+    with cache:
+        A.fill_random(cache, 203, seed=6)
+        q = A.random_query(cache, seed=7)
+        problem = Problem(cache, rotate_query(config, q, 202), None)
+        k1, k2, v, ks1, ks2, vs = problem.operands(cache.arrays())
+        spec = A.check_cache_dtype("bfloat16")
+        kw, vw = widen(k1, spec), widen(v, spec)
+        m, l, o = problem._empty_state(v.shape[3])
+        jit.partial_jit(problem.q1, numba_view(k1), problem.q2, numba_view(k2),
+                        numba_view(v), t0, t1, m, l, o, ks1, ks2, vs)
+        rm, rl, ro = partial_python(problem.q1, kw, problem.q2, np.zeros(k2.shape), vw, t0, t1)
+        e, w = bf16_score_bound(problem.q1, kw[:, :, t0:t1]) if simd.BF16_DOT else (0.0, 0.0)
+        np.testing.assert_allclose(m, rm, rtol=1e-6, atol=1e-6 + e)
+        np.testing.assert_allclose(l, rl, rtol=1e-5 + w)
+        vb = bf16_value_bound(head_scores(problem.q1, kw), rm, vw, t0, t1) * (1 + w) \
+            if simd.BF16_DOT else 0.0
+        err = np.abs(o / l[..., None] - ro / rl[..., None])
+        assert np.all(err <= (1e-5 + 2 * w) * float(np.abs(vw).max()) + vb / rl[..., None])
+        if simd.BF16_DOT and t1 - t0 > 4:  # the rounding is there: not float32's error
+            assert err.max() > 1e-4 * float(np.abs(vw).max())
+
+
 @pytest.mark.parametrize("name", ["mqa-wide", "mla-wide", "mqa"])  # mqa: 32 heads a group
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("t0,t1", [(0, 1), (5, 300), (128, 256), (3, 11)])
@@ -492,6 +634,12 @@ def test_group_gemm_kernel_equals_the_generic_one(name, dtype, t0, t1):
             scores = head_scores(problem.q1, widen(k1, spec, ks1), problem.q2,
                                  widen(k2, spec, ks2))
             vb = int_value_bound(scores, m2, v, vs, t0, t1) * (1 + w)
+        if dtype == "bfloat16" and simd.BF16_DOT:  # partial_jit's products in bfloat16
+            spec = A.check_cache_dtype("bfloat16")
+            kw, vw = widen(k1, spec), widen(v, spec)
+            e, w = bf16_score_bound(problem.q1, kw[..., t0:t1, :])
+            scores = head_scores(problem.q1, kw, problem.q2, widen(k2, spec))
+            vb = bf16_value_bound(scores, m2, vw, t0, t1) * (1 + w)
         np.testing.assert_allclose(m1, m2, rtol=1e-5, atol=1e-5 + e)
         np.testing.assert_allclose(l1, l2, rtol=1e-5 + w)
         tol = 2e-5 * np.abs(o2) + (2e-5 + w) * float(np.abs(o2).max()) + vb
@@ -546,6 +694,31 @@ def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
     assert done.returncode != 0 and "must be 8 or 16" in done.stderr
 
 
+@pytest.mark.slow  # 20-40 s of compiling
+@_needs_bf16
+def test_bf16_float_tiles_can_be_chosen_on_a_cpu_with_vdpbf16ps(tmp_path):
+    """``KERNELRACE_BF16_DOT=0`` keeps the float tiles (the query and weights unrounded):
+    a GQA step on a bfloat16 cache then matches the reference on the stored values to
+    float32 accumulation, in a process of its own."""
+    code = (
+        "import numpy as np, kernels.attention as A\n"
+        "from kernels import simd\n"
+        "from kernels.attention.reference import reference_decode\n"
+        "assert not simd.BF16_DOT and '-bf16-' not in simd.cache_tag()\n"
+        "c = A.make_cache(A.KVConfig(8, 2, 64), capacity=150, dtype='bfloat16')\n"
+        "A.fill_random(c, 150, seed=1)\n"
+        "q = A.random_query(c)\n"
+        "want = reference_decode(c, q)\n"
+        "got = A.decode(c, q, strategy='numba', workers=1)\n"
+        "assert np.abs(got - want).max() / np.abs(want).max() < 1e-5\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "KERNELRACE_BF16_DOT": "0", "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
 def test_the_attention_kernels_cache_is_kept_apart_per_vector_configuration_and_code(
         tmp_path, monkeypatch):
     """numba stamps a cached function with its own file only: the attention kernels'
@@ -556,6 +729,7 @@ def test_the_attention_kernels_cache_is_kept_apart_per_vector_configuration_and_
 
     tag = simd.cache_tag()
     assert tag.startswith(f"simd{L}") and (f"-{simd.INT_MADD}-" in tag) == bool(simd.INT_MADD)
+    assert ("-bf16-" in tag) == simd.BF16_DOT
     for f in (jit.partial_jit, jit.fused_decode, wide.fused_wide):
         assert os.path.basename(f._cache._cache_path) == tag
     assert os.path.basename(sieve_jit._count_ones._cache._cache_path) != tag
@@ -594,8 +768,9 @@ def test_cache_folders_of_earlier_code_are_removed_and_the_rest_kept(tmp_path, m
     current = simd.cache_tag().rsplit("-", 1)[1]
     old = "0123456789abcdef"
     keep = sorted({simd.cache_tag(), f"simd8-{current}", f"simd16-vnni-{current}",
-                   "simd16-vnni-xyz", "jit.partial_jit-1.py311.nbi", "other"})
-    gone = [f"simd16-vnni-{old}", f"simd8-{old}", f"simd16-{old}"]
+                   f"simd16-vnni-bf16-{current}", "simd16-vnni-xyz",
+                   "jit.partial_jit-1.py311.nbi", "other"})
+    gone = [f"simd16-vnni-{old}", f"simd8-{old}", f"simd16-{old}", f"simd16-vnni-bf16-{old}"]
     for name in keep + gone:
         (tmp_path / name).mkdir()
         (tmp_path / name / "entry.nbc").write_bytes(b"x")

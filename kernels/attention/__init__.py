@@ -47,7 +47,13 @@ from kernels.attention.decode import (
     workers_for_cost,
     workers_used,
 )
-from kernels.attention.precision import KV_DTYPES, KVDtype, check_torch_dtype, kv_dtype
+from kernels.attention.precision import (
+    KV_DTYPES,
+    KVDtype,
+    check_torch_dtype,
+    kv_dtype,
+    rounds_query,
+)
 
 __all__ = [
     "KV_DTYPES", "KVDtype", "kv_dtype",
@@ -333,7 +339,8 @@ def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Chec
     :func:`verify_cases`: float32 caches, and bf16, fp16 and int8 ones against the
     reference on the values they hold (the torch anchor skips int8, which it refuses);
     tolerance rtol 2e-4 / atol 2e-5 relative to the output scale, plus 4 unit roundoffs of
-    the cache type for torch, which rounds the query to bf16/fp16 as well.
+    the cache type where the query is rounded to it as well (torch on bf16/fp16, numba's
+    bf16 products: :func:`~kernels.attention.precision.rounds_query`).
     """
     from kernels.attention.reference import reference_decode
 
@@ -358,8 +365,8 @@ def verify(strategy: str, inner: str | None, workers: int) -> list[registry.Chec
             np.max(np.abs(want))
         )
         spec_dtype = kv_dtype(spec["dtype"])
-        if strategy == "torch" and spec_dtype.reduced:
-            # torch computes in the cache's type: its query is rounded too (4 u of the scale).
+        if rounds_query(spec_dtype, strategy, inner):
+            # products in the cache's type: the query (and numba's weights) rounded too
             limit += 4 * spec_dtype.u * float(np.max(np.abs(want)))
         ok = got.shape == want.shape and bool(np.isfinite(got).all()) and err <= limit
         checks.append(registry.Check(tag, ok, f"max abs err {err:.2e} (limit {limit:.2e})"))

@@ -490,6 +490,103 @@ def _values_int(w16, wsc, V, tb, n, acc, pf, lines):
             g += 4 if four else 1
 
 
+#: bfloat16 caches with ``vdpbf16ps`` (:data:`kernels.simd.BF16_DOT`, AVX-512 BF16): the
+#: query and each block's softmax weights rounded to bfloat16 like the cache, then the
+#: scores and value sums as :func:`kernels.simd.bf16_dots` / :func:`kernels.simd.bf16_values`
+#: tiles, 4 heads by 4 tokens and 4 heads (or 1) by 4 vectors (or 2), float32 sums.
+_BF16 = simd.BF16_DOT
+_bdots = simd.bf16_dots(4, 4) if _BF16 else None
+_bvt = simd.bf16_values(4, 4) if _BF16 else None
+_bvt_1 = simd.bf16_values(1, 4) if _BF16 else None
+_bvt_v = simd.bf16_values(4, 2) if _BF16 else None
+_bvt_1v = simd.bf16_values(1, 2) if _BF16 else None
+
+
+@intrinsic
+def _is_bf16(typingctx, a):  # noqa: ARG001 (numba passes the typing context)
+    """Whether ``a`` holds bfloat16 bits (uint16), as a constant LLVM folds away."""
+    yes = isinstance(a, types.Array) and a.dtype == types.uint16
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return context.get_constant(types.boolean, yes)
+
+    return types.boolean(a), codegen
+
+
+@njit(nogil=True, inline="always")
+def _to_bf16(x, n, out):
+    """out[i] = x[i] rounded to bfloat16 (nearest, ties to even: the cache's rounding,
+    :func:`kernels.attention.precision.to_bfloat16`) as uint16 bits, for i < n; ``x`` a
+    contiguous float32 row."""
+    u = x.view(np.uint32)
+    for i in range(n):
+        b = u[i]
+        out[i] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))
+                           >> np.uint32(16))
+
+
+@njit(nogil=True, inline="always")
+def _scores_bf16(qb, qa, K, tb, n, s, hi, sc):
+    """s[g, t] = qb[g] . K[tb + t] for bfloat16 rows of K and the bfloat16 query ``qb``,
+    four heads by four tokens at a time (:data:`_bdots`); a last token or three in float
+    tiles with the float32 query ``qa`` (:func:`_scores_tiled`; ``sc`` the cache's empty
+    scales). Each tile prefetches the K rows ``PREFETCH`` tokens ahead (below row
+    ``hi``)."""
+    if not _BF16:  # no vdpbf16ps: never called (pruned at compile time)
+        return
+    G, d = qb.shape
+    ldq = qb.strides[0] // 2
+    ldk = K.strides[0] // 2
+    lds = s.strides[0] // 4
+    t = 0
+    while t + 4 <= n:
+        _prefetch_rows(K, tb + t + PREFETCH, tb + t + PREFETCH + 4, hi)
+        kb = K.ctypes.data + (tb + t) * K.strides[0]
+        for g in range(0, G, 4):
+            _bdots(qb.ctypes.data + g * qb.strides[0], ldq, kb, ldk, d,
+                   s.ctypes.data + g * s.strides[0] + t * 4, lds, False)
+        t += 4
+    if t < n:
+        _scores_tiled(qa, K, tb + t, n - t, s[:, t:], False, hi, sc)
+
+
+@njit(nogil=True, inline="always")
+def _values_bf16(wb, V, tb, n, acc, pf, lines):
+    """acc[g] += sum over t < n of wb[g, t] * V[tb + t] for bfloat16 rows of V, bfloat16
+    weights ``wb`` and an even ``n`` (:data:`_bvt`): 4 heads by 4 vectors of columns (or
+    1 head, or 2 vectors) a tile, prefetching the ``lines`` lines from ``pf`` on as it
+    goes."""
+    if not _BF16:  # no vdpbf16ps: never called (pruned at compile time)
+        return
+    G, dv = acc.shape
+    ldv = V.strides[0] // 2
+    ldw = wb.strides[0] // 2
+    ldo = acc.strides[0] // 4
+    row0 = V.ctypes.data + tb * V.strides[0]
+    width = 4 * simd.LANES
+    for j0 in range(0, dv, width):
+        full = j0 + width <= dv  # else the last 2 vectors of columns
+        per_call = (n // 2) * simd.prefetch_lines(4 if full else 2, 4)
+        g = 0
+        while g < G:
+            four = g + 4 <= G
+            a = row0 + j0 * 2
+            w = wb.ctypes.data + g * wb.strides[0]
+            out = acc.ctypes.data + g * acc.strides[0] + j0 * 4
+            if full and four:
+                _bvt(a, ldv, w, ldw, n, out, ldo, pf, lines)
+            elif full:
+                _bvt_1(a, ldv, w, ldw, n, out, ldo, pf, lines)
+            elif four:
+                _bvt_v(a, ldv, w, ldw, n, out, ldo, pf, lines)
+            else:
+                _bvt_1v(a, ldv, w, ldw, n, out, ldo, pf, lines)
+            used = min(lines, per_call)
+            pf += used * 64
+            lines -= used
+            g += 4 if four else 1
+
+
 @njit(nogil=True, fastmath=FASTMATH, inline="always")
 def _max32(x, n, init):
     """:func:`_max` of a contiguous float32 row, in vectors (``vmaxps``; LLVM leaves the
@@ -582,6 +679,13 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     # int8 keys in integers where the CPU has the tiles (GQA-like groups, no rotary part)
     intk = _INT_SCORES and tiled1 and k1.itemsize == 1 and G % 4 == 0 and d1 % 32 == 0 \
         and d1 <= simd.INT_DOTS_MAX_D and d2 == 0
+    # bfloat16 caches with vdpbf16ps where the CPU has it: keys as the int8 ones, values
+    # as the narrow rows' tiles
+    bk = _BF16 and tiled1 and _is_bf16(k1) and G % 4 == 0 and d1 % 32 == 0 and d2 == 0
+    bv = _BF16 and tiledv and _is_bf16(v) and dv % 32 == 0
+    qf = np.empty(d1 if bk else 0, np.float32)
+    qb16 = np.empty((G if bk else 0, d1), np.uint16)
+    wb16 = np.empty((G if bv else 0, BLOCK), np.uint16)
     q16 = np.empty((G if intk else 0, d1), np.int16)
     qsc = np.empty(G, np.float32)
     w16 = np.empty((G if intv else 0, BLOCK), np.int16)
@@ -606,9 +710,15 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
             acc[:] = zero
             if intk:
                 _quantize_query(qa, q16, qsc)
+            if bk:
+                for g in range(G):
+                    qf[:] = qa[g]
+                    _to_bf16(qf, d1, qb16[g])
             for tb in range(t0, t1, BLOCK):
                 n = min(BLOCK, t1 - tb)
-                if intk:
+                if bk:
+                    _scores_bf16(qb16, qa, K1, tb, n, s, t1, S1)
+                elif intk:
                     _scores_int(q16, qsc, qa, K1, tb, n, s, t1, S1)
                 elif tiled1:
                     _scores_tiled(qa, K1, tb, n, s, False, t1, S1)
@@ -636,6 +746,8 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                     mloc[g] = mx
                     if intv:  # scaled, then rounded to int16 against their largest
                         wsc[g] = _quantize_weights(sg, n, SV[tb : tb + n], w16[g])
+                    elif bv:  # rounded to bfloat16
+                        _to_bf16(sg, n, wb16[g])
                     elif vscaled:  # each value row's scale, once per weight
                         for t in range(n):
                             sg[t] *= SV[tb + t]
@@ -646,9 +758,12 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                     nxt = min(tb + 2 * BLOCK, t1)
                     lines = max(0, nxt - tb - BLOCK) * V.strides[0] // 64
                     pf = V.ctypes.data + (tb + BLOCK) * V.strides[0]
-                    if intv:
+                    if intv or bv:
                         even = n - n % 2
-                        _values_int(w16, wsc, V, tb, even, acc, pf, lines)
+                        if intv:
+                            _values_int(w16, wsc, V, tb, even, acc, pf, lines)
+                        else:
+                            _values_bf16(wb16, V, tb, even, acc, pf, lines)
                         if even < n:  # the last token in float
                             _values_tiled(s[:, even:], V, tb + even, 1, acc, pf, 0)
                     else:

@@ -110,6 +110,20 @@ def kv_dtype(dtype: Any) -> KVDtype:
     raise ValueError(f"dtype must be one of {_ACCEPTED}; got {dt}")
 
 
+def rounds_query(dtype: Any, strategy: str, inner: str | None = None) -> bool:
+    """Whether ``strategy`` (with ``inner``) rounds the query to the cache's type as well
+    as the cache: the torch anchor on a bf16/fp16 cache, and numba's kernels on a bf16
+    cache where they take its products in bf16 (``vdpbf16ps``,
+    :data:`kernels.simd.BF16_DOT`; they round the softmax weights too). Their output is
+    within a few unit roundoffs more of the reference on the stored values."""
+    spec = kv_dtype(dtype)
+    if strategy == "torch":
+        return spec.reduced
+    from kernels import simd
+
+    return spec is BFLOAT16 and simd.BF16_DOT and "numba" in (strategy, inner)
+
+
 def check_torch_dtype(strategy: str, dtype: Any) -> None:
     """ValueError if ``strategy`` is the torch anchor and ``dtype`` a type it cannot run."""
     name = kv_dtype(dtype).name

@@ -160,21 +160,26 @@ def blas_info() -> list[dict[str, Any]]:
 
 
 def int8_paths(nb: dict[str, Any]) -> str:
-    """How a calibration's int8 kernels ran, in words: scores and values (calibrations
-    from before the integer value pass record the scores only)."""
+    """How a calibration's narrow-cache kernels ran, in words: int8 scores and values
+    (calibrations from before the integer value pass record the scores only), and
+    bfloat16 products where they were recorded."""
     values = nb.get("int8_values")
     if values is None:
-        return f"int8 keys scored in {nb['int8_scores']}"
-    if values == nb["int8_scores"]:
-        return f"int8 scores and values in {values}"
-    return f"int8 scores in {nb['int8_scores']}, values in {values}"
+        words = f"int8 keys scored in {nb['int8_scores']}"
+    elif values == nb["int8_scores"]:
+        words = f"int8 scores and values in {values}"
+    else:
+        words = f"int8 scores in {nb['int8_scores']}, values in {values}"
+    bf16 = nb.get("bf16_products")
+    return f"{words}, bfloat16 in {bf16}" if bf16 else words
 
 
 def numba_info() -> dict[str, Any]:
     """numba's version, thread count and threading layer (after a parallel run), and how
     the register-tiled kernels compile here (:mod:`kernels.simd`): float32 lanes per
-    vector, and whether an int8 cache's scores and values are summed in integers (AVX-512
-    VNNI, or ``vpmaddwd``) or in float tiles, which the int8 figures depend on."""
+    vector, whether an int8 cache's scores and values are summed in integers (AVX-512
+    VNNI, or ``vpmaddwd``) or in float tiles, and whether a bfloat16 cache's are bfloat16
+    products (``vdpbf16ps``), which the narrow caches' figures depend on."""
     import numba
 
     from kernels import simd
@@ -186,6 +191,7 @@ def numba_info() -> dict[str, Any]:
         "simd_lanes": simd.LANES,
         "int8_scores": int8,
         "int8_values": int8,
+        "bf16_products": "products (AVX-512 BF16)" if simd.BF16_DOT else "float tiles",
     }
     try:
         info["threading_layer"] = numba.threading_layer()
