@@ -181,18 +181,40 @@ def limit_threads(workers: int, *, numba_pool: bool = True) -> Iterator[None]:
     that times ``numpy`` and then ``torch`` steps, as a benchmark pairing them does).
     """
     if not numba_pool:
-        with _threadpools().limit(limits=workers):
+        with _pools_limited(workers):
             yield
         return
     import numba
 
     previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(workers, _numba_threads_limit())))
+    want = max(1, min(workers, _numba_threads_limit()))
+    if want != previous:
+        numba.set_num_threads(want)
     try:
-        with _threadpools().limit(limits=workers):
+        with _pools_limited(workers):
             yield
     finally:
-        numba.set_num_threads(previous)
+        if want != previous:
+            numba.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _pools_limited(workers: int) -> Iterator[None]:
+    """threadpoolctl's ``limit(limits=workers)`` over every pool it found, touching only
+    the pools not at ``workers`` already and restoring those: 2-4 us a step where its
+    ``limit`` takes 20-35 (it records every library's full description first), which is
+    a tenth of a small decode step."""
+    changed = []
+    try:
+        for lib in _threadpools().lib_controllers:
+            before = lib.num_threads
+            if before is not None and before != workers:
+                lib.set_num_threads(workers)
+                changed.append((lib, before))
+        yield
+    finally:
+        for lib, before in changed:
+            lib.set_num_threads(before)
 
 
 _controller: tuple[int, Any] | None = None

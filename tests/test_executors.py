@@ -185,6 +185,22 @@ def test_limit_threads_above_numbas_pool_is_capped_not_an_error(numba_threads_at
             assert all(n <= 2 for n in _blas_threads())
 
 
+def test_nested_limits_restore_each_level_and_numpy_calls_leave_numba_alone(
+        numba_threads_at_most) -> None:
+    """The inner limit finds the pools at 1 already (and touches nothing), the outer
+    one still restores them; ``numba_pool=False`` caps the BLAS pools only."""
+    limit = numba_threads_at_most
+    blas_before = _blas_threads()
+    with executors.limit_threads(1):
+        with executors.limit_threads(1):
+            assert numba.get_num_threads() == 1 and all(n == 1 for n in _blas_threads())
+        assert numba.get_num_threads() == 1 and all(n == 1 for n in _blas_threads())
+    assert numba.get_num_threads() == limit and _blas_threads() == blas_before
+    with executors.limit_threads(1, numba_pool=False):
+        assert numba.get_num_threads() == limit and all(n == 1 for n in _blas_threads())
+    assert _blas_threads() == blas_before
+
+
 def test_run_chunks_caps_threads_while_it_runs(numba_threads_at_most) -> None:
     seen = executors.run_chunks("serial", lambda _: numba.get_num_threads(), [0], 1)
     assert seen == [1]

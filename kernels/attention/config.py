@@ -8,6 +8,7 @@ keys on entry and the decode entry applies it to the query.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -266,10 +267,18 @@ def check_cache_dtype(dtype: Any) -> KVDtype:
 # ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _inv_freq(dim: int, theta: float) -> np.ndarray:
+    """``theta ** (-2i / dim)`` for i < dim / 2, float64, read-only: made once per
+    (dim, theta), not once per decode step."""
+    out = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    out.flags.writeable = False
+    return out
+
+
 def rope_tables(positions: np.ndarray, dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of ``position * theta ** (-2i / dim)``, float64, shape [n, dim // 2]."""
-    inv_freq = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
-    angles = np.outer(np.asarray(positions, dtype=np.float64), inv_freq)
+    angles = np.asarray(positions, dtype=np.float64)[:, None] * _inv_freq(dim, float(theta))
     return np.cos(angles), np.sin(angles)
 
 
