@@ -441,7 +441,7 @@ def head_scores(q1, k1w, q2=None, k2w=None):
     return out
 
 
-def int_value_bound(scores, m, v_int, v_scale, t0, t1, block=jit.BLOCK):
+def int_value_bound(scores, m, v_int, v_scale, t0, t1, block=jit.PBLOCK):
     """Largest change to the unnormalised value state o[b, h] (weights e^(s - m)) that
     rounding each block's weights to int16 can make (kernels.attention.jit._quantize_weights,
     the integer value pass): per block of ``block`` tokens from t0 and head, half a step,

@@ -7,9 +7,9 @@ Two states merge exactly: with ``M = max(m1, m2)``,
 ``o / l``. :func:`merge_partials` is the only code that does this across chunks; the
 ``numba``, ``threaded`` and ``multiprocess`` strategies all call it.
 
-:func:`partial_jit` makes one pass over its token range, in blocks of ``BLOCK``
-tokens: for each KV head it streams every K row once and scores it against all the
-query heads of its group, updates the running (m, l, o) once per block, then streams
+:func:`partial_jit` makes one pass over its token range, in blocks of ``BLOCK`` (or
+``PBLOCK``) tokens: for each KV head it streams every K row once and scores it against
+all the query heads of its group, updates the running (m, l, o) once per block, then streams
 every V row once into all the group's accumulators. So each cached byte is read once
 per step whatever the group size (GQA/MQA never repeat K/V). The same kernel runs
 MLA absorbed: one "KV head" whose keys are ``[c_kv | k_pe]`` and whose values are
@@ -17,10 +17,13 @@ MLA absorbed: one "KV head" whose keys are ``[c_kv | k_pe]`` and whose values ar
 
 Reduced-precision caches (:mod:`kernels.attention.precision`) run the same tiles: each
 cached element is widened to float32 where it is loaded (:func:`_wide`: bfloat16 bits
-shifted into a float32, float16 bits through ``fpext half``, int8 converted), and all
-arithmetic stays float32. An int8 cache's per-(token, head) scales are applied to
-whole dot products, not elements: a key's scale multiplies its score once, and a
-value's scale multiplies its softmax weight once before the value pass.
+shifted into a float32, float16 bits through ``fpext half``, int8 converted), and the
+arithmetic is float32; except where the CPU multiplies narrow pairs itself: int8 caches
+in integers (:data:`_INT_SCORES`, :data:`_INT_VALUES`; the query and weights in int16)
+and bfloat16 caches in bfloat16 products (:data:`_BF16`; the query and weights rounded
+to bfloat16), their sums int32 or float32. An int8 cache's per-(token, head) scales are
+applied to whole dot products, not elements: a key's scale multiplies its score once,
+and a value's scale multiplies its softmax weight once before the value pass.
 """
 
 from __future__ import annotations
@@ -32,8 +35,18 @@ from numba.extending import intrinsic
 
 from kernels import simd
 
-#: Tokens per online-softmax block (scores for a block stay in L1).
+#: Tokens per online-softmax block of the group GEMM kernels (:mod:`.wide`; scores for a
+#: block stay in L1).
 BLOCK = 128
+
+#: Tokens per block of :func:`partial_jit` where an int8 cache's keys are scored in
+#: integers (GQA-like groups), else ``BLOCK``: twice as many, so that the per-block
+#: work (each head's softmax set-up, the integer value tiles' reordering and
+#: conversion) spreads over more tokens. int8 GQA steps at 32k: medians of five paired
+#: runs 1.01-1.06x faster on one thread and 1.01-1.05x on two (AMD EPYC Zen 4); the
+#: other paths did not gain (MHA int8 0.97x on one thread, bf16 and float32
+#: 0.98-1.02x). An int8 block's weights are rounded to int16 against its largest.
+PBLOCK = 2 * BLOCK
 
 #: How many tokens ahead of the rows being computed their K and V rows are prefetched
 #: (into L2, a few lines per register tile, so that the fetches run beside the
@@ -428,7 +441,7 @@ def _values_tiled(s, V, tb, n, acc, pf, lines):
 #: :func:`kernels.simd.int_values`): the block's softmax weights rounded to int16 per head,
 #: two tokens per instruction; 4 heads by 4 vectors a tile (4 by 2 with AVX2's 16
 #: registers), else 4 (or 1) by 2.
-_INT_VALUES = bool(simd.INT_MADD) and BLOCK <= simd.INT_VALUES_MAX_K
+_INT_VALUES = bool(simd.INT_MADD) and PBLOCK <= simd.INT_VALUES_MAX_K
 _IVT = (4, 4) if simd.REGISTERS >= 32 else (4, 2)
 _ivt = simd.int_values(*_IVT) if _INT_VALUES else None
 _ivt_1 = simd.int_values(1, _IVT[1]) if _INT_VALUES else None
@@ -663,7 +676,7 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     G = H // Hkv
     dv = v.shape[3]
     zero = o.dtype.type(0)
-    acc, s = _scratch(G, dv, BLOCK, o)
+    acc, s = _scratch(G, dv, PBLOCK, o)
     # GQA-like groups (4, 8 heads): dots tiles, 6-11% faster on GQA, paired; MHA (one
     # head) keeps _scores: a 1 x 4 tile is 4 latency-bound chains (3% slower, paired)
     tiled1 = o.itemsize == 4 and d1 % simd.LANES == 0 and G % _DOT_HEADS == 0 and G > 1
@@ -685,14 +698,15 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     bv = _BF16 and tiledv and _is_bf16(v) and dv % 32 == 0
     qf = np.empty(d1 if bk else 0, np.float32)
     qb16 = np.empty((G if bk else 0, d1), np.uint16)
-    wb16 = np.empty((G if bv else 0, BLOCK), np.uint16)
+    wb16 = np.empty((G if bv else 0, PBLOCK), np.uint16)
+    blk = PBLOCK if intk else BLOCK
     q16 = np.empty((G if intk else 0, d1), np.int16)
     qsc = np.empty(G, np.float32)
-    w16 = np.empty((G if intv else 0, BLOCK), np.int16)
+    w16 = np.empty((G if intv else 0, PBLOCK), np.int16)
     wsc = np.empty(G, np.float32)
     mloc = np.empty(G, o.dtype)
     lloc = np.empty(G, o.dtype)
-    ibuf = np.empty(BLOCK, np.int32)
+    ibuf = np.empty(PBLOCK, np.int32)
     for b in range(B):
         for kh in range(Hkv):
             h0 = kh * G
@@ -714,8 +728,8 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                 for g in range(G):
                     qf[:] = qa[g]
                     _to_bf16(qf, d1, qb16[g])
-            for tb in range(t0, t1, BLOCK):
-                n = min(BLOCK, t1 - tb)
+            for tb in range(t0, t1, blk):
+                n = min(blk, t1 - tb)
                 if bk:
                     _scores_bf16(qb16, qa, K1, tb, n, s, t1, S1)
                 elif intk:
@@ -755,9 +769,9 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                         for i in range(dv):
                             acc[g, i] *= corr
                 if tiledv:
-                    nxt = min(tb + 2 * BLOCK, t1)
-                    lines = max(0, nxt - tb - BLOCK) * V.strides[0] // 64
-                    pf = V.ctypes.data + (tb + BLOCK) * V.strides[0]
+                    nxt = min(tb + 2 * blk, t1)
+                    lines = max(0, nxt - tb - blk) * V.strides[0] // 64
+                    pf = V.ctypes.data + (tb + blk) * V.strides[0]
                     if intv or bv:
                         even = n - n % 2
                         if intv:
