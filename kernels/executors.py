@@ -127,6 +127,34 @@ def resolve_workers(workers: int | None) -> int:
 # ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def sigint_deferred(*, reraise: bool = True) -> Iterator[None]:
+    """Hold SIGINT off while the block runs (a pool's teardown), then raise it.
+
+    A second Ctrl-C, or the copy of the signal that ``timeout -s INT`` sends to the whole
+    process group after the one it sends the process, can land while a pool is being torn
+    down after the first: it stopped the teardown half-way, leaving workers, queue locks
+    and shared memory to the interpreter's exit, which then hung on them. Within the
+    block SIGINT is recorded instead; at its end KeyboardInterrupt is raised, unless an
+    exception is already on its way (the first interrupt, say) or being handled, or
+    ``reraise`` is false (clean-up at the interpreter's exit, where it would only be
+    printed). Outside the main thread, or when SIGINT is not handled by a Python
+    function, nothing changes.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending and reraise and sys.exc_info()[0] is None:
+        raise KeyboardInterrupt
+
+
 def _numba_threads_limit() -> int:
     import numba
 

@@ -37,7 +37,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from kernels.executors import Executor, _forget, forkserver_preload, resolve_workers
+from kernels.executors import (
+    Executor,
+    _forget,
+    forkserver_preload,
+    resolve_workers,
+    sigint_deferred,
+)
 
 #: Linux prctl(2) option: the signal a process gets when the thread that forked it dies.
 _PR_SET_PDEATHSIG = 1
@@ -358,8 +364,15 @@ def _stop_pool(pool: Any) -> None:
     the task queue's read lock while it waits, a worker writing a result holds the result
     queue's write lock, and terminate takes both. So: stop the worker handler (no more
     replacements), kill every worker, free the locks the dead left held, then let
-    ``terminate`` join the pool's threads.
+    ``terminate`` join the pool's threads. A Ctrl-C meanwhile waits for the end
+    (:func:`kernels.executors.sigint_deferred`): cut short, the teardown left the
+    interpreter's exit hanging on the pool.
     """
+    with sigint_deferred():
+        _stop_pool_now(pool)
+
+
+def _stop_pool_now(pool: Any) -> None:
     from multiprocess.pool import TERMINATE
 
     handler = getattr(pool, "_worker_handler", None)

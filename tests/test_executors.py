@@ -201,6 +201,29 @@ def test_nested_limits_restore_each_level_and_numpy_calls_leave_numba_alone(
     assert _blas_threads() == blas_before
 
 
+def test_a_sigint_during_teardown_waits_for_its_end() -> None:
+    """sigint_deferred: the interrupt is raised when the block ends, not inside it; not
+    again while one is being handled; not with reraise=False; the handler comes back."""
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with executors.sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append(1)  # reached: the signal did not stop the block
+    assert done == [1] and signal.getsignal(signal.SIGINT) is before
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        with executors.sigint_deferred():  # the first interrupt's clean-up
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    with executors.sigint_deferred(reraise=False):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_run_chunks_caps_threads_while_it_runs(numba_threads_at_most) -> None:
     seen = executors.run_chunks("serial", lambda _: numba.get_num_threads(), [0], 1)
     assert seen == [1]

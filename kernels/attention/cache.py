@@ -58,8 +58,15 @@ _share_ids = itertools.count(1)
 
 
 def _unlink_all(segments: list[SharedArray]) -> None:
-    for seg in segments:
-        seg.unlink()
+    """Unlink the cache's segments (on close, or by its finaliser at exit). A Ctrl-C
+    meanwhile waits for the last of them and is then dropped
+    (:func:`kernels.executors.sigint_deferred`): at exit, where the second of a double
+    Ctrl-C lands, the program is ending anyway, and the unlinks take microseconds."""
+    from kernels.executors import sigint_deferred
+
+    with sigint_deferred(reraise=False):
+        for seg in segments:
+            seg.unlink()
 
 
 class _CacheBase:
