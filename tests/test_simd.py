@@ -655,6 +655,27 @@ def test_which_shapes_take_the_group_gemm_kernel():
     assert not wide.fits(16, 1, (512, L // 2, 512), np.float32)  # half a vector of rotary key
 
 
+#: A numba step of a small GQA cache of ``dtype`` (4 heads a group, width 64) against the
+#: reference on its stored values, as code for :func:`_run_alone`.
+_GQA_STEP = (
+    "c = A.make_cache(A.KVConfig(8, 2, 64), capacity=150, dtype={dtype!r})\n"
+    "A.fill_random(c, 150, seed=1)\n"
+    "q = A.random_query(c)\n"
+    "want = reference_decode(c, q)\n"
+    "got = A.decode(c, q, strategy='numba', workers=1)\n"
+)
+
+
+def _run_alone(code, env, tmp_path):
+    """Run ``code`` in a process of its own, with ``env`` added to the environment and
+    numba's cache in ``tmp_path`` (so nothing compiled for another configuration is
+    loaded); it must end without error."""
+    env = {**os.environ, **env, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code + "print('ok')\n"], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
 @pytest.mark.slow  # 25-45 s of compiling; on a CPU without AVX-512 every test runs 8 lanes
 def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
     """The 8-lane kernels (an AVX2 CPU's: group GEMMs, 2 x 4 dot tiles) give the
@@ -674,21 +695,13 @@ def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
         "    err = np.abs(got - want).max() / np.abs(want).max()\n"
         "    assert err < 1e-5, (name, err)\n"
         "assert not simd.VNNI and simd.INT_MADD in ('pmaddwd', '')  # AVX2's integer tiles\n"
-        "c = A.make_cache(A.KVConfig(8, 2, 64), capacity=150, dtype='int8')\n"
-        "A.fill_random(c, 150, seed=1)\n"
-        "q = A.random_query(c)\n"
-        "want = reference_decode(c, q)\n"
-        "got = A.decode(c, q, strategy='numba', workers=1)\n"
+        + _GQA_STEP.format(dtype="int8") +
         "# the query and weights in int16 (test_int8_scores_stay_within_...: the bound)\n"
         "tol = 2e-3 if simd.INT_MADD else 1e-5\n"
         "assert np.abs(got - want).max() / np.abs(want).max() < tol\n"
-        "print('ok')\n"
     )
-    env = {**os.environ, "KERNELRACE_SIMD_LANES": "8", "NUMBA_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
-    env["KERNELRACE_SIMD_LANES"] = "12"
+    _run_alone(code, {"KERNELRACE_SIMD_LANES": "8"}, tmp_path)
+    env = {**os.environ, "KERNELRACE_SIMD_LANES": "12"}
     done = subprocess.run([sys.executable, "-c", "import kernels.simd"], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0 and "must be 8 or 16" in done.stderr
@@ -705,18 +718,10 @@ def test_bf16_float_tiles_can_be_chosen_on_a_cpu_with_vdpbf16ps(tmp_path):
         "from kernels import simd\n"
         "from kernels.attention.reference import reference_decode\n"
         "assert not simd.BF16_DOT and '-bf16-' not in simd.cache_tag()\n"
-        "c = A.make_cache(A.KVConfig(8, 2, 64), capacity=150, dtype='bfloat16')\n"
-        "A.fill_random(c, 150, seed=1)\n"
-        "q = A.random_query(c)\n"
-        "want = reference_decode(c, q)\n"
-        "got = A.decode(c, q, strategy='numba', workers=1)\n"
+        + _GQA_STEP.format(dtype="bfloat16") +
         "assert np.abs(got - want).max() / np.abs(want).max() < 1e-5\n"
-        "print('ok')\n"
     )
-    env = {**os.environ, "KERNELRACE_BF16_DOT": "0", "NUMBA_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+    _run_alone(code, {"KERNELRACE_BF16_DOT": "0"}, tmp_path)
 
 
 def test_the_attention_kernels_cache_is_kept_apart_per_vector_configuration_and_code(
