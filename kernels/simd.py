@@ -64,20 +64,26 @@ LANES = _lanes()
 REGISTERS = 32 if LANES == 16 else 16
 
 
-def _vnni() -> bool:
-    """Whether the int8 tiles can use ``vpdpwssd``: AVX-512 VNNI on this CPU, 16 lanes, numba
-    compiling for this CPU (not ``NUMBA_CPU_NAME=generic``, nor features without VNNI),
-    and not switched off with ``KERNELRACE_VNNI=0`` (to run and test the ``vpmaddwd``
-    tiles on a VNNI CPU)."""
+def _compiles_with(feature: str, switch: str) -> bool:
+    """Whether numba's code here can use the CPU ``feature`` (``"+avx512vnni"``, say):
+    this CPU has it, numba compiles for this CPU (not ``NUMBA_CPU_NAME=generic``, nor
+    ``NUMBA_CPU_FEATURES`` without it), and the environment variable ``switch`` is not
+    ``0`` (which keeps the other path, to run and test it on such a CPU)."""
     from numba.core import config
 
-    if os.environ.get("KERNELRACE_VNNI", "").strip() == "0":
+    if os.environ.get(switch, "").strip() == "0":
         return False
     if config.CPU_NAME not in (None, "", "host"):
         return False
-    if config.CPU_FEATURES and "+avx512vnni" not in str(config.CPU_FEATURES).split(","):
+    if config.CPU_FEATURES and feature not in str(config.CPU_FEATURES).split(","):
         return False
-    return LANES == 16 and "+avx512vnni" in _host_features()
+    return feature in _host_features()
+
+
+def _vnni() -> bool:
+    """Whether the int8 tiles can use ``vpdpwssd``: AVX-512 VNNI at 16 lanes, unless
+    ``KERNELRACE_VNNI=0`` (to run and test the ``vpmaddwd`` tiles on a VNNI CPU)."""
+    return LANES == 16 and _compiles_with("+avx512vnni", "KERNELRACE_VNNI")
 
 
 #: AVX-512 VNNI (``vpdpwssd``: 32 int16 products summed in pairs into 16 int32 lanes, one
@@ -91,18 +97,12 @@ def _int_madd() -> str:
     AVX-512BW at 16), or ``""``: none, the int8 caches stay in float tiles (numba
     compiling for another CPU, or ``KERNELRACE_INT_TILES=0``, which keeps the float tiles
     for running and testing them on any CPU)."""
-    from numba.core import config
-
     if os.environ.get("KERNELRACE_INT_TILES", "").strip() == "0":
         return ""
     if VNNI:
         return "vnni"
-    if config.CPU_NAME not in (None, "", "host"):
-        return ""
     need = "+avx512bw" if LANES == 16 else "+avx2"
-    if config.CPU_FEATURES and need not in str(config.CPU_FEATURES).split(","):
-        return ""
-    return "pmaddwd" if need in _host_features() else ""
+    return "pmaddwd" if _compiles_with(need, "KERNELRACE_INT_TILES") else ""
 
 
 #: How the int8 tiles multiply and add in integers here (:func:`_int_madd`); ``""``: they
@@ -117,18 +117,9 @@ INT_MADD_WORDS = {"vnni": "integers (AVX-512 VNNI)",
 
 def _bf16_dot() -> bool:
     """Whether bfloat16 caches use ``vdpbf16ps`` (:func:`bf16_dots`, :func:`bf16_values`):
-    AVX-512 BF16 on this CPU, 16 lanes, numba compiling for this CPU, and not switched
-    off with ``KERNELRACE_BF16_DOT=0`` (which keeps the float tiles, whose only rounding
-    is the cache's own)."""
-    from numba.core import config
-
-    if os.environ.get("KERNELRACE_BF16_DOT", "").strip() == "0":
-        return False
-    if config.CPU_NAME not in (None, "", "host"):
-        return False
-    if config.CPU_FEATURES and "+avx512bf16" not in str(config.CPU_FEATURES).split(","):
-        return False
-    return LANES == 16 and "+avx512bf16" in _host_features()
+    AVX-512 BF16 at 16 lanes, unless ``KERNELRACE_BF16_DOT=0`` (which keeps the float
+    tiles, whose only rounding is the cache's own)."""
+    return LANES == 16 and _compiles_with("+avx512bf16", "KERNELRACE_BF16_DOT")
 
 
 #: AVX-512 BF16 (``vdpbf16ps``: 32 bfloat16 products summed in pairs into 16 float32
