@@ -547,34 +547,45 @@ def _operands(name, length, dtype, batch=2):
     return cache, problem, (numba_view(k1), numba_view(k2), numba_view(v), ks1, ks2, vs)
 
 
+def _partial_against_reference(dtype, t0, t1):
+    """partial_jit over tokens [t0, t1) of a GQA-shaped cache of ``dtype`` (4 heads a
+    group, width 64, 203 tokens, 2 sequences), and the float64 reference on the same
+    stored values: (scaled query, widened keys, widened values, stored values, their
+    scales, (m, l, o), (m, l, o) of the reference)."""
+    from kernels.attention.reference import partial_python
+
+    config = A.KVConfig(n_heads=8, n_kv_heads=2, head_dim=64)
+    cache = A.make_cache(config, capacity=203, batch=2, dtype=dtype)
+    with cache:
+        A.fill_random(cache, 203, seed=6)
+        q = A.random_query(cache, seed=7)
+        problem = Problem(cache, rotate_query(config, q, 202), None)
+        k1, k2, v, ks1, ks2, vs = (np.array(a) for a in problem.operands(cache.arrays()))
+    spec = A.check_cache_dtype(dtype)
+    scales = (ks1, vs) if spec.scaled else (None, None)
+    kw, vw = widen(k1, spec, scales[0]), widen(v, spec, scales[1])
+    m, l, o = problem._empty_state(v.shape[3])
+    jit.partial_jit(problem.q1, numba_view(k1), problem.q2, numba_view(k2), numba_view(v),
+                    t0, t1, m, l, o, ks1, ks2, vs)
+    ref = partial_python(problem.q1, kw, problem.q2, np.zeros(k2.shape), vw, t0, t1)
+    return problem.q1, kw, vw, v, vs, (m, l, o), ref
+
+
 @pytest.mark.parametrize("t0,t1", [(0, 203), (5, 130), (1, 4), (128, 203)])
 def test_int8_scores_stay_within_the_query_rounding_bound(t0, t1):
     """GQA-shaped groups (4 heads, width 64) over an int8 cache: with the integer tiles
     (VNNI or vpmaddwd), partial_jit scores in integers with the query rounded to int16;
     its state stays within :func:`int_score_bound` of the float64 reference on the same
     stored values (blocks with a last token or three, scored in float tiles, included)."""
-    from kernels.attention.reference import partial_python
-
-    config = A.KVConfig(n_heads=8, n_kv_heads=2, head_dim=64)
-    cache = A.make_cache(config, capacity=203, batch=2, dtype="int8")
-    with cache:
-        A.fill_random(cache, 203, seed=6)
-        q = A.random_query(cache, seed=7)
-        problem = Problem(cache, rotate_query(config, q, 202), None)
-        k1, k2, v, ks1, ks2, vs = problem.operands(cache.arrays())
-        spec = A.check_cache_dtype("int8")
-        kw, vw = widen(k1, spec, ks1), widen(v, spec, vs)
-        m, l, o = problem._empty_state(v.shape[3])
-        jit.partial_jit(problem.q1, k1, problem.q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs)
-        rm, rl, ro = partial_python(problem.q1, kw, problem.q2, np.zeros(k2.shape), vw, t0, t1)
-        e, w = int_score_bound(problem.q1, kw[:, :, t0:t1]) if simd.INT_MADD else (0.0, 0.0)
-        np.testing.assert_allclose(m, rm, rtol=1e-6, atol=1e-6 + e)
-        np.testing.assert_allclose(l, rl, rtol=1e-5 + w)
-        # the values are summed in integers too, the weights rounded to int16
-        vb = int_value_bound(head_scores(problem.q1, kw), rm, v, vs, t0, t1) * (1 + w) \
-            if simd.INT_MADD else 0.0
-        err = np.abs(o / l[..., None] - ro / rl[..., None])
-        assert np.all(err <= (1e-5 + 2 * w) * float(np.abs(vw).max()) + vb / rl[..., None])
+    q1, kw, vw, v, vs, (m, l, o), (rm, rl, ro) = _partial_against_reference("int8", t0, t1)
+    e, w = int_score_bound(q1, kw[:, :, t0:t1]) if simd.INT_MADD else (0.0, 0.0)
+    np.testing.assert_allclose(m, rm, rtol=1e-6, atol=1e-6 + e)
+    np.testing.assert_allclose(l, rl, rtol=1e-5 + w)
+    # the values are summed in integers too, the weights rounded to int16
+    vb = int_value_bound(head_scores(q1, kw), rm, v, vs, t0, t1) * (1 + w) \
+        if simd.INT_MADD else 0.0
+    err = np.abs(o / l[..., None] - ro / rl[..., None])
+    assert np.all(err <= (1e-5 + 2 * w) * float(np.abs(vw).max()) + vb / rl[..., None])
 
 
 @pytest.mark.parametrize("t0,t1", [(0, 203), (5, 130), (1, 4), (128, 203)])
@@ -584,30 +595,16 @@ def test_bf16_products_stay_within_the_rounding_bound(t0, t1):
     :func:`bf16_score_bound` and :func:`bf16_value_bound` of the float64 reference on the
     same stored values (odd blocks' last token, and the last tokens or three of the
     scores, in float tiles, included). Without vdpbf16ps: float32 accumulation only."""
-    from kernels.attention.reference import partial_python
-
-    config = A.KVConfig(n_heads=8, n_kv_heads=2, head_dim=64)
-    cache = A.make_cache(config, capacity=203, batch=2, dtype="bfloat16")
-    with cache:
-        A.fill_random(cache, 203, seed=6)
-        q = A.random_query(cache, seed=7)
-        problem = Problem(cache, rotate_query(config, q, 202), None)
-        k1, k2, v, ks1, ks2, vs = problem.operands(cache.arrays())
-        spec = A.check_cache_dtype("bfloat16")
-        kw, vw = widen(k1, spec), widen(v, spec)
-        m, l, o = problem._empty_state(v.shape[3])
-        jit.partial_jit(problem.q1, numba_view(k1), problem.q2, numba_view(k2),
-                        numba_view(v), t0, t1, m, l, o, ks1, ks2, vs)
-        rm, rl, ro = partial_python(problem.q1, kw, problem.q2, np.zeros(k2.shape), vw, t0, t1)
-        e, w = bf16_score_bound(problem.q1, kw[:, :, t0:t1]) if simd.BF16_DOT else (0.0, 0.0)
-        np.testing.assert_allclose(m, rm, rtol=1e-6, atol=1e-6 + e)
-        np.testing.assert_allclose(l, rl, rtol=1e-5 + w)
-        vb = bf16_value_bound(head_scores(problem.q1, kw), rm, vw, t0, t1) * (1 + w) \
-            if simd.BF16_DOT else 0.0
-        err = np.abs(o / l[..., None] - ro / rl[..., None])
-        assert np.all(err <= (1e-5 + 2 * w) * float(np.abs(vw).max()) + vb / rl[..., None])
-        if simd.BF16_DOT and t1 - t0 > 4:  # the rounding is there: not float32's error
-            assert err.max() > 1e-4 * float(np.abs(vw).max())
+    q1, kw, vw, _, _, (m, l, o), (rm, rl, ro) = _partial_against_reference("bfloat16", t0, t1)
+    e, w = bf16_score_bound(q1, kw[:, :, t0:t1]) if simd.BF16_DOT else (0.0, 0.0)
+    np.testing.assert_allclose(m, rm, rtol=1e-6, atol=1e-6 + e)
+    np.testing.assert_allclose(l, rl, rtol=1e-5 + w)
+    vb = bf16_value_bound(head_scores(q1, kw), rm, vw, t0, t1) * (1 + w) \
+        if simd.BF16_DOT else 0.0
+    err = np.abs(o / l[..., None] - ro / rl[..., None])
+    assert np.all(err <= (1e-5 + 2 * w) * float(np.abs(vw).max()) + vb / rl[..., None])
+    if simd.BF16_DOT and t1 - t0 > 4:  # the rounding is there: not float32's error
+        assert err.max() > 1e-4 * float(np.abs(vw).max())
 
 
 @pytest.mark.parametrize("name", ["mqa-wide", "mla-wide", "mqa"])  # mqa: 32 heads a group
