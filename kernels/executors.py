@@ -229,7 +229,7 @@ def limit_threads(workers: int, *, numba_pool: bool = True) -> Iterator[None]:
 @contextlib.contextmanager
 def _pools_limited(workers: int) -> Iterator[None]:
     """threadpoolctl's ``limit(limits=workers)`` over every pool it found, touching only
-    the pools not at ``workers`` already and restoring those: 2-4 us a step where its
+    the pools not at ``workers`` already and restoring those: a few us a step where its
     ``limit`` takes 20-35 (it records every library's full description first), which is
     a tenth of a small decode step."""
     changed = []
