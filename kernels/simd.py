@@ -230,7 +230,9 @@ def _vec() -> ir.VectorType:
 
 def _mark_widest(builder: ir.IRBuilder) -> None:
     """Let the function being built use :data:`LANES`-wide vectors, whatever numba's
-    process-wide preference (on AVX-512 LLVM otherwise splits 512-bit vectors in two)."""
+    process-wide preference (on AVX-512 LLVM otherwise splits 512-bit vectors in two).
+    Every intrinsic here calls it, so any numba function that uses one is marked; one
+    with plain loops calls :func:`widest`."""
     attrs = builder.function.attributes
     for attr in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
         set.add(attrs, attr)  # string attributes; llvmlite's add() knows only keywords
@@ -274,6 +276,7 @@ class _VectorModel(models.PrimitiveModel):
 def _unary(name: str, doc: str, build: Any, arg: Any = vector) -> Any:
     def typer(typingctx: Any, x: Any) -> Any:  # noqa: ARG001
         def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+            _mark_widest(builder)
             return build(builder, args[0])
 
         return vector(arg), codegen
@@ -286,6 +289,7 @@ def _unary(name: str, doc: str, build: Any, arg: Any = vector) -> Any:
 def _binary(name: str, doc: str, build: Any) -> Any:
     def typer(typingctx: Any, x: Any, y: Any) -> Any:  # noqa: ARG001
         def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+            _mark_widest(builder)
             return build(builder, args[0], args[1])
 
         return vector(vector, vector), codegen
@@ -350,6 +354,7 @@ def load_as_float(typingctx: Any, addr: Any, like: Any) -> Any:  # noqa: ARG001
         return None
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
         return _widen_vector(builder, args[0], like)
 
     return vector(types.uintp, like), codegen
@@ -360,6 +365,7 @@ def store(typingctx: Any, addr: Any, v: Any) -> Any:  # noqa: ARG001
     """Store vector ``v`` at byte address ``addr`` (any alignment)."""
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
         builder.store(args[1], builder.inttoptr(args[0], _vec().as_pointer()), align=4)
         return context.get_dummy_value()
 
@@ -393,6 +399,7 @@ exp_nonpositive = _unary("exp_nonpositive", _exp_nonpositive.__doc__, _exp_nonpo
 def _horizontal(name: str, doc: str, combine: Any) -> Any:
     def typer(typingctx: Any, x: Any) -> Any:  # noqa: ARG001
         def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+            _mark_widest(builder)
             v = args[0]
             width = LANES
             while width > 1:  # fold the upper half onto the lower
@@ -424,6 +431,7 @@ def zero(typingctx: Any) -> Any:  # noqa: ARG001
     """The vector of zeros."""
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
+        _mark_widest(builder)
         return ir.Constant(_vec(), None)
 
     return vector(), codegen

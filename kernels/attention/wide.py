@@ -67,7 +67,7 @@ def fits(n_heads: int, n_kv_heads: int, widths: tuple[int, ...], compute: np.dty
             and all(w % LANES == 0 for w in widths))
 
 
-@njit(nogil=True, inline="always")
+@njit(nogil=True)
 def _aligned(n):
     """n float32s starting on a 64-byte boundary (see
     :func:`kernels.attention.cache.aligned_zeros`: a vector load across two cache lines
@@ -77,20 +77,20 @@ def _aligned(n):
     return buf[start : start + n]
 
 
-@njit(nogil=True, inline="always")
+@njit(nogil=True)
 def _addr(a, row):
     """Byte address of row ``row`` of the 2-D array ``a`` (rows contiguous)."""
     return a.ctypes.data + row * a.strides[0]
 
 
-@njit(nogil=True, inline="always")
+@njit(nogil=True)
 def _ahead(a, r0, r1):
     """(address, cache lines) of rows [r0, r1) of ``a``, the next block a tile loop
     prefetches beside its arithmetic; no lines where r1 <= r0."""
     return _addr(a, r0), max(0, (r1 - r0) * a.strides[0] // 64)
 
 
-@njit(nogil=True, inline="always")
+@njit(nogil=True)
 def _share(pf, lines, calls, c):
     """Call ``c`` of ``calls``'s share of the ``lines`` cache lines from ``pf`` on."""
     each = (lines + calls - 1) // calls
@@ -98,7 +98,7 @@ def _share(pf, lines, calls, c):
     return pf + start * 64, min(each, lines - start)
 
 
-@njit(nogil=True, inline="always")
+@njit(nogil=True, fastmath=FASTMATH)
 def _scores_block(qT, K, t, n, sT, add, pf, lines):  # noqa: PLR0913
     """sT[:n] (+)= K[t : t + n] @ qT for float32 rows of K (row stride from K), while the
     ``lines`` cache lines from ``pf`` on are prefetched."""
@@ -131,7 +131,7 @@ def _scores_block(qT, K, t, n, sT, add, pf, lines):  # noqa: PLR0913
         c += 1
 
 
-@njit(nogil=True, inline="always")
+@njit(nogil=True, fastmath=FASTMATH)
 def _values_block(sT, n, V, t, O, pf, lines):  # noqa: PLR0913
     """O += sT[:n].T @ V[t : t + n] (float32 rows of V), while the ``lines`` cache lines
     from ``pf`` on are prefetched."""
@@ -168,7 +168,7 @@ def _values_block(sT, n, V, t, O, pf, lines):  # noqa: PLR0913
             c += 1
 
 
-@njit(nogil=True, inline="always")
+@njit(nogil=True, fastmath=FASTMATH)
 def _widen_rows(src, t, n, scales, dst, col):
     """dst[:n, col : col + d] = src[t : t + n] widened to float32, times scales[t + u]
     where ``scales`` is not empty (int8); ``LANES`` elements at a time
@@ -186,7 +186,7 @@ def _widen_rows(src, t, n, scales, dst, col):
             simd.store(o + j * LANES * 4, simd.mul(simd.load_as_float(a + j * step, like), sc))
 
 
-@njit(nogil=True, inline="always")
+@njit(nogil=True, fastmath=FASTMATH)
 def _softmax_block(sT, n, mloc, lloc, mnew, lsum, corr):
     """Turn the scores sT[:n] into weights exp(s - m) for the new running maxima, and
     update m and l; ``corr`` gets each head's rescale factor for its accumulator.
