@@ -763,9 +763,14 @@ def test_pool_steps_below_the_minimum_grain_run_on_fewer_workers():
     assert workers_used(mqa, 1024, 1, np.float32, "numba", None, 2) == 2
     assert workers_used(mqa, 1, 1, np.float32, "numba", None, 2) == 1  # one token
     assert workers_used(mqa, 1024, 1, np.float32, "python", None, 2) == 1
-    # threaded:python: GIL-bound below the grain (GQA 1k), two threads above it (MLA 1k)
+    # threaded:python: GIL-bound below its grain per head call (GQA, MHA 1k; MQA 2k), two
+    # threads above it (MLA 1k, MQA 4k, whatever the batch: it adds calls, not elements)
     gqa, mla = A.PRESETS["gqa"], A.PRESETS["mla"]
     assert workers_used(gqa, 1024, 1, np.float32, "threaded", "python", 2) == 1
+    assert workers_used(A.PRESETS["mha"], 1024, 1, np.float32, "threaded", "python", 2) == 1
+    assert workers_used(mqa, 2048, 1, np.float32, "threaded", "python", 2) == 1
+    assert workers_used(mqa, 4096, 1, np.float32, "threaded", "python", 2) == 2
+    assert workers_used(mqa, 4096, 4, np.float32, "threaded", "python", 2) == 2
     assert workers_used(mla, 1024, 1, np.float32, "threaded", "python", 2, "absorbed") == 2
     assert workers_used(A.PRESETS["mha"], 32768, 1, "bfloat16", "distributed", "numba", 2) == 2
     from kernels import executors

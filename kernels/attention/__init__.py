@@ -132,7 +132,8 @@ def make_case(
     fields["weight_bytes"] = cost.weight_bytes
     fields["flops"] = cost.flops
     # workers_used: the workers a step really runs on (fewer than asked below MIN_GRAIN)
-    fields["workers_used"] = workers_for_cost(cost, int(size), strategy, inner, workers)
+    fields["workers_used"] = workers_for_cost(cost, int(size), strategy, inner, workers,
+                                              cache.batch * config.n_heads)
 
     def run() -> np.ndarray:
         return decode(cache, query, strategy=strategy, workers=workers, inner=inner,

@@ -48,15 +48,11 @@ MLA_IMPLS = ("naive", "absorbed")
 #: attention`` on the 2-core Xeon: at 1k tokens, 2 workers were 1.20-1.35x slower than 1
 #: with multiprocess:numba/numpy (MQA, MLA), 1.36-1.79x with distributed:numba/numpy, and
 #: 1.09x with threaded:numba on MQA. The python chunk kernel is about 100x slower than
-#: the estimate assumes, so its grains are 100x smaller. ``threaded:python`` has no round
-#: trip but holds the GIL between its per-head NumPy calls: on the 2-core AMD EPYC, at
-#: 1k tokens, two threads were 1.19-1.26x slower than one on GQA (1,173 units) and MQA
-#: (439), 1.07x on MQA at 2k (880), and level or faster from about 1,600 units on (MQA
-#: 4k 0.99, GQA 2k 1.04, MHA 1k 0.95, MLA 1k 0.65); its grain is half of that. ``numba``
-#: (prange) and ``threaded:numpy`` split as asked: no penalty measured.
+#: the estimate assumes, so its grains are 100x smaller. ``threaded:python`` has its own
+#: rule (:data:`PY_THREADS_GRAIN`). ``numba`` (prange) and ``threaded:numpy`` split as
+#: asked: no penalty measured.
 MIN_GRAIN: dict[str, int] = {
     "threaded:numba": 300,
-    "threaded:python": 800,
     "multiprocess:numba": 2_000,
     "multiprocess:numpy": 2_000,
     "multiprocess:python": 20,
@@ -64,6 +60,18 @@ MIN_GRAIN: dict[str, int] = {
     "distributed:numpy": 20_000,
     "distributed:python": 200,
 }
+
+
+#: ``threaded:python``'s grain, in elements per head and worker (tokens x the head's key
+#: and value width, :func:`workers_for_cost`). It has no round trip, but every thread
+#: makes every head's NumPy calls over its share of the tokens, holding the GIL between
+#: them: splitting the tokens halves each call's elements, not the calls. Two threads
+#: against one (``python -m benchmarks.workers_penalty --kernel attention``), at 1k
+#: tokens (262,144 elements a head): GQA and MQA 1.19-1.26x slower on a 2-core AMD
+#: EPYC, MHA 0.95x there but 1.25x in two runs on an AMD EPYC Zen 4 (2026-12-02); MQA
+#: 2k (524,288) 1.07x slower; level or faster from MQA 4k (0.99x, 1,048,576) and MLA 1k
+#: absorbed (0.65-0.89x; 1,245,184 with the absorbed weights' share).
+PY_THREADS_GRAIN = 400_000
 
 
 def work_units(cost: Any) -> int:
@@ -77,16 +85,22 @@ def workers_used(config: Any, context: int, batch: int, dtype: Any, strategy: st
     """The workers a step over ``context`` cached tokens runs on: ``workers`` cut to one
     per :data:`MIN_GRAIN` of :func:`work_units` and one per token; 1 for ``python``."""
     cost = step_cost(config, context, batch, dtype=dtype, mla_impl=mla_impl)
-    return workers_for_cost(cost, context, strategy, inner, workers)
+    return workers_for_cost(cost, context, strategy, inner, workers, batch * config.n_heads)
 
 
-def workers_for_cost(cost: Any, context: int, strategy: str, inner: str | None,
-                     workers: int) -> int:
-    """:func:`workers_used` for a step whose :class:`StepCost` is already known."""
+def workers_for_cost(cost: Any, context: int, strategy: str, inner: str | None,  # noqa: PLR0913
+                     workers: int, calls: int) -> int:
+    """:func:`workers_used` for a step whose :class:`StepCost` is already known; ``calls``
+    (batch x query heads) is how many per-head calls the python chunk kernel makes, on
+    every thread of ``threaded:python``: its work per call is half the step's FLOPs (a
+    multiply-add per element) over them, against :data:`PY_THREADS_GRAIN`."""
     if strategy == "python":
         return 1
-    grain = MIN_GRAIN.get(registry.label(strategy, inner))
-    return registry.grain_workers(workers, work_units(cost), grain, context)
+    label = registry.label(strategy, inner)
+    if label == "threaded:python":
+        return registry.grain_workers(workers, cost.flops // (2 * calls), PY_THREADS_GRAIN,
+                                      context)
+    return registry.grain_workers(workers, work_units(cost), MIN_GRAIN.get(label), context)
 
 
 def unavailable_reason(strategy: str) -> str | None:
