@@ -62,7 +62,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # signature and left to LLVM to inline or call;
 # numba's own inline="always" copied each into partial_jit's IR before typing, which made
 # every cold compile of a cache type 1.4-2x longer (GQA float32 37 -> 24 s, bf16 45 ->
-# 21 s; MQA 17-19 -> 12-13 s, AMD EPYC Zen 4) for the same machine code: bit-identical
+# 21 s; MQA 17-19 -> 12-13 s, AMD EPYC Zen 4) for the same results: bit-identical
 # outputs, and the L2-resident step 0.89-1.00x the time (paired).
 
 #: The "minus infinity" of a state with no tokens yet (finite so fastmath is safe).
