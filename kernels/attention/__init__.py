@@ -44,7 +44,6 @@ from kernels.attention.decode import (
     check_mla_impl,
     decode,
     unavailable_reason,
-    workers_for_cost,
     workers_used,
 )
 from kernels.attention.precision import (
@@ -131,9 +130,9 @@ def make_case(
     cost = step_cost(config, int(size), cache.batch, dtype=cache.kv_dtype, mla_impl=impl)
     fields["weight_bytes"] = cost.weight_bytes
     fields["flops"] = cost.flops
-    # workers_used: the workers a step really runs on (fewer than asked below MIN_GRAIN)
-    fields["workers_used"] = workers_for_cost(cost, int(size), strategy, inner, workers,
-                                              cache.batch * config.n_heads)
+    # workers_used: the workers a step really runs on (fewer than asked below the grain)
+    fields["workers_used"] = workers_used(config, int(size), cache.batch, cache.kv_dtype,
+                                          strategy, inner, workers, impl)
 
     def run() -> np.ndarray:
         return decode(cache, query, strategy=strategy, workers=workers, inner=inner,

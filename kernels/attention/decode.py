@@ -63,7 +63,7 @@ MIN_GRAIN: dict[str, int] = {
 
 
 #: ``threaded:python``'s grain, in elements per head and worker (tokens x the head's key
-#: and value width, :func:`workers_for_cost`). It has no round trip, but every thread
+#: and value width, :func:`workers_used`). It has no round trip, but every thread
 #: makes every head's NumPy calls over its share of the tokens, holding the GIL between
 #: them: splitting the tokens halves each call's elements, not the calls. Two threads
 #: against one (``python -m benchmarks.workers_penalty --kernel attention``), at 1k
@@ -83,23 +83,17 @@ def work_units(cost: Any) -> int:
 def workers_used(config: Any, context: int, batch: int, dtype: Any, strategy: str,  # noqa: PLR0913
                  inner: str | None, workers: int, mla_impl: str | None = None) -> int:
     """The workers a step over ``context`` cached tokens runs on: ``workers`` cut to one
-    per :data:`MIN_GRAIN` of :func:`work_units` and one per token; 1 for ``python``."""
-    cost = step_cost(config, context, batch, dtype=dtype, mla_impl=mla_impl)
-    return workers_for_cost(cost, context, strategy, inner, workers, batch * config.n_heads)
-
-
-def workers_for_cost(cost: Any, context: int, strategy: str, inner: str | None,  # noqa: PLR0913
-                     workers: int, calls: int) -> int:
-    """:func:`workers_used` for a step whose :class:`StepCost` is already known; ``calls``
-    (batch x query heads) is how many per-head calls the python chunk kernel makes, on
-    every thread of ``threaded:python``: its work per call is half the step's FLOPs (a
-    multiply-add per element) over them, against :data:`PY_THREADS_GRAIN`."""
+    per token and to one per :data:`MIN_GRAIN` of :func:`work_units`; 1 for ``python``.
+    ``threaded:python`` instead to one per :data:`PY_THREADS_GRAIN` of the python chunk
+    kernel's work per call, half the step's FLOPs (a multiply-add per element) over its
+    batch x query heads calls, which every thread makes."""
     if strategy == "python":
         return 1
+    cost = step_cost(config, context, batch, dtype=dtype, mla_impl=mla_impl)
     label = registry.label(strategy, inner)
     if label == "threaded:python":
-        return registry.grain_workers(workers, cost.flops // (2 * calls), PY_THREADS_GRAIN,
-                                      context)
+        per_call = cost.flops // (2 * batch * config.n_heads)
+        return registry.grain_workers(workers, per_call, PY_THREADS_GRAIN, context)
     return registry.grain_workers(workers, work_units(cost), MIN_GRAIN.get(label), context)
 
 
