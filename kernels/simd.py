@@ -130,8 +130,9 @@ BF16_DOT = _bf16_dot()
 
 
 #: Source files whose code the attention kernels compile into their own (the tiles here,
-#: the chunk kernels and merge that ``wide`` calls).
-_CACHE_DEPENDS = (__file__, os.path.join(os.path.dirname(__file__), "attention", "jit.py"))
+#: the chunk kernels and merge that ``wide`` calls, the call by address of the driver).
+_CACHE_DEPENDS = (__file__, os.path.join(os.path.dirname(__file__), "attention", "jit.py"),
+                  os.path.join(os.path.dirname(__file__), "native.py"))
 
 
 @functools.cache

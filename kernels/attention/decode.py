@@ -5,7 +5,7 @@ query once, then hands the cache to a strategy:
 
 - ``python``: :func:`kernels.attention.reference.reference_decode` (float64);
 - ``numpy``: one batched-matmul pass over the cache (BLAS capped to ``workers``);
-- ``numba``: :func:`kernels.attention.jit.fused_decode`, one fused online-softmax pass,
+- ``numba``: :func:`kernels.attention.jit.fused`, one fused online-softmax pass,
   the sequence split ``workers`` ways by prange and merged;
 - ``threaded`` / ``multiprocess``: the sequence split ``workers`` ways, each range run
   by the ``inner`` chunk kernel on a thread / process pool, the partial states merged
@@ -215,7 +215,7 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     """``a`` marked read-only. The placeholders (no rotary key, no scales) then have the
     numba type of the cache's own read-only views, so an MHA/GQA/MQA step and an MLA step,
     or a float and an int8 cache, share compiled specialisations instead of each
-    compiling its own (each ``fused_decode`` compile takes tens of seconds)."""
+    compiling its own (each chunk kernel's compile takes seconds to tens of seconds)."""
     a.flags.writeable = False
     return a
 
@@ -296,10 +296,7 @@ class Problem:
                 if inner == "python":
                     return reference.naive_partial_python(*args)
                 return vectorized.naive_partial_numpy(*args)
-            m, l, o = self._empty_state(arrays["w_uv"].shape[1])
-            jit.naive_partial_jit(self.q1, self.q2, *self._naive_numba(arrays), t0, t1,
-                                  m, l, o, *self._naive_scales(arrays))
-            return m, l, o
+            return self._numba_partial(arrays, t0, t1)
         ops = self.operands(arrays)
         if inner == "python":
             if reduced:
@@ -311,11 +308,24 @@ class Problem:
                 return vectorized.partial_numpy_blocked(
                     self.q1, self.q2, t0, t1, lambda a, b: self._widened(ops, a, b))
             return vectorized.partial_numpy(self.q1, ops[0], self.q2, ops[1], ops[2], t0, t1)
-        k1, k2, v, ks1, ks2, vs = ops
-        m, l, o = self._empty_state(v.shape[3])
+        return self._numba_partial(arrays, t0, t1)
+
+    def _numba_kernel(self, arrays: dict[str, np.ndarray]) -> tuple[Any, tuple, tuple, int]:
+        """The numba chunk kernel for this step, called as ``kernel(*head, t0, t1, m, l,
+        o, *tail)``, with its head and tail arguments and the width of ``o``."""
+        if self.kind == "naive":
+            head = (self.q1, self.q2, *self._naive_numba(arrays))
+            return jit.naive_partial_jit, head, self._naive_scales(arrays), \
+                arrays["w_uv"].shape[1]
+        k1, k2, v, ks1, ks2, vs = self.operands(arrays)
         kernel = wide.partial_wide if self._wide(k1, v) else jit.partial_jit
-        kernel(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
-               t0, t1, m, l, o, ks1, ks2, vs)
+        head = (self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v))
+        return kernel, head, (ks1, ks2, vs), v.shape[3]
+
+    def _numba_partial(self, arrays: dict[str, np.ndarray], t0: int, t1: int) -> tuple:
+        kernel, head, tail, dv = self._numba_kernel(arrays)
+        m, l, o = self._empty_state(dv)
+        kernel(*head, t0, t1, m, l, o, *tail)
         return m, l, o
 
     @staticmethod
@@ -339,17 +349,10 @@ class Problem:
 
     def fused(self, splits: int, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """The ``numba`` strategy: fused pass with ``splits`` parallel ranges, merged."""
-        if self.kind == "naive":
-            B, H = self.q1.shape[:2]
-            out = np.empty((B, H, arrays["w_uv"].shape[1]), self.dtype)
-            jit.fused_naive(self.q1, self.q2, *self._naive_numba(arrays), self.length,
-                            splits, out, *self._naive_scales(arrays))
-            return out
-        k1, k2, v, ks1, ks2, vs = self.operands(arrays)
-        out = np.empty(self.q1.shape[:2] + (v.shape[3],), self.dtype)
-        kernel = wide.fused_wide if self._wide(k1, v) else jit.fused_decode
-        kernel(self.q1, numba_view(k1), self.q2, numba_view(k2), numba_view(v),
-               self.length, splits, out, ks1, ks2, vs)
+        kernel, head, tail, dv = self._numba_kernel(arrays)
+        out = np.empty(self.q1.shape[:2] + (dv,), self.dtype)
+        jit.fused(jit.fused_address(kernel, head, tail, out), head, tail, self.length, splits,
+                  out)
         return self._project(out)
 
     def _wide(self, k1: np.ndarray, v: np.ndarray) -> bool:

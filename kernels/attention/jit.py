@@ -33,7 +33,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from kernels import simd
+from kernels import native, simd
 
 #: Tokens per online-softmax block of the group GEMM kernels (:mod:`.wide`; scores for a
 #: block stay in L1).
@@ -894,44 +894,24 @@ def merge_partials(m, l, o, out):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def fused_decode(q1, k1, q2, k2, v, length, splits, out, ks1, ks2, vs):  # noqa: PLR0913
-    """One decode step: ``splits`` sequence ranges in parallel (prange), then the merge
-    (scales as in :func:`partial_jit`)."""
-    B, H = q1.shape[0], q1.shape[1]
-    dv = v.shape[3]
+def fused(partial, head, tail, length, splits, out):
+    """One decode step: ``splits`` token ranges in parallel (prange), then the merge into
+    ``out`` [B, H, dv]. ``partial`` is the address (:func:`kernels.native.address`) of a
+    chunk kernel called as ``kernel(*head, t0, t1, m, l, o, *tail)``: :func:`partial_jit`
+    or :func:`kernels.attention.wide.partial_wide` (``head`` = q1, k1, q2, k2, v;
+    ``tail`` = the scales) or :func:`naive_partial_jit`. Called by address, the kernel is
+    not compiled again into this driver (:mod:`kernels.native`)."""
+    B, H, dv = out.shape
     m = np.empty((splits, B, H), out.dtype)
     l = np.empty((splits, B, H), out.dtype)
     o = np.empty((splits, B, H, dv), out.dtype)
     for s in prange(splits):
-        partial_jit(
-            q1, k1, q2, k2, v, s * length // splits, (s + 1) * length // splits, m[s], l[s], o[s],
-            ks1, ks2, vs,
-        )
+        native.call(partial, head + (s * length // splits, (s + 1) * length // splits,
+                                     m[s], l[s], o[s]) + tail)
     merge_partials(m, l, o, out)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def fused_naive(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, length, splits, out, cs, ps):  # noqa: PLR0913
-    """MLA naive decode step: ``splits`` ranges in parallel, then the merge."""
-    B, H = q_nope.shape[0], q_nope.shape[1]
-    dv = w_uv.shape[1]
-    m = np.empty((splits, B, H), out.dtype)
-    l = np.empty((splits, B, H), out.dtype)
-    o = np.empty((splits, B, H, dv), out.dtype)
-    for s in prange(splits):
-        naive_partial_jit(
-            q_nope,
-            q_pe,
-            c_kv,
-            k_pe,
-            w_uk,
-            w_uv,
-            s * length // splits,
-            (s + 1) * length // splits,
-            m[s],
-            l[s],
-            o[s],
-            cs,
-            ps,
-        )
-    merge_partials(m, l, o, out)
+def fused_address(kernel, head, tail, out):
+    """The address of ``kernel`` for the arguments :func:`fused` passes it: its m[s],
+    l[s] and o[s] are C-contiguous arrays of ``out``'s dtype, as ``out[0]`` and ``out``."""
+    return native.address(kernel, (*head, 0, 0, out[0], out[0], out, *tail))

@@ -28,10 +28,10 @@ Same arguments and results as :func:`kernels.attention.jit.partial_jit`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from kernels import simd
-from kernels.attention.jit import BLOCK, FASTMATH, NEG, merge_partials
+from kernels.attention.jit import BLOCK, FASTMATH, NEG
 from kernels.simd import LANES, REGISTERS, tile
 
 #: Score tiles: (tokens, vectors of heads). Two vectors when the group fills them. With
@@ -304,20 +304,3 @@ def partial_wide(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR
                 l[b, h0 + g] = lloc[g]
                 o[b, h0 + g, :] = O[g]
 
-
-@njit(parallel=True, nogil=True, cache=True)
-def fused_wide(q1, k1, q2, k2, v, length, splits, out, ks1, ks2, vs):  # noqa: PLR0913
-    """:func:`kernels.attention.jit.fused_decode` with :func:`partial_wide`. Written out
-    again rather than made by one factory for both: numba's on-disk cache never hit for
-    such closures (each process compiled them afresh, tens of seconds each)."""
-    B, H = q1.shape[0], q1.shape[1]
-    dv = v.shape[3]
-    m = np.empty((splits, B, H), out.dtype)
-    l = np.empty((splits, B, H), out.dtype)
-    o = np.empty((splits, B, H, dv), out.dtype)
-    for s in prange(splits):
-        partial_wide(
-            q1, k1, q2, k2, v, s * length // splits, (s + 1) * length // splits, m[s], l[s], o[s],
-            ks1, ks2, vs,
-        )
-    merge_partials(m, l, o, out)
