@@ -119,6 +119,28 @@ def test_rope_rotates_keys_on_entry():
     np.testing.assert_array_equal(cache.v[0, 0, 1], k[0, 0])  # values are not rotated
 
 
+@pytest.mark.parametrize("name", ["gqa", "mla", "mla-v3"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_the_decode_rotation_is_the_reference_rotation(name, dtype):
+    """decode rotates the query in one compiled pass; the reference by apply_rope. MLA
+    rotates its tail in adjacent pairs and copies the rest; the others rotate halves."""
+    from kernels.attention.config import query_rope, rotate_query
+    from kernels.attention.decode import rotated_query
+
+    c = A.PRESETS[name]
+    start, interleaved, _ = query_rope(c)
+    assert (start, interleaved) == ((0, False) if name == "gqa" else (c.qk_nope_head_dim, True))
+    q = np.random.default_rng(3).standard_normal((2, c.n_heads, c.query_dim)).astype(dtype)
+    for position in (0, 1, 777, 32767, 10**6):
+        want = rotate_query(c, q, position)
+        got = rotated_query(c, q, position)
+        assert got.dtype == np.float64 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * float(np.abs(want).max()))
+        np.testing.assert_array_equal(got[..., :start], q[..., :start])
+        if position:  # rotated: no longer the query
+            assert not np.allclose(got[..., start:], q[..., start:])
+
+
 def test_decode_is_deterministic_across_workers():
     with _filled(A.PRESETS["gqa"], 300) as cache:
         q = A.random_query(cache)

@@ -306,19 +306,29 @@ def apply_rope(
     return out
 
 
+def query_rope(config: AttentionConfig) -> tuple[int, bool, np.ndarray]:
+    """A query head's rotary part: the column it starts at, whether its pairs are adjacent
+    (interleaved: MLA's ``qk_rope_head_dim`` tail) or the two halves (rotate-half: the
+    whole head of MHA/GQA/MQA), and its inverse frequencies (read-only)."""
+    if isinstance(config, KVConfig):
+        start, interleaved = 0, False
+    else:
+        start, interleaved = config.qk_nope_head_dim, True
+    return start, interleaved, _inv_freq(config.query_dim - start, float(config.rope_theta))
+
+
 def rotate_query(config: AttentionConfig, query: np.ndarray, position: int) -> np.ndarray:
     """The query [batch, n_heads, query_dim] with RoPE applied at ``position``; float64.
 
     MHA/GQA/MQA rotate the whole head (rotate-half); MLA rotates only the trailing
     ``qk_rope_head_dim`` part (interleaved), leaving the ``qk_nope_head_dim`` part as is.
+    The reference's rotation, by :func:`apply_rope`; the decode strategies rotate with
+    :func:`kernels.attention.jit.rotate_one`, checked against this.
     """
-    pos = np.array([position])
+    start, interleaved, _ = query_rope(config)
     q = np.asarray(query, dtype=np.float64)
-    if isinstance(config, KVConfig):
-        return apply_rope(q[..., None, :], pos, config.rope_theta, interleaved=False)[..., 0, :]
     out = q.copy()
-    nope = config.qk_nope_head_dim
-    out[..., nope:] = apply_rope(
-        q[..., None, nope:], pos, config.rope_theta, interleaved=True
+    out[..., start:] = apply_rope(
+        q[..., None, start:], np.array([position]), config.rope_theta, interleaved=interleaved
     )[..., 0, :]
     return out

@@ -35,7 +35,7 @@ import numpy as np
 from kernels import executors, registry
 from kernels.attention import jit, reference, vectorized, wide
 from kernels.attention.cache import Cache, KVCache, MLACache
-from kernels.attention.config import rotate_query, step_cost
+from kernels.attention.config import query_rope, step_cost
 from kernels.attention.precision import check_torch_dtype, numba_view, widen
 
 STRATEGIES = ("python", "numpy", "numba", *executors.POOL_STRATEGIES, "torch")
@@ -166,6 +166,16 @@ def check_query(cache: Any, query: Any) -> np.ndarray:
     return query
 
 
+def rotated_query(config: Any, query: np.ndarray, position: int) -> np.ndarray:
+    """:func:`kernels.attention.config.rotate_query` (the reference's), in one compiled
+    pass (:func:`kernels.attention.jit.rotate_one`); float64."""
+    start, interleaved, inv_freq = query_rope(config)
+    q = query if query.dtype in (np.float32, np.float64) else query.astype(np.float64)
+    out = np.empty(q.shape)
+    jit.rotate_one(q, start, position, inv_freq, interleaved, out)
+    return out
+
+
 def decode(
     cache: Cache,
     query: np.ndarray,
@@ -192,7 +202,7 @@ def decode(
 
     if strategy == "python":
         return reference.reference_decode(cache, query, impl or "naive")
-    q_rot = rotate_query(cache.config, query, cache.length - 1)
+    q_rot = rotated_query(cache.config, query, cache.length - 1)
     if strategy == "torch":
         from kernels.attention import torch_anchor
 
