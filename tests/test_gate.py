@@ -5,11 +5,7 @@ a commit can make it exactly twice as slow (exit 1), leave it alone and change o
 README (exit 0), or break it (exit 1, failed at HEAD); a ``peakmem_`` benchmark holds
 a block whose size lives there too, so a commit can double it (exit 1). ``--busy-threshold 1`` keeps
 every round: the test must pass on a busy machine, and the thresholds it checks (a
-factor of 1.25 against a 2x slowdown) leave room for that. Rounds here are 0.05 s a side,
-not the gate's 0.15 (:data:`gate.ROUND_SECONDS`): a round still holds 5 samples of 10 ms
-a side, and the runs take 2-3x less time (the whole file 100 s -> about 47); a 2x
-slowdown measured 1.95-2.17x with both CPUs kept busy by other processes, an A/A run
-0.93-0.99x.
+factor of 1.25 against a 2x slowdown) leave room for that.
 """
 
 from __future__ import annotations
@@ -103,11 +99,6 @@ def _commit(root: Path, message: str) -> str:
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", message)
     return _git(root, "rev-parse", "HEAD")
-
-
-@pytest.fixture(autouse=True)
-def _short_rounds(monkeypatch):
-    monkeypatch.setattr(gate, "ROUND_SECONDS", 0.05)
 
 
 @pytest.fixture(scope="module")
