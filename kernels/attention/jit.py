@@ -1,4 +1,4 @@
-"""numba chunk kernels, the fused decode drivers, and the one merge of partial states.
+"""numba chunk kernels, the one parallel decode driver, the query rotation, and the one merge.
 
 The partial softmax state of a token range, per (sequence, query head), is
 ``m`` (the largest score), ``l = sum(exp(s - m))`` and ``o = sum(exp(s - m) * v)``.
