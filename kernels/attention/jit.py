@@ -895,11 +895,11 @@ def naive_partial_jit(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, t0, t1, m, l, o,  # 
 @njit(nogil=True, cache=True)
 def rotate_one(q, start, position, inv_freq, interleaved, out):
     """out [B, H, D] (float64) = the query q [B, H, D] with columns ``start:`` rotated at
-    ``position`` by RoPE (``inv_freq``: :func:`kernels.attention.config._inv_freq`):
-    adjacent pairs where ``interleaved``, else the halves (rotate-half); columns before
-    ``start`` copied. :func:`kernels.attention.config.rotate_query` in one compiled
-    pass: its dozen NumPy calls took 26-33 us of a decode step (a 1k MQA step is 0.2
-    ms)."""
+    ``position`` by RoPE (``start``, ``interleaved``, ``inv_freq``: from
+    :func:`kernels.attention.config.query_rope`): adjacent pairs where ``interleaved``,
+    else the halves (rotate-half); columns before ``start`` copied.
+    :func:`kernels.attention.config.rotate_query` in one compiled pass: its dozen NumPy
+    calls took 22-33 us of a decode step (a 1k MQA step is 0.2 ms)."""
     B, H, D = q.shape
     half = (D - start) // 2
     cos = np.empty(half)
