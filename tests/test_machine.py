@@ -16,7 +16,7 @@ import time
 import pytest
 
 from kernels.executors import cpu_count
-from kernels.harness import machine
+from kernels.harness import machine, probes
 from kernels.harness.cli import main as cli_main
 
 MiB = 1 << 20
@@ -70,7 +70,7 @@ def test_fma_probe_returns_a_positive_rate_per_run():
 
 def test_fma_loop_keeps_its_accumulators_in_vector_registers():
     # Loads and stores in the hot loop capped an earlier attempt at a third of the
-    # matmul rate: the FMAs must be vector FMAs, the chain unrolled (16 deep x 8 chains).
+    # matmul rate: the FMAs must be vector FMAs, the chain unrolled (8 deep x 12 chains).
     import platform
 
     asm = machine.fma_asm("float32")
@@ -79,7 +79,7 @@ def test_fma_loop_keeps_its_accumulators_in_vector_registers():
     assert machine.fma_register(asm) in ("ymm", "zmm")
     vector_fmas = [line for line in asm.splitlines()
                    if "vfmadd" in line and ("ymm" in line or "zmm" in line)]
-    assert len(vector_fmas) >= 8 * 16
+    assert len(vector_fmas) >= probes.FMA_DEPTH * probes.FMA_CHAINS
     assert machine.fma_register("vfmadd231ps %zmm1, %zmm2, %zmm3\n") == "zmm"
     assert machine.fma_register("vmulpd %ymm1, %ymm2, %ymm3") is None
 

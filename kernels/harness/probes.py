@@ -253,15 +253,19 @@ def measure_matmul_gflops(n: int = DEFAULT_MATMUL_N, workers: int = 1, repeats: 
 FMA_DTYPES = ("float32", "float64")
 #: Dependent FMAs per chain between the load and the store of its accumulator: a
 #: compile-time constant, so LLVM unrolls the chain and keeps it in a register.
-FMA_DEPTH = 16
-#: Independent chains interleaved in one vector iteration: each FMA has ~4 cycles of
-#: latency and a core issues 2 a cycle, so 8 chains keep both ports busy. Written out
-#: as 8 scalars (numba leaves LLVM's SLP vectoriser off; the loop vectoriser turns the
-#: scalars of consecutive ``j`` into vector registers). 12 or 16 chains were not
-#: vectorised at all (measured on the Xeon of the README).
-FMA_CHAINS = 8
-#: Accumulators per call (a multiple of FMA_CHAINS x 16 float32 lanes): 1 KiB in float32.
-FMA_ACCUMULATORS = 256
+FMA_DEPTH = 8
+#: Independent chains interleaved in one vector iteration. A core issues 2 FMAs a cycle
+#: and each has 4 (Intel, AMD Zen 3 and 4) or 5 (AMD Zen 2) cycles of latency, so 10
+#: chains are needed to fill both ports everywhere; 12 leave a margin and fit AVX2's 16
+#: registers beside the two constants. With 8, the probe was latency-bound on Zen 2: one
+#: thread reached 83.5 GFLOP/s float32, 12 chains 103, and a 2-thread BLAS matmul beat
+#: the probe's "peak" (190 against 166 GFLOP/s, AMD EPYC Zen 2). Written out as 12
+#: scalars (numba leaves LLVM's SLP vectoriser off; the loop vectoriser turns the
+#: scalars of consecutive ``j`` into vector registers); the chains x depth stay at 96
+#: FMAs per iteration because a body of 16 x 16 (or 12 x 16) was not vectorised at all.
+FMA_CHAINS = 12
+#: Accumulators per call (a multiple of FMA_CHAINS x 16 float32 lanes): 1.5 KiB in float32.
+FMA_ACCUMULATORS = 384
 #: FLOP per round of one call: 2 per FMA (a multiply and an add), per accumulator.
 FMA_FLOP_PER_ROUND = 2 * FMA_ACCUMULATORS * FMA_DEPTH
 DEFAULT_FMA_SECONDS = 0.1
@@ -282,11 +286,13 @@ def _fma_kernel() -> Callable[..., Any]:
 
     @numba.njit(fastmath=True, nogil=True, cache=False, boundscheck=False)
     def fma_rounds(acc, m, c, rounds):
-        s = acc.shape[0] // 8
+        s = acc.shape[0] // 12
         for _ in range(rounds):
             for j in range(s):
                 x0, x1, x2, x3 = acc[j], acc[j + s], acc[j + 2 * s], acc[j + 3 * s]
                 x4, x5, x6, x7 = acc[j + 4 * s], acc[j + 5 * s], acc[j + 6 * s], acc[j + 7 * s]
+                x8, x9, x10, x11 = (acc[j + 8 * s], acc[j + 9 * s], acc[j + 10 * s],
+                                    acc[j + 11 * s])
                 for _d in range(FMA_DEPTH):
                     x0 = x0 * m + c
                     x1 = x1 * m + c
@@ -296,8 +302,14 @@ def _fma_kernel() -> Callable[..., Any]:
                     x5 = x5 * m + c
                     x6 = x6 * m + c
                     x7 = x7 * m + c
+                    x8 = x8 * m + c
+                    x9 = x9 * m + c
+                    x10 = x10 * m + c
+                    x11 = x11 * m + c
                 acc[j], acc[j + s], acc[j + 2 * s], acc[j + 3 * s] = x0, x1, x2, x3
                 acc[j + 4 * s], acc[j + 5 * s], acc[j + 6 * s], acc[j + 7 * s] = x4, x5, x6, x7
+                acc[j + 8 * s], acc[j + 9 * s], acc[j + 10 * s], acc[j + 11 * s] = (
+                    x8, x9, x10, x11)
         return acc.sum()
 
     return fma_rounds
