@@ -1,18 +1,31 @@
 """Each attention preset against its roofline, with the roofline measured in the same
 rounds as the step (issue 15).
 
-    python -m benchmarks.roofline_figures [ROUNDS] [CONTEXT] [WORKERS] [PRESETS]
+    python -m benchmarks.roofline_figures [ROUNDS] [CONTEXT] [WORKERS] [PRESETS] [MODE]
 
 Defaults: 9 rounds, 32768 tokens, 2 workers, every preset. Each round times, in turn
 (the order rotating from round to round): one ``numba`` decode step, one ``torch`` step
 (where torch is installed), one float32 2048 x 2048 matmul through BLAS and one read
-pass over 1 GiB, all at WORKERS threads. A round's roofline time is the larger of the
-step's bytes (cache read plus weights) over that round's read bandwidth and its FLOPs
-over that round's matmul rate, so the share of roofline compares measurements taken
-within a second of each other, not a calibration from another hour of a shared
-machine. Printed per preset: median step times, the median share of roofline with
-its interquartile range over the rounds, which bound applies, and numba's speed-up
-over torch (paired per round) with its interquartile range. Then the FMA probe's peak
+pass over 1 GiB, all at WORKERS threads. A step is timed as a decoder runs it: right
+after an untimed step of the same strategy over a second cache of the same shape (the
+layer before), so that the cores are busy and the timed cache is not in the CPU's
+caches. Timed cold instead, as the first compute after the read pass or the matmul's
+settling sleep, a step is slower by what the idle cores take to get back to speed:
+on an AMD EPYC Zen 2 (2 cores), an MQA 32k step with numba took 5.7 ms after the read
+pass and 6.0 ms after a 10 ms pause, against 4.7 ms after the layer before; 2 ms of
+the FMA probe's loop took 1.36x as long after a 10 ms pause as back to back. The
+matmul is timed the same way, after an untimed one: timed alone after the other sides
+(a torch step's OpenMP threads still spinning, or the read), it measured 156-163 GFLOP/s
+in the rounds against 187-190 after them. Timing only the step warm would flatter it.
+MODE ``cold`` (the fifth argument; default ``warm``) times every side alone, as the
+first thing after the side before it, to show the difference. A round's roofline
+time is the larger of the step's bytes (cache read plus weights) over that round's read
+bandwidth and its FLOPs over that round's matmul rate, so the share of roofline
+compares measurements taken within a second of each other, not a calibration from
+another hour of a shared machine. Printed per preset: median step times, the median
+share of roofline with its interquartile range over the rounds, which bound applies,
+and numba's speed-up over torch (paired per round) with its interquartile range. Then
+the FMA probe's peak
 beside the matmul rate (``kernelrace machine`` measures both).
 """
 
@@ -50,20 +63,40 @@ def _timed(fn, repeats: int = 1) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
+def _after_layer_before(case, before, warm: bool = True):
+    """A call that times one step of ``case`` right after an untimed step of ``before``
+    (``warm``), or alone."""
+    def timed() -> float:
+        if warm:
+            before.run()
+        return _timed(case.run)
+    return timed
+
+
 def preset_rounds(preset: str, context: int, workers: int, rounds: int,
-                  stream: ReadStream) -> dict:
+                  stream: ReadStream, warm: bool = True) -> dict:
     """The per-round times of each side and the per-round roofline shares of one preset."""
-    cases = {s: A.make_case(context, strategy=s, workers=workers, preset=preset)
-             for s in ("numba", "torch") if not A.unavailable_reason(s)}
+    config = A.PRESETS[preset]
+    caches = []
+    cases: dict[str, list] = {}
     try:
-        for case in cases.values():  # compile, first touch
-            case.run()
-            case.run()
-        fields = cases["numba"].fields
+        for seed in (0, 1):  # the timed layer, and the layer before it
+            cache = A.make_cache(config, capacity=context)
+            caches.append(cache)
+            A.fill_random(cache, context, seed=seed)
+        for s in ("numba", "torch"):
+            if not A.unavailable_reason(s):
+                cases[s] = [A.make_case(context, strategy=s, workers=workers,
+                                        preset=preset, source=c, seed=i)
+                            for i, c in enumerate(caches)]
+        for pair in cases.values():  # compile, first touch
+            for case in pair:
+                case.run()
+        fields = cases["numba"][0].fields
         nbytes = fields["cache_bytes"] + fields["weight_bytes"]
         flops = fields["flops"]
         matmul = MatmulStream(MATMUL_N, workers)
-        sides = {**{s: c.run for s, c in cases.items()},
+        sides = {**{s: _after_layer_before(*pair, warm) for s, pair in cases.items()},
                  "matmul": matmul.gflops, "read": stream.gbps}
         names = list(sides)
         times: dict[str, list[float]] = {n: [] for n in names}
@@ -72,12 +105,14 @@ def preset_rounds(preset: str, context: int, workers: int, rounds: int,
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
                 if name == "matmul":
+                    if warm:
+                        matmul.seconds()  # untimed, as each step follows the layer before
                     gflops.append(sides[name]())
                     time.sleep(matmul.settle_s)  # BLAS's threads stop spinning
                 elif name == "read":
                     gbps.append(sides[name]())
                 else:
-                    times[name].append(_timed(sides[name]))
+                    times[name].append(sides[name]())
         rates = list(zip(gbps, gflops, strict=True))
         roof = [max(nbytes / bw / 1e9, flops / mm / 1e9) for bw, mm in rates]
         bound = ["memory" if nbytes / bw > flops / mm else "compute"
@@ -94,8 +129,11 @@ def preset_rounds(preset: str, context: int, workers: int, rounds: int,
                 [t / n for t, n in zip(times["torch"], times["numba"], strict=True)])
         return out
     finally:
-        for case in cases.values():
-            case.close()
+        for pair in cases.values():
+            for case in pair:
+                case.close()
+        for cache in caches:
+            cache.close()
 
 
 def main(argv: list[str]) -> int:
@@ -103,14 +141,18 @@ def main(argv: list[str]) -> int:
     context = int(argv[1]) if len(argv) > 1 else 32768
     workers = int(argv[2]) if len(argv) > 2 else 2
     presets = argv[3].split(",") if len(argv) > 3 else list(A.PRESETS)
-    print(f"CPU: {cpu_model()}; context {context}, {workers} workers, {rounds} rounds")
+    mode = argv[4] if len(argv) > 4 else "warm"
+    if mode not in ("warm", "cold"):
+        raise SystemExit(f"MODE must be warm or cold, got {mode!r}")
+    print(f"CPU: {cpu_model()}; context {context}, {workers} workers, {rounds} rounds, "
+          f"steps timed {'after the layer before' if mode == 'warm' else 'alone (cold)'}")
     A.unavailable_reason("torch")  # torch loads before numba's OpenMP threads start
     stream = ReadStream(1 << 30, workers)
     print("| preset | numba ms | of roofline [IQR] | bound | torch ms | vs torch [IQR] "
           "| matmul GFLOP/s | read GB/s |")
     print("|---|---|---|---|---|---|---|---|")
     for preset in presets:
-        r = preset_rounds(preset, context, workers, rounds, stream)
+        r = preset_rounds(preset, context, workers, rounds, stream, mode == "warm")
         share = r["roofline_share"]
         torch = ("-", "-")
         if "vs_torch" in r:
