@@ -114,11 +114,16 @@ def _axpy(p, x, y):
         y[i] += p * _wide(x[i])
 
 
+#: :data:`kernels.simd.EXP2_TAYLOR` as float32, for :func:`_exp_neg`.
+_E2 = tuple(np.float32(c) for c in simd.EXP2_TAYLOR)
+
+
 @njit(nogil=True, fastmath=FASTMATH)
 def _exp_neg(x, n, ibuf):
     """x[:n] = exp(x[:n]) for float32 x <= 0, in a loop LLVM vectorises (numba's np.exp
-    is a scalar libm call): 2**round(y) built in the exponent bits, times a degree-7
-    Taylor polynomial of e**z on |z| <= ln2/2 (relative error ~1e-8, below float32 eps).
+    is a scalar libm call): 2**round(y) built in the exponent bits (y = x / ln 2), times
+    the degree-7 Taylor polynomial of 2**z on |z| <= 1/2 (relative error ~1e-8, below
+    float32 eps), in Estrin's scheme: :func:`kernels.simd.exp_nonpositive`'s formula.
 
     Weights below 2**-64 come out as exactly 0 (y = -127 gives zero exponent bits):
     every x here is a score minus a running maximum whose own weight, 1, is in the sum,
@@ -128,19 +133,15 @@ def _exp_neg(x, n, ibuf):
     """
     simd.widest()
     fb = ibuf.view(np.float32)
+    c0, c1, c2, c3 = _E2[0], _E2[1], _E2[2], _E2[3]
+    c4, c5, c6, c7 = _E2[4], _E2[5], _E2[6], _E2[7]
     for t in range(n):
         y = x[t] * np.float32(1.4426950408889634)
         y = y if y >= np.float32(-64.0) else np.float32(-127.0)
         r = np.floor(y + np.float32(0.5))
-        z = (y - r) * np.float32(0.6931471805599453)
-        p = np.float32(1.0 / 5040)
-        p = p * z + np.float32(1.0 / 720)
-        p = p * z + np.float32(1.0 / 120)
-        p = p * z + np.float32(1.0 / 24)
-        p = p * z + np.float32(1.0 / 6)
-        p = p * z + np.float32(0.5)
-        p = p * z + np.float32(1.0)
-        p = p * z + np.float32(1.0)
+        z = y - r
+        z2 = z * z
+        p = (c0 + c1 * z + (c2 + c3 * z) * z2) + (c4 + c5 * z + (c6 + c7 * z) * z2) * (z2 * z2)
         ibuf[t] = (np.int32(r) + np.int32(127)) << np.int32(23)
         x[t] = p * fb[t]
 

@@ -37,9 +37,9 @@ from kernels.simd import LANES, REGISTERS, tile
 #: Score tiles: (tokens, vectors of heads). Two vectors when the group fills them. With
 #: 32 registers the token counts divide BLOCK, so a full block never falls back to
 #: one-token tiles (with 12 rows, 8 tokens in 128 did, and a step of MLA took 7% longer).
-#: With AVX2's 16, 6 x 2 (15 registers) leaves 2 tokens of 128 to one-token tiles and
-#: still beat 4 x 2, whose 8 accumulators barely cover two FMA pipes' latency: MLA at
-#: 32k 1.03-1.06x, MQA 1.00-1.02x faster (paired, AMD EPYC Zen 3).
+#: With AVX2's 16, 6 x 2 (15 registers) beat 4 x 2, whose 8 accumulators barely cover
+#: two FMA pipes' latency: MLA at 32k 1.03-1.06x, MQA 1.00-1.02x faster (paired, AMD
+#: EPYC Zen 3); its blocks are 126 tokens (:func:`block_tokens`).
 _S2 = (8, 2) if REGISTERS >= 32 else (6, 2)
 _S1 = (8, 1)
 #: Value tiles: (heads, vectors of the value dimension). With AVX2's 16 registers 4 x 3
@@ -56,6 +56,19 @@ _value = tile(*_V)
 _value_1 = tile(1, _V[1])
 _value_v = tile(_V[0], 1)
 _value_1v = tile(1, 1)
+
+
+@njit(nogil=True)
+def block_tokens(G):
+    """Tokens per online-softmax block for a group of ``G`` heads: the largest multiple of
+    the score tile's token rows up to :data:`BLOCK` (126 on AVX2, whose tiles are 6
+    tokens deep; 128 with AVX-512's 8), so that no token of a full block falls to a
+    one-token tile, which reads a key element per two multiply-adds instead of per
+    twelve. With 128 tokens, AVX2 left 2 of every 128 to such tiles: a 32k step took
+    1.04x as long as with 120 or 126 for MQA, 1.03x for MLA and mla-v3 (paired, 2
+    workers, AMD EPYC Zen 2)."""
+    rows = _S2[0] if G % (2 * LANES) == 0 else _S1[0]
+    return BLOCK - BLOCK % rows
 
 
 def fits(n_heads: int, n_kv_heads: int, widths: tuple[int, ...], compute: np.dtype) -> bool:
@@ -187,10 +200,11 @@ def _widen_rows(src, t, n, scales, dst, col):
 
 
 @njit(nogil=True, fastmath=FASTMATH)
-def _softmax_block(sT, n, mloc, lloc, mnew, lsum, corr):
+def _softmax_block(sT, n, mloc, lloc, corr):
     """Turn the scores sT[:n] into weights exp(s - m) for the new running maxima, and
     update m and l; ``corr`` gets each head's rescale factor for its accumulator.
-    Vectors across heads, ``LANES`` at a time; four running maxima break the chain."""
+    Vectors across heads, ``LANES`` at a time; four running maxima break the chain
+    (scores are not NaN: the query is checked, and the cache holds what was appended)."""
     G = sT.shape[1]
     rs = sT.strides[0]
     base = sT.ctypes.data
@@ -200,16 +214,15 @@ def _softmax_block(sT, n, mloc, lloc, mnew, lsum, corr):
         u = 0
         while u + 4 <= n:
             a = base + u * rs + off
-            m0 = simd.vmax(m0, simd.load(a))
-            m1 = simd.vmax(m1, simd.load(a + rs))
-            m2 = simd.vmax(m2, simd.load(a + 2 * rs))
-            m3 = simd.vmax(m3, simd.load(a + 3 * rs))
+            m0 = simd.vmax_fast(m0, simd.load(a))
+            m1 = simd.vmax_fast(m1, simd.load(a + rs))
+            m2 = simd.vmax_fast(m2, simd.load(a + 2 * rs))
+            m3 = simd.vmax_fast(m3, simd.load(a + 3 * rs))
             u += 4
         while u < n:
-            m0 = simd.vmax(m0, simd.load(base + u * rs + off))
+            m0 = simd.vmax_fast(m0, simd.load(base + u * rs + off))
             u += 1
-        m = simd.vmax(simd.vmax(m0, m1), simd.vmax(m2, m3))
-        simd.store(mnew.ctypes.data + off, m)
+        m = simd.vmax_fast(simd.vmax_fast(m0, m1), simd.vmax_fast(m2, m3))
         s0 = s1 = simd.zero()
         u = 0
         while u + 2 <= n:
@@ -226,11 +239,12 @@ def _softmax_block(sT, n, mloc, lloc, mnew, lsum, corr):
             e0 = simd.exp_nonpositive(simd.sub(simd.load(a), m))
             simd.store(a, e0)
             s0 = simd.add(s0, e0)
-        simd.store(lsum.ctypes.data + off, simd.add(s0, s1))
-    for g in range(G):
-        corr[g] = np.exp(mloc[g] - mnew[g])
-        lloc[g] = lloc[g] * corr[g] + lsum[g]
-        mloc[g] = mnew[g]
+        mold = simd.load(mloc.ctypes.data + off)
+        c = simd.exp_nonpositive(simd.sub(mold, m))
+        simd.store(corr.ctypes.data + off, c)
+        lold = simd.load(lloc.ctypes.data + off)
+        simd.store(lloc.ctypes.data + off, simd.add(simd.mul(lold, c), simd.add(s0, s1)))
+        simd.store(mloc.ctypes.data + off, m)
 
 
 @njit(nogil=True, fastmath=FASTMATH, cache=True)
@@ -244,14 +258,13 @@ def partial_wide(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR
     narrow = k1.itemsize != 4  # bf16, fp16, int8 (float64 never comes here)
     d = d1 + d2
     qT = _aligned(d * G).reshape((d, G))
-    sT = _aligned(BLOCK * G).reshape((BLOCK, G))
+    blk = block_tokens(G)
+    sT = _aligned(blk * G).reshape((blk, G))
     O = _aligned(G * dv).reshape((G, dv))
-    kw = _aligned(BLOCK * d if narrow else 0).reshape((BLOCK if narrow else 0, d))
-    vw = _aligned(BLOCK * dv if narrow else 0).reshape((BLOCK if narrow else 0, dv))
+    kw = _aligned(blk * d if narrow else 0).reshape((blk if narrow else 0, d))
+    vw = _aligned(blk * dv if narrow else 0).reshape((blk if narrow else 0, dv))
     mloc = _aligned(G)
     lloc = _aligned(G)
-    mnew = _aligned(G)
-    lsum = _aligned(G)
     corr = _aligned(G)
     for b in range(B):
         for kh in range(Hkv):
@@ -268,14 +281,14 @@ def partial_wide(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR
             mloc[:] = NEG
             lloc[:] = 0
             O[:] = 0
-            for tb in range(t0, t1, BLOCK):
-                n = min(BLOCK, t1 - tb)
-                nxt = min(tb + 2 * BLOCK, t1)
+            for tb in range(t0, t1, blk):
+                n = min(blk, t1 - tb)
+                nxt = min(tb + 2 * blk, t1)
                 # The next block's rows stream in while this one computes: its keys
                 # during the scores, its values during the value pass (MLA, whose values
                 # are the keys' latents: half the latent rows during each pass).
-                mid = (tb + BLOCK + nxt) // 2 if same_v else nxt
-                pk, lk = _ahead(K1, tb + BLOCK, mid)
+                mid = (tb + blk + nxt) // 2 if same_v else nxt
+                pk, lk = _ahead(K1, tb + blk, mid)
                 if narrow:
                     _widen_rows(K1, tb, n, ks1[b, kh], kw, 0)
                     if d2:
@@ -284,14 +297,14 @@ def partial_wide(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR
                 else:
                     _scores_block(qT[:d1], K1, tb, n, sT, False, pk, lk)
                     if d2:
-                        pk, lk = _ahead(K2, tb + BLOCK, nxt)
+                        pk, lk = _ahead(K2, tb + blk, nxt)
                         _scores_block(qT[d1:], K2, tb, n, sT, True, pk, lk)
-                _softmax_block(sT, n, mloc, lloc, mnew, lsum, corr)
+                _softmax_block(sT, n, mloc, lloc, corr)
                 for g in range(G):
                     if corr[g] != 1:
                         for i in range(dv):
                             O[g, i] *= corr[g]
-                pv, lv = _ahead(V, mid if same_v else tb + BLOCK, nxt)
+                pv, lv = _ahead(V, mid if same_v else tb + blk, nxt)
                 if narrow and same_v:
                     _values_block(sT, n, kw, 0, O, pv, lv)
                 elif narrow:
