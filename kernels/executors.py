@@ -197,11 +197,17 @@ def interrupt_guard() -> Iterator[Callable[[], None]]:
 
 
 @contextlib.contextmanager
-def limit_threads(workers: int, *, numba_pool: bool = True) -> Iterator[None]:
+def limit_threads(workers: int, *, numba_pool: bool = True, pools: bool = True
+                  ) -> Iterator[None]:
     """Cap BLAS/OpenMP pools (threadpoolctl) and numba's pool to ``workers`` threads.
 
     Restores both on exit. numba's cap cannot exceed NUMBA_NUM_THREADS (fixed when
     numba's pool starts), so the cap is ``min(workers, NUMBA_NUM_THREADS)``.
+
+    ``pools=False`` caps numba's pool alone, for work whose only parallel code is
+    numba's (no BLAS call inside): reading every library's thread count cost 70-80 us
+    of a 32k attention step that follows another (AMD EPYC Zen 2), where Python's own
+    data has left the CPU's caches.
 
     ``numba_pool=False`` is for a call that runs no parallel numba code (a NumPy kernel):
     numba's cap is then left alone, because setting it starts numba's OpenMP threads, and
@@ -219,7 +225,10 @@ def limit_threads(workers: int, *, numba_pool: bool = True) -> Iterator[None]:
     if want != previous:
         numba.set_num_threads(want)
     try:
-        with _pools_limited(workers):
+        if pools:
+            with _pools_limited(workers):
+                yield
+        else:
             yield
     finally:
         if want != previous:

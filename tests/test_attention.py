@@ -93,6 +93,39 @@ def test_mla_absorbed_reference_equals_naive_definition():
         )
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_weight_products_equal_numpys_matmul(dtype):
+    """The numba strategy's W_UK and W_UV products (jit.absorb, jit.project: heads in
+    parallel) against NumPy's batched matmul, which the other strategies use."""
+    from kernels.attention import jit
+
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 5, 16)).astype(dtype)
+    w_uk = rng.standard_normal((5, 16, 24)).astype(dtype)
+    got = np.empty((2, 5, 24), dtype)
+    jit.absorb(q, w_uk, got)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, (q[:, :, None, :] @ w_uk)[:, :, 0, :], rtol=tol, atol=tol)
+    o = rng.standard_normal((2, 5, 24)).astype(dtype)
+    w_uv = rng.standard_normal((5, 8, 24)).astype(dtype)
+    got = np.empty((2, 5, 8), dtype)
+    jit.project(o, w_uv, got)
+    want = (o[:, :, None, :] @ w_uv.transpose(0, 2, 1))[:, :, 0, :]
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_wide_blocks_hold_whole_score_tiles():
+    """partial_wide's blocks are whole multiples of its score tile's token rows, so a full
+    block never falls back to one-token tiles; and at most BLOCK tokens."""
+    from kernels import simd
+    from kernels.attention import wide
+
+    for g in (simd.LANES, 2 * simd.LANES, 16 * simd.LANES):
+        rows = wide._S2[0] if g % (2 * simd.LANES) == 0 else wide._S1[0]
+        n = wide.block_tokens(g)
+        assert n % rows == 0 and wide.BLOCK - rows < n <= wide.BLOCK
+
+
 def test_gqa_head_mapping_is_grouped_not_tiled():
     """Query head h reads KV head h // group: make each KV head's values a constant."""
     c = A.KVConfig(n_heads=8, n_kv_heads=2, head_dim=4)

@@ -201,6 +201,16 @@ def test_nested_limits_restore_each_level_and_numpy_calls_leave_numba_alone(
     assert _blas_threads() == blas_before
 
 
+def test_limit_threads_without_pools_caps_numba_alone(numba_threads_at_most) -> None:
+    """``pools=False`` (the numba decode step: no BLAS call inside) leaves the BLAS pools
+    as they are and still caps and restores numba's."""
+    limit = numba_threads_at_most
+    blas_before = _blas_threads()
+    with executors.limit_threads(1, pools=False):
+        assert numba.get_num_threads() == 1 and _blas_threads() == blas_before
+    assert numba.get_num_threads() == limit and _blas_threads() == blas_before
+
+
 def test_a_sigint_during_teardown_waits_for_its_end() -> None:
     """sigint_deferred: the interrupt is raised when the block ends, not inside it; not
     again while one is being handled; not with reraise=False; the handler comes back."""

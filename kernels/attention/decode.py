@@ -208,15 +208,16 @@ def decode(
 
         with torch_anchor.torch_threads(workers):
             return torch_anchor.decode_torch(cache, q_rot, impl or "absorbed")
-    problem = Problem(cache, q_rot, impl)
     if strategy == "numpy":
+        problem = Problem(cache, q_rot, impl)
         with executors.limit_threads(workers, numba_pool=False):
             return problem.finish(problem.partial("numpy", 0, cache.length, cache.arrays()))
     used = workers_used(cache.config, cache.length, cache.batch, cache.kv_dtype, strategy,
                         inner, workers, impl)
     if strategy == "numba":
-        with executors.limit_threads(used):
-            return problem.fused(used, cache.arrays())
+        with executors.limit_threads(used, pools=False):  # no BLAS call inside
+            return Problem(cache, q_rot, impl, parallel=True).fused(used, cache.arrays())
+    problem = Problem(cache, q_rot, impl)
     states = _run_pool(cache, problem, strategy, inner, workers, used)
     return problem.finish_states(states)
 
@@ -235,8 +236,13 @@ class Problem:
     multiplied by W_UK. Small; pickled whole to process workers.
     """
 
-    def __init__(self, cache: Cache, q_rot: np.ndarray, impl: str | None) -> None:
+    def __init__(self, cache: Cache, q_rot: np.ndarray, impl: str | None,
+                 parallel: bool = False) -> None:
         c = cache.config
+        # MLA's weight products on numba's pool (jit.absorb, jit.project) for the numba
+        # strategy, inside its thread cap; NumPy's matmul otherwise (starting numba's
+        # OpenMP threads would leave torch, imported later, on numba's libgomp).
+        self.parallel = parallel
         dt = cache.dtype
         self.kind = "kv" if impl is None else impl
         self.length = cache.length
@@ -252,7 +258,12 @@ class Problem:
             if self.kind == "absorbed":
                 # W_UK folded into the query: [B, H, 1, nope] @ [H, nope, r] -> [B, H, r]
                 # (a batched BLAS matmul in the cache dtype; the weights are not copied).
-                self.q1 = (q_nope.astype(dt)[:, :, None, :] @ cache.w_uk)[:, :, 0, :]
+                q_nope = q_nope.astype(dt)
+                if parallel:
+                    self.q1 = np.empty(q_nope.shape[:2] + (cache.w_uk.shape[2],), dt)
+                    jit.absorb(q_nope, cache.w_uk, self.q1)
+                else:
+                    self.q1 = (q_nope[:, :, None, :] @ cache.w_uk)[:, :, 0, :]
             else:
                 self.q1 = q_nope.astype(dt)
         # W_UV is applied after the merge on the absorbed path (parent only).
@@ -388,7 +399,12 @@ class Problem:
         if self.kind != "absorbed":
             return out
         # W_UV after attention in the latent space: [B, H, r] x [H, v, r] -> [B, H, v].
-        projected = out.astype(self.dtype, copy=False)[:, :, None, :] @ self.w_uv.transpose(0, 2, 1)
+        out = out.astype(self.dtype, copy=False)
+        if self.parallel:
+            projected = np.empty(out.shape[:2] + (self.w_uv.shape[1],), self.dtype)
+            jit.project(out, self.w_uv, projected)
+            return projected
+        projected = out[:, :, None, :] @ self.w_uv.transpose(0, 2, 1)
         return projected[:, :, 0, :]
 
 
