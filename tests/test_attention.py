@@ -152,6 +152,22 @@ def test_rope_rotates_keys_on_entry():
     np.testing.assert_array_equal(cache.v[0, 0, 1], k[0, 0])  # values are not rotated
 
 
+@pytest.mark.parametrize("name", ["gqa", "mla"])
+def test_the_decode_rotation_refuses_a_query_that_is_not_finite(name):
+    """decode checks the query for NaN and infinity in its rotation pass (not NumPy's
+    isfinite), in the copied columns (MLA's first ones) and the rotated ones alike."""
+    from kernels.attention.decode import rotated_query
+
+    c = A.PRESETS[name]
+    for column in (0, c.query_dim // 2, c.query_dim - 1):
+        for bad in (np.nan, np.inf, -np.inf):
+            q = np.ones((1, c.n_heads, c.query_dim), np.float32)
+            q[0, c.n_heads - 1, column] = bad
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                rotated_query(c, q, 5)
+    assert np.isfinite(rotated_query(c, np.ones((1, c.n_heads, c.query_dim)), 5)).all()
+
+
 @pytest.mark.parametrize("name", ["gqa", "mla", "mla-v3"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_the_decode_rotation_is_the_reference_rotation(name, dtype):

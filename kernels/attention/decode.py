@@ -145,8 +145,10 @@ def check_mla_impl(cache: Any, mla_impl: str | None) -> str | None:
     return None
 
 
-def check_query(cache: Any, query: Any) -> np.ndarray:
-    """Validate ``query`` [batch, n_heads, query_dim] against ``cache``; returns it."""
+def check_query(cache: Any, query: Any, finite: bool = True) -> np.ndarray:
+    """Validate ``query`` [batch, n_heads, query_dim] against ``cache``; returns it.
+    ``finite=False`` leaves out the NaN and infinity check, for a caller that makes it
+    itself (:func:`rotated_query` does, in its one pass)."""
     if not isinstance(cache, (KVCache, MLACache)):
         raise TypeError(f"cache must be a KVCache or MLACache, got {type(cache).__name__}")
     if cache.length < 1:
@@ -161,18 +163,24 @@ def check_query(cache: Any, query: Any) -> np.ndarray:
         )
     if query.dtype.kind != "f":
         raise TypeError(f"query must be a floating array, got dtype {query.dtype}")
-    if not np.all(np.isfinite(query)):
-        raise ValueError("query contains NaN or infinity")
+    if finite and not np.all(np.isfinite(query)):
+        raise _not_finite()
     return query
+
+
+def _not_finite() -> ValueError:
+    return ValueError("query contains NaN or infinity")
 
 
 def rotated_query(config: Any, query: np.ndarray, position: int) -> np.ndarray:
     """:func:`kernels.attention.config.rotate_query` (the reference's), in one compiled
-    pass (:func:`kernels.attention.jit.rotate_one`); float64."""
+    pass (:func:`kernels.attention.jit.rotate_one`); float64. ValueError where the
+    query holds NaN or infinity (checked in the same pass)."""
     start, interleaved, inv_freq = query_rope(config)
     q = query if query.dtype in (np.float32, np.float64) else query.astype(np.float64)
     out = np.empty(q.shape)
-    jit.rotate_one(q, start, position, inv_freq, interleaved, out)
+    if not jit.rotate_one(q, start, position, inv_freq, interleaved, out):
+        raise _not_finite()
     return out
 
 
@@ -197,7 +205,7 @@ def decode(
     workers = executors.resolve_workers(workers)
     registry.require_available(_module(), strategy)
     impl = check_mla_impl(cache, mla_impl)
-    check_query(cache, query)
+    check_query(cache, query, finite=strategy == "python")  # else: rotated_query checks
     check_torch_dtype(strategy, cache.kv_dtype)
 
     if strategy == "python":
