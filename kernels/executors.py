@@ -206,8 +206,8 @@ def limit_threads(workers: int, *, numba_pool: bool = True, pools: bool = True
 
     ``pools=False`` caps numba's pool alone, for work whose only parallel code is
     numba's (no BLAS call inside): reading every library's thread count cost 70-80 us
-    of a 32k attention step that follows another (AMD EPYC Zen 2), where Python's own
-    data has left the CPU's caches.
+    of a call that streams tens of MiB (AMD EPYC Zen 2), after which Python's own data
+    has left the CPU's caches.
 
     ``numba_pool=False`` is for a call that runs no parallel numba code (a NumPy kernel):
     numba's cap is then left alone, because setting it starts numba's OpenMP threads, and
