@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,31 @@ def test_attention_races_the_matmul_pass_only_where_a_step_can_be_compute_bound(
     expected = [100 * (raced["flops"][point[0]] / s) / (2 * 64**3 / m)
                 for s, m in zip(step_t, mm_t, strict=True)]
     assert share.track_share_of_matmul(None)["samples"] == pytest.approx(expected)
+
+
+def test_roofline_figures_times_a_step_after_the_layer_before() -> None:
+    """benchmarks.roofline_figures: warm, each timed step follows an untimed one over the
+    other cache; cold, the step is timed alone. And a tiny run of its rounds gives a
+    share of roofline per round from the same rounds' matmul and read."""
+    from kernels.harness.probes import ReadStream
+
+    figures = _suite("roofline_figures")
+    calls: list[str] = []
+
+    class Side:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def run(self) -> None:
+            calls.append(self.name)
+
+    warm = figures._after_layer_before(Side("timed"), Side("before"))
+    assert warm() >= 0 and calls == ["before", "timed"]
+    calls.clear()
+    cold = figures._after_layer_before(Side("timed"), Side("before"), warm=False)
+    assert cold() >= 0 and calls == ["timed"]
+    with warnings.catch_warnings():  # torch, where installed, loads after numba's threads
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = figures.preset_rounds("mqa", 256, 1, 2, ReadStream(1 << 22, 1))
+    assert r["bound"] in ("memory", "compute") and r["numba_ms"][0] > 0
+    assert 0 < r["roofline_share"][0] < 10 and r["matmul_gflops"][0] > 0
