@@ -1,4 +1,5 @@
-"""The asv suite's cold-start benchmarks: the code they hand to a fresh interpreter runs."""
+"""The benchmarks: the code the asv suite's cold-start benchmarks hand to a fresh interpreter
+runs, and the roofline figures script times what it says."""
 
 from __future__ import annotations
 
