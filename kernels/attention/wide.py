@@ -59,6 +59,13 @@ _value_1v = tile(1, 1)
 
 
 @njit(nogil=True)
+def _score_rows(G):
+    """Tokens per score tile for a group of ``G`` heads: two vectors of heads when the
+    group fills them (:data:`_S2`), else one (:data:`_S1`)."""
+    return _S2[0] if G % (2 * LANES) == 0 else _S1[0]
+
+
+@njit(nogil=True)
 def block_tokens(G):
     """Tokens per online-softmax block for a group of ``G`` heads: the largest multiple of
     the score tile's token rows up to :data:`BLOCK` (126 on AVX2, whose tiles are 6
@@ -67,7 +74,7 @@ def block_tokens(G):
     twelve. With 128 tokens, AVX2 left 2 of every 128 to such tiles: a 32k step took
     1.04x as long as with 120 or 126 for MQA, 1.03x for MLA and mla-v3 (paired, 2
     workers, AMD EPYC Zen 2)."""
-    rows = _S2[0] if G % (2 * LANES) == 0 else _S1[0]
+    rows = _score_rows(G)
     return BLOCK - BLOCK % rows
 
 
@@ -120,7 +127,7 @@ def _scores_block(qT, K, t, n, sT, add, pf, lines):  # noqa: PLR0913
     lds = sT.strides[0] // 4
     two = G % (2 * LANES) == 0
     step = 2 * LANES if two else LANES
-    rows = _S2[0] if two else _S1[0]
+    rows = _score_rows(G)
     calls = n // rows + n % rows
     c = 0
     u = 0
