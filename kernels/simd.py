@@ -110,6 +110,12 @@ def _int_madd() -> str:
 #: are not used.
 INT_MADD = _int_madd()
 
+#: Whether :func:`int_dots` takes its query in int8 bytes: with VNNI (``vpdpbusd``: 4
+#: LANES byte products a vector, twice ``vpdpwssd``'s int16 pairs), unless
+#: ``KERNELRACE_INT8_QUERY=0``, which keeps the query in int16 (2^-16 of its largest
+#: element instead of 2^-8; docs/attention.md gives both errors and speeds).
+QUERY_BYTES = INT_MADD == "vnni" and os.environ.get("KERNELRACE_INT8_QUERY", "").strip() != "0"
+
 #: :data:`INT_MADD` in words, for the calibration and the report.
 INT_MADD_WORDS = {"vnni": "integers (AVX-512 VNNI)",
                   "pmaddwd": f"integers ({'AVX-512BW' if LANES == 16 else 'AVX2'} vpmaddwd)",
@@ -142,17 +148,18 @@ def cache_tag() -> str:
     configuration (:data:`LANES`, :data:`INT_MADD`, :data:`BF16_DOT`) and a hash of
     :data:`_CACHE_DEPENDS`. numba stamps a cached function with its own source file only,
     so without this a changed tile here, or ``KERNELRACE_SIMD_LANES`` /
-    ``KERNELRACE_VNNI`` / ``KERNELRACE_INT_TILES`` / ``KERNELRACE_BF16_DOT`` set
-    differently, would load code compiled for the old one."""
+    ``KERNELRACE_VNNI`` / ``KERNELRACE_INT_TILES`` / ``KERNELRACE_INT8_QUERY`` /
+    ``KERNELRACE_BF16_DOT`` set differently, would load code compiled for the old one."""
     digest = hashlib.sha256()
     for path in _CACHE_DEPENDS:
         with open(path, "rb") as f:
             digest.update(f.read())
-    return (f"simd{LANES}{'-' + INT_MADD if INT_MADD else ''}{'-bf16' if BF16_DOT else ''}"
-            f"-{digest.hexdigest()[:16]}")
+    return (f"simd{LANES}{'-' + INT_MADD if INT_MADD else ''}"
+            f"{'-q16' if INT_MADD == 'vnni' and not QUERY_BYTES else ''}"
+            f"{'-bf16' if BF16_DOT else ''}-{digest.hexdigest()[:16]}")
 
 
-_TAG = re.compile(r"simd(8|16)(-vnni|-pmaddwd)?(-bf16)?-([0-9a-f]{16})")
+_TAG = re.compile(r"simd(8|16)(-vnni|-pmaddwd)?(-q16)?(-bf16)?-([0-9a-f]{16})")
 
 
 @functools.cache
@@ -169,7 +176,7 @@ def _prune_stale(parent: str) -> None:
         return
     for name in names:
         match = _TAG.fullmatch(name)
-        if match and match.group(4) != current:
+        if match and match.group(5) != current:
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
@@ -699,11 +706,17 @@ def dots(rows: int, cols: int) -> Any:
 #: The widest reduction :func:`int_dots` sums without overflowing int32.
 INT_DOTS_MAX_D = 512
 
-#: One vector of int16 (2 LANES of them), of int8 (as many, loaded to be widened) and of
-#: int32 (LANES).
+#: The query's largest integer in :func:`int_dots` (int8 or int16, symmetric), and the
+#: elements :func:`int_dots` takes a step (``d`` must be a multiple).
+INT_QUERY_MAX = 127 if QUERY_BYTES else 32767
+INT_DOTS_STEP = (4 if QUERY_BYTES else 2) * LANES
+
+#: One vector of int16 (2 LANES of them), of int8 (as many, loaded to be widened), of
+#: int32 (LANES) and of bytes (4 LANES, as ``vpdpbusd`` takes them).
 _V16 = ir.VectorType(ir.IntType(16), 2 * LANES)
 _V8 = ir.VectorType(ir.IntType(8), 2 * LANES)
 _VI32 = ir.VectorType(_I32, LANES)
+_V64 = ir.VectorType(ir.IntType(8), 4 * LANES)
 
 
 def _madd(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
@@ -717,6 +730,15 @@ def _madd(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.
     fnty = ir.FunctionType(_VI32, [_V16, _V16])
     return builder.add(acc, builder.call(builder.module.declare_intrinsic(name, (), fnty),
                                          [x, y]))
+
+
+def _dpbusd(builder: ir.IRBuilder, acc: ir.Value, u: ir.Value, x: ir.Value) -> ir.Value:
+    """acc + the products of the unsigned bytes u and the signed bytes x summed in fours
+    (int32 lane j gets u[4j] x[4j] + ... + u[4j+3] x[4j+3]): one ``vpdpbusd`` (VNNI). u
+    and x are 4 LANES bytes as LANES int32, the intrinsic's signature."""
+    fnty = ir.FunctionType(_VI32, [_VI32, _VI32, _VI32])
+    return builder.call(builder.module.declare_intrinsic(
+        "llvm.x86.avx512.vpdpbusd.512", (), fnty), [acc, u, x])
 
 
 def _dpbf16(builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
@@ -743,16 +765,36 @@ class _Pairs:
     is loaded as 2 LANES int16 (int8 sign-extended; bfloat16 bits as they are), the
     accumulators' type, the multiply-add of pairs, and how a sum becomes float32."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, query: bool = False) -> None:
         self.int8 = kind == "int8"
         self.acc = _VI32 if self.int8 else _vec()
+        #: ``query``: the dot tiles' operands, where an int8 query meets int8 keys in bytes
+        #: (:data:`QUERY_BYTES`): the keys offset to unsigned (``x ^ 0x80`` = x + 128)
+        #: for ``vpdpbusd``, 4 LANES elements a step; the offset's 128 x sum(query) is
+        #: taken off each total by the tile.
+        self.bytes = self.int8 and query and QUERY_BYTES
+        self.step = (4 if self.bytes else 2) * LANES
 
     def load(self, builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
+        if self.bytes:
+            x = builder.load(builder.inttoptr(addr, _V64.as_pointer()), align=1)
+            return builder.bitcast(builder.xor(x, ir.Constant(_V64, [0x80] * (4 * LANES))),
+                                   _VI32)
         ty = _V8 if self.int8 else _V16
         x = builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1 if self.int8 else 2)
         return builder.sext(x, _V16) if self.int8 else x
 
+    def load_query(self, builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
+        """A step of the query: 4 LANES bytes (as LANES int32) or 2 LANES int16."""
+        ty = _V64 if self.bytes else _V16
+        x = builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1 if self.bytes else 2)
+        return builder.bitcast(x, _VI32) if self.bytes else x
+
     def madd(self, builder: ir.IRBuilder, acc: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
+        """acc + the products of query x and stored y (keys, values) summed in pairs (in
+        fours where :attr:`bytes`)."""
+        if self.bytes:
+            return _dpbusd(builder, acc, y, x)
         return (_madd if self.int8 else _dpbf16)(builder, acc, x, y)
 
     def add(self, builder: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
@@ -766,8 +808,8 @@ def _pair_dots(rows: int, cols: int, kind: str) -> Any:
     """:func:`int_dots` (``kind`` "int8") or :func:`bf16_dots` ("bf16")."""
     _need_pairs(kind, f"{kind}_dots needs {LANES} products; got {rows} x {cols}",
                 rows * cols == LANES and dot_registers(rows, cols) <= REGISTERS)
-    step = 2 * LANES
-    pairs = _Pairs(kind)
+    pairs = _Pairs(kind, query=True)
+    step = pairs.step
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
         _mark_widest(builder)
@@ -776,9 +818,9 @@ def _pair_dots(rows: int, cols: int, kind: str) -> Any:
                  for _ in range(cols)] for _ in range(rows)]
         with cgutils.for_range(builder, builder.sdiv(d, _I64(step))) as loop:
             i = builder.mul(loop.index, _I64(step))
-            qs = [builder.load(builder.inttoptr(builder.add(q, builder.mul(
-                builder.add(builder.mul(_I64(r), ldq), i), _I64(2))), _V16.as_pointer()),
-                align=2) for r in range(rows)]
+            qsize = _I64(1 if pairs.bytes else 2)
+            qs = [pairs.load_query(builder, builder.add(q, builder.mul(
+                builder.add(builder.mul(_I64(r), ldq), i), qsize))) for r in range(rows)]
             size = _I64(1 if pairs.int8 else 2)
             ks = [pairs.load(builder, builder.add(k, builder.mul(
                 builder.add(builder.mul(_I64(c), ldk), i), size))) for c in range(cols)]
@@ -787,15 +829,20 @@ def _pair_dots(rows: int, cols: int, kind: str) -> Any:
                     acc = accs[r][c]
                     builder.store(pairs.madd(builder, builder.load(acc), qs[r], ks[c]), acc)
         flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(cols)]
-        total = pairs.to_float(builder, _reduce_tree(builder, flat, pairs.add)[0])
+        total = _reduce_tree(builder, flat, pairs.add)[0]
         row_t, col_t = ir.VectorType(_F32, rows), ir.VectorType(_F32, cols)
+        lanes = ir.VectorType(_I32, LANES)
+        by_row = ir.Constant(lanes, [j // cols for j in range(LANES)])
+        by_col = ir.Constant(lanes, [j % cols for j in range(LANES)])
+        if pairs.bytes:  # the keys' offset of 128 times each row's query sum
+            offset = builder.load(builder.inttoptr(args[10], ir.VectorType(
+                _I32, rows).as_pointer()), align=4)
+            total = builder.sub(total, builder.shuffle_vector(offset, offset, by_row))
+        total = pairs.to_float(builder, total)
         if pairs.int8:  # the products of the query's and the keys' scales
-            ksc, qsc = args[8:]
+            ksc, qsc = args[8:10]
             qv = builder.load(builder.inttoptr(qsc, row_t.as_pointer()), align=4)
             kv = builder.load(builder.inttoptr(ksc, col_t.as_pointer()), align=4)
-            lanes = ir.VectorType(_I32, LANES)
-            by_row = ir.Constant(lanes, [j // cols for j in range(LANES)])
-            by_col = ir.Constant(lanes, [j % cols for j in range(LANES)])
             total = builder.fmul(total, builder.fmul(builder.shuffle_vector(qv, qv, by_row),
                                                      builder.shuffle_vector(kv, kv, by_col)))
         for r in range(rows):  # row r's totals are lanes r * cols .. r * cols + cols - 1
@@ -811,28 +858,38 @@ def _pair_dots(rows: int, cols: int, kind: str) -> Any:
 
 @functools.cache
 def int_dots(rows: int, cols: int) -> Any:
-    """:func:`dots` for int16 queries and int8 keys, in integers (:data:`INT_MADD`).
+    """:func:`dots` for integer queries and int8 keys, in integers (:data:`INT_MADD`).
 
-    ``int_dots(q, ldq, k, ldk, d, s, lds, add, ksc, qsc)`` computes, for ``r < rows`` and
-    ``c < cols`` (``rows * cols`` = :data:`LANES`)::
+    ``int_dots(q, ldq, k, ldk, d, s, lds, add, ksc, qsc, qoff)`` computes, for
+    ``r < rows`` and ``c < cols`` (``rows * cols`` = :data:`LANES`)::
 
         s[r * lds + c] = (s[r * lds + c] if add else 0)
                          + qsc[r] * ksc[c] * sum over i < d of q[r * ldq + i] * k[c * ldk + i]
 
-    ``q`` int16, ``k`` int8, ``s``, ``ksc`` and ``qsc`` float32: byte addresses, strides
-    in elements, ``d`` a multiple of 2 LANES. Each step of 2 LANES elements sign-extends
-    a key vector to int16 once and runs one multiply-add per product (:func:`_madd`: 2
-    LANES multiply-adds, where a float32 FMA does LANES); the integer sums are exact
-    while d <= :data:`INT_DOTS_MAX_D` (|q| <= 32767, |k| <= 127: 512 x 32767 x 127 <
-    2^31) and become float32 once, when the tile's totals are folded into one vector
+    ``k`` int8; ``q`` int8 where :data:`QUERY_BYTES` (VNNI), else int16; ``s``, ``ksc``
+    and ``qsc`` float32; ``qoff`` int32, ``128 * sum(q[r])`` per row (read only where
+    :data:`QUERY_BYTES`): byte addresses, strides in elements, ``d`` a multiple of
+    :data:`INT_DOTS_STEP`.
+
+    - With VNNI, a step of 4 LANES elements loads a key vector as bytes offset to unsigned
+      (``k ^ 0x80`` = k + 128) and runs one ``vpdpbusd`` per product (4 LANES
+      multiply-adds, where a float32 FMA does LANES); the offset adds 128 sum(q[r]) to
+      each total, which ``qoff`` takes off.
+    - Otherwise a step of 2 LANES elements sign-extends a key vector to int16 once and
+      runs one multiply-add per product (:func:`_madd`: 2 LANES).
+
+    The integer sums are exact while d <= :data:`INT_DOTS_MAX_D` (|q| <= 127, k + 128 <=
+    255: 512 x 255 x 127 < 2^31; |q| <= 32767, |k| <= 128: 512 x 32767 x 128 < 2^31)
+    and become float32 once, when the tile's totals are folded into one vector
     (:func:`_reduce_tree`) and scaled. Only where :data:`INT_MADD`.
     """
     codegen = _pair_dots(rows, cols, "int8")
 
     def typer(typingctx: Any, q: Any, ldq: Any, k: Any, ldk: Any, d: Any, s: Any,  # noqa: ARG001, PLR0913
-              lds: Any, add: Any, ksc: Any, qsc: Any) -> Any:
+              lds: Any, add: Any, ksc: Any, qsc: Any, qoff: Any) -> Any:
         sig = types.void(types.uintp, types.intp, types.uintp, types.intp, types.intp,
-                         types.uintp, types.intp, types.boolean, types.uintp, types.uintp)
+                         types.uintp, types.intp, types.boolean, types.uintp, types.uintp,
+                         types.uintp)
         return sig, codegen
 
     typer.__name__ = f"int_dots_{rows}x{cols}"

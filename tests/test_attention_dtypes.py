@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kernels.attention as A
-from kernels import executors, registry
+from kernels import executors, registry, simd
 from kernels.attention import precision as P
 from kernels.attention.config import rotate_query
 from kernels.attention.reference import reference_decode
@@ -70,7 +70,15 @@ def _bf16_products(low, strategy: str, inner: str | None = None) -> bool:
     return strategy != "torch" and P.rounds_query(low.kv_dtype, strategy, inner)
 
 
-def _bound(low, exact, query, *, products: bool = False, cache: bool = True) -> np.ndarray:
+def _int_query(low, strategy: str) -> bool:
+    """Whether the strategy's numba kernels may round the query to int8 on an int8 cache
+    here (VNNI's byte tiles, GQA-like groups of key width a multiple of
+    simd.INT_DOTS_STEP; kernels.attention.jit._quantize_query)."""
+    return low.kv_dtype.scaled and simd.QUERY_BYTES and "numba" in strategy
+
+
+def _bound(low, exact, query, *, products: bool = False, cache: bool = True,
+           int_query: bool = False) -> np.ndarray:
     """The bound of docs/attention.md on |decode(low) - reference(exact)| per output
     element. Rounding moves each score by at most eps = max_t sum_i |q_i| dk_ti, so each
     softmax weight by a factor within e^(+-2 eps); with p the exact weights,
@@ -79,6 +87,8 @@ def _bound(low, exact, query, *, products: bool = False, cache: bool = True) -> 
     for the weights' own error); MLA: in the latent space, then through |W_UV|.
     ``products``: the query and the weights rounded to bfloat16 as well (unit roundoff
     u): eps gains u sum_i |q_i| |k~_ti|, the output e^(2 eps) u sum_t p_t |v~_t|.
+    ``int_query``: the query rounded to int8 per head (:func:`_int_query`): eps gains
+    max_i |q_i| / 254 sum_i |k~_ti|.
     ``cache=False``: the cache's own rounding left out (against the reference on the
     stored values)."""
     c = exact.config
@@ -97,6 +107,9 @@ def _bound(low, exact, query, *, products: bool = False, cache: bool = True) -> 
                 p = _softmax(keys[b, kh, :L] @ q[b, h])
                 eps = np.max((keep * dk[b, kh, :L] + u * np.abs(k_lo[b, kh, :L]))
                              @ np.abs(q[b, h]))
+                if int_query:
+                    eps += np.abs(q[b, h]).max() / (2 * simd.INT_QUERY_MAX) * np.max(
+                        np.abs(k_lo[b, kh, :L]).sum(axis=-1))
                 pv = p @ np.abs(v_lo[b, kh, :L])
                 out[b, h] = np.expm1(2 * eps) * pv + keep * (p @ dv[b, kh, :L]) \
                     + np.exp(2 * eps) * (u * pv + _weight_rounding(
@@ -313,8 +326,15 @@ def test_real_presets_tiny_context(dtype, preset):
     q = A.random_query(exact)
     truth = reference_decode(exact, q, "naive")
     got = A.decode(low, q, strategy="numba", workers=2)
-    bound = _bound(low, exact, q, products=_bf16_products(low, "numba"))
+    bound = _bound(low, exact, q, products=_bf16_products(low, "numba"),
+                   int_query=_int_query(low, "numba"))
     assert np.all(np.abs(got - truth) <= bound + _f32_slack(truth))
+    if _int_query(low, "numba") and preset == "gqa":  # the byte tiles ran: not f32's error
+        on_stored = reference_decode(low, q, "naive")
+        tol = _bound(low, low, q, cache=False, int_query=True) + _f32_slack(on_stored)
+        assert np.all(np.abs(got - on_stored) <= tol)
+        # about 1e-4 of the output's scale at 5 tokens; float32 tiles' error is ~1e-7
+        assert np.abs(got - on_stored).max() > 1e-5 * np.abs(on_stored).max()
 
 
 POOLS = [("multiprocess", "numba"), ("multiprocess", "numpy"), ("distributed", "numba")]

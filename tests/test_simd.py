@@ -209,35 +209,44 @@ _needs_int = pytest.mark.skipif(not simd.INT_MADD,
 _IROWS = simd.LANES // 4
 
 
-def _run_int_dots(q16, k, s, add, ksc, qsc):
+def _run_int_dots(qi, k, s, add, ksc, qsc, qoff):
     kernel = simd.int_dots(_IROWS, 4)
 
     @njit(nogil=True)
-    def run(q16, k, s, add, ksc, qsc):
-        kernel(q16.ctypes.data, q16.strides[0] // 2, k.ctypes.data, k.strides[0],
-               q16.shape[1], s.ctypes.data, s.strides[0] // 4, add, ksc.ctypes.data,
-               qsc.ctypes.data)
+    def run(qi, k, s, add, ksc, qsc, qoff):
+        kernel(qi.ctypes.data, qi.strides[0] // qi.itemsize, k.ctypes.data, k.strides[0],
+               qi.shape[1], s.ctypes.data, s.strides[0] // 4, add, ksc.ctypes.data,
+               qsc.ctypes.data, qoff.ctypes.data)
 
-    run(q16, k, s, add, ksc, qsc)
+    run(qi, k, s, add, ksc, qsc, qoff)
+
+
+#: The integer type of int_dots' query here: int8 with VNNI (vpdpbusd), else int16.
+_QTYPE = np.int8 if simd.QUERY_BYTES else np.int16
 
 
 @_needs_int
 @pytest.mark.parametrize("add", [False, True])
 def test_int_dots_are_exact_integer_products_scaled(add):
-    """Extreme values too: a query of 32767s against a key of -127s over d = 512, the
-    largest width the kernels give it (-2.13e9, just inside int32)."""
+    """Extreme values too: a query of its type's largest (127 or 32767) against keys of
+    -127 and -128 over d = 512, the largest width the kernels give it (int16: -2.13e9,
+    just inside int32; int8 with VNNI: the keys offset to unsigned, 128 x sum(q) taken
+    off per row)."""
     rng = np.random.default_rng(9)
     d = 512
-    q16 = rng.integers(-32767, 32768, (_IROWS, d + 32)).astype(np.int16)[:, :d]
-    q16[0] = 32767
-    k = rng.integers(-127, 128, (4, d + 8)).astype(np.int8)[:, :d]
+    top = simd.INT_QUERY_MAX
+    qi = rng.integers(-top, top + 1, (_IROWS, d + 64)).astype(_QTYPE)[:, :d]
+    qi[0] = top
+    k = rng.integers(-128, 128, (4, d + 8)).astype(np.int8)[:, :d]
     k[0] = -127
+    k[1, :7] = -128
     ksc = rng.random(4).astype(np.float32)
     qsc = rng.random(_IROWS).astype(np.float32)
+    qoff = (128 * qi.astype(np.int64).sum(axis=1)).astype(np.int32)
     s0 = rng.standard_normal((_IROWS, 7)).astype(np.float32)
     s = s0.copy()
-    _run_int_dots(q16, k, s, add, ksc, qsc)
-    exact = q16.astype(np.int64) @ k.astype(np.int64).T  # exact integers
+    _run_int_dots(qi, k, s, add, ksc, qsc, qoff)
+    exact = qi.astype(np.int64) @ k.astype(np.int64).T  # exact integers
     want = exact.astype(np.float32) * qsc[:, None] * ksc[None, :]
     want = want + s0[:, :4] if add else want
     np.testing.assert_allclose(s[:, :4], want, rtol=2e-7, atol=0)
@@ -401,29 +410,34 @@ def test_the_weights_are_scaled_and_round_to_int16_within_half_a_step(n):
 
 
 @njit(nogil=True)
-def _quantize(qa, q16, qsc):
-    jit._quantize_query(qa, q16, qsc)
+def _quantize(qa, qi, qsc, qoff):
+    jit._quantize_query(qa, qi, qsc, qoff)
 
 
-def test_the_query_rounds_to_int16_within_half_a_step():
+def test_the_query_rounds_to_its_integer_type_within_half_a_step():
+    """int8 with VNNI (largest 127), else int16 (32767); qoff is 128 x each head's sum."""
     rng = np.random.default_rng(3)
     qa = rng.standard_normal((5, 64)).astype(np.float32)
     qa[3] = 0  # an all-zero head: scale 0, zeros
-    q16 = np.empty(qa.shape, np.int16)
+    qi = np.empty(qa.shape, _QTYPE)
     qsc = np.empty(5, np.float32)
-    _quantize(qa, q16, qsc)
-    np.testing.assert_allclose(qsc, np.abs(qa).max(axis=1) / 32767, rtol=1e-6)
-    back = q16.astype(np.float64) * qsc[:, None]
+    qoff = np.empty(5, np.int32)
+    _quantize(qa, qi, qsc, qoff)
+    top = simd.INT_QUERY_MAX
+    np.testing.assert_allclose(qsc, np.abs(qa).max(axis=1) / top, rtol=1e-6)
+    back = qi.astype(np.float64) * qsc[:, None]
     assert np.all(np.abs(back - qa) <= qsc[:, None] * 0.5 * (1 + 1e-5) + 1e-12)
-    assert np.abs(q16).max() == 32767 and not q16[3].any()
+    assert np.abs(qi.astype(np.int64)).max() == top and not qi[3].any()
+    np.testing.assert_array_equal(qoff, 128 * qi.astype(np.int64).sum(axis=1))
 
 
 def int_score_bound(q, k_widened):
-    """Largest change to a score that rounding each head's query to int16 can make
-    (kernels.attention.jit._quantize_query): half a step, max|q_g| / 65534, per element,
-    times the key's L1 norm; and the relative change it can make to a softmax weight
-    (e^(2E) - 1: the score and the running maximum can each move by E)."""
-    step = np.abs(q).max(axis=-1) / 65534  # per head
+    """Largest change to a score that rounding each head's query to its integer type can
+    make (kernels.attention.jit._quantize_query): half a step, max|q_g| / 254 in int8
+    (VNNI) or / 65534 in int16, per element, times the key's L1 norm; and the relative
+    change it can make to a softmax weight (e^(2E) - 1: the score and the running
+    maximum can each move by E)."""
+    step = np.abs(q).max(axis=-1) / (2 * simd.INT_QUERY_MAX)  # per head
     e = float(step.max() * np.abs(k_widened).sum(axis=-1).max())
     return e, float(np.expm1(2 * e))
 
@@ -574,9 +588,10 @@ def _partial_against_reference(dtype, t0, t1):
 @pytest.mark.parametrize("t0,t1", [(0, 203), (5, 130), (1, 4), (128, 203)])
 def test_int8_scores_stay_within_the_query_rounding_bound(t0, t1):
     """GQA-shaped groups (4 heads, width 64) over an int8 cache: with the integer tiles
-    (VNNI or vpmaddwd), partial_jit scores in integers with the query rounded to int16;
-    its state stays within :func:`int_score_bound` of the float64 reference on the same
-    stored values (blocks with a last token or three, scored in float tiles, included)."""
+    (VNNI or vpmaddwd), partial_jit scores in integers with the query rounded to int8
+    (VNNI) or int16; its state stays within :func:`int_score_bound` of the float64
+    reference on the same stored values (blocks with a last token or three, scored in
+    float tiles, included)."""
     q1, kw, vw, v, vs, (m, l, o), (rm, rl, ro) = _partial_against_reference("int8", t0, t1)
     e, w = int_score_bound(q1, kw[:, :, t0:t1]) if simd.INT_MADD else (0.0, 0.0)
     np.testing.assert_allclose(m, rm, rtol=1e-6, atol=1e-6 + e)
@@ -622,7 +637,7 @@ def test_group_gemm_kernel_equals_the_generic_one(name, dtype, t0, t1):
             states.append((m, l, o))
         (m1, l1, o1), (m2, l2, o2) = states
         e = w = 0.0
-        if dtype == "int8" and simd.INT_MADD and name == "mqa":  # partial_jit scores in int16
+        if dtype == "int8" and simd.INT_MADD and name == "mqa":  # partial_jit scores in integers
             e, w = int_score_bound(problem.q1, widen(k1[..., t0:t1, :], A.check_cache_dtype(
                 "int8"), ks1[..., t0:t1]))
         vb = 0.0
@@ -732,6 +747,7 @@ def test_the_attention_kernels_cache_is_kept_apart_per_vector_configuration_and_
     tag = simd.cache_tag()
     assert tag.startswith(f"simd{L}") and (f"-{simd.INT_MADD}-" in tag) == bool(simd.INT_MADD)
     assert ("-bf16-" in tag) == simd.BF16_DOT
+    assert ("-q16-" in tag) == (simd.INT_MADD == "vnni" and not simd.QUERY_BYTES)
     for f in (jit.partial_jit, jit.fused):
         assert os.path.basename(f._cache._cache_path) == tag
     assert os.path.basename(sieve_jit._count_ones._cache._cache_path) != tag
@@ -753,6 +769,13 @@ def test_the_attention_kernels_cache_is_kept_apart_per_vector_configuration_and_
                             "print(simd.cache_tag())"], env=env, capture_output=True,
                            text=True, timeout=120, check=True).stdout.strip()
     assert other.startswith("simd8-") and other.split("-")[-1] == tag.split("-")[-1]
+    if simd.INT_MADD == "vnni":  # the query's integer type is compiled in too
+        env = {**os.environ, "KERNELRACE_INT8_QUERY": "0"}
+        q16 = subprocess.run([sys.executable, "-c", "from kernels import simd; "
+                              "print(simd.QUERY_BYTES, simd.cache_tag())"], env=env,
+                             capture_output=True, text=True, timeout=120,
+                             check=True).stdout.split()
+        assert q16[0] == "False" and "-vnni-q16-" in q16[1]
     copy = tmp_path / "simd.py"
     copy.write_bytes(open(simd.__file__, "rb").read() + b"\n# changed\n")
     monkeypatch.setattr(simd, "_CACHE_DEPENDS", (str(copy), *simd._CACHE_DEPENDS[1:]))
@@ -770,9 +793,11 @@ def test_cache_folders_of_earlier_code_are_removed_and_the_rest_kept(tmp_path, m
     current = simd.cache_tag().rsplit("-", 1)[1]
     old = "0123456789abcdef"
     keep = sorted({simd.cache_tag(), f"simd8-{current}", f"simd16-vnni-{current}",
-                   f"simd16-vnni-bf16-{current}", "simd16-vnni-xyz",
+                   f"simd16-vnni-bf16-{current}", f"simd16-vnni-q16-bf16-{current}",
+                   "simd16-vnni-xyz",
                    "jit.partial_jit-1.py311.nbi", "other"})
-    gone = [f"simd16-vnni-{old}", f"simd8-{old}", f"simd16-{old}", f"simd16-vnni-bf16-{old}"]
+    gone = [f"simd16-vnni-{old}", f"simd8-{old}", f"simd16-{old}", f"simd16-vnni-bf16-{old}",
+            f"simd16-vnni-q16-{old}"]
     for name in keep + gone:
         (tmp_path / name).mkdir()
         (tmp_path / name / "entry.nbc").write_bytes(b"x")

@@ -19,8 +19,8 @@ Reduced-precision caches (:mod:`kernels.attention.precision`) run the same tiles
 cached element is widened to float32 where it is loaded (:func:`_wide`: bfloat16 bits
 shifted into a float32, float16 bits through ``fpext half``, int8 converted), and the
 arithmetic is float32; except where the CPU multiplies narrow pairs itself: int8 caches
-in integers (:data:`_INT_SCORES`, :data:`_INT_VALUES`; the query and weights in int16)
-and bfloat16 caches in bfloat16 products (:data:`_BF16`; the query and weights rounded
+in integers (:data:`_INT_SCORES`, :data:`_INT_VALUES`; the weights in int16, the query
+in int8 with VNNI, else int16) and bfloat16 caches in bfloat16 products (:data:`_BF16`; the query and weights rounded
 to bfloat16), their sums int32 or float32. An int8 cache's per-(token, head) scales are
 applied to whole dot products, not elements: a key's scale multiplies its score once,
 and a value's scale multiplies its softmax weight once before the value pass.
@@ -304,40 +304,49 @@ def _scores_tiled(qa, K, tb, n, s, add, hi, sc):
 
 #: int8 keys scored in integers (:data:`kernels.simd.INT_MADD`, AVX-512 VNNI or
 #: ``vpmaddwd``; :func:`kernels.simd.int_dots`): 4 heads (2 with AVX2's 16 registers) by 4
-#: tokens a tile, the query rounded to int16 per head (:func:`_quantize_query`).
+#: tokens a tile, the query rounded per head to int8 with VNNI (``vpdpbusd``), else to
+#: int16 (:func:`_quantize_query`).
 _INT_SCORES = bool(simd.INT_MADD)
 _IDOT_HEADS = simd.LANES // 4
 _idots = simd.int_dots(_IDOT_HEADS, 4) if _INT_SCORES else None
+#: The integer type of the query and its largest value (:data:`kernels.simd.QUERY_BYTES`).
+_QTYPE = np.int8 if simd.QUERY_BYTES else np.int16
+_QMAX = np.float32(simd.INT_QUERY_MAX)
 
 
 @njit(nogil=True, fastmath=FASTMATH)
-def _quantize_query(qa, q16, qsc):
-    """q16[g] = round(qa[g] / qsc[g]) with qsc[g] = max|qa[g]| / 32767: each head's query
-    in int16, off by at most qsc[g] / 2 = max|qa[g]| / 65534 per element (an all-zero
-    head gets scale 0)."""
+def _quantize_query(qa, qi, qsc, qoff):
+    """qi[g] = round(qa[g] / qsc[g]) with qsc[g] = max|qa[g]| / QMAX: each head's query in
+    int8 (QMAX 127, where :data:`kernels.simd.QUERY_BYTES`) or int16 (QMAX 32767), off by
+    at most qsc[g] / 2 = max|qa[g]| / (2 QMAX) per element (an all-zero head gets scale
+    0); qoff[g] = 128 * sum(qi[g]), what the int8 tiles' unsigned keys add to a score."""
     simd.widest()
     G, d = qa.shape
     for g in range(G):
         mx = np.float32(0)
         for i in range(d):
             mx = max(mx, abs(qa[g, i]))
-        qsc[g] = mx / np.float32(32767)
-        inv = np.float32(32767) / mx if mx > 0 else np.float32(0)
+        qsc[g] = mx / _QMAX
+        inv = _QMAX / mx if mx > 0 else np.float32(0)
+        total = 0
         for i in range(d):
-            x = np.floor(qa[g, i] * inv + np.float32(0.5))
-            q16[g, i] = np.int16(min(max(x, np.float32(-32767)), np.float32(32767)))
+            x = min(max(np.floor(qa[g, i] * inv + np.float32(0.5)), -_QMAX), _QMAX)
+            qi[g, i] = x
+            total += np.int32(x)
+        qoff[g] = np.int32(128) * total
 
 
 @njit(nogil=True, fastmath=FASTMATH)
-def _scores_int(q16, qsc, qa, K, tb, n, s, hi, sc):  # noqa: PLR0913
+def _scores_int(qi, qsc, qoff, qa, K, tb, n, s, hi, sc):  # noqa: PLR0913
     """s[g, t] = qa[g] . K[tb + t] * sc[tb + t] for int8 rows of K, four heads by four
-    tokens at a time in integers (:data:`_idots`, with the int16 query ``q16`` and its
-    scales ``qsc``); a last token or three in float tiles (:func:`_scores_tiled`). Each
-    tile prefetches the K rows ``PREFETCH`` tokens ahead (below row ``hi``)."""
+    tokens at a time in integers (:data:`_idots`, with the integer query ``qi``, its
+    scales ``qsc`` and offsets ``qoff``: :func:`_quantize_query`); a last token or three
+    in float tiles (:func:`_scores_tiled`). Each tile prefetches the K rows
+    ``PREFETCH`` tokens ahead (below row ``hi``)."""
     if not _INT_SCORES:  # no integer tiles: never called (pruned at compile time)
         return
-    G, d = q16.shape
-    ldq = q16.strides[0] // 2
+    G, d = qi.shape
+    ldq = qi.strides[0] // qi.itemsize
     lds = s.strides[0] // 4
     t = 0
     while t + 4 <= n:
@@ -345,9 +354,9 @@ def _scores_int(q16, qsc, qa, K, tb, n, s, hi, sc):  # noqa: PLR0913
         kb = K.ctypes.data + (tb + t) * K.strides[0]
         ks = sc.ctypes.data + (tb + t) * 4
         for g in range(0, G, _IDOT_HEADS):
-            _idots(q16.ctypes.data + g * q16.strides[0], ldq, kb, K.strides[0], d,
+            _idots(qi.ctypes.data + g * qi.strides[0], ldq, kb, K.strides[0], d,
                    s.ctypes.data + g * s.strides[0] + t * 4, lds, False, ks,
-                   qsc.ctypes.data + g * 4)
+                   qsc.ctypes.data + g * 4, qoff.ctypes.data + g * 4)
         t += 4
     if t < n:
         _scores_tiled(qa, K, tb + t, n - t, s[:, t:], False, hi, sc)
@@ -735,8 +744,8 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     # int8 value rows in integers where the CPU has the tiles (weights rounded to int16)
     intv = _INT_VALUES and tiledv and v.itemsize == 1 and dv % 32 == 0
     # int8 keys in integers where the CPU has the tiles (GQA-like groups, no rotary part)
-    intk = _INT_SCORES and tiled1 and k1.itemsize == 1 and G % 4 == 0 and d1 % 32 == 0 \
-        and d1 <= simd.INT_DOTS_MAX_D and d2 == 0
+    intk = _INT_SCORES and tiled1 and k1.itemsize == 1 and G % 4 == 0 \
+        and d1 % simd.INT_DOTS_STEP == 0 and d1 <= simd.INT_DOTS_MAX_D and d2 == 0
     # bfloat16 caches with vdpbf16ps where the CPU has it: keys as the int8 ones, values
     # as the narrow rows' tiles
     bk = _BF16 and tiled1 and _is_bf16(k1) and G % 4 == 0 and d1 % 32 == 0 and d2 == 0
@@ -745,8 +754,9 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
     qb16 = np.empty((G if bk else 0, d1), np.uint16)
     wb16 = np.empty((G if bv else 0, PBLOCK), np.uint16)
     blk = PBLOCK if intk else BLOCK
-    q16 = np.empty((G if intk else 0, d1), np.int16)
+    qi = np.empty((G if intk else 0, d1), _QTYPE)
     qsc = np.empty(G, np.float32)
+    qoff = np.empty(G, np.int32)
     w16 = np.empty((G if intv else 0, PBLOCK), np.int16)
     wsc = np.empty(G, np.float32)
     mloc = np.empty(G, o.dtype)
@@ -768,7 +778,7 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
             lloc[:] = zero
             acc[:] = zero
             if intk:
-                _int8_query(K1, qa, q16, qsc)
+                _int8_query(K1, qa, qi, qsc, qoff)
             if bk:
                 for g in range(G):
                     qf[:] = qa[g]
@@ -778,7 +788,7 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                 if bk:
                     _bf16_scores(K1, qb16, qa, K1, tb, n, s, t1, S1)
                 elif intk:
-                    _int8_scores(K1, q16, qsc, qa, K1, tb, n, s, t1, S1)
+                    _int8_scores(K1, qi, qsc, qoff, qa, K1, tb, n, s, t1, S1)
                 elif tiled1:
                     _scores_tiled(qa, K1, tb, n, s, False, t1, S1)
                 else:
