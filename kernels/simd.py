@@ -121,6 +121,11 @@ INT_MADD_WORDS = {"vnni": "integers (AVX-512 VNNI)",
                   "pmaddwd": f"integers ({'AVX-512BW' if LANES == 16 else 'AVX2'} vpmaddwd)",
                   "": "float tiles"}[INT_MADD]
 
+#: How the int8 scores run, in words: :data:`INT_MADD_WORDS` and, with VNNI, the query's
+#: integer type (:data:`QUERY_BYTES`), which their speed and accuracy depend on.
+INT_SCORES_WORDS = (f"integers (AVX-512 VNNI, {'int8' if QUERY_BYTES else 'int16'} query)"
+                    if INT_MADD == "vnni" else INT_MADD_WORDS)
+
 
 def _bf16_dot() -> bool:
     """Whether bfloat16 caches use ``vdpbf16ps`` (:func:`bf16_dots`, :func:`bf16_values`):

@@ -151,9 +151,13 @@ def test_command_writes_json_atomically(tmp_path, capsys):
     want = {"vnni": "integers (AVX-512 VNNI)", "": "float tiles"}.get(
         simd.INT_MADD, "integers (AVX2 vpmaddwd)" if simd.LANES == 8
         else "integers (AVX-512BW vpmaddwd)")
-    assert doc["numba"]["int8_scores"] == want
+    scores = want if simd.INT_MADD != "vnni" else \
+        f"integers (AVX-512 VNNI, {'int8' if simd.QUERY_BYTES else 'int16'} query)"
+    assert doc["numba"]["int8_scores"] == scores
     assert doc["numba"]["int8_values"] == want
-    assert f"int8 scores and values in {want}" in printed
+    together = f"int8 scores and values in {want}"
+    apart = f"int8 scores in {scores}, values in {want}"
+    assert (together if scores == want else apart) in printed
     bf16 = "products (AVX-512 BF16)" if simd.BF16_DOT else "float tiles"
     assert doc["numba"]["bf16_products"] == bf16 and f"bfloat16 in {bf16}" in printed
     assert "primesieve_python" in doc["anchors"] and "torch" in doc["anchors"]

@@ -178,19 +178,19 @@ def numba_info() -> dict[str, Any]:
     """numba's version, thread count and threading layer (after a parallel run), and how
     the register-tiled kernels compile here (:mod:`kernels.simd`): float32 lanes per
     vector, whether an int8 cache's scores and values are summed in integers (AVX-512
-    VNNI, or ``vpmaddwd``) or in float tiles, and whether a bfloat16 cache's are bfloat16
-    products (``vdpbf16ps``), which the narrow caches' figures depend on."""
+    VNNI, with the query in int8 or int16, or ``vpmaddwd``) or in float tiles, and
+    whether a bfloat16 cache's are bfloat16 products (``vdpbf16ps``), which the narrow
+    caches' figures depend on."""
     import numba
 
     from kernels import simd
 
-    int8 = simd.INT_MADD_WORDS  # scores and values
     info: dict[str, Any] = {
         "version": numba.__version__,
         "num_threads": int(numba.config.NUMBA_NUM_THREADS),
         "simd_lanes": simd.LANES,
-        "int8_scores": int8,
-        "int8_values": int8,
+        "int8_scores": simd.INT_SCORES_WORDS,
+        "int8_values": simd.INT_MADD_WORDS,
         "bf16_products": "products (AVX-512 BF16)" if simd.BF16_DOT else "float tiles",
     }
     try:
