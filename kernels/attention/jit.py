@@ -21,9 +21,10 @@ shifted into a float32, float16 bits through ``fpext half``, int8 converted), an
 arithmetic is float32; except where the CPU multiplies narrow pairs itself: int8 caches
 in integers (:data:`_INT_SCORES`, :data:`_INT_VALUES`; the weights in int16, the query
 in int8 with VNNI, else int16) and bfloat16 caches in bfloat16 products (:data:`_BF16`;
-the query and weights rounded to bfloat16), their sums int32 or float32. An int8 cache's per-(token, head) scales are
-applied to whole dot products, not elements: a key's scale multiplies its score once,
-and a value's scale multiplies its softmax weight once before the value pass.
+the query and weights rounded to bfloat16), their sums int32 or float32. An int8
+cache's per-(token, head) scales are applied to whole dot products, not elements: a
+key's scale multiplies its score once, and a value's scale multiplies its softmax
+weight once before the value pass.
 """
 
 from __future__ import annotations
