@@ -190,6 +190,23 @@ def test_the_decode_rotation_is_the_reference_rotation(name, dtype):
             assert not np.allclose(got[..., start:], q[..., start:])
 
 
+@pytest.mark.parametrize("name", list(A.SMALL_CONFIGS))
+def test_float64_caches_decode_with_every_local_strategy(name):
+    """A float64 cache computes in float64 (its states and output too): numba's chunk
+    kernel keeps its scalar tiles there, and compiles for it (it once did not: the
+    float32 register tiles in the same function failed to type)."""
+    impls = A.MLA_IMPLS if name.startswith("mla") else (None,)
+    cache = A.make_cache(A.SMALL_CONFIGS[name], capacity=70, batch=2, dtype="float64")
+    A.fill_random(cache, 70, seed=2)
+    q = A.random_query(cache, seed=3)
+    want = reference_decode(cache, q)
+    for impl in impls:
+        for strategy, inner in (("numpy", None), ("numba", None), ("threaded", "numba")):
+            got = A.decode(cache, q, strategy=strategy, inner=inner, workers=2, mla_impl=impl)
+            assert got.dtype == np.float64, (strategy, impl)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
 def test_decode_is_deterministic_across_workers():
     with _filled(A.PRESETS["gqa"], 300) as cache:
         q = A.random_query(cache)

@@ -707,6 +707,10 @@ _int8_query = _only_for(_quantize_query, types.int8)
 _int8_scores = _only_for(_scores_int, types.int8)
 _int8_weights = _only_for(_quantize_weights, types.int8, np.float32(0))
 _int8_values = _only_for(_values_int, types.int8)
+# The register tiles take float32 states only; a float64 cache's step (o float64) keeps
+# _scores and _accumulate, and without these its compile failed on the tiles' types.
+_f32_scores = _only_for(_scores_tiled, types.float32)
+_f32_values = _only_for(_values_tiled, types.float32)
 _bf16_round = _only_for(_to_bf16, types.uint16)
 _bf16_scores = _only_for(_scores_bf16, types.uint16)
 _bf16_values = _only_for(_values_bf16, types.uint16)
@@ -791,11 +795,11 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                 elif intk:
                     _int8_scores(K1, qi, qsc, qoff, qa, K1, tb, n, s, t1, S1)
                 elif tiled1:
-                    _scores_tiled(qa, K1, tb, n, s, False, t1, S1)
+                    _f32_scores(o, qa, K1, tb, n, s, False, t1, S1)
                 else:
                     _scores(qa, K1, tb, n, s, False, t1, S1)
                 if d2 and tiled2:
-                    _scores_tiled(qb, K2, tb, n, s, True, t1, S2)
+                    _f32_scores(o, qb, K2, tb, n, s, True, t1, S2)
                 elif d2:
                     _scores(qb, K2, tb, n, s, True, t1, S2)
                 for g in range(G):
@@ -835,9 +839,9 @@ def partial_jit(q1, k1, q2, k2, v, t0, t1, m, l, o, ks1, ks2, vs):  # noqa: PLR0
                         else:
                             _bf16_values(V, wb16, V, tb, even, acc, pf, lines)
                         if even < n:  # the last token in float
-                            _values_tiled(s[:, even:], V, tb + even, 1, acc, pf, 0)
+                            _f32_values(o, s[:, even:], V, tb + even, 1, acc, pf, 0)
                     else:
-                        _values_tiled(s, V, tb, n, acc, pf, lines)
+                        _f32_values(o, s, V, tb, n, acc, pf, lines)
                 else:
                     _accumulate(s, V, tb, n, acc, t1)
             for g in range(G):
