@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kernels.attention as A
-from kernels import registry
+from kernels import executors, registry
 from kernels import shared_memory as shared
 from kernels.attention.reference import reference_decode
 
@@ -205,6 +205,89 @@ def test_float64_caches_decode_with_every_local_strategy(name):
             got = A.decode(cache, q, strategy=strategy, inner=inner, workers=2, mla_impl=impl)
             assert got.dtype == np.float64, (strategy, impl)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+_KV_NAMES = ["mha-small", "gqa-small", "mqa-small", "mqa-wide", "gqa", "mqa"]
+
+
+@pytest.mark.parametrize("name", _KV_NAMES)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16", "int8"])
+def test_the_kv_numba_plan_is_the_general_path_bit_for_bit(name, dtype):
+    """A numba step over a K/V cache runs from a plan kept per cache and workers
+    (decode._KVPlan: the query rotated, scaled and cast in one pass, the kernel's address
+    found once): the same output, bit for bit, as the general path (rotated_query,
+    Problem, Problem.fused), at 1 and 2 workers, over a cache that grows between steps,
+    with a float16 query too."""
+    D = sys.modules["kernels.attention.decode"]
+    config = A.SMALL_CONFIGS.get(name) or A.PRESETS[name]
+    cache = A.make_cache(config, capacity=150, batch=2, dtype=dtype)
+    A.fill_random(cache, 130, seed=4)
+    rng = np.random.default_rng(5)
+    for qdtype in (np.float32, np.float16):
+        q = A.random_query(cache, seed=6).astype(qdtype)
+        for workers in (1, 2, None):
+            for _ in range(2):
+                got = A.decode(cache, q, strategy="numba", workers=workers)
+                w = executors.resolve_workers(workers)
+                used = D.workers_used(config, cache.length, cache.batch, cache.kv_dtype,
+                                      "numba", None, w)
+                q_rot = D.rotated_query(config, q, cache.length - 1)
+                want = D.Problem(cache, q_rot, None, parallel=True).fused(used,
+                                                                          cache.arrays())
+                assert got.dtype == want.dtype == cache.dtype
+                np.testing.assert_array_equal(got, want)
+                shape = (2, config.n_kv_heads, config.head_dim)
+                cache.append(rng.standard_normal(shape).astype(cache.dtype),
+                             rng.standard_normal(shape).astype(cache.dtype))
+    plans = D._PLANS[cache]
+    assert set(plans) == {(int, 1), (int, 2), (type(None), None)}
+
+
+def test_the_kv_plan_workers_match_workers_used_and_bad_arguments_still_fail():
+    """The plan's worker count is decode.workers_used's for the numba strategy at every
+    length (it splits as asked: no minimum grain); a plan made for workers=1 does not let
+    workers=True through, and the argument errors are the general path's."""
+    D = sys.modules["kernels.attention.decode"]
+    with _filled(A.SMALL_CONFIGS["gqa-small"], 3, capacity=8) as cache:
+        q = A.random_query(cache)
+        A.decode(cache, q, strategy="numba", workers=1)
+        with pytest.raises(TypeError, match="bool"):
+            A.decode(cache, q, strategy="numba", workers=True)
+        for bad in (0, executors.max_workers() + 1):
+            with pytest.raises(ValueError, match="workers must be"):
+                A.decode(cache, q, strategy="numba", workers=bad)
+        with pytest.raises(ValueError, match="shape"):
+            A.decode(cache, q[:, :1], strategy="numba", workers=1)
+        with pytest.raises(TypeError, match="floating"):
+            A.decode(cache, q.astype(np.int32), strategy="numba", workers=1)
+        nan = q.copy()
+        nan[0, 0, 0] = np.nan
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            A.decode(cache, nan, strategy="numba", workers=1)
+        for workers in (1, 2, 3, 8):
+            plan = D._KVPlan.get(cache, workers)
+            for length in (1, 2, 3, 7, 8):
+                cache.length = length
+                want = D.workers_used(cache.config, length, 1, cache.kv_dtype, "numba",
+                                      None, workers)
+                assert max(1, min(plan.workers, length)) == want
+        cache.length = 0
+        with pytest.raises(ValueError, match="empty"):
+            A.decode(cache, q, strategy="numba", workers=1)
+
+
+def test_the_kv_plan_follows_the_cache_arrays():
+    """A plan holds the cache's arrays; if the cache holds other ones (a user rebinding
+    them), the next step makes a new plan rather than read the old arrays."""
+    D = sys.modules["kernels.attention.decode"]
+    with _filled(A.SMALL_CONFIGS["gqa-small"], 20) as cache:
+        q = A.random_query(cache)
+        before = A.decode(cache, q, strategy="numba", workers=1)
+        plan = D._PLANS[cache][(int, 1)]
+        cache.v = (cache.v * 2).astype(cache.v.dtype)
+        after = A.decode(cache, q, strategy="numba", workers=1)
+        assert D._PLANS[cache][(int, 1)] is not plan
+        _close_enough(after, 2 * before)
 
 
 def test_decode_is_deterministic_across_workers():

@@ -918,6 +918,15 @@ def rotate_one(q, start, position, inv_freq, interleaved, out):
     NumPy's ``isfinite`` and ``all`` took 33 us of a 32k step after the layer before).
     :func:`kernels.attention.config.rotate_query` in one compiled pass: its dozen NumPy
     calls took 22-33 us of a decode step (a 1k MQA step is 0.2 ms)."""
+    return rotate_scaled(q, start, position, inv_freq, interleaved, 1.0, out)
+
+
+@njit(nogil=True, cache=True)
+def rotate_scaled(q, start, position, inv_freq, interleaved, scale, out):
+    """:func:`rotate_one` times ``scale``, computed in float64 and stored in ``out``'s
+    dtype: for a K/V cache's ``numba`` step, the query the kernels take (rotated,
+    scaled, in the compute dtype) in one pass, bit for bit what rotating, multiplying
+    by ``scale`` and casting with NumPy give. Returns whether q is finite."""
     B, H, D = q.shape
     half = (D - start) // 2
     cos = np.empty(half)
@@ -930,9 +939,9 @@ def rotate_one(q, start, position, inv_freq, interleaved, out):
     for b in range(B):
         for h in range(H):
             for j in range(start):
-                x = q[b, h, j]
+                x = np.float64(q[b, h, j])
                 finite = finite and np.isfinite(x)
-                out[b, h, j] = x
+                out[b, h, j] = x * scale
             for i in range(half):
                 if interleaved:
                     ja, jb = start + 2 * i, start + 2 * i + 1
@@ -941,8 +950,8 @@ def rotate_one(q, start, position, inv_freq, interleaved, out):
                 x = np.float64(q[b, h, ja])
                 y = np.float64(q[b, h, jb])
                 finite = finite and np.isfinite(x) and np.isfinite(y)
-                out[b, h, ja] = x * cos[i] - y * sin[i]
-                out[b, h, jb] = y * cos[i] + x * sin[i]
+                out[b, h, ja] = (x * cos[i] - y * sin[i]) * scale
+                out[b, h, jb] = (y * cos[i] + x * sin[i]) * scale
     return finite
 
 
