@@ -306,8 +306,9 @@ SMALL_CONFIGS: dict[str, AttentionConfig] = {
 }
 
 
-#: The reduced cache types :func:`verify` also checks, on one case per small config.
-VERIFY_DTYPES = ("bfloat16", "float16", "int8")
+#: The cache types besides float32 :func:`verify` also checks, on one case per small
+#: config: the reduced ones, and float64 (whose numba compile once failed unnoticed).
+VERIFY_DTYPES = ("bfloat16", "float16", "int8", "float64")
 
 
 def verify_cases() -> list[tuple[str, dict]]:
