@@ -207,43 +207,55 @@ def test_float64_caches_decode_with_every_local_strategy(name):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
 
 
-_KV_NAMES = ["mha-small", "gqa-small", "mqa-small", "mqa-wide", "gqa", "mqa"]
+_PLAN_CASES = [(n, None) for n in ("mha-small", "gqa-small", "mqa-small", "mqa-wide", "gqa",
+                                    "mqa")] + \
+    [(n, impl) for n in ("mla-small", "mla-wide", "mla") for impl in (None, "naive")]
 
 
-@pytest.mark.parametrize("name", _KV_NAMES)
+def _append_random(cache, rng):
+    c, B = cache.config, cache.batch
+    if isinstance(cache, A.KVCache):
+        shapes = [(B, c.n_kv_heads, c.head_dim)] * 2
+    else:
+        shapes = [(B, c.kv_lora_rank), (B, c.qk_rope_head_dim)]
+    cache.append(*(rng.standard_normal(s).astype(cache.dtype) for s in shapes))
+
+
+@pytest.mark.parametrize(("name", "impl"), _PLAN_CASES,
+                         ids=[f"{n}{'-' + i if i else ''}" for n, i in _PLAN_CASES])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16", "int8"])
-def test_the_kv_numba_plan_is_the_general_path_bit_for_bit(name, dtype):
-    """A numba step over a K/V cache runs from a plan kept per cache and workers
-    (decode._KVPlan: the query rotated, scaled and cast in one pass, the kernel's address
+def test_the_numba_plan_is_the_general_path_bit_for_bit(name, impl, dtype):
+    """A numba step runs from a plan kept per cache, workers and MLA path
+    (decode._Plan: the query rotated, scaled and cast in one pass, the kernel's address
     found once): the same output, bit for bit, as the general path (rotated_query,
-    Problem, Problem.fused), at 1 and 2 workers, over a cache that grows between steps,
-    with a float16 query too."""
+    Problem, Problem.fused), at 1, 2 and all workers, over a cache that grows between
+    steps, with a float16 query too; MLA absorbed (the default) and naive."""
     D = sys.modules["kernels.attention.decode"]
     config = A.SMALL_CONFIGS.get(name) or A.PRESETS[name]
     cache = A.make_cache(config, capacity=150, batch=2, dtype=dtype)
     A.fill_random(cache, 130, seed=4)
     rng = np.random.default_rng(5)
+    path = D.check_mla_impl(cache, impl)
     for qdtype in (np.float32, np.float16):
         q = A.random_query(cache, seed=6).astype(qdtype)
         for workers in (1, 2, None):
             for _ in range(2):
-                got = A.decode(cache, q, strategy="numba", workers=workers)
+                got = A.decode(cache, q, strategy="numba", workers=workers, mla_impl=impl)
                 w = executors.resolve_workers(workers)
                 used = D.workers_used(config, cache.length, cache.batch, cache.kv_dtype,
-                                      "numba", None, w)
+                                      "numba", None, w, path)
                 q_rot = D.rotated_query(config, q, cache.length - 1)
-                want = D.Problem(cache, q_rot, None, parallel=True).fused(used,
-                                                                          cache.arrays())
+                with executors.limit_threads(used, pools=False):
+                    want = D.Problem(cache, q_rot, path, parallel=True).fused(
+                        used, cache.arrays())
                 assert got.dtype == want.dtype == cache.dtype
                 np.testing.assert_array_equal(got, want)
-                shape = (2, config.n_kv_heads, config.head_dim)
-                cache.append(rng.standard_normal(shape).astype(cache.dtype),
-                             rng.standard_normal(shape).astype(cache.dtype))
-    plans = D._PLANS[cache]
-    assert set(plans) == {(int, 1), (int, 2), (type(None), None)}
+                _append_random(cache, rng)
+    assert set(D._PLANS[cache]) == {(int, 1, type(impl), impl), (int, 2, type(impl), impl),
+                                    (type(None), None, type(impl), impl)}
 
 
-def test_the_kv_plan_workers_match_workers_used_and_bad_arguments_still_fail():
+def test_the_plan_workers_match_workers_used_and_bad_arguments_still_fail():
     """The plan's worker count is decode.workers_used's for the numba strategy at every
     length (it splits as asked: no minimum grain); a plan made for workers=1 does not let
     workers=True through, and the argument errors are the general path's."""
@@ -264,8 +276,12 @@ def test_the_kv_plan_workers_match_workers_used_and_bad_arguments_still_fail():
         nan[0, 0, 0] = np.nan
         with pytest.raises(ValueError, match="NaN or infinity"):
             A.decode(cache, nan, strategy="numba", workers=1)
+        with pytest.raises(ValueError, match="mla_impl applies only to MLA"):
+            A.decode(cache, q, strategy="numba", workers=1, mla_impl="naive")
+        with pytest.raises(TypeError, match="workers must be"):
+            A.decode(cache, q, strategy="numba", workers=[1])
         for workers in (1, 2, 3, 8):
-            plan = D._KVPlan.get(cache, workers)
+            plan = D._Plan.get(cache, workers, None)
             for length in (1, 2, 3, 7, 8):
                 cache.length = length
                 want = D.workers_used(cache.config, length, 1, cache.kv_dtype, "numba",
@@ -276,17 +292,18 @@ def test_the_kv_plan_workers_match_workers_used_and_bad_arguments_still_fail():
             A.decode(cache, q, strategy="numba", workers=1)
 
 
-def test_the_kv_plan_follows_the_cache_arrays():
+def test_the_plan_follows_the_cache_arrays():
     """A plan holds the cache's arrays; if the cache holds other ones (a user rebinding
     them), the next step makes a new plan rather than read the old arrays."""
     D = sys.modules["kernels.attention.decode"]
     with _filled(A.SMALL_CONFIGS["gqa-small"], 20) as cache:
         q = A.random_query(cache)
         before = A.decode(cache, q, strategy="numba", workers=1)
-        plan = D._PLANS[cache][(int, 1)]
+        key = (int, 1, type(None), None)
+        plan = D._PLANS[cache][key]
         cache.v = (cache.v * 2).astype(cache.v.dtype)
         after = A.decode(cache, q, strategy="numba", workers=1)
-        assert D._PLANS[cache][(int, 1)] is not plan
+        assert D._PLANS[cache][key] is not plan
         _close_enough(after, 2 * before)
 
 

@@ -202,9 +202,10 @@ def decode(
     ``workers=None`` means all cores; ``mla_impl`` (MLA only) is 'absorbed' (default)
     or 'naive'. All arguments are checked before any pool starts.
     """
-    if strategy == "numba" and inner is None and mla_impl is None \
-            and isinstance(cache, KVCache):
-        return _KVPlan.get(cache, workers).step(cache, query)
+    plan = _Plan.get(cache, workers, mla_impl) if strategy == "numba" and inner is None \
+        and isinstance(cache, (KVCache, MLACache)) else None
+    if plan is not None:
+        return plan.step(cache, query)
     strategy, inner = registry.check_strategy(STRATEGIES, strategy, inner)
     workers = executors.resolve_workers(workers)
     registry.require_available(_module(), strategy)
@@ -234,72 +235,102 @@ def decode(
     return problem.finish_states(states)
 
 
-class _KVPlan:
-    """Everything a ``numba`` step over a K/V cache (MHA, GQA, MQA) needs besides its
-    query and length, found on the first step with these ``workers`` and kept for the
-    cache's life (:data:`_PLANS`): the workers checked, the RoPE table, the chunk kernel,
-    the cache's arrays as the kernel reads them, and the kernel's native address.
+class _Plan:
+    """Everything a ``numba`` step needs besides its query and length, found on the first
+    step of a cache with these ``workers`` and ``mla_impl`` and kept for the cache's life
+    (:data:`_PLANS`): the arguments checked, the RoPE table, the chunk kernel, the
+    cache's arrays as the kernel reads them (MLA: and its weights), and the kernel's
+    native address.
 
     Each step then checks the query, rotates, scales and casts it in one compiled pass
-    (:func:`kernels.attention.jit.rotate_scaled`), caps numba's pool and runs
-    :func:`kernels.attention.jit.fused`: the same work and the same result, bit for bit,
-    as the general path (:class:`Problem`), without its dozen Python calls. Those cost
-    about 0.2 ms of a 32k step, where streaming the cache has pushed the interpreter's
-    own data out of the CPU's caches. Each step timed after one over another cache (AMD
-    EPYC Zen 4, GQA): int8 32k at 2 workers, 2.96 ms against 2.90 for the kernel alone
-    (3.15 by the general path's calls); float32 1k, 0.31 ms against 0.27 (0.38).
+    (:func:`kernels.attention.jit.rotate_scaled`), caps numba's pool, absorbs W_UK (MLA
+    absorbed), runs :func:`kernels.attention.jit.fused` and projects by W_UV: the same
+    work and the same result, bit for bit, as the general path (:class:`Problem`),
+    without its dozen Python calls. Those cost about 0.2 ms of a 32k step, where
+    streaming the cache has pushed the interpreter's own data out of the CPU's caches.
+    Each step timed after one over another cache (AMD EPYC Zen 4, GQA): int8 32k at 2
+    workers, 2.96 ms against 2.90 for the kernel alone (3.15 by the general path's
+    calls); float32 1k, 0.31 ms against 0.27 (0.38).
     """
 
-    __slots__ = ("address", "arrays", "dtype", "head", "inv_freq", "interleaved", "out",
-                 "scale", "start", "tail", "workers")
+    __slots__ = ("address", "arrays", "dtype", "head", "impl", "inv_freq", "interleaved",
+                 "nope", "out", "scale", "start", "tail", "w_uk", "w_uv", "workers")
 
-    def __init__(self, cache: KVCache, workers: Any) -> None:
+    def __init__(self, cache: Cache, workers: Any, mla_impl: str | None) -> None:
         registry.check_strategy(STRATEGIES, "numba", None)
         self.workers = executors.resolve_workers(workers)
         registry.require_available(_module(), "numba")
+        self.impl = check_mla_impl(cache, mla_impl)
         c = cache.config
         self.start, self.interleaved, self.inv_freq = query_rope(c)
         self.scale = c.scale
         self.dtype = cache.dtype
         self.arrays = tuple(cache.arrays().values())
         q = np.zeros((cache.batch, c.n_heads, c.query_dim))
-        kernel, head, self.tail, dv = Problem(cache, q, None)._numba_kernel(cache.arrays())
-        self.head = head[1:]  # (k1, q2, k2, v): all but the query
+        problem = Problem(cache, q, self.impl, parallel=True)
+        kernel, head, self.tail, dv = problem._numba_kernel(cache.arrays())
+        # all but the query's parts: (k1, q2, k2, v) with q2 empty for a K/V cache; MLA
+        # absorbed (k1, k2, v), naive (c_kv, k_pe, w_uk, w_uv)
+        self.head = head[1:] if self.impl is None else \
+            head[2:] if self.impl == "naive" else (head[1], *head[3:])
+        self.nope = 0 if self.impl is None else c.qk_nope_head_dim
+        self.w_uk = cache.w_uk if self.impl == "absorbed" else None
+        self.w_uv = problem.w_uv
         self.out = (cache.batch, c.n_heads, dv)
         self.address = jit.fused_address(kernel, head, self.tail,
                                          np.empty(self.out, self.dtype))
 
     @staticmethod
-    def get(cache: KVCache, workers: Any) -> _KVPlan:
-        """The plan of ``cache`` for ``workers`` (made and checked on first use; made
-        again if the cache's arrays are not the ones it holds)."""
+    def get(cache: Cache, workers: Any, mla_impl: str | None) -> _Plan | None:
+        """The plan of ``cache`` for ``workers`` and ``mla_impl`` (made and checked on
+        first use; made again if the cache's arrays are not the ones it holds); None
+        for arguments that cannot key one (unhashable: the general path refuses them)."""
         plans = _PLANS.get(cache)
         if plans is None:
             plans = _PLANS[cache] = {}
-        key = (type(workers), workers)
-        plan = plans.get(key)
+        key = (type(workers), workers, type(mla_impl), mla_impl)
+        try:
+            plan = plans.get(key)
+        except TypeError:
+            return None
         if plan is None or any(a is not b for a, b in zip(plan.arrays, cache.arrays().values(),
                                                          strict=True)):
-            plan = plans[key] = _KVPlan(cache, workers)
+            plan = plans[key] = _Plan(cache, workers, mla_impl)
         return plan
 
-    def step(self, cache: KVCache, query: np.ndarray) -> np.ndarray:
+    def step(self, cache: Cache, query: np.ndarray) -> np.ndarray:
         """One decode step of ``cache`` (as :func:`decode`)."""
         check_query(cache, query, finite=False)
         q = query if query.dtype in (np.float32, np.float64) else query.astype(np.float64)
-        q1 = np.empty(q.shape, self.dtype)
+        qs = np.empty(q.shape, self.dtype)
         length = cache.length
         if not jit.rotate_scaled(q, self.start, length - 1, self.inv_freq, self.interleaved,
-                                 self.scale, q1):
+                                 self.scale, qs):
             raise _not_finite()
         used = max(1, min(self.workers, length))  # workers_used: numba splits as asked
         out = np.empty(self.out, self.dtype)
         with executors.limit_threads(used, pools=False):  # no BLAS call inside
-            jit.fused(self.address, (q1, *self.head), self.tail, length, used, out)
-        return out
+            if self.impl is None:
+                head = (qs, *self.head)
+            else:  # MLA: the query's latent and rotary parts, each contiguous
+                q_nope = np.ascontiguousarray(qs[..., :self.nope])
+                q_pe = np.ascontiguousarray(qs[..., self.nope:])
+                if self.impl == "naive":
+                    head = (q_nope, q_pe, *self.head)
+                else:
+                    q_lat = np.empty(q.shape[:2] + (self.w_uk.shape[2],), self.dtype)
+                    jit.absorb(q_nope, self.w_uk, q_lat)
+                    head = (q_lat, self.head[0], q_pe, *self.head[1:])
+            jit.fused(self.address, head, self.tail, length, used, out)
+            if self.impl != "absorbed":
+                return out
+            projected = np.empty(out.shape[:2] + (self.w_uv.shape[1],), self.dtype)
+            jit.project(out, self.w_uv, projected)
+            return projected
 
 
-#: The :class:`_KVPlan` of each K/V cache by ``workers`` (dropped with the cache).
+#: The :class:`_Plan` of each cache by ``workers`` and ``mla_impl`` (dropped with the
+#: cache).
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
