@@ -605,14 +605,15 @@ def widening_tile(rows: int, vectors: int) -> Any:
 
 
 def _reduce_tree(builder: ir.IRBuilder, vs: list[ir.Value],
-                 combine: Any = ir.IRBuilder.fadd) -> list[ir.Value]:
+                 combine: Any = ir.IRBuilder.fadd, k: int = 1) -> list[ir.Value]:
     """Horizontal sums of many vectors at once: pairs of vectors are folded into one
     holding half as many partial sums of each, until every lane is one vector's total.
     16 vectors of 16 lanes take 15 folds (two shuffles and an add each) instead of 16
     separate reductions of 8 operations. Returns the totals, LANES per vector, in the
-    order of ``vs``. ``combine`` adds two vectors (``fadd``; ``add`` for integers)."""
-    n = LANES
-    k = 1  # accumulators per vector; each has n // k contiguous partial lanes
+    order of ``vs``. ``combine`` adds two vectors (``fadd``; ``add`` for integers). ``k``:
+    accumulators per vector to begin with (2: each vector holds two totals' partial sums
+    in its halves), so that ``len(vs) * k / LANES`` vectors of totals come out."""
+    n = LANES  # k: accumulators per vector; each has n // k contiguous partial lanes
     while len(vs) > 1 and k < n:
         p = n // k
         lo = [j * p + m for j in range(k) for m in range(p // 2)]
@@ -780,17 +781,35 @@ class _Pairs:
         self.bytes = self.int8 and query and QUERY_BYTES
         self.step = (4 if self.bytes else 2) * LANES
 
-    def load(self, builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
+    def load(self, builder: ir.IRBuilder, addrs: ir.Value | list[ir.Value]) -> ir.Value:
+        """A vector of stored elements at ``addrs``: one address, or (byte tiles) one per
+        token whose elements fill an equal share of the vector."""
         if self.bytes:
-            x = builder.load(builder.inttoptr(addr, _V64.as_pointer()), align=1)
+            if not isinstance(addrs, list) or len(addrs) == 1:
+                x = builder.load(builder.inttoptr(addrs[0] if isinstance(addrs, list)
+                                                  else addrs, _V64.as_pointer()), align=1)
+            else:  # two tokens' halves: one vinserti64x4 from memory
+                half = ir.VectorType(ir.IntType(8), 2 * LANES)
+                a, b = (builder.load(builder.inttoptr(x, half.as_pointer()), align=1)
+                        for x in addrs)
+                x = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 4 * LANES),
+                                                             list(range(4 * LANES))))
             return builder.bitcast(builder.xor(x, ir.Constant(_V64, [0x80] * (4 * LANES))),
                                    _VI32)
+        addr = addrs[0] if isinstance(addrs, list) else addrs
         ty = _V8 if self.int8 else _V16
         x = builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1 if self.int8 else 2)
         return builder.sext(x, _V16) if self.int8 else x
 
-    def load_query(self, builder: ir.IRBuilder, addr: ir.Value) -> ir.Value:
-        """A step of the query: 4 LANES bytes (as LANES int32) or 2 LANES int16."""
+    def load_query(self, builder: ir.IRBuilder, addr: ir.Value, packed: int = 1) -> ir.Value:
+        """A step of the query: 4 LANES bytes (as LANES int32) or 2 LANES int16; with
+        ``packed`` 2, 2 LANES bytes loaded once into both halves."""
+        if self.bytes and packed == 2:
+            half = ir.VectorType(ir.IntType(8), 2 * LANES)
+            x = builder.load(builder.inttoptr(addr, half.as_pointer()), align=1)
+            x = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, 4 * LANES),
+                                                         list(range(2 * LANES)) * 2))
+            return builder.bitcast(x, _VI32)
         ty = _V64 if self.bytes else _V16
         x = builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1 if self.bytes else 2)
         return builder.bitcast(x, _VI32) if self.bytes else x
@@ -811,51 +830,59 @@ class _Pairs:
 
 def _pair_dots(rows: int, cols: int, kind: str) -> Any:
     """:func:`int_dots` (``kind`` "int8") or :func:`bf16_dots` ("bf16")."""
-    _need_pairs(kind, f"{kind}_dots needs {LANES} products; got {rows} x {cols}",
-                rows * cols == LANES and dot_registers(rows, cols) <= REGISTERS)
     pairs = _Pairs(kind, query=True)
-    step = pairs.step
+    # byte tiles of 2 LANES products hold two tokens per key vector (:func:`int_dots`)
+    packed = 2 if pairs.bytes and rows * cols == 2 * LANES else 1
+    _need_pairs(kind, f"{kind}_dots needs {LANES} products; got {rows} x {cols}",
+                rows * cols == packed * LANES and cols % packed == 0
+                and dot_registers(rows, cols // packed) <= REGISTERS)
+    step = pairs.step // packed
+    vectors = cols // packed  # key vectors (and accumulators per row)
 
     def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: list) -> Any:  # noqa: ARG001
         _mark_widest(builder)
         q, ldq, k, ldk, d, s, lds, add = args[:8]
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(pairs.acc, None))
-                 for _ in range(cols)] for _ in range(rows)]
+                 for _ in range(vectors)] for _ in range(rows)]
         with cgutils.for_range(builder, builder.sdiv(d, _I64(step))) as loop:
             i = builder.mul(loop.index, _I64(step))
             qsize = _I64(1 if pairs.bytes else 2)
             qs = [pairs.load_query(builder, builder.add(q, builder.mul(
-                builder.add(builder.mul(_I64(r), ldq), i), qsize))) for r in range(rows)]
+                builder.add(builder.mul(_I64(r), ldq), i), qsize)), packed)
+                for r in range(rows)]
             size = _I64(1 if pairs.int8 else 2)
-            ks = [pairs.load(builder, builder.add(k, builder.mul(
-                builder.add(builder.mul(_I64(c), ldk), i), size))) for c in range(cols)]
+            ks = [pairs.load(builder, [builder.add(k, builder.mul(builder.add(builder.mul(
+                _I64(c * packed + t), ldk), i), size)) for t in range(packed)])
+                for c in range(vectors)]
             for r in range(rows):
-                for c in range(cols):
+                for c in range(vectors):
                     acc = accs[r][c]
                     builder.store(pairs.madd(builder, builder.load(acc), qs[r], ks[c]), acc)
-        flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(cols)]
-        total = _reduce_tree(builder, flat, pairs.add)[0]
-        row_t, col_t = ir.VectorType(_F32, rows), ir.VectorType(_F32, cols)
+        flat = [builder.load(accs[r][c]) for r in range(rows) for c in range(vectors)]
         lanes = ir.VectorType(_I32, LANES)
-        by_row = ir.Constant(lanes, [j // cols for j in range(LANES)])
+        per = LANES // cols  # rows per vector of totals
+        row_t, col_t = ir.VectorType(_F32, rows), ir.VectorType(_F32, cols)
         by_col = ir.Constant(lanes, [j % cols for j in range(LANES)])
-        if pairs.bytes:  # the keys' offset of 128 times each row's query sum
-            offset = builder.load(builder.inttoptr(args[10], ir.VectorType(
-                _I32, rows).as_pointer()), align=4)
-            total = builder.sub(total, builder.shuffle_vector(offset, offset, by_row))
-        total = pairs.to_float(builder, total)
-        if pairs.int8:  # the products of the query's and the keys' scales
-            ksc, qsc = args[8:10]
-            qv = builder.load(builder.inttoptr(qsc, row_t.as_pointer()), align=4)
-            kv = builder.load(builder.inttoptr(ksc, col_t.as_pointer()), align=4)
-            total = builder.fmul(total, builder.fmul(builder.shuffle_vector(qv, qv, by_row),
-                                                     builder.shuffle_vector(kv, kv, by_col)))
-        for r in range(rows):  # row r's totals are lanes r * cols .. r * cols + cols - 1
-            part = builder.shuffle_vector(total, total, ir.Constant(
-                ir.VectorType(_I32, cols), [r * cols + j for j in range(cols)]))
-            out = _pointer(builder, s, builder.mul(_I64(r), lds), col_t)
-            old = builder.load(out, align=4)
-            builder.store(builder.select(add, builder.fadd(old, part), part), out, align=4)
+        for v, total in enumerate(_reduce_tree(builder, flat, pairs.add, packed)):
+            # row v * per + j // cols, token j % cols in lane j
+            by_row = ir.Constant(lanes, [v * per + j // cols for j in range(LANES)])
+            if pairs.bytes:  # the keys' offset of 128 times each row's query sum
+                offset = builder.load(builder.inttoptr(args[10], ir.VectorType(
+                    _I32, rows).as_pointer()), align=4)
+                total = builder.sub(total, builder.shuffle_vector(offset, offset, by_row))
+            total = pairs.to_float(builder, total)
+            if pairs.int8:  # the products of the query's and the keys' scales
+                ksc, qsc = args[8:10]
+                qv = builder.load(builder.inttoptr(qsc, row_t.as_pointer()), align=4)
+                kv = builder.load(builder.inttoptr(ksc, col_t.as_pointer()), align=4)
+                total = builder.fmul(total, builder.fmul(
+                    builder.shuffle_vector(qv, qv, by_row), builder.shuffle_vector(kv, kv, by_col)))
+            for j in range(per):
+                part = builder.shuffle_vector(total, total, ir.Constant(
+                    ir.VectorType(_I32, cols), [j * cols + c for c in range(cols)]))
+                out = _pointer(builder, s, builder.mul(_I64(v * per + j), lds), col_t)
+                old = builder.load(out, align=4)
+                builder.store(builder.select(add, builder.fadd(old, part), part), out, align=4)
         return context.get_dummy_value()
 
     return codegen
@@ -866,7 +893,8 @@ def int_dots(rows: int, cols: int) -> Any:
     """:func:`dots` for integer queries and int8 keys, in integers (:data:`INT_MADD`).
 
     ``int_dots(q, ldq, k, ldk, d, s, lds, add, ksc, qsc, qoff)`` computes, for
-    ``r < rows`` and ``c < cols`` (``rows * cols`` = :data:`LANES`)::
+    ``r < rows`` and ``c < cols`` (``rows * cols`` = :data:`LANES`, or 2 LANES with
+    :data:`QUERY_BYTES`)::
 
         s[r * lds + c] = (s[r * lds + c] if add else 0)
                          + qsc[r] * ksc[c] * sum over i < d of q[r * ldq + i] * k[c * ldk + i]
@@ -879,7 +907,10 @@ def int_dots(rows: int, cols: int) -> Any:
     - With VNNI, a step of 4 LANES elements loads a key vector as bytes offset to unsigned
       (``k ^ 0x80`` = k + 128) and runs one ``vpdpbusd`` per product (4 LANES
       multiply-adds, where a float32 FMA does LANES); the offset adds 128 sum(q[r]) to
-      each total, which ``qoff`` takes off.
+      each total, which ``qoff`` takes off. ``rows * cols`` = 2 LANES (4 x 8) packs two
+      tokens in each key vector: a step of 2 LANES elements of each, the query's 2 LANES
+      bytes in both halves; the accumulators start the fold half summed, so 8 tokens
+      take 14 folds where two tiles of 4 took 30 (:func:`_reduce_tree` with ``k`` 2).
     - Otherwise a step of 2 LANES elements sign-extends a key vector to int16 once and
       runs one multiply-add per product (:func:`_madd`: 2 LANES).
 

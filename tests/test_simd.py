@@ -210,7 +210,7 @@ _IROWS = simd.LANES // 4
 
 
 def _run_int_dots(qi, k, s, add, ksc, qsc, qoff):
-    kernel = simd.int_dots(_IROWS, 4)
+    kernel = simd.int_dots(_IROWS, k.shape[0])
 
     @njit(nogil=True)
     def run(qi, k, s, add, ksc, qsc, qoff):
@@ -227,30 +227,31 @@ _QTYPE = np.int8 if simd.QUERY_BYTES else np.int16
 
 @_needs_int
 @pytest.mark.parametrize("add", [False, True])
-def test_int_dots_are_exact_integer_products_scaled(add):
+@pytest.mark.parametrize("tokens", [4, 8] if simd.QUERY_BYTES else [4])
+def test_int_dots_are_exact_integer_products_scaled(add, tokens):
     """Extreme values too: a query of its type's largest (127 or 32767) against keys of
     -127 and -128 over d = 512, the largest width the kernels give it (int16: -2.13e9,
     just inside int32; int8 with VNNI: the keys offset to unsigned, 128 x sum(q) taken
-    off per row)."""
+    off per row; 8 tokens a tile with bytes: two per key vector)."""
     rng = np.random.default_rng(9)
     d = 512
     top = simd.INT_QUERY_MAX
     qi = rng.integers(-top, top + 1, (_IROWS, d + 64)).astype(_QTYPE)[:, :d]
     qi[0] = top
-    k = rng.integers(-128, 128, (4, d + 8)).astype(np.int8)[:, :d]
+    k = rng.integers(-128, 128, (tokens, d + 8)).astype(np.int8)[:, :d]
     k[0] = -127
     k[1, :7] = -128
-    ksc = rng.random(4).astype(np.float32)
+    ksc = rng.random(tokens).astype(np.float32)
     qsc = rng.random(_IROWS).astype(np.float32)
     qoff = (128 * qi.astype(np.int64).sum(axis=1)).astype(np.int32)
-    s0 = rng.standard_normal((_IROWS, 7)).astype(np.float32)
+    s0 = rng.standard_normal((_IROWS, tokens + 3)).astype(np.float32)
     s = s0.copy()
     _run_int_dots(qi, k, s, add, ksc, qsc, qoff)
     exact = qi.astype(np.int64) @ k.astype(np.int64).T  # exact integers
     want = exact.astype(np.float32) * qsc[:, None] * ksc[None, :]
-    want = want + s0[:, :4] if add else want
-    np.testing.assert_allclose(s[:, :4], want, rtol=2e-7, atol=0)
-    np.testing.assert_array_equal(s[:, 4:], s0[:, 4:])
+    want = want + s0[:, :tokens] if add else want
+    np.testing.assert_allclose(s[:, :tokens], want, rtol=2e-7, atol=0)
+    np.testing.assert_array_equal(s[:, tokens:], s0[:, tokens:])
 
 
 def test_int_dots_need_lanes_products_in_the_registers():
