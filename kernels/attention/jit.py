@@ -46,8 +46,12 @@ BLOCK = 128
 #: conversion) spreads over more tokens. int8 GQA steps at 32k: medians of five paired
 #: runs 1.01-1.06x faster on one thread and 1.01-1.05x on two (AMD EPYC Zen 4); the
 #: other paths did not gain (MHA int8 0.97x on one thread, bf16 and float32
-#: 0.98-1.02x). An int8 block's weights are rounded to int16 against its largest.
-PBLOCK = 2 * BLOCK
+#: 0.98-1.02x). With the query in bytes (:data:`kernels.simd.QUERY_BYTES`) four times
+#: as many, the most the integer value sums hold exactly: the chunk kernel 15.2 -> 14.3
+#: ns per (token, KV head) on an L2-resident slab, GQA 32k steps 0.940-0.942x the time
+#: on one thread, level on two (paired, AMD EPYC Zen 4, 2026-12-03). An int8 block's
+#: weights are rounded to int16 against its largest.
+PBLOCK = (4 if simd.QUERY_BYTES else 2) * BLOCK
 
 #: How many tokens ahead of the rows being computed their K and V rows are prefetched
 #: (into L2, a few lines per register tile, so that the fetches run beside the
