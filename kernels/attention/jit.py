@@ -360,24 +360,22 @@ def _scores_int(qi, qsc, qoff, qa, K, tb, n, s, hi, sc):  # noqa: PLR0913
     ldq = qi.strides[0] // qi.itemsize
     lds = s.strides[0] // 4
     t = 0
-    while _PAIRED and t + 8 <= n:
-        _prefetch_rows(K, tb + t + PREFETCH, tb + t + PREFETCH + 8, hi)
-        kb = K.ctypes.data + (tb + t) * K.strides[0]
-        ks = sc.ctypes.data + (tb + t) * 4
-        for g in range(0, G, _IDOT_HEADS):
-            _idots8(qi.ctypes.data + g * qi.strides[0], ldq, kb, K.strides[0], d,
-                    s.ctypes.data + g * s.strides[0] + t * 4, lds, False, ks,
-                    qsc.ctypes.data + g * 4, qoff.ctypes.data + g * 4)
-        t += 8
     while t + 4 <= n:
-        _prefetch_rows(K, tb + t + PREFETCH, tb + t + PREFETCH + 4, hi)
+        eight = _PAIRED and t + 8 <= n
+        rows = 8 if eight else 4
+        _prefetch_rows(K, tb + t + PREFETCH, tb + t + PREFETCH + rows, hi)
         kb = K.ctypes.data + (tb + t) * K.strides[0]
         ks = sc.ctypes.data + (tb + t) * 4
         for g in range(0, G, _IDOT_HEADS):
-            _idots(qi.ctypes.data + g * qi.strides[0], ldq, kb, K.strides[0], d,
-                   s.ctypes.data + g * s.strides[0] + t * 4, lds, False, ks,
-                   qsc.ctypes.data + g * 4, qoff.ctypes.data + g * 4)
-        t += 4
+            q = qi.ctypes.data + g * qi.strides[0]
+            out = s.ctypes.data + g * s.strides[0] + t * 4
+            if eight:
+                _idots8(q, ldq, kb, K.strides[0], d, out, lds, False, ks,
+                        qsc.ctypes.data + g * 4, qoff.ctypes.data + g * 4)
+            else:
+                _idots(q, ldq, kb, K.strides[0], d, out, lds, False, ks,
+                       qsc.ctypes.data + g * 4, qoff.ctypes.data + g * 4)
+        t += rows
     if t < n:
         _scores_tiled(qa, K, tb + t, n - t, s[:, t:], False, hi, sc)
 
