@@ -781,22 +781,21 @@ class _Pairs:
         self.bytes = self.int8 and query and QUERY_BYTES
         self.step = (4 if self.bytes else 2) * LANES
 
-    def load(self, builder: ir.IRBuilder, addrs: ir.Value | list[ir.Value]) -> ir.Value:
-        """A vector of stored elements at ``addrs``: one address, or (byte tiles) one per
-        token whose elements fill an equal share of the vector."""
+    def load(self, builder: ir.IRBuilder, addr: ir.Value, addr2: ir.Value | None = None
+             ) -> ir.Value:
+        """A vector of stored elements at ``addr``; for byte tiles with ``addr2``, the first
+        half from ``addr`` and the second from ``addr2`` (two tokens: one
+        ``vinserti64x4`` from memory)."""
         if self.bytes:
-            if not isinstance(addrs, list) or len(addrs) == 1:
-                x = builder.load(builder.inttoptr(addrs[0] if isinstance(addrs, list)
-                                                  else addrs, _V64.as_pointer()), align=1)
-            else:  # two tokens' halves: one vinserti64x4 from memory
-                half = ir.VectorType(ir.IntType(8), 2 * LANES)
-                a, b = (builder.load(builder.inttoptr(x, half.as_pointer()), align=1)
-                        for x in addrs)
+            if addr2 is None:
+                x = builder.load(builder.inttoptr(addr, _V64.as_pointer()), align=1)
+            else:
+                a, b = (builder.load(builder.inttoptr(x, _V8.as_pointer()), align=1)
+                        for x in (addr, addr2))
                 x = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 4 * LANES),
                                                              list(range(4 * LANES))))
             return builder.bitcast(builder.xor(x, ir.Constant(_V64, [0x80] * (4 * LANES))),
                                    _VI32)
-        addr = addrs[0] if isinstance(addrs, list) else addrs
         ty = _V8 if self.int8 else _V16
         x = builder.load(builder.inttoptr(addr, ty.as_pointer()), align=1 if self.int8 else 2)
         return builder.sext(x, _V16) if self.int8 else x
@@ -805,8 +804,7 @@ class _Pairs:
         """A step of the query: 4 LANES bytes (as LANES int32) or 2 LANES int16; with
         ``packed`` 2, 2 LANES bytes loaded once into both halves."""
         if self.bytes and packed == 2:
-            half = ir.VectorType(ir.IntType(8), 2 * LANES)
-            x = builder.load(builder.inttoptr(addr, half.as_pointer()), align=1)
+            x = builder.load(builder.inttoptr(addr, _V8.as_pointer()), align=1)
             x = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, 4 * LANES),
                                                          list(range(2 * LANES)) * 2))
             return builder.bitcast(x, _VI32)
@@ -851,8 +849,8 @@ def _pair_dots(rows: int, cols: int, kind: str) -> Any:
                 builder.add(builder.mul(_I64(r), ldq), i), qsize)), packed)
                 for r in range(rows)]
             size = _I64(1 if pairs.int8 else 2)
-            ks = [pairs.load(builder, [builder.add(k, builder.mul(builder.add(builder.mul(
-                _I64(c * packed + t), ldk), i), size)) for t in range(packed)])
+            ks = [pairs.load(builder, *(builder.add(k, builder.mul(builder.add(builder.mul(
+                _I64(c * packed + t), ldk), i), size)) for t in range(packed)))
                 for c in range(vectors)]
             for r in range(rows):
                 for c in range(vectors):
@@ -863,18 +861,19 @@ def _pair_dots(rows: int, cols: int, kind: str) -> Any:
         per = LANES // cols  # rows per vector of totals
         row_t, col_t = ir.VectorType(_F32, rows), ir.VectorType(_F32, cols)
         by_col = ir.Constant(lanes, [j % cols for j in range(LANES)])
+        if pairs.bytes:  # the keys' offset: 128 times each row's query sum
+            offset = builder.load(builder.inttoptr(args[10], ir.VectorType(
+                _I32, rows).as_pointer()), align=4)
+        if pairs.int8:  # the query's and the keys' scales
+            qv = builder.load(builder.inttoptr(args[9], row_t.as_pointer()), align=4)
+            kv = builder.load(builder.inttoptr(args[8], col_t.as_pointer()), align=4)
         for v, total in enumerate(_reduce_tree(builder, flat, pairs.add, packed)):
             # row v * per + j // cols, token j % cols in lane j
             by_row = ir.Constant(lanes, [v * per + j // cols for j in range(LANES)])
-            if pairs.bytes:  # the keys' offset of 128 times each row's query sum
-                offset = builder.load(builder.inttoptr(args[10], ir.VectorType(
-                    _I32, rows).as_pointer()), align=4)
+            if pairs.bytes:
                 total = builder.sub(total, builder.shuffle_vector(offset, offset, by_row))
             total = pairs.to_float(builder, total)
-            if pairs.int8:  # the products of the query's and the keys' scales
-                ksc, qsc = args[8:10]
-                qv = builder.load(builder.inttoptr(qsc, row_t.as_pointer()), align=4)
-                kv = builder.load(builder.inttoptr(ksc, col_t.as_pointer()), align=4)
+            if pairs.int8:  # times the products of the scales
                 total = builder.fmul(total, builder.fmul(
                     builder.shuffle_vector(qv, qv, by_row), builder.shuffle_vector(kv, kv, by_col)))
             for j in range(per):

@@ -265,10 +265,11 @@ class _Plan:
         self.start, self.interleaved, self.inv_freq = query_rope(c)
         self.scale = c.scale
         self.dtype = cache.dtype
-        self.arrays = tuple(cache.arrays().values())
+        arrays = cache.arrays()
+        self.arrays = tuple(arrays.values())
         q = np.zeros((cache.batch, c.n_heads, c.query_dim))
         problem = Problem(cache, q, self.impl, parallel=True)
-        kernel, head, self.tail, dv = problem._numba_kernel(cache.arrays())
+        kernel, head, self.tail, dv = problem._numba_kernel(arrays)
         # all but the query's parts: (k1, q2, k2, v) with q2 empty for a K/V cache; MLA
         # absorbed (k1, k2, v), naive (c_kv, k_pe, w_uk, w_uv)
         self.head = head[1:] if self.impl is None else \
@@ -312,21 +313,12 @@ class _Plan:
         with executors.limit_threads(used, pools=False):  # no BLAS call inside
             if self.impl is None:
                 head = (qs, *self.head)
-            else:  # MLA: the query's latent and rotary parts, each contiguous
-                q_nope = np.ascontiguousarray(qs[..., :self.nope])
-                q_pe = np.ascontiguousarray(qs[..., self.nope:])
-                if self.impl == "naive":
-                    head = (q_nope, q_pe, *self.head)
-                else:
-                    q_lat = np.empty(q.shape[:2] + (self.w_uk.shape[2],), self.dtype)
-                    jit.absorb(q_nope, self.w_uk, q_lat)
-                    head = (q_lat, self.head[0], q_pe, *self.head[1:])
+            else:
+                q1, q2 = _mla_query(qs, self.nope, self.impl, self.w_uk, parallel=True)
+                head = (q1, q2, *self.head) if self.impl == "naive" else \
+                    (q1, self.head[0], q2, *self.head[1:])
             jit.fused(self.address, head, self.tail, length, used, out)
-            if self.impl != "absorbed":
-                return out
-            projected = np.empty(out.shape[:2] + (self.w_uv.shape[1],), self.dtype)
-            jit.project(out, self.w_uv, projected)
-            return projected
+            return out if self.impl != "absorbed" else _projected(out, self.w_uv, True)
 
 
 #: The :class:`_Plan` of each cache by ``workers`` and ``mla_impl`` (dropped with the
@@ -360,24 +352,13 @@ class Problem:
         self.length = cache.length
         self.dtype = dt
         self.kv_dtype = cache.kv_dtype
-        q = q_rot * c.scale
+        q = (q_rot * c.scale).astype(dt)
         if self.kind == "kv":
-            self.q1 = q.astype(dt)
+            self.q1 = q
             self.q2 = np.zeros(q.shape[:2] + (0,), dt)
         else:
-            nope = c.qk_nope_head_dim
-            q_nope, self.q2 = q[..., :nope], q[..., nope:].astype(dt)
-            if self.kind == "absorbed":
-                # W_UK folded into the query: [B, H, 1, nope] @ [H, nope, r] -> [B, H, r]
-                # (a batched BLAS matmul in the cache dtype; the weights are not copied).
-                q_nope = q_nope.astype(dt)
-                if parallel:
-                    self.q1 = np.empty(q_nope.shape[:2] + (cache.w_uk.shape[2],), dt)
-                    jit.absorb(q_nope, cache.w_uk, self.q1)
-                else:
-                    self.q1 = (q_nope[:, :, None, :] @ cache.w_uk)[:, :, 0, :]
-            else:
-                self.q1 = q_nope.astype(dt)
+            self.q1, self.q2 = _mla_query(q, c.qk_nope_head_dim, self.kind, cache.w_uk,
+                                          parallel)
         # W_UV is applied after the merge on the absorbed path (parent only).
         self.w_uv = cache.w_uv if self.kind == "absorbed" else None
 
@@ -510,14 +491,36 @@ class Problem:
     def _project(self, out: np.ndarray) -> np.ndarray:
         if self.kind != "absorbed":
             return out
-        # W_UV after attention in the latent space: [B, H, r] x [H, v, r] -> [B, H, v].
-        out = out.astype(self.dtype, copy=False)
-        if self.parallel:
-            projected = np.empty(out.shape[:2] + (self.w_uv.shape[1],), self.dtype)
-            jit.project(out, self.w_uv, projected)
-            return projected
-        projected = out[:, :, None, :] @ self.w_uv.transpose(0, 2, 1)
-        return projected[:, :, 0, :]
+        return _projected(out.astype(self.dtype, copy=False), self.w_uv, self.parallel)
+
+
+def _mla_query(q: np.ndarray, nope: int, impl: str, w_uk: np.ndarray,
+               parallel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """MLA's (q1, q2) from its rotated, scaled query ``q`` in the compute dtype: the
+    latent part and the rotary part, each contiguous; absorbed, the latent part times
+    W_UK ([B, H, 1, nope] @ [H, nope, r] -> [B, H, r], the weights not copied) on
+    numba's pool where ``parallel`` (:func:`kernels.attention.jit.absorb`), else as a
+    batched BLAS matmul in the cache dtype."""
+    q_nope = np.ascontiguousarray(q[..., :nope])
+    q_pe = np.ascontiguousarray(q[..., nope:])
+    if impl != "absorbed":
+        return q_nope, q_pe
+    if parallel:
+        q_lat = np.empty(q.shape[:2] + (w_uk.shape[2],), q.dtype)
+        jit.absorb(q_nope, w_uk, q_lat)
+        return q_lat, q_pe
+    return (q_nope[:, :, None, :] @ w_uk)[:, :, 0, :], q_pe
+
+
+def _projected(out: np.ndarray, w_uv: np.ndarray, parallel: bool) -> np.ndarray:
+    """W_UV after attention in the latent space: [B, H, r] x [H, v, r] -> [B, H, v], on
+    numba's pool where ``parallel`` (:func:`kernels.attention.jit.project`), else as a
+    batched matmul."""
+    if parallel:
+        projected = np.empty(out.shape[:2] + (w_uv.shape[1],), out.dtype)
+        jit.project(out, w_uv, projected)
+        return projected
+    return (out[:, :, None, :] @ w_uv.transpose(0, 2, 1))[:, :, 0, :]
 
 
 # ---------------------------------------------------------------------------
