@@ -17,6 +17,8 @@
 #   BASE=HEAD~1 HEAD=HEAD FACTOR=1.10   for `make regress` (the paired gate; RUN=0 judges
 #                      stored asv results instead, unpaired); POINTS=all for the whole grid
 #   KIND=aa RUNS=5     for `make gate-check` (aa: false alarms; slow: detection, SLOWDOWN=0.15)
+#   TEST_WORKERS=auto  pytest-xdist processes for `make test` (auto: one per core, at most 4;
+#                      0: one process, the tests in file order)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,6 +32,7 @@ ASV_MACHINE ?= $(shell hostname 2>/dev/null || echo local)
 BASE ?= HEAD~1
 HEAD ?= HEAD
 FACTOR ?= 1.10
+TEST_WORKERS ?= auto
 BENCH_DATA ?= $(CURDIR)/.asv/bench-data
 
 ASV := $(VENV)/bin/asv
@@ -41,7 +44,7 @@ ASV_SELECT := $(if $(BENCH),--bench '$(BENCH)') $(if $(QUICK),--quick,-a rounds=
 all: help
 
 help:
-	@sed -n '1,19p' Makefile
+	@sed -n '1,21p' Makefile
 
 # --- environment ------------------------------------------------------------
 
@@ -102,8 +105,10 @@ bench: $(VENV)/.installed-bench
 	if [ $$status -ne 0 ]; then echo "asv: some benchmarks failed (exit $$status); see above and the report's notes"; fi; \
 	exit $$status
 
+# The tests in parallel processes (pytest-xdist): most of a cold run is numba compiling
+# its kernels, one core at a time, and each process compiles its share.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4
 
 # --- more ------------------------------------------------------------------
 
