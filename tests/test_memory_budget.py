@@ -132,19 +132,8 @@ def test_cli_refuses_with_exit_2_and_leaves_no_segment():
     assert "1,000,000 bytes" in out.stderr and "Traceback" not in out.stderr
     # a live process's segments (another test process's) are not this run's leftovers
     left = set(shared.leftover_segments()) - before
-    assert {n for n in left if not _owner_alive(n)} == set()
+    assert {n for n in left if not shared._process_exists(shared.owner_pid(n) or 0)} == set()
 
-
-def _owner_alive(name: str) -> bool:
-    pid = shared.owner_pid(name)
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
