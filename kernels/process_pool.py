@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from kernels.executors import (
@@ -216,14 +216,14 @@ SEMAPHORE_PREFIX = "sem.mp-"
 STALE_SEMAPHORE_AGE_S = 10.0
 
 
-def _mapped_shm_inodes() -> set[int] | None:
-    """Inodes of /dev/shm files mapped by any process whose maps this user can read, or
-    None when /proc cannot be read. glibc creates a named semaphore under a temporary
-    name and links it to the real one, so its creator's maps show the temporary (deleted)
-    name: the inode is what identifies the file."""
+def _mapped_shm_inodes(pids: Iterable[int] | None = None) -> set[int] | None:
+    """Inodes of /dev/shm files mapped by any process whose maps this user can read (or by
+    any of ``pids``), or None when /proc cannot be read. glibc creates a named semaphore
+    under a temporary name and links it to the real one, so its creator's maps show the
+    temporary (deleted) name: the inode is what identifies the file."""
     inodes: set[int] = set()
     try:
-        entries = os.listdir("/proc")
+        entries = os.listdir("/proc") if pids is None else [str(p) for p in pids]
     except OSError:
         return None
     for entry in entries:

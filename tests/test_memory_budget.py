@@ -134,8 +134,6 @@ def test_cli_refuses_with_exit_2_and_leaves_no_segment():
     left = set(shared.leftover_segments()) - before
     assert {n for n in left if not shared._process_exists(shared.owner_pid(n) or 0)} == set()
 
-    return True
-
 
 def test_cli_issue_case_refused_by_the_real_budget():
     """The issue's command: 1e9 tokens is 7.45 TiB of gqa cache, beyond any machine here."""

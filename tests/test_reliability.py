@@ -24,7 +24,7 @@ import pytest
 from _procs import alive as _alive
 from _procs import descendants as _descendants
 
-from kernels import executors
+from kernels import executors, process_pool
 from kernels import shared_memory as shared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_multiprocess_works_without_a_main_guard(tmp_path, how: str) -> None:
 
 _HOLD_A_POOL = """\
 import json, time
-from kernels import executors
+from kernels import executors, process_pool
 
 executor = executors.get_executor("processes", 2)
 print(json.dumps(executor.pids()), flush=True)
@@ -242,13 +242,7 @@ def _semaphores_mapped_by(pids: set[int]) -> set[str]:
     """The pool semaphores that any of ``pids`` maps (by inode, as the clean-up judges):
     theirs alone, whatever other processes (other test runs, other users of the machine)
     create or remove meanwhile."""
-    inodes = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                inodes |= {int(line.split()[4]) for line in f if "/dev/shm/" in line}
-        except OSError:
-            continue
+    inodes = process_pool._mapped_shm_inodes(pids) or set()
     found = set()
     for name in _semaphores():
         try:
