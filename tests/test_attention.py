@@ -294,17 +294,25 @@ def test_the_plan_workers_match_workers_used_and_bad_arguments_still_fail():
 
 def test_the_plan_follows_the_cache_arrays():
     """A plan holds the cache's arrays; if the cache holds other ones (a user rebinding
-    them), the next step makes a new plan rather than read the old arrays."""
+    them), the next step makes a new plan rather than read the old arrays. The new
+    array is writable, but the kernel gets it read-only, as it gets the cache's own:
+    nothing new is compiled."""
+    from kernels.attention import jit, wide
+
     D = sys.modules["kernels.attention.decode"]
     with _filled(A.SMALL_CONFIGS["gqa-small"], 20) as cache:
         q = A.random_query(cache)
         before = A.decode(cache, q, strategy="numba", workers=1)
         key = (int, 1, type(None), None)
         plan = D._PLANS[cache][key]
+        compiled = [len(k.signatures) for k in (jit.partial_jit, wide.partial_wide, jit.fused)]
         cache.v = (cache.v * 2).astype(cache.v.dtype)
+        assert cache.v.flags.writeable
         after = A.decode(cache, q, strategy="numba", workers=1)
         assert D._PLANS[cache][key] is not plan
         _close_enough(after, 2 * before)
+        assert [len(k.signatures) for k in (jit.partial_jit, wide.partial_wide, jit.fused)] \
+            == compiled
 
 
 def test_decode_is_deterministic_across_workers():

@@ -426,7 +426,11 @@ class Problem:
 
     def _numba_kernel(self, arrays: dict[str, np.ndarray]) -> tuple[Any, tuple, tuple, int]:
         """The numba chunk kernel for this step, called as ``kernel(*head, t0, t1, m, l,
-        o, *tail)``, with its head and tail arguments and the width of ``o``."""
+        o, *tail)``, with its head and tail arguments and the width of ``o``. The cache's
+        arrays go in read-only (:func:`_read_only_views`), as the cache shows them: one a
+        user bound in their place (``cache.v = ...``) would otherwise be writable and
+        compile a variant of its own (10 s for a GQA step on an AMD EPYC Zen 4)."""
+        arrays = _read_only_views(arrays)
         if self.kind == "naive":
             head = (self.q1, self.q2, *self._naive_numba(arrays))
             return jit.naive_partial_jit, head, self._naive_scales(arrays), \
@@ -534,16 +538,16 @@ def _pool_task(task: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     per name in a process worker, the arrays themselves on a thread, shards kept on a
     Dask worker), merged into one state here."""
     problem, inner, pieces = task
-    states = [problem.partial(inner, t0, t1, _read_only_views(executors.shared_arrays(handle)))
+    states = [problem.partial(inner, t0, t1, executors.shared_arrays(handle))
               for handle, t0, t1 in pieces if t1 > t0]
     return states[0] if len(states) == 1 else merge_states(states)
 
 
 def _read_only_views(arrays: dict[str, Any]) -> dict[str, Any]:
-    """Read-only views of the arrays, as the cache shows them in this process: numba
-    compiles a kernel once per argument type, and read-only is part of the type, so a
-    worker handed writable arrays (attached segments, Dask's shards) would compile its
-    own variant instead of loading the one this process cached on disk."""
+    """Read-only views of the arrays, as the cache shows them: numba compiles a kernel
+    once per argument type, and read-only is part of the type, so writable arrays (a
+    worker's attached segments or Dask shards, an array a user bound into the cache)
+    would compile a variant of their own instead of loading the one cached on disk."""
     return {name: _read_only(a.view()) if isinstance(a, np.ndarray) and a.flags.writeable
             else a for name, a in arrays.items()}
 
