@@ -16,7 +16,7 @@ import kernels.attention as A
 from kernels import simd
 from kernels.attention import jit, wide
 from kernels.attention.config import rotate_query
-from kernels.attention.decode import Problem
+from kernels.attention.decode import Problem, _read_only
 from kernels.attention.precision import numba_view, to_bfloat16, widen
 
 L = simd.LANES
@@ -575,7 +575,9 @@ def _partial_against_reference(dtype, t0, t1):
         A.fill_random(cache, 203, seed=6)
         q = A.random_query(cache, seed=7)
         problem = Problem(cache, rotate_query(config, q, 202), None)
-        k1, k2, v, ks1, ks2, vs = (np.array(a) for a in problem.operands(cache.arrays()))
+        # copies, read-only as the cache's own: the variant the decode steps compile
+        k1, k2, v, ks1, ks2, vs = (_read_only(np.array(a))
+                                   for a in problem.operands(cache.arrays()))
     spec = A.check_cache_dtype(dtype)
     scales = (ks1, vs) if spec.scaled else (None, None)
     kw, vw = widen(k1, spec, scales[0]), widen(v, spec, scales[1])
