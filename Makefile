@@ -106,9 +106,10 @@ bench: $(VENV)/.installed-bench
 	exit $$status
 
 # The tests in parallel processes (pytest-xdist): most of a cold run is numba compiling
-# its kernels, one core at a time, and each process compiles its share.
+# its kernels, one core at a time, and each process compiles its share. loadgroup keeps
+# the tests that compile the same attention kernels in one process (tests/conftest.py).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup
 
 # --- more ------------------------------------------------------------------
 
