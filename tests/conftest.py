@@ -6,8 +6,9 @@ processes reached the same specialisation at once and compiled it twice (71 s of
 in one cold run). Here the tests that compile them form two groups, each run whole by
 one process: the float32/float64 caches' (``test_attention.py``) and the narrow caches'
 (bfloat16, float16, int8: ``test_attention_dtypes.py``, ``test_simd.py`` and the cases
-of those dtypes in ``test_attention.py``). Every other test goes to whichever process
-is free.
+of those dtypes in ``test_attention.py``). ``test_compare.py`` and ``test_report.py``
+share one process too: both read the asv results of a tiny project, made once per
+process (12-13 s). Every other test goes to whichever process is free.
 
 The groups come from the test ids, in the scheduler below, not from ``xdist_group``
 marks: pytest-xdist 3.8 passes a mark's group to the scheduler inside the test id, and
@@ -25,11 +26,14 @@ import pytest
 
 NARROW_DTYPES = frozenset({"bfloat16", "float16", "int8"})
 NARROW_FILES = frozenset({"test_attention_dtypes.py", "test_simd.py"})
+ASV_RESULTS_FILES = frozenset({"test_compare.py", "test_report.py"})
 
 
-def compile_group(nodeid: str) -> str | None:
-    """The group of the test ``nodeid`` if it compiles attention kernels, else None."""
+def group_of(nodeid: str) -> str | None:
+    """The group of the test ``nodeid``, None for a test that needs none."""
     file = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    if file in ASV_RESULTS_FILES:
+        return "asv-results"
     if file in NARROW_FILES:
         return "numba-narrow"
     if file != "test_attention.py":
@@ -45,10 +49,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
     class CompileGroups(LoadScopeScheduling):
-        """xdist's scope scheduling with :func:`compile_group` as the scope (largest
+        """xdist's scope scheduling with :func:`group_of` as the scope (largest
         first), each other test a scope of its own."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return compile_group(nodeid) or nodeid
+            return group_of(nodeid) or nodeid
 
     return CompileGroups(config, log)
