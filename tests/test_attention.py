@@ -831,8 +831,9 @@ def test_long_context_gqa(variant):
 
 
 def _count_from_shapes(cache, impl):
-    """FLOPs and bytes of one step, read off the arrays the step really uses: the
-    rotated, absorbed query of :class:`decode.Problem` and the cache's arrays."""
+    """FLOPs, bytes and the FLOPs made once (absorbed MLA's weight products) of one
+    step, read off the arrays the step really uses: the rotated, absorbed query of
+    :class:`decode.Problem` and the cache's arrays."""
     from kernels.attention.decode import Problem
 
     q = A.random_query(cache)
@@ -842,17 +843,19 @@ def _count_from_shapes(cache, impl):
     H = problem.q1.shape[1]
     if problem.kind == "kv":
         d, dv = arrays["k"].shape[-1], arrays["v"].shape[-1]
-        return 2 * B * H * T * (d + dv), cache.used_nbytes, 0
+        return 2 * B * H * T * (d + dv), cache.used_nbytes, 0, 0
     w_uk, w_uv = arrays["w_uk"], arrays["w_uv"]
     nope, r = w_uk.shape[1:]
     v, rope = w_uv.shape[1], arrays["k_pe"].shape[-1]
     assert problem.q2.shape[-1] == rope
     if problem.kind == "absorbed":
         assert problem.q1.shape[-1] == r  # the query lives in the latent space
-        flops = 2 * B * H * (nope * r + T * (r + rope) + T * r + r * v)
+        once = 2 * B * H * (nope * r + r * v)  # q @ W_UK, o @ W_UV
+        flops = once + 2 * B * H * (T * (r + rope) + T * r)
     else:
+        once = 0
         flops = 2 * B * H * T * (r * (nope + v) + nope + rope + v)
-    return flops, cache.used_nbytes, w_uk.nbytes + w_uv.nbytes
+    return flops, cache.used_nbytes, w_uk.nbytes + w_uv.nbytes, once
 
 
 @pytest.mark.parametrize("name", sorted(A.SMALL_CONFIGS))
@@ -864,8 +867,7 @@ def test_step_cost_matches_the_kernels_shapes(name, batch):
     try:
         for impl in impls:
             cost = A.step_cost(config, 37, batch, dtype=cache.dtype, mla_impl=impl)
-            assert (cost.flops, cost.cache_bytes, cost.weight_bytes) == _count_from_shapes(
-                cache, impl)
+            assert tuple(cost) == _count_from_shapes(cache, impl)
     finally:
         cache.close()
 
@@ -969,6 +971,11 @@ def test_pool_steps_below_the_minimum_grain_run_on_fewer_workers():
     assert workers_used(mqa, 4096, 4, np.float32, "threaded", "python", 2) == 2
     assert workers_used(mla, 1024, 1, np.float32, "threaded", "python", 2, "absorbed") == 2
     assert workers_used(A.PRESETS["mha"], 32768, 1, "bfloat16", "distributed", "numba", 2) == 2
+    # absorbed MLA: the parent makes the weight products; the threads split the cache part,
+    # 948 units at 1k (1,870 with the weights), under two grains of threaded:numba
+    assert workers_used(mla, 1024, 1, np.float32, "threaded", "numba", 2) == 1
+    assert workers_used(mla, 8192, 1, np.float32, "threaded", "numba", 2) == 2
+    assert workers_used(gqa, 1024, 1, np.float32, "threaded", "numba", 2) == 2
     from kernels import executors
 
     case = A.make_case(1024, strategy="multiprocess", inner="numba", workers=2, preset="mqa")

@@ -202,11 +202,14 @@ class StepCost(NamedTuple):
     an add count as two), the bytes of the cache it reads (the ``context`` filled tokens)
     and the bytes of the weights it reads (MLA's up-projections), for ``batch`` sequences.
     Softmax's exponentials, the query's RoPE and the split-K merge are left out: they
-    are O(batch x heads x context) at most, against the dot products' x head width."""
+    are O(batch x heads x context) at most, against the dot products' x head width.
+    ``weight_flops``, part of ``flops``: the products with the weights that the step
+    makes once, whatever the context (absorbed MLA's ``q @ W_UK`` and ``o @ W_UV``)."""
 
     flops: int
     cache_bytes: int
     weight_bytes: int
+    weight_flops: int = 0
 
     @property
     def bytes(self) -> int:
@@ -247,12 +250,14 @@ def step_cost(config: AttentionConfig, context: int, batch: int = 1, *,
     impl = "absorbed" if mla_impl is None else mla_impl
     weight_bytes = h * (nope + v) * r * item
     if impl == "absorbed":
-        flops = 2 * h * (nope * r + context * (r + rope) + context * r + r * v)
+        once = 2 * h * (nope * r + r * v)
+        flops = once + 2 * h * context * (r + rope + r)
     elif impl == "naive":
+        once = 0
         flops = 2 * h * context * (r * (nope + v) + nope + rope + v)
     else:
         raise ValueError(f"mla_impl must be 'absorbed' or 'naive', got {mla_impl!r}")
-    return StepCost(batch * flops, cache_bytes, weight_bytes)
+    return StepCost(batch * flops, cache_bytes, weight_bytes, batch * once)
 
 
 def check_cache_dtype(dtype: Any) -> KVDtype:

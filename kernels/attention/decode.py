@@ -48,12 +48,15 @@ MLA_IMPLS = ("naive", "absorbed")
 #: (:func:`workers_used`). Set from ``python -m benchmarks.workers_penalty --kernel
 #: attention`` on the 2-core Xeon: at 1k tokens, 2 workers were 1.20-1.35x slower than 1
 #: with multiprocess:numba/numpy (MQA, MLA), 1.36-1.79x with distributed:numba/numpy, and
-#: 1.09x with threaded:numba on MQA. The python chunk kernel is about 100x slower than
+#: 1.09x with threaded:numba on MQA. ``threaded:numba`` went from 300 to 500 when the
+#: units left out absorbed MLA's weight products (the parent makes them): an MLA 1k step
+#: on 2 threads, 948 units split, was 1.045-1.082x slower than on 1 (AMD EPYC Zen 4,
+#: 2026-12-03; docs/attention.md). The python chunk kernel is about 100x slower than
 #: the estimate assumes, so its grains are 100x smaller. ``threaded:python`` has its own
 #: rule (:data:`PY_THREADS_GRAIN`). ``numba`` (prange) and ``threaded:numpy`` split as
 #: asked: no penalty measured.
 MIN_GRAIN: dict[str, int] = {
-    "threaded:numba": 300,
+    "threaded:numba": 500,
     "multiprocess:numba": 2_000,
     "multiprocess:numpy": 2_000,
     "multiprocess:python": 20,
@@ -84,7 +87,9 @@ def work_units(cost: Any) -> int:
 def workers_used(config: Any, context: int, batch: int, dtype: Any, strategy: str,  # noqa: PLR0913
                  inner: str | None, workers: int, mla_impl: str | None = None) -> int:
     """The workers a step over ``context`` cached tokens runs on: ``workers`` cut to one
-    per token and to one per :data:`MIN_GRAIN` of :func:`work_units`; 1 for ``python``.
+    per token and to one per :data:`MIN_GRAIN` of :func:`work_units` of the part the
+    workers split (absorbed MLA's weight products, and the weights they read, are made
+    once, in the parent: :class:`Problem`, :func:`_projected`); 1 for ``python``.
     ``threaded:python`` instead to one per :data:`PY_THREADS_GRAIN` of the python chunk
     kernel's work per call, half the step's FLOPs (a multiply-add per element) over its
     batch x query heads calls, which every thread makes."""
@@ -95,6 +100,9 @@ def workers_used(config: Any, context: int, batch: int, dtype: Any, strategy: st
     if label == "threaded:python":
         per_call = cost.flops // (2 * batch * config.n_heads)
         return registry.grain_workers(workers, per_call, PY_THREADS_GRAIN, context)
+    if cost.weight_flops:
+        cost = cost._replace(flops=cost.flops - cost.weight_flops, weight_bytes=0,
+                             weight_flops=0)
     return registry.grain_workers(workers, work_units(cost), MIN_GRAIN.get(label), context)
 
 
