@@ -96,7 +96,9 @@ bench: $(VENV)/.installed-bench
 	@# asv exits non-zero when any benchmark failed; the report still shows the rest
 	@# and names the failures, then make fails with asv's status.
 	@# Attention caches are built once per run and loaded by every point that needs them.
+	@# The shared caches take GiBs: removed on every way out, Ctrl-C and SIGTERM included.
 	rm -rf '$(BENCH_DATA)'
+	trap "rm -rf '$(BENCH_DATA)'" EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	KERNELRACE_BENCH_DATA='$(BENCH_DATA)' $(if $(QUICK),KERNELRACE_RACE_ROUNDS=3) \
 	$(ASV) run --python=same --machine '$(ASV_MACHINE)' --set-commit-hash $$(git rev-parse HEAD) \
 	  --show-stderr $(ASV_SELECT); status=$$?; rm -rf '$(BENCH_DATA)'; \
