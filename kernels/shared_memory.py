@@ -167,12 +167,14 @@ def _remove_stale_once() -> None:
         pass
 
 
-def leftover_segments() -> list[str]:
-    """Segments with kernelrace's prefix still in /dev/shm, of any process."""
+def leftover_segments(pid: int | None = None) -> list[str]:
+    """Segments with kernelrace's prefix still in /dev/shm, of any process, or only those
+    the process ``pid`` created (:func:`owner_pid`)."""
     try:
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX))
+        names = sorted(n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX))
     except FileNotFoundError:  # pragma: no cover - not Linux
         return []
+    return names if pid is None else [n for n in names if owner_pid(n) == pid]
 
 
 # ---------------------------------------------------------------------------

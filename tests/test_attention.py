@@ -3,6 +3,7 @@ no K/V repetition for grouped heads, and no shared memory left behind."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -549,14 +550,14 @@ def test_mqa_decode_never_repeats_kv(strategy):
 
 
 def test_multiprocess_leaves_no_shared_memory():
-    before = set(shared.leftover_segments())
+    before = set(shared.leftover_segments(os.getpid()))
     with _filled(A.SMALL_CONFIGS["gqa-small"], 50, shared_mem=True) as cache:
-        assert len(set(shared.leftover_segments()) - before) == 2
+        assert len(set(shared.leftover_segments(os.getpid())) - before) == 2
         A.decode(cache, A.random_query(cache), strategy="multiprocess", workers=2)
     # A private cache is copied to temporary segments for the step and they go too.
     with _filled(A.SMALL_CONFIGS["mla-small"], 50) as cache:
         A.decode(cache, A.random_query(cache), strategy="multiprocess", workers=2)
-    assert set(shared.leftover_segments()) - before == set()
+    assert set(shared.leftover_segments(os.getpid())) - before == set()
     assert not shared.live_segments()
 
 
@@ -564,10 +565,10 @@ def test_multiprocess_leaves_no_shared_memory():
 def test_multiprocess_error_or_ctrl_c_leaves_no_shared_memory(monkeypatch, exc):
     from kernels import executors
 
-    before = set(shared.leftover_segments())
+    before = set(shared.leftover_segments(os.getpid()))
 
     def explode(*args, **kwargs):
-        assert len(set(shared.leftover_segments()) - before) == 2  # temporaries exist
+        assert len(set(shared.leftover_segments(os.getpid())) - before) == 2  # temporaries exist
         raise exc
 
     # Where the tasks would run, once the executor has shared the cache.
@@ -575,7 +576,7 @@ def test_multiprocess_error_or_ctrl_c_leaves_no_shared_memory(monkeypatch, exc):
     with _filled(A.SMALL_CONFIGS["gqa-small"], 10) as cache:
         with pytest.raises(type(exc)):
             A.decode(cache, A.random_query(cache), strategy="multiprocess", workers=2)
-    assert set(shared.leftover_segments()) - before == set()
+    assert set(shared.leftover_segments(os.getpid())) - before == set()
 
 
 _CTRL_C_SCRIPT = """
@@ -599,7 +600,6 @@ finally:
 def test_ctrl_c_during_multiprocess_steps_leaves_no_shared_memory():
     """A real SIGINT while pool workers are attached: the interpreter unwinds, the case is
     closed, and no segment named after that process is left in /dev/shm."""
-    import os
     import signal
     import subprocess
     import sys
@@ -610,8 +610,7 @@ def test_ctrl_c_during_multiprocess_steps_leaves_no_shared_memory():
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        prefix = f"{shared.SEGMENT_PREFIX}{proc.pid}_"
-        assert [n for n in shared.leftover_segments() if n.startswith(prefix)]
+        assert shared.leftover_segments(proc.pid)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
@@ -619,13 +618,13 @@ def test_ctrl_c_during_multiprocess_steps_leaves_no_shared_memory():
             proc.kill()
             proc.wait()
     assert proc.returncode != 0
-    assert [n for n in shared.leftover_segments() if n.startswith(prefix)] == []
+    assert shared.leftover_segments(proc.pid) == []
 
 
 def test_make_case_close_unlinks_and_gc_unlinks():
-    before = set(shared.leftover_segments())
+    before = set(shared.leftover_segments(os.getpid()))
     case = A.make_case(64, strategy="multiprocess", inner="numpy", workers=2, preset="mla")
-    assert len(set(shared.leftover_segments()) - before) == 4
+    assert len(set(shared.leftover_segments(os.getpid())) - before) == 4
     case.run()
     case.close()
     cache = _filled(A.SMALL_CONFIGS["mqa-small"], 4, shared_mem=True)
@@ -633,7 +632,7 @@ def test_make_case_close_unlinks_and_gc_unlinks():
     import gc
 
     gc.collect()
-    assert set(shared.leftover_segments()) - before == set()
+    assert set(shared.leftover_segments(os.getpid())) - before == set()
 
 
 # ---------------------------------------------------------------------------
@@ -672,7 +671,7 @@ def test_make_case_from_source_matches_a_fresh_case_and_leaves_source_open(prese
     the case unlinks its shared copy but never touches the source."""
     source = A.make_cache(A.PRESETS[preset], capacity=40, batch=2)
     A.fill_random(source, 40, seed=0)
-    before = set(shared.leftover_segments())
+    before = set(shared.leftover_segments(os.getpid()))
     for strategy, inner in [("numba", None), ("multiprocess", "numpy")]:
         fresh = A.make_case(40, strategy=strategy, inner=inner, workers=2, preset=preset,
                             batch=2)
@@ -684,7 +683,7 @@ def test_make_case_from_source_matches_a_fresh_case_and_leaves_source_open(prese
         finally:
             fresh.close()
             reused.close()
-        assert set(shared.leftover_segments()) - before == set()
+        assert set(shared.leftover_segments(os.getpid())) - before == set()
     assert not source.shared and source.length == 40
     for name in source._names:
         assert np.all(np.isfinite(getattr(source, name)))  # still readable
@@ -707,7 +706,7 @@ def test_make_case_refuses_a_source_that_does_not_match():
 
 def test_cache_copy_is_independent_and_can_move_to_shared_memory():
     cache = _filled(A.SMALL_CONFIGS["mqa-small"], 5)
-    before = set(shared.leftover_segments())
+    before = set(shared.leftover_segments(os.getpid()))
     twin = cache.copy(shared=True)
     assert twin.shared and twin.length == cache.length == 5
     np.testing.assert_array_equal(twin.k, cache.k)
@@ -718,7 +717,7 @@ def test_cache_copy_is_independent_and_can_move_to_shared_memory():
     assert twin.length == 5 and cache.length == 4
     assert twin.v[0, 0, 4, 0] == 1.0 != cache.v[0, 0, 4, 0]
     twin.close()
-    assert set(shared.leftover_segments()) - before == set()
+    assert set(shared.leftover_segments(os.getpid())) - before == set()
 
 
 def test_cache_arrays_are_read_only_and_writes_are_logged():

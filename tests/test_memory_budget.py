@@ -51,7 +51,7 @@ def _fake_machine(monkeypatch, *, ram: int, shm: int) -> None:
 @pytest.mark.parametrize(("strategy", "inner"), [("multiprocess", "numba"), ("numba", None)])
 def test_oversized_cache_refused_before_allocation(monkeypatch, no_allocation, strategy, inner):
     monkeypatch.setenv(memory.ENV_VAR, str(MiB))
-    before = set(shared.leftover_segments())
+    before = set(shared.leftover_segments(os.getpid()))
     children = set(multiprocessing.active_children())
     size = 10**6
     needed = f"{size * GQA_BYTES_PER_TOKEN:,} bytes"
@@ -63,7 +63,7 @@ def test_oversized_cache_refused_before_allocation(monkeypatch, no_allocation, s
         assert f"size={size}" in text and memory.ENV_VAR in text
         assert ("/dev/shm" in text) == (strategy == "multiprocess")
     assert isinstance(info.value, MemoryError) and isinstance(info.value, ValueError)
-    assert set(shared.leftover_segments()) - before == set()
+    assert set(shared.leftover_segments(os.getpid())) - before == set()
     assert set(multiprocessing.active_children()) - children == set()
 
 
@@ -107,7 +107,7 @@ def test_numpy_step_scores_counted(monkeypatch):
 
 
 def test_private_cache_copy_for_multiprocess_refused(monkeypatch):
-    before = set(shared.leftover_segments())
+    before = set(shared.leftover_segments(os.getpid()))
     with A.make_cache(A.PRESETS["gqa"], capacity=64) as cache:
         A.fill_random(cache, 64, seed=3)
         q = A.random_query(cache)
@@ -115,43 +115,48 @@ def test_private_cache_copy_for_multiprocess_refused(monkeypatch):
         with pytest.raises(memory.MemoryBudgetError, match=r"shared-memory copy"):
             A.decode(cache, q, strategy="multiprocess", inner="numba", workers=2)
         A.decode(cache, q, strategy="numba", workers=1)  # no copy, nothing to refuse
-    assert set(shared.leftover_segments()) - before == set()
+    assert set(shared.leftover_segments(os.getpid())) - before == set()
     assert not shared.live_segments()
 
 
-def test_cli_refuses_with_exit_2_and_leaves_no_segment():
-    before = set(shared.leftover_segments())
-    env = dict(os.environ, **{memory.ENV_VAR: "1000000"})
-    out = subprocess.run(
+def _run_cli(size: str, env: dict[str, str]) -> tuple[int, str, list[str]]:
+    """``kernelrace run`` of an attention case at ``size`` on multiprocess:numba: its exit
+    status, its stderr and the segments it left (named after its pid: another test
+    process's segments are not its leftovers)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "kernels", "run", "--kernel", "attention",
-         "--strategy", "multiprocess:numba", "--size", "1e5"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
+         "--strategy", "multiprocess:numba", "--size", size],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
-    assert out.returncode == 2, out.stderr
-    assert f"{10**5 * GQA_BYTES_PER_TOKEN:,} bytes" in out.stderr
-    assert "1,000,000 bytes" in out.stderr and "Traceback" not in out.stderr
-    # a live process's segments (another test process's) are not this run's leftovers
-    left = set(shared.leftover_segments()) - before
-    assert {n for n in left if not shared._process_exists(shared.owner_pid(n) or 0)} == set()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err, shared.leftover_segments(proc.pid)
+
+
+def test_cli_refuses_with_exit_2_and_leaves_no_segment():
+    code, err, left = _run_cli("1e5", dict(os.environ, **{memory.ENV_VAR: "1000000"}))
+    assert code == 2, err
+    assert f"{10**5 * GQA_BYTES_PER_TOKEN:,} bytes" in err
+    assert "1,000,000 bytes" in err and "Traceback" not in err
+    assert left == []
 
 
 def test_cli_issue_case_refused_by_the_real_budget():
     """The issue's command: 1e9 tokens is 7.45 TiB of gqa cache, beyond any machine here."""
-    before = set(shared.leftover_segments())
-    env = {k: v for k, v in os.environ.items() if k != memory.ENV_VAR}
-    out = subprocess.run(
-        [sys.executable, "-m", "kernels", "run", "--kernel", "attention",
-         "--strategy", "multiprocess:numba", "--size", "1e9"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
-    )
-    assert out.returncode == 2, out.stderr
-    assert "8,192,000,000,000 bytes" in out.stderr and "/dev/shm" in out.stderr
-    assert set(shared.leftover_segments()) - before == set()
+    code, err, left = _run_cli("1e9", {k: v for k, v in os.environ.items()
+                                       if k != memory.ENV_VAR})
+    assert code == 2, err
+    assert "8,192,000,000,000 bytes" in err and "/dev/shm" in err
+    assert left == []
 
 
 def test_normal_sizes_pass(monkeypatch):
     monkeypatch.delenv(memory.ENV_VAR, raising=False)
-    before = set(shared.leftover_segments())
+    before = set(shared.leftover_segments(os.getpid()))
     for strategy, inner in [("multiprocess", "numba"), ("numba", None)]:
         A.check_case(8192, strategy=strategy, inner=inner, workers=2, preset="gqa")
         case = A.make_case(1024, strategy=strategy, inner=inner, workers=2, preset="gqa")
@@ -159,7 +164,7 @@ def test_normal_sizes_pass(monkeypatch):
             assert np.isfinite(case.run()).all()
         finally:
             case.close()
-    assert set(shared.leftover_segments()) - before == set()
+    assert set(shared.leftover_segments(os.getpid())) - before == set()
 
 
 def test_sieve_budget(monkeypatch):

@@ -52,8 +52,6 @@ def _wait_until_gone(pids, timeout: float = PROMPT_S) -> set[int]:
         time.sleep(0.05)
 
 
-def _segments_of(pid: int) -> list[str]:
-    return [n for n in shared.leftover_segments() if shared.owner_pid(n) == pid]
 
 
 # ---------------------------------------------------------------------------
@@ -300,11 +298,11 @@ def test_sigterm_stops_a_multiprocess_cli_run_cleanly(tmp_path) -> None:
             started = _descendants(proc.pid)
             # Both workers up (children of the forkserver; the resource tracker is a child
             # of the caller): a SIGTERM while a worker is still starting races its start-up.
-            if _segments_of(proc.pid) and len(_forkserver_children(started)) >= 2:
+            if shared.leftover_segments(proc.pid) and len(_forkserver_children(started)) >= 2:
                 break
             time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert _segments_of(proc.pid), "the run did not create its shared cache in time"
+        assert shared.leftover_segments(proc.pid), "the run did not create its shared cache in time"
         time.sleep(0.5)
         started |= _descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -317,7 +315,7 @@ def test_sigterm_stops_a_multiprocess_cli_run_cleanly(tmp_path) -> None:
     assert "terminated" in err
     assert "Traceback" not in err, err
     assert _wait_until_gone(started) == set(), "processes outlived the terminated run"
-    assert _segments_of(proc.pid) == []
+    assert shared.leftover_segments(proc.pid) == []
 
 
 # ---------------------------------------------------------------------------
