@@ -1111,3 +1111,18 @@ def test_a_paired_efficiency_divides_by_the_workers_a_call_really_ran_on(tmp_pat
     above = _header_cells(text, "ran on", "| numba |", f"| {report.fmt_size(large)} | 2 |")
     assert (below["ran on"], below["parallel eff."]) == ("1", "100% [90, 110]")
     assert (above["ran on"], above["parallel eff."]) == ("2", "90% [81, 99]")
+
+
+def test_a_paired_interval_needs_eight_rounds():
+    """Below 8 rounds no distribution-free 99% interval of a median exists, and asv's
+    fallback can reach past the rounds (a speed-up's lower bound below zero after QUICK's
+    3 rounds): such a point gives no paired figure, only its medians' ratio."""
+    from kernels.harness.report import model
+
+    def point(rounds: int) -> asvresults.Point:
+        stats = {"ci_99_a": -0.05, "ci_99_b": 0.41, "repeat": rounds}
+        return asvresults.Point("b.track_x", {}, (), 0.157, stats)
+
+    assert model.rounds_interval(point(model.MIN_CI_ROUNDS - 1)) is None
+    assert model.rounds_interval(point(3)) is None
+    assert model.rounds_interval(point(model.MIN_CI_ROUNDS)) == (-0.05, 0.41, 8)

@@ -189,13 +189,21 @@ class PairedFigure:
     rounds: int
 
 
+#: Fewest rounds with a distribution-free 99% interval of their median: the lowest and
+#: highest of n rounds cover it with probability 1 - 2 * 0.5**n, 0.992 at 8. Below that,
+#: asv assumes exponential noise and can reach past the rounds: with ``make bench
+#: QUICK=1``'s 3 rounds a speed-up read 0.157x [-0.0548, 0.408].
+MIN_CI_ROUNDS = 8
+
+
 def rounds_interval(p: Point) -> tuple[float, float, int] | None:
     """(low, high, rounds) of a point asv stored with samples (a paired ``track_`` that
     returns its rounds, :func:`benchmarks.common.rounds_result`): the 99% interval of
-    the median that asv computed from them. None for a single value."""
+    the median that asv computed from them. None for a single value or fewer than
+    :data:`MIN_CI_ROUNDS` rounds (the row then shows the ratio of its medians)."""
     st = p.stats or {}
     lo, hi, n = st.get("ci_99_a"), st.get("ci_99_b"), st.get("repeat")
-    if lo is None or hi is None or not n or n < 2:
+    if lo is None or hi is None or not n or n < MIN_CI_ROUNDS:
         return None
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return None
