@@ -52,8 +52,6 @@ def _wait_until_gone(pids, timeout: float = PROMPT_S) -> set[int]:
         time.sleep(0.05)
 
 
-
-
 # ---------------------------------------------------------------------------
 # A worker that dies
 # ---------------------------------------------------------------------------
@@ -179,7 +177,7 @@ def test_multiprocess_works_without_a_main_guard(tmp_path, how: str) -> None:
 
 _HOLD_A_POOL = """\
 import json, time
-from kernels import executors, process_pool
+from kernels import executors
 
 executor = executors.get_executor("processes", 2)
 print(json.dumps(executor.pids()), flush=True)
