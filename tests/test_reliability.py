@@ -312,6 +312,9 @@ def test_sigterm_stops_a_multiprocess_cli_run_cleanly(tmp_path) -> None:
     assert proc.returncode == 143, err[-3000:]
     assert "terminated" in err
     assert "Traceback" not in err, err
+    # The point that was running is written as stopped, not as a failure.
+    row = [line.split() for line in out.splitlines() if line.startswith("multiprocess:numpy")]
+    assert row and row[-1][:4] == ["multiprocess:numpy", "256", "2", "terminated"], out
     assert _wait_until_gone(started) == set(), "processes outlived the terminated run"
     assert shared.leftover_segments(proc.pid) == []
 
