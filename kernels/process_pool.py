@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import io
 import os
+import re
 import signal
 import sys
 import threading
@@ -214,6 +215,12 @@ def _make_context() -> Any:
 SEMAPHORE_PREFIX = "sem.mp-"
 # A semaphore younger than this is never removed (its creator may not have mapped it yet).
 STALE_SEMAPHORE_AGE_S = 10.0
+# glibc's sem_open creates the file as /dev/shm/sem.XXXXXX (6 random characters), fills
+# and maps it, links it to its name and unlinks the temporary one: a process killed
+# before the fill (a SIGKILLed group starting a pool) leaves an empty file that no name
+# leads to. Only empty ones are taken: a filled one looks like a semaphore some program
+# named with 6 letters and keeps on purpose (named semaphores outlive their users).
+_GLIBC_TEMPORARY = re.compile(r"sem\.[A-Za-z0-9]{6}")
 
 
 def _mapped_shm_inodes(pids: Iterable[int] | None = None) -> set[int] | None:
@@ -248,9 +255,14 @@ def remove_stale_semaphores(min_age_s: float = STALE_SEMAPHORE_AGE_S) -> list[st
     one mapped by no process is left over. Files of other users, and files younger than
     ``min_age_s``, are kept. Assumes one pid namespace per /dev/shm, as the shared-memory
     segments' clean-up does.
+
+    Empty glibc temporary files (``sem.XXXXXX``, left by a process killed inside
+    ``sem_open``) go by the same rule, but never younger than
+    :data:`STALE_SEMAPHORE_AGE_S`: a live ``sem_open`` holds one unmapped for an instant.
     """
     try:
-        names = [n for n in os.listdir("/dev/shm") if n.startswith(SEMAPHORE_PREFIX)]
+        names = [n for n in os.listdir("/dev/shm")
+                 if n.startswith(SEMAPHORE_PREFIX) or _GLIBC_TEMPORARY.fullmatch(n)]
     except OSError:  # pragma: no cover - no /dev/shm
         return []
     if not names:
@@ -264,7 +276,10 @@ def remove_stale_semaphores(min_age_s: float = STALE_SEMAPHORE_AGE_S) -> list[st
         path = os.path.join("/dev/shm", name)
         try:
             st = os.stat(path)
-            if st.st_uid != os.getuid() or st.st_ino in mapped or now - st.st_mtime < min_age_s:
+            pool = name.startswith(SEMAPHORE_PREFIX)
+            age = min_age_s if pool else max(min_age_s, STALE_SEMAPHORE_AGE_S)
+            if (st.st_uid != os.getuid() or st.st_ino in mapped or now - st.st_mtime < age
+                    or (not pool and st.st_size != 0)):
                 continue
             os.unlink(path)
         except OSError:  # gone already, or not ours to remove

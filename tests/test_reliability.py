@@ -249,6 +249,35 @@ def _semaphores_mapped_by(pids: set[int]) -> set[str]:
     return found
 
 
+def test_an_empty_glibc_temporary_semaphore_is_removed_once_old() -> None:
+    """A process killed inside sem_open leaves /dev/shm/sem.XXXXXX empty: removed when
+    older than the default age (whatever min_age_s says), kept while young or when it
+    holds a semaphore (it may be one some program named so)."""
+    import secrets
+    import string
+
+    def name() -> str:
+        return "sem." + "".join(secrets.choice(string.ascii_letters + string.digits)
+                                for _ in range(6))
+
+    old_empty, young_empty, old_full = name(), name(), name()
+    paths = [Path("/dev/shm", n) for n in (old_empty, young_empty, old_full)]
+    try:
+        paths[0].write_bytes(b"")
+        paths[1].write_bytes(b"")
+        paths[2].write_bytes(b"\0" * 32)  # a sem_t's size
+        an_hour_ago = time.time() - 3600
+        for path in (paths[0], paths[2]):
+            os.utime(path, (an_hour_ago, an_hour_ago))
+        removed = set(executors.remove_stale_semaphores(min_age_s=0))
+        assert old_empty in removed and not paths[0].exists()
+        assert young_empty not in removed and paths[1].exists()
+        assert old_full not in removed and paths[2].exists()
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
 def test_semaphores_of_a_pool_killed_with_its_group_are_removed_live_ones_kept(
     tmp_path,
 ) -> None:
