@@ -301,7 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             rows.append({
                 "kernel": args.kernel, "strategy": point.strategy, "inner": point.inner,
                 "size": point.size, "workers": point.workers,
-                "error": _stopped_by(exc) or f"{type(exc).__name__}: {exc}",
+                "error": termination.stopped_by(exc) or f"{type(exc).__name__}: {exc}",
             })
     runner.add_speedups(rows)
     _write_rows(args, rows, labels)
@@ -316,18 +316,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: A point's ``error`` when the run was stopped during it rather than failing: by Ctrl-C,
-#: or by SIGTERM (``timeout``, a CI cancellation).
-_STOPPED = ("interrupted", "terminated")
-
-
-def _stopped_by(exc: BaseException) -> str | None:
-    """"terminated" (SIGTERM), "interrupted" (Ctrl-C), or None when ``exc`` is a failure."""
-    if isinstance(exc, termination.Terminated):
-        return "terminated"
-    return "interrupted" if isinstance(exc, KeyboardInterrupt) else None
-
-
 def _write_rows(args: argparse.Namespace, rows: list[dict[str, Any]], labels: list[str]) -> None:
     """The rows as JSON (``--json``) or as a table; a failed point's row has ``error``."""
     if args.json:
@@ -340,7 +328,7 @@ def _write_rows(args: argparse.Namespace, rows: list[dict[str, Any]], labels: li
     table = []
     for r in rows:
         if "error" in r:
-            stopped = r["error"] if r["error"] in _STOPPED else "failed"
+            stopped = r["error"] if r["error"] in termination.STOPPED else "failed"
             table.append([registry.label(r["strategy"], r["inner"]), r["size"], r["workers"],
                           stopped, "-", "-"] + [None] * len(extra))
             continue

@@ -47,10 +47,18 @@ def restore(previous: Any) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+#: What a stop is called: by SIGTERM, by Ctrl-C.
+STOPPED = ("terminated", "interrupted")
+
+
+def stopped_by(exc: BaseException) -> str | None:
+    """"terminated" (SIGTERM), "interrupted" (Ctrl-C), or None when ``exc`` is neither."""
+    if isinstance(exc, Terminated):
+        return STOPPED[0]
+    return STOPPED[1] if isinstance(exc, KeyboardInterrupt) else None
+
+
 def interrupted(exc: BaseException) -> int:
     """Report a Ctrl-C or SIGTERM on stderr; the exit status for it (130 or 143)."""
-    if isinstance(exc, Terminated):
-        print("terminated", file=sys.stderr)
-        return SIGTERM_EXIT
-    print("interrupted", file=sys.stderr)
-    return SIGINT_EXIT
+    print(stopped_by(exc), file=sys.stderr)
+    return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
