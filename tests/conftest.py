@@ -14,7 +14,9 @@ The groups come from the test ids, in the scheduler below, not from ``xdist_grou
 marks: pytest-xdist 3.8 passes a mark's group to the scheduler inside the test id, and
 with pytest 9.2 that no longer reaches it (pytest-xdist issue 1386), so marked tests
 were handed out one at a time. Without ``--dist loadgroup`` (one process,
-``TEST_WORKERS=0``) this file does nothing.
+``TEST_WORKERS=0``) the scheduler is not used.
+
+It also holds the one fixture two test files share, :func:`sigint_handled`.
 """
 
 from __future__ import annotations
@@ -56,3 +58,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return group_of(nodeid) or nodeid
 
     return CompileGroups(config, log)
+
+
+@pytest.fixture
+def sigint_handled():
+    """SIGINT handled by Python (KeyboardInterrupt) for the test, as in an interactive
+    run: pytest started from a background job of a non-interactive shell inherits SIGINT
+    ignored, and the code under test rightly leaves an ignored SIGINT alone."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -211,16 +211,6 @@ def test_limit_threads_without_pools_caps_numba_alone(numba_threads_at_most) -> 
     assert numba.get_num_threads() == limit and _blas_threads() == blas_before
 
 
-@pytest.fixture
-def sigint_handled():
-    """SIGINT handled by Python (KeyboardInterrupt) for the test, as in an interactive
-    run: pytest started from a background job of a non-interactive shell inherits SIGINT
-    ignored, and sigint_deferred rightly changes nothing then."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def test_a_sigint_during_teardown_waits_for_its_end(sigint_handled) -> None:
     """sigint_deferred: the interrupt is raised when the block ends, not inside it; not
     again while one is being handled; not with reraise=False; the handler comes back."""

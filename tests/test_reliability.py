@@ -485,7 +485,9 @@ def test_ctrl_c_inside_long_compiled_or_threaded_work_stops_within_seconds(name:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_ctrl_c_dropped_inside_a_ctypes_callback_is_raised_at_the_next_piece() -> None:
+def test_a_ctrl_c_dropped_inside_a_ctypes_callback_is_raised_at_the_next_piece(
+    sigint_handled,
+) -> None:
     """numba's compiler calls Python from LLVM through ctypes, and ctypes drops an
     exception raised there: a Ctrl-C that lands during a compile was lost (seen in CI,
     a fresh numba cache). interrupt_guard records it, and check() raises it."""
@@ -493,13 +495,9 @@ def test_a_ctrl_c_dropped_inside_a_ctypes_callback_is_raised_at_the_next_piece()
 
     callback = ctypes.CFUNCTYPE(None)(lambda: (os.kill(os.getpid(), signal.SIGINT),
                                                time.sleep(0.05)))
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        callback()  # without the guard: printed as ignored, and lost
-        with executors.interrupt_guard() as check:
-            callback()
-            with pytest.raises(KeyboardInterrupt):
-                check()
-            check()  # raised once, not again
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    callback()  # without the guard: printed as ignored, and lost
+    with executors.interrupt_guard() as check:
+        callback()
+        with pytest.raises(KeyboardInterrupt):
+            check()
+        check()  # raised once, not again
