@@ -97,10 +97,14 @@ bench: $(VENV)/.installed-bench
 	@# and names the failures, then make fails with asv's status.
 	@# Attention caches are built once per run and loaded by every point that needs them.
 	@# The shared caches take GiBs: removed on every way out, Ctrl-C and SIGTERM included.
+	@# asv's forkserver imports the suite once and forks a process per point (a fresh
+	@# interpreter cost 0.5-0.7 s of imports per point); kernels.harness.asvrun lets
+	@# SIGTERM close that server as Ctrl-C does (docs/report.md, "How make bench runs").
 	rm -rf '$(BENCH_DATA)'
 	trap "rm -rf '$(BENCH_DATA)'" EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	KERNELRACE_BENCH_DATA='$(BENCH_DATA)' $(if $(QUICK),KERNELRACE_RACE_ROUNDS=3) \
-	$(ASV) run --python=same --machine '$(ASV_MACHINE)' --set-commit-hash $$(git rev-parse HEAD) \
+	$(PY) -m kernels.harness.asvrun run --python=same --launch-method forkserver \
+	  --machine '$(ASV_MACHINE)' --set-commit-hash $$(git rev-parse HEAD) \
 	  --show-stderr $(ASV_SELECT); status=$$?; rm -rf '$(BENCH_DATA)'; \
 	$(KR) report --asv-machine '$(ASV_MACHINE)' || exit $$?; \
 	echo "report: results/report.md, plots: results/plots/, asv results: results/asv/$(ASV_MACHINE)/"; \
