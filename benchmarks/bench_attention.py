@@ -62,8 +62,9 @@ from .common import (
     skip_unless_raced,
 )
 
-# The grid is sized so that `make bench` stays near 15 minutes on 2 cores: building a
-# cache costs seconds at 32k (1 GiB for MHA) in every benchmark process, so the inner
+# The grid is kept to what `make bench` can time in about an hour on 2 cores (all four
+# suites: 58 minutes at 57ab131, docs/report.md): building a cache costs seconds at 32k
+# (1 GiB for MHA) in every benchmark process that needs one, so the inner
 # kernels that cannot win (python inside pools, numpy inside processes) and mla-v3
 # (the same cache as mla; its compute is raced in TimeMLA) are left out of TimeDecode.
 # `kernelrace run --kernel attention` races any of them.
