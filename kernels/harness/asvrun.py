@@ -26,12 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         stopped.append(termination.SIGINT_EXIT)
         raise KeyboardInterrupt
 
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    termination.sigterm_raises()
+    raise_terminated = signal.getsignal(signal.SIGTERM)
+
     def on_sigterm(signum: int, frame: Any) -> None:
         stopped.append(termination.SIGTERM_EXIT)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it at once
-        raise termination.Terminated(f"signal {signal.Signals(signum).name}")
+        raise_terminated(signum, frame)
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     # A SIGINT ignored at launch (a background job) stays ignored, as asv would have it.
     if previous[signal.SIGINT] is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, on_sigint)
