@@ -7,6 +7,8 @@
 - SIGTERM (``timeout``, a CI cancellation) stops the run with exit 143, and neither the
   server nor the benchmark process it forked is left running. asv alone, killed by
   SIGTERM, leaves its server waiting on its socket for ever.
+- ``kernelrace compare --run-asv`` runs asv through it too, and, stopped alone, stops
+  asv with SIGTERM instead of killing it, so asv stops the point it runs.
 """
 
 from __future__ import annotations
@@ -150,3 +152,43 @@ def test_a_forked_benchmark_runs_its_atexit_callbacks_and_sigterm_leaves_nothing
     while (_alive(slow) or _alive(server)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(slow) and not _alive(server), log[-2000:]
+
+
+STOPPED_COMPARE = '''
+import sys
+from kernels.harness import compare, termination
+
+termination.sigterm_raises()
+compare.ASV_STOP_S = (0.5, 60.0)
+try:
+    compare._asv(sys.argv[2:], sys.argv[1])
+except termination.Terminated:
+    sys.exit(143)
+'''
+
+
+def test_kernelrace_compare_stopped_alone_stops_its_asv_and_the_point_it_runs(
+        project: tuple[Path, Path]) -> None:
+    """``kernelrace compare --run-asv`` runs asv (spawned points, asv's default) through
+    asvrun: a SIGTERM to kernelrace alone, not to its process group, reaches asv as
+    SIGTERM and asv stops its benchmark process. Killed outright (as ``subprocess.run``
+    does on an exception), asv left that process sleeping to its end."""
+    root, out = project
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    run = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_COMPARE, str(root / "asv.conf.json"), "run",
+         "--python=same", "--machine", "t", "--set-commit-hash", head, "--bench", "Slow"],
+        cwd=root, env=_env(root / "home"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    deadline = time.monotonic() + 120
+    while not _lines(out, "slow") and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.1)
+    [(slow, _)] = _lines(out, "slow")
+    run.send_signal(signal.SIGTERM)
+    log, _ = run.communicate(timeout=90)
+    assert run.returncode == 143, log[-2000:]
+    deadline = time.monotonic() + 10
+    while _alive(slow) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(slow), log[-2000:]

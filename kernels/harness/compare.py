@@ -295,10 +295,32 @@ def render(changes: list[Change], *, factor: float, split: bool, use_stats: bool
 # ---------------------------------------------------------------------------
 
 
+#: Seconds a stopped ``kernelrace compare`` gives asv to end by itself (Ctrl-C reaches
+#: both) before it sends SIGTERM, then to clean up after that before SIGKILL.
+ASV_STOP_S = (5.0, 60.0)
+
+
 def _asv(args: list[str], config: str) -> int:
-    cmd = [sys.executable, "-m", "asv", *args, "--config", config]
+    """Run asv's command line through :mod:`kernels.harness.asvrun` (SIGTERM cleans up as
+    Ctrl-C does). Stopped itself (SIGTERM to this process alone, an error), this stops
+    asv with SIGTERM and waits for its clean-up: killed outright, asv would leave the
+    benchmark process it had started running to its end."""
+    cmd = [sys.executable, "-m", "kernels.harness.asvrun", *args, "--config", config]
     print("$ " + " ".join(["asv", *args, "--config", config]), file=sys.stderr, flush=True)
-    return subprocess.run(cmd).returncode
+    with subprocess.Popen(cmd) as proc:
+        try:
+            return proc.wait()
+        except BaseException:
+            first, then = ASV_STOP_S
+            try:
+                proc.wait(timeout=first)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=then)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
 
 
 def run_continuous(base: str, head: str, *, factor: float, config: str, machine: str | None,
