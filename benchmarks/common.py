@@ -44,12 +44,11 @@ def exit_cleanly_after_fork(argv: list[str] | None = None) -> bool:
         child, real_exit = os.getpid(), os._exit
 
         def _exit(status: int) -> None:
-            if os.getpid() == child:
-                try:
+            try:
+                if os.getpid() == child:
                     atexit._run_exitfuncs()
-                finally:
-                    real_exit(status)
-            real_exit(status)
+            finally:
+                real_exit(status)
 
         os._exit = _exit
 
