@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _repo import asv_env, git
 
 pytest.importorskip("asv")
 
@@ -66,13 +67,6 @@ class Slow:
 '''
 
 
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["HOME"] = str(home)  # asv's machine file goes there, not to the user's
-    env.pop("PYTHONPATH", None)
-    return env
-
-
 def _lines(out: Path, word: str) -> list[list[int]]:
     if not out.exists():
         return []
@@ -105,23 +99,21 @@ def project(tmp_path: Path) -> tuple[Path, Path]:
         "environment_type": "virtualenv", "benchmark_dir": "suite",
         "results_dir": "results/asv", "html_dir": "results/html", "env_dir": ".asv/env",
     }))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "tiny"]):
-        subprocess.run([*git, *args], cwd=tmp_path, check=True, capture_output=True)
+        git(tmp_path, *args)
     subprocess.run([sys.executable, "-m", "asv", "machine", "--yes", "--machine", "t"],
-                   cwd=tmp_path, env=_env(tmp_path / "home"), check=True, capture_output=True,
+                   cwd=tmp_path, env=asv_env(tmp_path / "home"), check=True, capture_output=True,
                    timeout=120)
     return tmp_path, out
 
 
 def _asvrun(root: Path, bench: str) -> subprocess.Popen:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    head = git(root, "rev-parse", "HEAD")
     return subprocess.Popen(
         [sys.executable, "-m", "kernels.harness.asvrun", "run", "--python=same",
          "--launch-method", "forkserver", "--machine", "t", "--set-commit-hash", head,
          "--show-stderr", "--bench", bench],
-        cwd=root, env=_env(root / "home"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=root, env=asv_env(root / "home"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
 
 
@@ -174,12 +166,11 @@ def test_kernelrace_compare_stopped_alone_stops_its_asv_and_the_point_it_runs(
     SIGTERM and asv stops its benchmark process. Killed outright (as ``subprocess.run``
     does on an exception), asv left that process sleeping to its end."""
     root, out = project
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    head = git(root, "rev-parse", "HEAD")
     run = subprocess.Popen(
         [sys.executable, "-c", STOPPED_COMPARE, str(root / "asv.conf.json"), "run",
          "--python=same", "--machine", "t", "--set-commit-hash", head, "--bench", "Slow"],
-        cwd=root, env=_env(root / "home"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=root, env=asv_env(root / "home"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     deadline = time.monotonic() + 120
     while not _lines(out, "slow") and time.monotonic() < deadline and run.poll() is None:

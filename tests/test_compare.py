@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _repo import asv_env, git
 
 from kernels.harness import compare
 from kernels.harness.asvresults import BenchmarkResult
@@ -57,24 +58,8 @@ class Cache:
 _CACHE: dict[str, dict[str, object]] = {}
 
 
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["HOME"] = str(home)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.pop("PYTHONPATH", None)
-    return env
-
-
-def _git(root: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        cwd=root, capture_output=True, text=True, check=True,
-    )
-    return out.stdout.strip()
-
-
 def _asv(root: Path, *args: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "asv", *args], cwd=root, env=_env(root / "home"),
+    out = subprocess.run([sys.executable, "-m", "asv", *args], cwd=root, env=asv_env(root / "home"),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
@@ -98,15 +83,15 @@ def tiny_asv_results(factory: pytest.TempPathFactory) -> dict[str, object]:
         "results_dir": "results/asv", "html_dir": "results/html", "env_dir": ".asv/env",
     }))
     (root / ".gitignore").write_text("home/\nresults/\n.asv/\n__pycache__/\n")
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", "base")
-    base = _git(root, "rev-parse", "HEAD")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "base")
+    base = git(root, "rev-parse", "HEAD")
     _asv(root, "machine", "--yes", "--machine", MACHINE)
     _asv(root, "run", "--python=same", "--set-commit-hash", base, "--machine", MACHINE)
     (root / "benchmarks" / "_speed.py").write_text("SLOW = 3\n")
-    _git(root, "commit", "-qam", "three times slower")
-    head = _git(root, "rev-parse", "HEAD")
+    git(root, "commit", "-qam", "three times slower")
+    head = git(root, "rev-parse", "HEAD")
     _asv(root, "run", "--python=same", "--set-commit-hash", head, "--machine", MACHINE)
     _CACHE["project"] = {
         "root": root, "results": root / "results" / "asv", "config": root / "asv.conf.json",

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _repo import git
 
 from kernels.harness import gate
 from kernels.harness.cli import main as cli_main
@@ -89,16 +90,10 @@ def spin(size):
 '''
 
 
-def _git(root: Path, *args: str) -> str:
-    out = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid",
-                          *args], cwd=root, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
 def _commit(root: Path, message: str) -> str:
-    _git(root, "add", "-A")
-    _git(root, "commit", "-qm", message)
-    return _git(root, "rev-parse", "HEAD")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", message)
+    return git(root, "rev-parse", "HEAD")
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +105,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=20_000, mb=40))
     (root / "README.md").write_text("tiny\n")
     (root / ".gitignore").write_text(".asv/\n__pycache__/\n")
-    _git(root, "init", "-q", "-b", "main")
+    git(root, "init", "-q", "-b", "main")
     (root / "benchmarks" / "bench_tiny.py").write_text(
         textwrap.dedent(BENCH).replace("    gate_params = [([1, 2],)]\n", ""))
     commits = {"old": _commit(root, "before the suite had a regression set")}
@@ -120,16 +115,16 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     commits["docs"] = _commit(root, "docs only")
     (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=40_000, mb=40))
     commits["slow"] = _commit(root, "twice the loop")
-    _git(root, "checkout", "-q", commits["docs"])
+    git(root, "checkout", "-q", commits["docs"])
     (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=20_000, mb=80))
     commits["fat"] = _commit(root, "twice the block")
-    _git(root, "checkout", "-q", commits["docs"])
+    git(root, "checkout", "-q", commits["docs"])
     (root / "benchmarks" / "_work.py").write_text(WORK.format(loops=10_000, mb=40))
     commits["fast"] = _commit(root, "half the loop")
-    _git(root, "checkout", "-q", commits["docs"])
+    git(root, "checkout", "-q", commits["docs"])
     (root / "benchmarks" / "_work.py").write_text("def spin(size):\n    raise OSError('x')\n")
     commits["broken"] = _commit(root, "broken benchmark")
-    _git(root, "checkout", "-q", "main")
+    git(root, "checkout", "-q", "main")
     return {"root": root, **commits}
 
 
