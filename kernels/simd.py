@@ -45,6 +45,18 @@ def _host_has_avx512() -> bool:
     return "+avx512f" in _host_features()
 
 
+def features_without_avx512() -> str:
+    """This CPU's LLVM features with AVX-512 and what needs its encoding (AVX10, AMX)
+    turned off, as ``NUMBA_CPU_FEATURES`` takes them. With it and
+    ``KERNELRACE_SIMD_LANES=8``, numba compiles here the code an AVX2 CPU runs: 16
+    ``ymm`` registers (``KERNELRACE_SIMD_LANES=8`` alone keeps AVX-512's 32 and its
+    encodings), the ``vpmaddwd`` integer tiles, no ``vdpbf16ps``. docs/attention.md
+    ("AVX2 code on an AVX-512 CPU") says how close its speed comes to an AVX2 CPU's."""
+    off = ("avx512", "avx10", "evex512", "amx")
+    return ",".join("-" + f[1:] if f.startswith("+") and any(o in f for o in off) else f
+                    for f in sorted(_host_features()) if f)
+
+
 def _lanes() -> int:
     """16 with AVX-512, else 8; ``KERNELRACE_SIMD_LANES=8`` (or 16) chooses, so that the
     8-lane kernels (an AVX2 CPU's) can be run and tested on an AVX-512 one."""

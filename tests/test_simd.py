@@ -202,6 +202,15 @@ def test_a_tile_too_large_for_the_registers_is_refused():
         simd.tile(simd.REGISTERS, 2)
 
 
+def test_the_avx2_features_turn_off_avx512_and_what_needs_it_alone(monkeypatch):
+    host = {"+avx2", "+fma", "+avx512f", "+avx512vnni", "-avx512fp16", "+evex512",
+            "+amx-bf16", "+avx10.1-512", "+vaes", ""}
+    monkeypatch.setattr(simd, "_host_features", lambda: host)
+    assert set(simd.features_without_avx512().split(",")) == {
+        "+avx2", "-amx-bf16", "-avx10.1-512", "-avx512f", "-avx512fp16", "-avx512vnni",
+        "-evex512", "+fma", "+vaes"}
+
+
 _needs_int = pytest.mark.skipif(not simd.INT_MADD,
                                 reason="no integer multiply-add tiles on this CPU")
 
@@ -691,16 +700,39 @@ def _run_alone(code, env, tmp_path):
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
 
 
+#: Code for :func:`_run_alone` that fails where numba's code for this process may use
+#: AVX-512: its registers (``zmm``, ``ymm16``-``ymm31``) in a function using the widest
+#: vectors.
+_NO_AVX512 = (
+    "import re\n"
+    "from numba import njit\n"
+    "@njit(fastmath=True)\n"
+    "def dot(a, b):\n"
+    "    simd.widest()\n"
+    "    s = np.float32(0)\n"
+    "    for i in range(a.size):\n"
+    "        s += a[i] * b[i]\n"
+    "    return s\n"
+    "x = np.ones(1024, np.float32)\n"
+    "assert dot(x, x) == 1024\n"
+    "asm = ''.join(dot.inspect_asm().values())\n"
+    "assert 'ymm' in asm and not re.search(r'zmm|ymm(1[6-9]|2[0-9]|3[01])\\b', asm)\n"
+)
+
+
 @pytest.mark.slow  # 25-45 s of compiling; on a CPU without AVX-512 every test runs 8 lanes
 def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
     """The 8-lane kernels (an AVX2 CPU's: group GEMMs, 2 x 4 dot tiles) give the
     reference's answers here too, in a process of their own (numba's cache in a fresh
-    folder, so nothing compiled for another width is loaded)."""
+    folder, so nothing compiled for another width is loaded). On an AVX-512 CPU they
+    are compiled as for AVX2 (:func:`kernels.simd.features_without_avx512`): 16
+    registers, no AVX-512 instruction, as an AVX2 CPU compiles them."""
     code = (
         "import numpy as np, kernels.attention as A\n"
         "from kernels import simd\n"
         "from kernels.attention.reference import reference_decode\n"
         "assert simd.LANES == 8, simd.LANES\n"
+        + _NO_AVX512 +
         "for name in ('mqa-wide', 'mla-wide', 'gqa-small'):\n"
         "    c = A.make_cache(A.SMALL_CONFIGS[name], capacity=150, batch=1, dtype='bfloat16')\n"
         "    A.fill_random(c, 150, seed=1)\n"
@@ -715,7 +747,8 @@ def test_lanes_can_be_chosen_and_a_bad_choice_is_refused(tmp_path):
         "tol = 2e-3 if simd.INT_MADD else 1e-5\n"
         "assert np.abs(got - want).max() / np.abs(want).max() < tol\n"
     )
-    _run_alone(code, {"KERNELRACE_SIMD_LANES": "8"}, tmp_path)
+    _run_alone(code, {"KERNELRACE_SIMD_LANES": "8",
+                      "NUMBA_CPU_FEATURES": simd.features_without_avx512()}, tmp_path)
     env = {**os.environ, "KERNELRACE_SIMD_LANES": "12"}
     done = subprocess.run([sys.executable, "-c", "import kernels.simd"], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
