@@ -263,6 +263,20 @@ def test_exact_whole_numbers_in_any_notation_are_accepted() -> None:
     assert args.size == [1000, 1000, 2] and args.workers == [2]
 
 
+def test_the_grid_flags_take_lists_separated_by_commas_too(capsys) -> None:
+    args = cli.build_parser().parse_args(
+        "run --kernel sieve --size 1e3,2e3 --size 5 --workers 1,2 "
+        "--strategy numba,threaded:numba --strategy numpy".split())
+    assert args.size == [1000, 2000, 5] and args.workers == [1, 2]
+    assert args.strategy == ["numba", "threaded:numba", "numpy"]
+    for argv, message in (("--workers 1,,2", "an empty item"),
+                          ("--workers 1,x", "expected a whole number"),
+                          ("--size 10,", "an empty item")):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["run", "--kernel", "sieve", *argv.split()])
+        assert message in capsys.readouterr().err
+
+
 def test_every_point_is_checked_before_the_first_is_timed(monkeypatch, capsys) -> None:
     from kernels.harness import runner
 

@@ -65,6 +65,21 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def listed(parse: Callable[[str], object]) -> Callable[[str], list]:
+    """An argparse ``type`` for ``action="extend"``: one value or several separated by
+    commas (``--workers 1,2`` as ``--workers 1 --workers 2``), each read by ``parse``;
+    an empty item is refused."""
+
+    def parse_list(text: str) -> list:
+        items = text.split(",")
+        if any(not item.strip() for item in items):
+            raise argparse.ArgumentTypeError(f"an empty item in {text!r}")
+        return [parse(item.strip()) for item in items]
+
+    parse_list.__name__ = getattr(parse, "__name__", "value")
+    return parse_list
+
+
 def byte_size(low: int, high: int) -> Callable[[str], int]:
     """An argparse ``type``: bytes as ``1G``, ``256M``, ``1.5G``, ``4096`` (K/M/G/T are
     binary; an ``iB`` or ``B`` after them is allowed), a whole number in [low, high]."""

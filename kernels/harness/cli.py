@@ -16,7 +16,7 @@ from typing import Any
 
 from kernels import executors, registry
 from kernels.harness import termination
-from kernels.harness.argtypes import whole_number
+from kernels.harness.argtypes import listed, whole_number
 
 # Subcommands that live in their own harness module: name -> (module, help).
 # Each module provides add_arguments(parser) and run(args) -> exit code.
@@ -242,8 +242,8 @@ def _power_text(x: int) -> str:
 def _size_help() -> str:
     parts = [f"{registry.spec(k).size_name} ({registry.spec(k).unit}) for {k}"
              for k in registry.kernel_names()]
-    return ("problem size: " + ", ".join(parts) + " (repeatable; a whole number, 1e8 style "
-            "accepted; default: the kernel's default sizes)")
+    return ("problem size: " + ", ".join(parts) + " (repeatable, or several separated by commas; a "
+            "whole number, 1e8 style accepted; default: the kernel's default sizes)")
 
 
 def _scheduler_address(text: str) -> str:
@@ -385,16 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="time a grid of strategy x size x workers in this process")
     p.add_argument("--kernel", required=True, choices=kernels)
     p.add_argument(
-        "--strategy", action="append",
-        help="strategy, or strategy:inner for threaded/multiprocess (repeatable; "
+        "--strategy", action="extend", type=listed(str),
+        help="strategy, or strategy:inner for threaded/multiprocess (repeatable, or "
+        "several separated by commas; "
         "default: every available one). Speedups are against the first.",
     )
-    p.add_argument("--size", action="append", type=whole_number(0, max_size()),
+    p.add_argument("--size", action="extend", type=listed(whole_number(0, max_size())),
                    help=_size_help())
     p.add_argument(
-        "--workers", action="append", type=whole_number(1, executors.max_workers()),
-        help=f"worker count (repeatable; at most {executors.max_workers()}: "
-        f"{executors.MAX_WORKERS_PER_CORE} x the usable cores, at least "
+        "--workers", action="extend", type=listed(whole_number(1, executors.max_workers())),
+        help=f"worker count (repeatable, or several separated by commas; at most "
+        f"{executors.max_workers()}: {executors.MAX_WORKERS_PER_CORE} x the usable cores, at least "
         f"{executors.MIN_MAX_WORKERS})",
     )
     p.add_argument("--repeat", type=whole_number(1, runner_max_repeat()), default=5,
